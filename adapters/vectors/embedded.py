@@ -1,0 +1,291 @@
+"""The embedded vector store: LanceDB tables on local disk or on the stack's object store.
+
+Chosen by measurement (docs/vector-store.md): persistent columnar files that several processes
+can read, upsert and delete by id, SQL prefilters on metadata, ANN indexes (IVF_PQ) for large
+tables, and the same files readable from s3://, gs:// or az:// (and by LanceDB's distributed
+deployments), so an index built here can move to the cloud without re-embedding.
+
+One table per index. Metadata is stored as a JSON column and filtered with Lance's JSON
+functions. Each write is one Lance commit, so a crash leaves the table at the previous or the
+next version, never in between.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+
+from stackwise.errors import StoreError
+from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_filter
+
+# Below this many rows an exact (flat) scan is fast enough and needs no index build.
+ANN_THRESHOLD = 50_000
+_MODEL_KEY = b"stackwise.model"
+_DIM_KEY = b"stackwise.dim"
+_COLUMNS = ["id", "doc_id", "source", "chunk", "text", "metadata"]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return _quote(str(value))
+
+
+def _json_getter(value: Any) -> str:
+    if isinstance(value, bool):
+        return "json_get_bool"
+    if isinstance(value, int):
+        return "json_get_int"
+    if isinstance(value, float):
+        return "json_get_float"
+    return "json_get_string"
+
+
+def to_where(filter: Filter | None) -> str | None:
+    """Translate a portable filter into a Lance SQL predicate (pure; tested on its own)."""
+    checked = check_filter(filter)
+    clauses = []
+    for key, value in checked.items():
+        values = value if isinstance(value, list) else [value]
+        if key in ("doc_id", "source"):
+            column = key
+            if len(values) == 1:
+                clauses.append(f"{column} = {_literal(values[0])}")
+            else:
+                clauses.append(f"{column} IN ({', '.join(_literal(v) for v in values)})")
+            continue
+        terms = [f"{_json_getter(v)}(metadata, {_quote(key)}) = {_literal(v)}" for v in values]
+        clauses.append(terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")")
+    return " AND ".join(clauses) or None
+
+
+def _in_list(column: str, values: Sequence[str]) -> str:
+    return f"{column} IN ({', '.join(_quote(v) for v in values)})"
+
+
+class EmbeddedStore(VectorStore):
+    """LanceDB-backed store rooted at a folder or object-store URI."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._db = lancedb.connect(uri)
+
+    # -- indexes -----------------------------------------------------------------------------
+    def list_indexes(self) -> list[str]:
+        return sorted(self._db.list_tables().tables)
+
+    def _schema(self, dim: int, model: str) -> pa.Schema:
+        return pa.schema(
+            [
+                pa.field("id", pa.string(), nullable=False),
+                pa.field("doc_id", pa.string()),
+                pa.field("source", pa.string()),
+                pa.field("chunk", pa.int32()),
+                pa.field("text", pa.string()),
+                pa.field("metadata", pa.json_(pa.utf8())),
+                pa.field("vector", pa.list_(pa.float32(), dim)),
+            ],
+            metadata={_MODEL_KEY: model.encode(), _DIM_KEY: str(dim).encode()},
+        )
+
+    def _table(self, name: str):
+        try:
+            return self._db.open_table(name)
+        except (ValueError, FileNotFoundError):
+            raise StoreError(
+                f"index {name!r} does not exist",
+                where=f"embedded store at {self.uri}",
+                fix=f"create it with `stackwise index SOURCE --index {name}`; existing: "
+                + (", ".join(self.list_indexes()) or "none"),
+            ) from None
+
+    def create_index(self, name: str, dim: int, model: str) -> IndexInfo:
+        if name in self.list_indexes():
+            info = self.describe(name)
+            if info.dim != dim or info.model != model:
+                raise StoreError(
+                    f"index {name!r} holds {info.dim}-dimensional vectors of {info.model!r}, "
+                    f"not {dim}-dimensional vectors of {model!r}",
+                    where=f"embedded store at {self.uri}",
+                    fix="index with the same embedding model, or choose another --index name",
+                )
+            return info
+        try:
+            self._db.create_table(name, schema=self._schema(dim, model))
+        except ValueError:
+            # Another process created it first; validate what it created.
+            return self.create_index(name, dim, model)
+        return IndexInfo(name=name, dim=dim, model=model, count=0)
+
+    def describe(self, name: str) -> IndexInfo:
+        table = self._table(name)
+        meta = table.schema.metadata or {}
+        return IndexInfo(
+            name=name,
+            dim=int(meta.get(_DIM_KEY, b"0")),
+            model=meta.get(_MODEL_KEY, b"").decode(),
+            count=table.count_rows(),
+        )
+
+    def drop_index(self, name: str) -> None:
+        if name in self.list_indexes():
+            self._db.drop_table(name)
+
+    # -- writes ------------------------------------------------------------------------------
+    def _arrow(self, table, records: Sequence[Record]) -> pa.Table:
+        meta = table.schema.metadata or {}
+        dim = int(meta.get(_DIM_KEY, b"0"))
+        # Build with our own schema: the table reports its JSON column as Lance's binary
+        # JSONB, and text written into that would not be parsed as JSON.
+        schema = self._schema(dim, meta.get(_MODEL_KEY, b"").decode())
+        for record in records:
+            if len(record.vector) != dim:
+                raise StoreError(
+                    f"vector of chunk {record.id!r} has {len(record.vector)} dimensions, the index has {dim}",
+                    where=f"index {table.name!r} in {self.uri}",
+                    fix="index with the embedding model the index was created with",
+                )
+        return pa.Table.from_pydict(
+            {
+                "id": [r.id for r in records],
+                "doc_id": [r.doc_id for r in records],
+                "source": [r.source for r in records],
+                "chunk": [r.chunk for r in records],
+                "text": [r.text for r in records],
+                "metadata": [json.dumps(dict(r.metadata), sort_keys=True) for r in records],
+                "vector": [list(map(float, r.vector)) for r in records],
+            },
+            schema=schema,
+        )
+
+    def upsert(self, name: str, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        table = self._table(name)
+        data = self._arrow(table, records)
+        table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+
+    def replace_documents(self, name: str, doc_ids: Sequence[str], records: Sequence[Record]) -> None:
+        """One Lance commit: upsert `records` and delete every other chunk of `doc_ids`."""
+        table = self._table(name)
+        if not doc_ids:
+            return self.upsert(name, records)
+        scope = _in_list("doc_id", sorted(set(doc_ids)))
+        if not records:
+            table.delete(scope)
+            return None
+        data = self._arrow(table, records)
+        (
+            table.merge_insert("id")
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .when_not_matched_by_source_delete(scope)
+            .execute(data)
+        )
+        return None
+
+    def delete(self, name: str, ids: Sequence[str] = (), doc_ids: Sequence[str] = ()) -> int:
+        table = self._table(name)
+        clauses = []
+        if ids:
+            clauses.append(_in_list("id", list(ids)))
+        if doc_ids:
+            clauses.append(_in_list("doc_id", list(doc_ids)))
+        if not clauses:
+            return 0
+        where = " OR ".join(clauses)
+        doomed = table.count_rows(where)
+        if doomed:
+            table.delete(where)
+        return doomed
+
+    # -- reads -------------------------------------------------------------------------------
+    def query(self, name: str, vector: Sequence[float], k: int = 10, filter: Filter | None = None) -> list[Hit]:
+        table = self._table(name)
+        where = to_where(filter)
+        search = table.search(list(map(float, vector)), vector_column_name="vector").distance_type("cosine")
+        if self._has_ann(table):
+            search = search.nprobes(20).refine_factor(10)
+        if where:
+            search = search.where(where, prefilter=True)
+        rows = search.select([*_COLUMNS, "_distance"]).limit(k).to_arrow().to_pylist()
+        return [
+            Hit(
+                id=row["id"],
+                score=1.0 - float(row["_distance"]),
+                text=row["text"],
+                doc_id=row["doc_id"],
+                source=row["source"],
+                chunk=row["chunk"],
+                metadata=json.loads(row["metadata"] or "{}"),
+            )
+            for row in rows
+            if not math.isnan(row["_distance"])
+        ]
+
+    def count(self, name: str, filter: Filter | None = None) -> int:
+        return self._table(name).count_rows(to_where(filter))
+
+    def _scan(self, table, columns: list[str], where: str | None) -> pa.Table:
+        query = table.search().select(columns)
+        if where:
+            query = query.where(where)
+        return query.limit(max(table.count_rows(), 1)).to_arrow()
+
+    def fetch(self, name: str, ids: Sequence[str]) -> list[Record]:
+        if not ids:
+            return []
+        table = self._table(name)
+        rows = self._scan(table, [*_COLUMNS, "vector"], _in_list("id", list(ids))).to_pylist()
+        return [
+            Record(
+                id=r["id"],
+                vector=r["vector"],
+                text=r["text"],
+                doc_id=r["doc_id"],
+                source=r["source"],
+                chunk=r["chunk"],
+                metadata=json.loads(r["metadata"] or "{}"),
+            )
+            for r in rows
+        ]
+
+    def chunk_ids(self, name: str, source: str | None = None) -> dict[str, set[str]]:
+        table = self._table(name)
+        where = f"source = {_quote(source)}" if source is not None else None
+        data = self._scan(table, ["id", "doc_id"], where)
+        result: dict[str, set[str]] = {}
+        for chunk_id, doc_id in zip(data["id"].to_pylist(), data["doc_id"].to_pylist()):
+            result.setdefault(doc_id, set()).add(chunk_id)
+        return result
+
+    # -- maintenance -------------------------------------------------------------------------
+    @staticmethod
+    def _has_ann(table) -> bool:
+        return any("vector" in (ix.columns or []) for ix in table.list_indices())
+
+    def optimize(self, name: str) -> None:
+        """Compact small commits; build an IVF_PQ index once the table is large enough."""
+        table = self._table(name)
+        rows = table.count_rows()
+        if not self._has_ann(table) and rows >= ANN_THRESHOLD:
+            dim = int((table.schema.metadata or {}).get(_DIM_KEY, b"0"))
+            table.create_index(
+                metric="cosine",
+                vector_column_name="vector",
+                index_type="IVF_PQ",
+                num_partitions=max(16, int(math.sqrt(rows))),
+                num_sub_vectors=max(1, dim // 8) if dim % 8 == 0 else dim // 4 or 1,
+            )
+        table.optimize()

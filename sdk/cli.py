@@ -1,0 +1,336 @@
+"""The `stackwise` command line (Typer + Rich).
+
+Exit codes: 0 ok, 1 a job failed or was cancelled, 2 bad input or config, 130 interrupted.
+Every command that returns data takes `--json`. Heavy modules load inside commands only, so
+`stackwise --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .errors import JobFailedError, StackwiseError
+
+app = typer.Typer(
+    name="stackwise",
+    help="Run the lifecycle of an LLM project on any cloud, or embedded on this machine (the `local` stack).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+jobs_app = typer.Typer(help="List, follow, wait on and cancel jobs of the active stack.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+StackOpt = Annotated[Optional[str], typer.Option("--stack", "-s", help="Stack name (default: $STACKWISE_STACK or local).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _platform(stack: str | None):
+    from .platform import connect
+
+    return connect(stack)
+
+
+# -- stacks ------------------------------------------------------------------------------------
+@app.command()
+def stacks(as_json: JsonOpt = False) -> None:
+    """List the stacks of this project with their cloud and region."""
+    from .stack import load_stack, stack_files, stack_name
+
+    names = sorted({"local", *stack_files()})
+    active = stack_name()
+    rows = []
+    for name in names:
+        try:
+            stack = load_stack(name)
+            rows.append({"name": name, "cloud": stack.cloud, "region": stack.region, "source": stack.source,
+                         "active": name == active, "error": None})
+        except StackwiseError as exc:
+            rows.append({"name": name, "cloud": None, "region": None, "source": None, "active": name == active,
+                         "error": exc.what})
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("", "stack", "cloud", "region", "config")
+    for row in rows:
+        table.add_row("*" if row["active"] else "", row["name"], row["cloud"] or "-", row["region"] or "-",
+                      row["source"] or f"[red]{row['error']}[/red]")
+    _console().print(table)
+
+
+@app.command()
+def sync(stack: StackOpt = None) -> None:
+    """Save the stack's Pulumi outputs to .stackwise/outputs/<stack>.json (later reads need no Pulumi)."""
+    from .stack import load_stack, sync_outputs
+
+    path = sync_outputs(load_stack(stack))
+    _console().print(f"wrote {path}")
+
+
+# -- index and search --------------------------------------------------------------------------
+def _follow(handle, quiet: bool) -> dict[str, Any]:
+    """Follow a job's log with a progress bar until it ends; return its outputs or raise."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .workloads._runtime import PROGRESS_PREFIX
+
+    console = _console(stderr=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=console, disable=quiet, transient=False)
+    task = None
+    try:
+        with progress:
+            for line in handle.logs(follow=True):
+                if line.startswith(PROGRESS_PREFIX):
+                    event = json.loads(line[len(PROGRESS_PREFIX):])
+                    if task is None:
+                        task = progress.add_task(f"{handle.id}: {event['stage']}", total=event["total"] or None)
+                    progress.update(task, completed=event["done"], total=event["total"] or None)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: cancelling job {handle.id} (use --detach to leave jobs running)")
+        handle.cancel()
+        raise typer.Exit(130) from None
+    info = handle.wait()
+    if info.state.value != "SUCCEEDED":
+        raise JobFailedError(
+            f"job {handle.id} ended {info.state.value}: {info.error or 'no error recorded'}",
+            where=info.log_path,
+            fix=f"read the whole log with `stackwise jobs logs {handle.id}`",
+        )
+    return info.outputs
+
+
+def _print_index_report(report: dict[str, Any]) -> None:
+    console = _console()
+    console.print(
+        f"index [bold]{report['index']}[/bold] from {report['source']} ({report['model']}): "
+        f"{report['documents']} documents, {report['chunks']} chunks in {report['seconds']:.1f} s"
+    )
+    console.print(
+        f"  added {report['added']}  replaced {report['replaced']} (removed {report['removed']} stale)  "
+        f"unchanged {report['unchanged']}  pruned {report['pruned']}"
+    )
+    for item in report.get("skipped", []):
+        console.print(f"  [yellow]skipped[/yellow] {item['path']}: {item['reason']}")
+
+
+@app.command()
+def index(
+    source: Annotated[str, typer.Argument(help="A file, folder or glob; a local path or an fsspec URI (s3://, gs://, az://).")],
+    index_name: Annotated[str, typer.Option("--index", "-i", help="Index name.")],
+    stack: StackOpt = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
+    prune: Annotated[bool, typer.Option("--prune", help="Remove chunks of documents gone from SOURCE.")] = False,
+    chunk_size: Annotated[int, typer.Option(help="Chunk size in characters.")] = 1000,
+    chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 150,
+    model: Annotated[Optional[str], typer.Option(help="Embedding model (default: the stack's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index documents into a vector index of the active stack (incremental: reruns embed only what changed)."""
+    from pydantic import ValidationError
+
+    from .errors import SpecError
+    from .specs import IndexSpec
+
+    platform = _platform(stack)
+    try:
+        spec = IndexSpec(
+            source=source, index=index_name, prune=prune,
+            chunking={"size": chunk_size, "overlap": chunk_overlap},
+            embedding={"model": model or platform.stack.outputs.embedding_model},
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise SpecError(first["msg"].removeprefix("Value error, "), where="stackwise index options",
+                        fix="see `stackwise index --help`") from None
+    _check_source(source)
+    handle = platform.index(spec)
+    if detach:
+        if as_json:
+            _print_json({"job": handle.id, "state": handle.status().value})
+        else:
+            _console().print(f"submitted {handle.id}; follow it with `stackwise jobs logs -f {handle.id}`")
+        return
+    report = _follow(handle, quiet=as_json)
+    if as_json:
+        _print_json(report)
+    else:
+        _print_index_report(report)
+
+
+def _check_source(source: str) -> None:
+    """Fail fast, before a job is started, on a source that cannot be read at all."""
+    from .documents import Source, read_documents
+
+    read_documents(Source(source))
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
+    index_name: Annotated[str, typer.Option("--index", "-i", help="Index name.")],
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results.")] = 5,
+    filters: Annotated[Optional[list[str]], typer.Option("--filter", "-f", help="key=value (or key=a,b); repeatable.")] = None,
+    stack: StackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Semantic search over an index of the active stack."""
+    from .vectors import parse_filter_args
+
+    flt = parse_filter_args(filters or [])
+    hits = _platform(stack).search(index_name, query, k=k, filter=flt or None)
+    if as_json:
+        _print_json([{"id": h.id, "score": round(h.score, 6), "doc_id": h.doc_id, "chunk": h.chunk,
+                      "text": h.text, "metadata": dict(h.metadata)} for h in hits])
+        return
+    console = _console()
+    if not hits:
+        console.print("no results")
+    for rank, hit in enumerate(hits, 1):
+        snippet = " ".join(hit.text.split())
+        console.print(f"[bold]{rank}.[/bold] {hit.score:.3f}  {hit.doc_id}  chunk {hit.chunk}")
+        console.print(f"   {snippet[:240]}{'...' if len(snippet) > 240 else ''}", markup=False)
+
+
+@app.command()
+def indexes(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
+    """List the indexes in the active stack's vector store."""
+    infos = _platform(stack).indexes()
+    if as_json:
+        _print_json([vars(i) for i in infos])
+        return
+    from rich.table import Table
+
+    table = Table("index", "chunks", "dim", "model")
+    for info in infos:
+        table.add_row(info.name, str(info.count), str(info.dim), info.model)
+    _console().print(table)
+
+
+# -- jobs --------------------------------------------------------------------------------------
+def _fmt_time(ts: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+@jobs_app.command("list")
+def jobs_list(stack: StackOpt = None, limit: int = 50, as_json: JsonOpt = False) -> None:
+    """List recent jobs, newest first."""
+    infos = _platform(stack).jobs.list(limit=limit)
+    if as_json:
+        _print_json([i.as_dict() for i in infos])
+        return
+    from rich.table import Table
+
+    table = Table("job", "kind", "state", "created", "ended", "error")
+    for i in infos:
+        table.add_row(i.id, i.kind, i.state.value, _fmt_time(i.created_at), _fmt_time(i.ended_at),
+                      (i.error or "")[:80])
+    _console().print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: str, stack: StackOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one job: state, times, spec, outputs."""
+    info = _platform(stack).jobs.get(job_id).info()
+    if as_json:
+        _print_json(info.as_dict())
+        return
+    console = _console()
+    for key, value in info.as_dict().items():
+        if key in ("spec", "outputs"):
+            value = json.dumps(value, indent=2)
+        elif key.endswith("_at"):
+            value = _fmt_time(value)
+        console.print(f"[bold]{key}[/bold]: {value}", markup=True, highlight=False)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: str,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+    stack: StackOpt = None,
+) -> None:
+    """Print a job's log."""
+    handle = _platform(stack).jobs.get(job_id)
+    try:
+        for line in handle.logs(follow=follow):
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@jobs_app.command("wait")
+def jobs_wait(
+    job_id: str,
+    timeout: Annotated[Optional[float], typer.Option(help="Give up after this many seconds (exit 1).")] = None,
+    stack: StackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wait for a job to end; exit 0 if it succeeded, 1 otherwise."""
+    handle = _platform(stack).jobs.get(job_id)
+    try:
+        info = handle.wait(timeout=timeout)
+    except TimeoutError as exc:
+        _console(stderr=True).print(str(exc))
+        raise typer.Exit(1) from None
+    if as_json:
+        _print_json(info.as_dict())
+    else:
+        _console().print(f"{info.id}: {info.state.value}" + (f" ({info.error})" if info.error else ""))
+    raise typer.Exit(0 if info.state.value == "SUCCEEDED" else 1)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: str, stack: StackOpt = None, as_json: JsonOpt = False) -> None:
+    """Cancel a job (a job that already ended is left as it is)."""
+    info = _platform(stack).jobs.get(job_id).cancel()
+    if as_json:
+        _print_json(info.as_dict())
+    else:
+        _console().print(f"{info.id}: {info.state.value}")
+
+
+# -- quickstart --------------------------------------------------------------------------------
+@app.command()
+def quickstart(
+    stack: StackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index a real news corpus shipped on PyPI (gensim's Lee corpus) on the local stack and search it."""
+    from .quickstart import run
+
+    run(stack=stack, as_json=as_json, follow=_follow, print_report=_print_index_report)
+
+
+def main() -> None:
+    """Console entry point: StackwiseError becomes a message and an exit code, never a traceback."""
+    try:
+        app()
+    except StackwiseError as exc:
+        _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The stack contract: one typed model of the outputs every stack exports.
+
+The Pulumi program (infra/) exports exactly this shape and adapters read only it, so the
+infrastructure and the SDK cannot drift apart. Secrets are never values here, only
+references (`env://NAME`, `aws-sm://ARN`, `gcp-sm://...`, `azure-kv://...`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Cloud = Literal["local", "aws", "gcp", "azure"]
+CLOUDS: tuple[str, ...] = ("local", "aws", "gcp", "azure")
+
+_SECRET_REF = re.compile(r"^(env|aws-sm|gcp-sm|azure-kv)://\S+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VectorStoreOutput(_Strict):
+    """Where the stack's vector store lives."""
+
+    kind: Literal["embedded", "pinecone", "weaviate", "milvus"] = Field(
+        description="Engine: the embedded store (local disk or the object store), or a hosted one."
+    )
+    uri: str | None = Field(None, description="Embedded store: a folder or object-store URI.")
+    host: str | None = Field(None, description="Hosted store: the index or cluster host URL.")
+    api_key_secret: str | None = Field(None, description="Secret reference for the store's API key.")
+
+    @field_validator("api_key_secret")
+    @classmethod
+    def _is_reference(cls, value: str | None) -> str | None:
+        if value is not None and not _SECRET_REF.match(value):
+            raise ValueError(
+                "must be a secret reference such as env://PINECONE_API_KEY, never the key itself"
+            )
+        return value
+
+
+class EndpointOutput(_Strict):
+    """One inference endpoint the stack provisioned."""
+
+    name: str
+    url: str | None = None
+
+
+class StackOutputs(_Strict):
+    """Everything an adapter may know about a stack; exported by infra/ for every stack."""
+
+    cloud: Cloud
+    region: str = Field(description="Cloud region, or 'local'.")
+    artifact_store: str = Field(description="Root URI of the artifact store (file://, s3://, gs://, az://).")
+    job_role: str | None = Field(None, description="Role ARN, service account or identity jobs run as.")
+    training_image: str | None = Field(None, description="Container image URI that runs workloads.")
+    default_gpu: str | None = Field(None, description="Portable GPU name from the catalog, e.g. 'A10G'.")
+    vector_store: VectorStoreOutput
+    embedding_model: str = Field("all-MiniLM-L6-v2", description="Default embedding model for indexes.")
+    endpoints: list[EndpointOutput] = Field(default_factory=list)
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI.")
+    secrets: dict[str, str] = Field(default_factory=dict, description="Named secret references.")
+    # Cloud-specific coordinates: only the active cloud's are set.
+    gcp_project: str | None = None
+    azure_subscription_id: str | None = None
+    azure_resource_group: str | None = None
+    azure_workspace: str | None = None
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_references(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, ref in value.items():
+            if not _SECRET_REF.match(ref):
+                raise ValueError(f"secrets.{name} must be a secret reference such as env://NAME")
+        return value

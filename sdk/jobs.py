@@ -1,0 +1,130 @@
+"""Jobs: one set of states and one handle for every compute backend.
+
+Every backend maps its own states onto `JobState`; `JobHandle` offers `status()`, `wait()`,
+`logs()`, `cancel()` and `outputs` with the same meaning on the local stack and on every cloud.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from .errors import JobFailedError
+
+
+class JobState(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A snapshot of one job."""
+
+    id: str
+    kind: str
+    stack: str
+    state: JobState
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    error: str | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    spec: dict[str, Any] = field(default_factory=dict)
+    log_path: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "stack": self.stack,
+            "state": self.state.value,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "error": self.error,
+            "outputs": self.outputs,
+            "spec": self.spec,
+            "log_path": self.log_path,
+        }
+
+
+class ComputeBackend(Protocol):
+    """What a compute adapter provides. `cancel` is idempotent; `logs` yields lines."""
+
+    def submit(self, spec: Any) -> "JobHandle": ...
+
+    def info(self, job_id: str) -> JobInfo: ...
+
+    def list(self, limit: int = 50) -> list[JobInfo]: ...
+
+    def logs(self, job_id: str, follow: bool = False) -> Iterator[str]: ...
+
+    def cancel(self, job_id: str) -> JobInfo: ...
+
+
+class JobHandle:
+    """A submitted job, followed through its backend. Safe to create from another process."""
+
+    def __init__(self, backend: ComputeBackend, job_id: str):
+        self._backend = backend
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    def info(self) -> JobInfo:
+        return self._backend.info(self.id)
+
+    def status(self) -> JobState:
+        return self.info().state
+
+    def wait(self, timeout: float | None = None, poll: float = 0.2, max_poll: float = 5.0) -> JobInfo:
+        """Block until the job ends (polling with backoff) and return its final info.
+
+        Raises TimeoutError if `timeout` seconds pass first; the job keeps running.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = poll
+        while True:
+            info = self.info()
+            if info.state.terminal:
+                return info
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} still {info.state.value} after {timeout} s")
+            time.sleep(delay if deadline is None else max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(max_poll, delay * 1.5)
+
+    def logs(self, follow: bool = False) -> Iterator[str]:
+        """The job's log lines; with `follow`, keep yielding until the job ends."""
+        return self._backend.logs(self.id, follow=follow)
+
+    def cancel(self) -> JobInfo:
+        """Stop the job; a job already ended is left as it is."""
+        return self._backend.cancel(self.id)
+
+    @property
+    def outputs(self) -> dict[str, Any]:
+        """The job's result (empty until it has SUCCEEDED)."""
+        return self.info().outputs
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        """Wait, then return the outputs; raise JobFailedError if the job did not succeed."""
+        info = self.wait(timeout=timeout)
+        if info.state is not JobState.SUCCEEDED:
+            raise JobFailedError(
+                f"job {self.id} ended {info.state.value}" + (f": {info.error}" if info.error else ""),
+                where=info.log_path or self.id,
+                fix=f"read the log with `stackwise jobs logs {self.id}`",
+            )
+        return info.outputs

@@ -1,0 +1,85 @@
+"""The SDK entry point for services and notebooks: `stackwise.connect(stack=None)`.
+
+Everything the CLI does goes through a `Platform`, so code can do it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .jobs import ComputeBackend, JobHandle, JobInfo
+from .specs import IndexSpec
+from .stack import Stack, load_stack
+from .vectors import Filter, Hit, IndexInfo, VectorStore, check_filter
+
+
+class Jobs:
+    """The active stack's jobs."""
+
+    def __init__(self, platform: "Platform"):
+        self._platform = platform
+
+    def list(self, limit: int = 50) -> list[JobInfo]:
+        return self._platform.compute.list(limit=limit)
+
+    def get(self, job_id: str) -> JobHandle:
+        compute = self._platform.compute
+        return JobHandle(compute, compute.info(job_id).id)
+
+
+class Platform:
+    """One stack's lifecycle operations. Backends load on first use."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self._compute: ComputeBackend | None = None
+        self._store: VectorStore | None = None
+        self._embedders: dict[str, Any] = {}
+        self.jobs = Jobs(self)
+
+    def __repr__(self) -> str:
+        return f"Platform(stack={self.stack.name!r}, cloud={self.stack.cloud!r})"
+
+    @property
+    def compute(self) -> ComputeBackend:
+        if self._compute is None:
+            from .registry import COMPUTE, load
+
+            self._compute = load(COMPUTE, self.stack.cloud, "compute")(self.stack)
+        return self._compute
+
+    @property
+    def vector_store(self) -> VectorStore:
+        if self._store is None:
+            from .vectors import open_store
+
+            self._store = open_store(self.stack.outputs.vector_store)
+        return self._store
+
+    def index(self, spec: IndexSpec | None = None, **fields: Any) -> JobHandle:
+        """Submit an index job (a spec, or its fields as keywords) and return its handle at once."""
+        if spec is None:
+            spec = IndexSpec(**fields)
+        return self.compute.submit(spec)
+
+    def indexes(self) -> list[IndexInfo]:
+        store = self.vector_store
+        return [store.describe(name) for name in store.list_indexes()]
+
+    def search(self, index: str, query: str, k: int = 10, filter: Filter | None = None) -> list[Hit]:
+        """Embed `query` with the index's own model and return the `k` nearest chunks."""
+        from .embeddings import load_embedder
+
+        check_filter(filter)
+        store = self.vector_store
+        info = store.describe(index)
+        embedder = self._embedders.get(info.model)
+        if embedder is None:
+            embedder = self._embedders[info.model] = load_embedder(info.model)
+        vector = embedder.encode([query])[0]
+        return store.query(index, vector, k=k, filter=filter)
+
+
+def connect(stack: str | None = None) -> Platform:
+    """The platform of `stack` (else `$STACKWISE_STACK`, else `local`), config validated now."""
+    return Platform(load_stack(stack))

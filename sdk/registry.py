@@ -1,0 +1,66 @@
+"""Adapters registered by dotted path, with the extra that installs their dependencies.
+
+Nothing heavy is imported until an adapter is used; a missing dependency becomes a
+`MissingDependencyError` that names the `pip install` to run.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from .errors import ConfigError, MissingDependencyError
+
+
+@dataclass(frozen=True)
+class AdapterRef:
+    path: str  # "package.module:Class"
+    extra: str  # the pip extra that installs what it needs
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install 'stackwise[{self.extra}]'"
+
+
+COMPUTE: dict[str, AdapterRef] = {
+    "local": AdapterRef("stackwise.adapters.compute.local:LocalCompute", "local"),
+}
+
+VECTOR_STORES: dict[str, AdapterRef] = {
+    "embedded": AdapterRef("stackwise.adapters.vectors.embedded:EmbeddedStore", "local"),
+}
+
+
+def require(module: str, extra: str, purpose: str = "") -> ModuleType:
+    """Import an optional dependency, or explain which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{purpose or 'this feature'} needs the Python package {module.split('.')[0]!r}, which is not installed",
+            where=f"import {module} ({exc})",
+            fix=f"pip install 'stackwise[{extra}]'",
+        ) from None
+
+
+def load(table: dict[str, AdapterRef], key: str, what: str) -> Any:
+    """The adapter class registered under `key` in `table`."""
+    ref = table.get(key)
+    if ref is None:
+        raise ConfigError(
+            f"no {what} adapter for {key!r} is available in this version",
+            where=f"{what} adapters: {', '.join(sorted(table))}",
+            fix=f"use a stack whose {what} is one of: {', '.join(sorted(table))}",
+        )
+    module_name, _, attr = ref.path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"the {key} {what} adapter needs packages that are not installed ({exc.name or exc})",
+            where=ref.path,
+            fix=ref.install_hint,
+        ) from None
+    return getattr(module, attr)

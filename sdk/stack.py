@@ -1,0 +1,254 @@
+"""Stack resolution: which stack is active, its config, and its validated outputs.
+
+The name comes from the call, else `STACKWISE_STACK`, else `local`. Config is read from
+`stacks/Pulumi.<name>.yaml`; the `local` stack falls back to built-in defaults so a user who
+only installed the package can run it anywhere. Outputs come, in order, from the JSON file
+named by `STACKWISE_OUTPUTS`, `.stackwise/outputs/<name>.json` (written by `stackwise sync`),
+or `pulumi stack output --json --show-secrets`; the local stack derives them from its config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .contract import CLOUDS, StackOutputs, VectorStoreOutput
+from .errors import ConfigError
+from .paths import stacks_dir, state_dir
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_NAMESPACE = "stackwise"
+# Keys the SDK reads from any stack file. The Pulumi program validates the rest of a
+# cloud stack's config; the local stack is wholly the SDK's, so its keys are checked here.
+_LOCAL_KEYS = {"cloud", "region", "artifactStore", "vectorStore", "embeddingModel", "trackingUri"}
+
+
+@dataclass(frozen=True)
+class Stack:
+    """An active environment: its name, where its config came from, and its outputs."""
+
+    name: str
+    cloud: str
+    region: str
+    config: dict[str, Any]
+    source: str
+    _outputs: StackOutputs | None = field(default=None, repr=False)
+
+    @property
+    def outputs(self) -> StackOutputs:
+        """The validated stack contract (read lazily: listing stacks needs no outputs)."""
+        if self._outputs is None:
+            object.__setattr__(self, "_outputs", _load_outputs(self))
+        assert self._outputs is not None
+        return self._outputs
+
+    @property
+    def is_local(self) -> bool:
+        return self.cloud == "local"
+
+
+def stack_name(name: str | None = None) -> str:
+    """The active stack's name: the argument, else `$STACKWISE_STACK`, else `local`."""
+    chosen = name or os.environ.get("STACKWISE_STACK") or "local"
+    if not _NAME.match(chosen):
+        raise ConfigError(
+            f"invalid stack name {chosen!r}",
+            where="--stack / STACKWISE_STACK",
+            fix="use letters, digits, '-', '_' or '.', e.g. dev-aws",
+        )
+    return chosen
+
+
+def stack_files() -> dict[str, Path]:
+    """Stack name -> file, for every `stacks/Pulumi.<name>.yaml` in the project."""
+    folder = stacks_dir()
+    if folder is None:
+        return {}
+    return {p.name[len("Pulumi.") : -len(".yaml")]: p for p in sorted(folder.glob("Pulumi.*.yaml"))}
+
+
+def load_stack(name: str | None = None) -> Stack:
+    """Resolve and validate a stack's config (outputs are read on first use)."""
+    chosen = stack_name(name)
+    files = stack_files()
+    if chosen in files:
+        path = files[chosen]
+        config = _read_config(path.read_text(encoding="utf-8"), str(path))
+        source = str(path)
+    elif chosen == "local":
+        text = resources.files("stackwise").joinpath("defaults/Pulumi.local.yaml").read_text("utf-8")
+        config = _read_config(text, "built-in local stack")
+        source = "built-in defaults"
+    else:
+        known = ", ".join(sorted({"local", *files})) or "local"
+        where = str(stacks_dir() / f"Pulumi.{chosen}.yaml") if stacks_dir() else "no stacks/ folder found"
+        raise ConfigError(
+            f"unknown stack {chosen!r}",
+            where=where,
+            fix=f"choose one of: {known}; or create stacks/Pulumi.{chosen}.yaml",
+        )
+    cloud = config.get("cloud")
+    if cloud not in CLOUDS:
+        raise ConfigError(
+            f"stack {chosen!r} names an unknown cloud {cloud!r}",
+            where=f"{source}: config.stackwise:cloud",
+            fix=f"set stackwise:cloud to one of: {', '.join(CLOUDS)}",
+        )
+    if cloud == "local":
+        unknown = sorted(set(config) - _LOCAL_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"unknown key stackwise:{unknown[0]} in the local stack",
+                where=source,
+                fix=f"remove it; the local stack reads: {', '.join(sorted(_LOCAL_KEYS))}",
+            )
+    region = config.get("region") or ("local" if cloud == "local" else None)
+    if not isinstance(region, str):
+        raise ConfigError(
+            f"stack {chosen!r} has no region", where=f"{source}: config", fix="set stackwise:region"
+        )
+    return Stack(name=chosen, cloud=cloud, region=region, config=config, source=source)
+
+
+def _read_config(text: str, where: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"stack file is not valid YAML: {getattr(exc, 'problem', exc)}",
+            where=f"{where}{line}",
+            fix="fix the YAML syntax (indentation, a missing ':' or quote)",
+        ) from None
+    if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):
+        raise ConfigError(
+            "stack file must be a mapping with a 'config:' mapping",
+            where=where,
+            fix="start the file with 'config:' and put 'stackwise:cloud: <cloud>' under it",
+        )
+    config: dict[str, Any] = {}
+    for key, value in (document.get("config") or {}).items():
+        namespace, _, short = str(key).partition(":")
+        if namespace == _NAMESPACE and short:
+            config[short] = value
+    return config
+
+
+def _load_outputs(stack: Stack) -> StackOutputs:
+    env_file = os.environ.get("STACKWISE_OUTPUTS")
+    if env_file:
+        return _outputs_from_file(Path(env_file), stack, "STACKWISE_OUTPUTS")
+    synced = state_dir() / "outputs" / f"{stack.name}.json"
+    if synced.is_file():
+        return _outputs_from_file(synced, stack, "stackwise sync")
+    if stack.is_local:
+        return local_outputs(stack)
+    return _outputs_from_pulumi(stack)
+
+
+def local_outputs(stack: Stack) -> StackOutputs:
+    """The local stack's outputs, derived from its config under the state folder."""
+    base = state_dir()
+
+    def under(value: str) -> str:
+        return value if "://" in value else str((base / value).resolve())
+
+    vector = stack.config.get("vectorStore") or {"kind": "embedded", "path": "vectors"}
+    if not isinstance(vector, dict) or vector.get("kind", "embedded") != "embedded":
+        raise ConfigError(
+            "the local stack supports only the embedded vector store",
+            where=f"{stack.source}: config.stackwise:vectorStore",
+            fix="set vectorStore to {kind: embedded, path: vectors}",
+        )
+    return StackOutputs(
+        cloud="local",
+        region="local",
+        artifact_store=under(str(stack.config.get("artifactStore", "artifacts"))),
+        vector_store=VectorStoreOutput(kind="embedded", uri=under(str(vector.get("path", "vectors")))),
+        embedding_model=str(stack.config.get("embeddingModel", "all-MiniLM-L6-v2")),
+        tracking_uri=stack.config.get("trackingUri") or f"sqlite:///{base / 'mlflow.db'}",
+    )
+
+
+def _validate_outputs(data: Any, stack: Stack, where: str) -> StackOutputs:
+    from pydantic import ValidationError
+
+    try:
+        outputs = StackOutputs.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise ConfigError(
+            f"stack {stack.name!r} outputs are invalid at {key}: {first['msg']}",
+            where=where,
+            fix="re-run `pulumi up` and `stackwise sync`, or correct the outputs file",
+        ) from None
+    if outputs.cloud != stack.cloud:
+        raise ConfigError(
+            f"stack {stack.name!r} is configured for {stack.cloud} but its outputs say {outputs.cloud}",
+            where=where,
+            fix="the outputs belong to another stack: run `stackwise sync --stack " + stack.name + "`",
+        )
+    return outputs
+
+
+def _outputs_from_file(path: Path, stack: Stack, origin: str) -> StackOutputs:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(
+            f"stack outputs file not found: {path}",
+            where=origin,
+            fix="point STACKWISE_OUTPUTS at an existing JSON file, or unset it",
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"stack outputs file is not valid JSON: {exc.msg}",
+            where=f"{path} line {exc.lineno}",
+            fix="regenerate it with `stackwise sync`",
+        ) from None
+    return _validate_outputs(data, stack, str(path))
+
+
+def _outputs_from_pulumi(stack: Stack) -> StackOutputs:
+    if shutil.which("pulumi") is None:
+        raise ConfigError(
+            f"no outputs for stack {stack.name!r}",
+            where=f"STACKWISE_OUTPUTS unset, {state_dir() / 'outputs' / (stack.name + '.json')} missing, no pulumi CLI",
+            fix="run `pulumi up` then `stackwise sync --stack " + stack.name + "` where Pulumi is installed, "
+            "or set STACKWISE_OUTPUTS to the stack's output JSON",
+        )
+    proc = subprocess.run(
+        ["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", stack.name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ConfigError(
+            f"`pulumi stack output` failed for stack {stack.name!r}",
+            where="pulumi stack output --stack " + stack.name,
+            fix="run `pulumi up` for this stack first; pulumi said: " + proc.stderr.strip()[-300:],
+        )
+    return _validate_outputs(json.loads(proc.stdout), stack, "pulumi stack output")
+
+
+def sync_outputs(stack: Stack) -> Path:
+    """Write the stack's outputs to `.stackwise/outputs/<name>.json` so later reads need no Pulumi."""
+    outputs = _outputs_from_pulumi(stack) if not stack.is_local else local_outputs(stack)
+    target = state_dir() / "outputs" / f"{stack.name}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(outputs.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(tmp, target)
+    return target

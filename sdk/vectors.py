@@ -1,0 +1,187 @@
+"""The `VectorStore` interface every vector store adapter implements.
+
+Behaviour every implementation guarantees (checked by `stackwise.testing.vector_store`):
+- an index is created with a dimension and an embedding model name, and refuses vectors of
+  another dimension (`StoreError`), so an index never mixes embedding models;
+- `upsert` is idempotent: writing the same records again changes nothing;
+- `replace_documents(name, doc_ids, records)` leaves, for each listed document, exactly the
+  given chunks; a store that can do it atomically does (the embedded store commits it as one
+  version), others converge when the same call is repeated after a crash;
+- queries return at most `k` hits, best first, with scores in [-1, 1] (cosine similarity),
+  and apply the filter before ranking, never after;
+- deletes are idempotent; data persists across processes.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .errors import SpecError
+
+Scalar = Union[str, int, float, bool]
+FilterValue = Union[Scalar, Sequence[Scalar]]
+# A portable filter: {key: value} means equality, {key: [v1, v2]} means "in"; all keys must match.
+# Keys are `doc_id`, `source` or a metadata field.
+Filter = Mapping[str, FilterValue]
+
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+RESERVED_FIELDS = ("id", "doc_id", "source", "chunk", "text", "vector")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One chunk: its id, vector, text, the document it came from, and metadata."""
+
+    id: str
+    vector: Sequence[float]
+    text: str
+    doc_id: str
+    source: str = ""
+    chunk: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A query result: similarity score (cosine, higher is closer) and the stored chunk."""
+
+    id: str
+    score: float
+    text: str
+    doc_id: str
+    source: str
+    chunk: int
+    metadata: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    name: str
+    dim: int
+    model: str
+    count: int
+
+
+def check_filter(filter: Filter | None) -> dict[str, list[Scalar] | Scalar]:
+    """Validate a portable filter; returns it as a plain dict. Raises SpecError with the bad key."""
+    if not filter:
+        return {}
+    checked: dict[str, list[Scalar] | Scalar] = {}
+    for key, value in filter.items():
+        if not isinstance(key, str) or not _KEY.match(key) or key in ("id", "text", "vector", "chunk"):
+            raise SpecError(
+                f"filter key {key!r} is not filterable",
+                where="filter",
+                fix="filter on doc_id, source or a metadata field (letters, digits, '_', '.', '-')",
+            )
+        if isinstance(value, (list, tuple, set, frozenset)):
+            values = list(value)
+            if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
+                raise SpecError(f"filter {key!r} needs a non-empty list of scalars", where="filter")
+            checked[key] = values
+        elif isinstance(value, (str, int, float, bool)):
+            checked[key] = value
+        else:
+            raise SpecError(f"filter {key!r} has an unsupported value {value!r}", where="filter")
+    return checked
+
+
+def parse_filter_args(items: Iterable[str]) -> dict[str, FilterValue]:
+    """Parse CLI `--filter key=value` items; `key=a,b` means "in"; numbers and booleans are typed."""
+    result: dict[str, FilterValue] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SpecError(
+                f"bad filter {item!r}", where="--filter", fix="write --filter key=value (or key=a,b for any of)"
+            )
+        parts = [_typed(p) for p in raw.split(",")] if "," in raw else None
+        result[key.strip()] = parts if parts is not None else _typed(raw)
+    check_filter(result)
+    return result
+
+
+def _typed(raw: str) -> Scalar:
+    text = raw.strip()
+    if text in ("true", "false"):
+        return text == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+class VectorStore(ABC):
+    """A vector store holding named indexes (tables, namespaces or collections)."""
+
+    @abstractmethod
+    def list_indexes(self) -> list[str]: ...
+
+    @abstractmethod
+    def create_index(self, name: str, dim: int, model: str) -> IndexInfo:
+        """Create the index, or return it if it exists with the same dim and model (else StoreError)."""
+
+    @abstractmethod
+    def describe(self, name: str) -> IndexInfo:
+        """Dimension, model and row count; StoreError if the index does not exist."""
+
+    @abstractmethod
+    def drop_index(self, name: str) -> None:
+        """Remove the index and all its data; no error if it does not exist."""
+
+    @abstractmethod
+    def upsert(self, name: str, records: Sequence[Record]) -> None: ...
+
+    @abstractmethod
+    def delete(self, name: str, ids: Sequence[str] = (), doc_ids: Sequence[str] = ()) -> int:
+        """Delete chunks by id and by document; returns how many were removed."""
+
+    @abstractmethod
+    def query(self, name: str, vector: Sequence[float], k: int = 10, filter: Filter | None = None) -> list[Hit]: ...
+
+    @abstractmethod
+    def count(self, name: str, filter: Filter | None = None) -> int: ...
+
+    @abstractmethod
+    def fetch(self, name: str, ids: Sequence[str]) -> list[Record]:
+        """The stored records with these ids (missing ids are skipped), vectors included."""
+
+    @abstractmethod
+    def chunk_ids(self, name: str, source: str | None = None) -> dict[str, set[str]]:
+        """doc_id -> ids of its stored chunks, for all documents or those indexed from `source`."""
+
+    def replace_documents(self, name: str, doc_ids: Sequence[str], records: Sequence[Record]) -> None:
+        """Make the stored chunks of `doc_ids` exactly `records`.
+
+        Default: upsert, then delete the chunks no longer present. Not atomic, but repeating the
+        call after a crash converges; stores that can commit both at once override this.
+        """
+        keep = {r.id for r in records}
+        wanted = set(doc_ids)
+        stale = [i for doc, ids in self.chunk_ids(name).items() if doc in wanted for i in ids if i not in keep]
+        if records:
+            self.upsert(name, records)
+        if stale:
+            self.delete(name, ids=stale)
+
+    def optimize(self, name: str) -> None:
+        """Compact and (re)build search indexes where the engine needs it; a no-op by default."""
+
+
+def open_store(config: "VectorStoreOutput") -> VectorStore:
+    """The adapter for a stack's vector store output (imported lazily)."""
+    from .registry import VECTOR_STORES, load
+
+    cls = load(VECTOR_STORES, config.kind, "vector store")
+    if config.kind == "embedded":
+        return cls(config.uri)
+    return cls(config)
+
+
+from .contract import VectorStoreOutput  # noqa: E402  (typing only; contract imports nothing heavy)

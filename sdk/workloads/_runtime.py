@@ -1,0 +1,67 @@
+"""What every workload entrypoint shares: argument parsing, spec loading, progress events,
+and writing the result (or the error) where the compute backend collects it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from ..errors import SpecError, StackwiseError
+
+PROGRESS_PREFIX = "@@progress "
+S = TypeVar("S", bound=BaseModel)
+
+
+def emit_progress(stage: str, done: int, total: int, **extra: Any) -> None:
+    """One machine-readable progress line in the job log; followers render it as a bar."""
+    event = {"stage": stage, "done": done, "total": total, "t": round(time.time(), 3), **extra}
+    print(PROGRESS_PREFIX + json.dumps(event), flush=True)
+
+
+def load_spec(path: str, model: type[S]) -> S:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read spec file: {exc.strerror}", where=path, fix="pass --spec FILE") from None
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise SpecError(f"invalid spec at {key}: {first['msg']}", where=path, fix="correct the spec") from None
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def main(kind: str, model: type[S], run: Callable[[S], BaseModel]) -> None:
+    parser = argparse.ArgumentParser(prog=f"python -m stackwise.workloads.{kind}")
+    parser.add_argument("--spec", required=True, help="path to the job spec (JSON)")
+    parser.add_argument("--result", help="where to write the result JSON (default: stdout only)")
+    args = parser.parse_args()
+    error_path = str(Path(args.result).with_name("error.json")) if args.result else None
+    try:
+        spec = load_spec(args.spec, model)
+        result = run(spec)
+    except StackwiseError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if error_path:
+            _write_json(error_path, {"error": str(exc), "exit_code": exc.exit_code})
+        raise SystemExit(exc.exit_code) from None
+    payload = result.model_dump(mode="json")
+    if args.result:
+        _write_json(args.result, payload)
+    print("@@result " + json.dumps(payload), flush=True)
