@@ -109,26 +109,31 @@ def _follow(handle, quiet: bool) -> dict[str, Any]:
         raise typer.Exit(130) from None
     info = handle.wait()
     if info.state.value != "SUCCEEDED":
-        raise JobFailedError(
+        # A workload that rejected its input exits 2 and says why: surface that as bad input.
+        error = JobFailedError(
             f"job {handle.id} ended {info.state.value}: {info.error or 'no error recorded'}",
             where=info.log_path,
             fix=f"read the whole log with `stackwise jobs logs {handle.id}`",
         )
+        if info.exit_code == 2:
+            error.exit_code = 2
+        raise error
     return info.outputs
 
 
 def _print_index_report(report: dict[str, Any]) -> None:
     console = _console()
     console.print(
-        f"index [bold]{report['index']}[/bold] from {report['source']} ({report['model']}): "
-        f"{report['documents']} documents, {report['chunks']} chunks in {report['seconds']:.1f} s"
+        f"index {report['index']} from {report['source']} ({report['model']}): "
+        f"{report['documents']} documents, {report['chunks']} chunks in {report['seconds']:.1f} s",
+        markup=False,
     )
     console.print(
         f"  added {report['added']}  replaced {report['replaced']} (removed {report['removed']} stale)  "
         f"unchanged {report['unchanged']}  pruned {report['pruned']}"
     )
     for item in report.get("skipped", []):
-        console.print(f"  [yellow]skipped[/yellow] {item['path']}: {item['reason']}")
+        console.print(f"  skipped {item['path']}: {item['reason']}", markup=False)
 
 
 @app.command()
@@ -176,10 +181,22 @@ def index(
 
 
 def _check_source(source: str) -> None:
-    """Fail fast, before a job is started, on a source that cannot be read at all."""
-    from .documents import Source, read_documents
+    """Fail fast, before a job starts, on a source that is missing or has no document to read.
 
-    read_documents(Source(source))
+    Only a file named directly is read here; the files of a folder or glob are read by the job.
+    """
+    from .documents import SUPPORTED, Source, read_documents
+    from .errors import InputError
+
+    resolved = Source(source)
+    if resolved.direct:
+        read_documents(resolved)
+    elif not any(f.lower().endswith(SUPPORTED) for f in resolved.files):
+        raise InputError(
+            f"no documents to index in {source}: no files ending in {', '.join(SUPPORTED)}",
+            where="SOURCE",
+            fix="point SOURCE at a folder or glob that holds such files",
+        )
 
 
 @app.command()
@@ -260,7 +277,7 @@ def jobs_show(job_id: str, stack: StackOpt = None, as_json: JsonOpt = False) -> 
             value = json.dumps(value, indent=2)
         elif key.endswith("_at"):
             value = _fmt_time(value)
-        console.print(f"[bold]{key}[/bold]: {value}", markup=True, highlight=False)
+        console.print(f"{key}: {value}", markup=False, highlight=False)
 
 
 @jobs_app.command("logs")
@@ -326,7 +343,9 @@ def main() -> None:
     try:
         app()
     except StackwiseError as exc:
-        _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", markup=True, highlight=False)
+        console = _console(stderr=True)
+        console.print("error:", style="bold red", end=" ")
+        console.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

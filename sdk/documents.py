@@ -100,7 +100,9 @@ def read_documents(source: Source) -> tuple[list[Document], list[Skipped]]:
         except InputError as exc:
             if source.direct:
                 raise
-            skipped.append(Skipped(source.file_uri(path), exc.what))
+            uri = source.file_uri(path)
+            reason = exc.what if exc.where in (None, uri) else f"{exc.what} at {exc.where.removeprefix(uri).strip()}"
+            skipped.append(Skipped(uri, reason))
     if not documents:
         listed = "; ".join(f"{s.path}: {s.reason}" for s in skipped[:5])
         raise InputError(

@@ -42,6 +42,7 @@ class JobInfo:
     outputs: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
     log_path: str | None = None
+    exit_code: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +57,7 @@ class JobInfo:
             "outputs": self.outputs,
             "spec": self.spec,
             "log_path": self.log_path,
+            "exit_code": self.exit_code,
         }
 
 

@@ -202,6 +202,7 @@ class LocalCompute:
             outputs=json.loads(row["outputs"]) if row["outputs"] else {},
             spec=json.loads(row["spec"]),
             log_path=str(Path(row["job_dir"]) / "log.txt"),
+            exit_code=row["exit_code"],
         )
 
     def info(self, job_id: str) -> JobInfo:
