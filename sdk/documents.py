@@ -79,8 +79,12 @@ class Source:
         if self.direct:
             self.files = files
         else:
-            # Hidden files and folders (.git, .DS_Store) below the source are never documents.
-            root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0].rstrip("/") + "/"
+            # Hidden files and folders (.git, .DS_Store) below the source are never documents;
+            # the folder named (or the fixed part of a glob) may itself be hidden, e.g. `.notes/`.
+            root = path
+            if _GLOB_CHARS & set(path):
+                root = path.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
+            root = root.rstrip("/") + "/"
             self.files = sorted(
                 f for f in files if not any(p.startswith(".") for p in f.removeprefix(root).split("/"))
             )

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install what the local stack and the tests need into ./.venv (used by the README and CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x .venv/bin/python ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# torch first, pinned: the CPU wheel. An unpinned torch, pulled in by another package, is a multi-GB CUDA build.
+python -m pip install --quiet 'torch==2.13.0'
+python -m pip install --quiet -e '.[local,dev]'
+if python -m pip list 2>/dev/null | grep -qi '^nvidia'; then
+  echo "error: CUDA packages were installed: something asked for an unpinned torch" >&2
+  exit 1
+fi
+echo "installed into $(pwd)/.venv (activate with: . .venv/bin/activate)"
