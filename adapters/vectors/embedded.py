@@ -281,11 +281,15 @@ class EmbeddedStore(VectorStore):
         rows = table.count_rows()
         if not self._has_ann(table) and rows >= ANN_THRESHOLD:
             dim = int((table.schema.metadata or {}).get(_DIM_KEY, b"0"))
+            from lancedb.index import IvfPq
+
             table.create_index(
-                metric="cosine",
-                vector_column_name="vector",
-                index_type="IVF_PQ",
-                num_partitions=max(16, int(math.sqrt(rows))),
-                num_sub_vectors=max(1, dim // 8) if dim % 8 == 0 else dim // 4 or 1,
+                "vector",
+                config=IvfPq(
+                    distance_type="cosine",
+                    num_partitions=max(16, int(math.sqrt(rows))),
+                    # About 8 dimensions per sub-vector (384 -> 48); PQ needs a divisor of dim.
+                    num_sub_vectors=max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0),
+                ),
             )
         table.optimize()

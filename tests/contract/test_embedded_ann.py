@@ -1,0 +1,51 @@
+"""The embedded store's ANN path: above the threshold `optimize` builds an IVF_PQ index, and
+queries through it keep high recall against exact search and still apply filters first."""
+
+import numpy as np
+import pytest
+
+from stackwise.adapters.vectors import embedded
+from stackwise.adapters.vectors.embedded import EmbeddedStore
+from stackwise.vectors import Record
+
+DIM = 32
+
+
+@pytest.fixture
+def clustered():
+    rng = np.random.default_rng(7)
+    centers = rng.normal(size=(40, DIM))
+    labels = rng.integers(0, 40, size=3000)
+    vectors = centers[labels] + 0.35 * rng.normal(size=(3000, DIM))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), labels
+
+
+def test_ivf_pq_index_keeps_recall_and_filters(tmp_path, monkeypatch, clustered):
+    vectors, labels = clustered
+    monkeypatch.setattr(embedded, "ANN_THRESHOLD", 1000)
+    store = EmbeddedStore(str(tmp_path))
+    store.create_index("ann", DIM, "m")
+    records = [
+        Record(id=f"r{i}", vector=v, text=str(i), doc_id=f"d{i // 10}", metadata={"cluster": int(labels[i])})
+        for i, v in enumerate(vectors)
+    ]
+    for start in range(0, len(records), 1000):
+        store.upsert("ann", records[start : start + 1000])
+    store.optimize("ann")
+    table = store._table("ann")
+    assert EmbeddedStore._has_ann(table), "optimize above the threshold must build a vector index"
+
+    rng = np.random.default_rng(11)
+    queries = vectors[rng.choice(len(vectors), 30, replace=False)] + 0.05 * rng.normal(size=(30, DIM))
+    recalls = []
+    for q in queries:
+        exact = {f"r{i}" for i in np.argsort(-(vectors @ q))[:10]}
+        got = {h.id for h in store.query("ann", q, k=10)}
+        recalls.append(len(exact & got) / 10)
+    assert np.mean(recalls) >= 0.9
+
+    target = int(labels[0])
+    hits = store.query("ann", vectors[5], k=10, filter={"cluster": target})
+    assert hits and all(h.metadata["cluster"] == target for h in hits)
+    assert store.count("ann") == 3000
