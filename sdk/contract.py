@@ -35,7 +35,7 @@ class VectorStoreOutput(_Strict):
     @field_validator("api_key_secret")
     @classmethod
     def _is_reference(cls, value: str | None) -> str | None:
-        if value is not None and not _SECRET_REF.match(value):
+        if value is not None and not _SECRET_REF.fullmatch(value):
             raise ValueError(
                 "must be a secret reference such as env://PINECONE_API_KEY, never the key itself"
             )
@@ -73,6 +73,6 @@ class StackOutputs(_Strict):
     @classmethod
     def _secret_references(cls, value: dict[str, str]) -> dict[str, str]:
         for name, ref in value.items():
-            if not _SECRET_REF.match(ref):
+            if not _SECRET_REF.fullmatch(ref):
                 raise ValueError(f"secrets.{name} must be a secret reference such as env://NAME")
         return value

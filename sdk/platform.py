@@ -59,6 +59,7 @@ class Platform:
     def index(self, spec: IndexSpec | None = None, **fields: Any) -> JobHandle:
         """Submit an index job (a spec, or its fields as keywords) and return its handle at once."""
         if spec is None:
+            fields.setdefault("embedding", {"model": self.stack.outputs.embedding_model})
             spec = IndexSpec(**fields)
         return self.compute.submit(spec)
 

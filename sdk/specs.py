@@ -60,7 +60,7 @@ class IndexSpec(_Spec):
 
     @model_validator(mode="after")
     def _valid_index_name(self) -> "IndexSpec":
-        if not INDEX_NAME.match(self.index):
+        if not INDEX_NAME.fullmatch(self.index):
             raise ValueError(
                 f"index name {self.index!r} is invalid: use 1-63 lowercase letters, digits, '-' or '_', "
                 "starting with a letter or digit"

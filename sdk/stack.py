@@ -57,7 +57,7 @@ class Stack:
 def stack_name(name: str | None = None) -> str:
     """The active stack's name: the argument, else `$STACKWISE_STACK`, else `local`."""
     chosen = name or os.environ.get("STACKWISE_STACK") or "local"
-    if not _NAME.match(chosen):
+    if not _NAME.fullmatch(chosen):
         raise ConfigError(
             f"invalid stack name {chosen!r}",
             where="--stack / STACKWISE_STACK",

@@ -18,9 +18,12 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from .errors import SpecError
+
+if TYPE_CHECKING:
+    from .contract import VectorStoreOutput
 
 Scalar = Union[str, int, float, bool]
 FilterValue = Union[Scalar, Sequence[Scalar]]
@@ -72,7 +75,7 @@ def check_filter(filter: Filter | None) -> dict[str, list[Scalar] | Scalar]:
         return {}
     checked: dict[str, list[Scalar] | Scalar] = {}
     for key, value in filter.items():
-        if not isinstance(key, str) or not _KEY.match(key) or key in ("id", "text", "vector", "chunk"):
+        if not isinstance(key, str) or not _KEY.fullmatch(key) or key in ("id", "text", "vector", "chunk"):
             raise SpecError(
                 f"filter key {key!r} is not filterable",
                 where="filter",
@@ -182,6 +185,3 @@ def open_store(config: "VectorStoreOutput") -> VectorStore:
     if config.kind == "embedded":
         return cls(config.uri)
     return cls(config)
-
-
-from .contract import VectorStoreOutput  # noqa: E402  (typing only; contract imports nothing heavy)

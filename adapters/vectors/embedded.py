@@ -42,14 +42,14 @@ def _literal(value: Any) -> str:
     return _quote(str(value))
 
 
-def _json_getter(value: Any) -> str:
-    if isinstance(value, bool):
-        return "json_get_bool"
-    if isinstance(value, int):
-        return "json_get_int"
-    if isinstance(value, float):
-        return "json_get_float"
-    return "json_get_string"
+def _metadata_equals(key: str, value: Any) -> str:
+    """`metadata[key]` equals `value`, or is a list containing it (list metadata from JSONL).
+
+    Compares JSON forms, as stored: 3 and 3.0 are different values, as in JSON Schema's `const`.
+    """
+    path = _quote(f'$["{key}"]')
+    as_json = _quote(json.dumps(value, ensure_ascii=False))
+    return f"(json_extract(metadata, {path}) = {as_json} OR json_array_contains(metadata, {path}, {_literal(value)}))"
 
 
 def to_where(filter: Filter | None) -> str | None:
@@ -59,13 +59,12 @@ def to_where(filter: Filter | None) -> str | None:
     for key, value in checked.items():
         values = value if isinstance(value, list) else [value]
         if key in ("doc_id", "source"):
-            column = key
             if len(values) == 1:
-                clauses.append(f"{column} = {_literal(values[0])}")
+                clauses.append(f"{key} = {_literal(values[0])}")
             else:
-                clauses.append(f"{column} IN ({', '.join(_literal(v) for v in values)})")
+                clauses.append(f"{key} IN ({', '.join(_literal(v) for v in values)})")
             continue
-        terms = [f"{_json_getter(v)}(metadata, {_quote(key)}) = {_literal(v)}" for v in values]
+        terms = [_metadata_equals(key, v) for v in values]
         clauses.append(terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")")
     return " AND ".join(clauses) or None
 
