@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet --upgrade pip
 # torch first, pinned: the CPU wheel. An unpinned torch, pulled in by another package, is a multi-GB CUDA build.
 python -m pip install --quiet 'torch==2.13.0'
-python -m pip install --quiet -e '.[local,dev]'
+# Extras to install: STACKWISE_EXTRAS (comma-separated), default local,dev; CI adds infra.
+python -m pip install --quiet -e ".[${STACKWISE_EXTRAS:-local,dev}]"
 if python -m pip list 2>/dev/null | grep -qi '^nvidia'; then
   echo "error: CUDA packages were installed: something asked for an unpinned torch" >&2
   exit 1

@@ -326,6 +326,58 @@ def jobs_cancel(job_id: str, stack: StackOpt = None, as_json: JsonOpt = False) -
         _console().print(f"{info.id}: {info.state.value}")
 
 
+# -- plan --------------------------------------------------------------------------------------
+@app.command()
+def plan(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
+    """Show what `pulumi up` would create for a cloud stack, its outputs and monthly cost (offline).
+
+    Runs the Pulumi program under mocks: no Pulumi CLI, no credentials. Exits 3 when the
+    estimate exceeds the stack's monthlyBudgetUsd.
+    """
+    from .errors import ConfigError
+    from .registry import require
+    from .stack import load_stack
+
+    chosen = load_stack(stack)
+    if chosen.is_local:
+        raise ConfigError("the local stack has no cloud infrastructure to plan", where=chosen.source,
+                          fix="choose a cloud stack: `stackwise plan --stack dev-aws` (see `stackwise stacks`)")
+    require("pulumi", "infra", "stackwise plan")  # Pulumi loads here, never at `import stackwise`
+    from stackwise.infra.plan import plan as build_plan
+
+    result = build_plan(chosen)
+    if as_json:
+        _print_json(result)
+    else:
+        _print_plan(result)
+    if result["over_budget"]:
+        _console(stderr=True).print(
+            f"over budget: estimated ${result['cost']['monthly_usd']:,.2f}/month exceeds monthlyBudgetUsd "
+            f"${result['budget_usd']:,.2f} in {chosen.source}", markup=False)
+        raise typer.Exit(3)
+
+
+def _print_plan(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table("type", "name", "parent", "key settings", title=f"stack {result['stack']}: "
+                  f"{sum(not r['component'] for r in result['resources'])} resources ({result['cloud']}, {result['region']})")
+    for r in result["resources"]:
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        table.add_row(r["type"], r["name"], r["parent"] or "-", settings)
+    console.print(table)
+    console.print("outputs (the stack contract):")
+    for key, value in result["outputs"].items():
+        if value not in (None, [], {}):
+            console.print(f"  {key}: {json.dumps(value)}", markup=False)
+    cost = result["cost"]
+    console.print(f"estimated monthly cost: ${cost['monthly_usd']:,.2f} (budget ${result['budget_usd']:,.2f})")
+    for item in cost["items"]:
+        console.print(f"  ${item['monthly_usd']:>10,.2f}  {item['resource']}: {item['basis']}", markup=False)
+    console.print(f"  ({cost['note']}; planned in {result['seconds']} s)", markup=False)
+
+
 # -- quickstart --------------------------------------------------------------------------------
 @app.command()
 def quickstart(

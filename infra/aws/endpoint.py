@@ -1,0 +1,107 @@
+"""AWS inference endpoint: SageMaker Model, EndpointConfiguration, Endpoint, autoscaling, alarms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from stackwise.catalog import Offer
+
+from ..config import AlarmsConfig, EndpointConfig
+from ..common import is_hf_model
+
+
+@dataclass
+class InferenceEndpointArgs:
+    endpoint: EndpointConfig
+    """Name, model, replicas and scaling target."""
+    offer: Offer
+    """The catalog entry: the SageMaker instance type for the endpoint's GPU."""
+    image: pulumi.Input[str]
+    """Serving container image."""
+    role_arn: pulumi.Input[str]
+    """Execution role (the stack's job role: it can read the artifact bucket)."""
+    kms_key_arn: pulumi.Input[str]
+    """Encrypts the endpoint's ML storage volumes."""
+    subnet_ids: list[pulumi.Input[str]]
+    security_group_id: pulumi.Input[str]
+    alarms: AlarmsConfig
+    alert_emails: list[str]
+    region: str
+    """The stack's region (the endpoint's invocation URL)."""
+    tags: dict[str, str]
+
+
+class InferenceEndpoint(pulumi.ComponentResource):
+    """A private SageMaker real-time endpoint that scales between min and max replicas.
+
+    SageMaker endpoints answer only IAM-signed requests and run in the stack's private subnets.
+    Real-time endpoints without inference components cannot scale to zero, so min is >= 1; a
+    stack that needs no standing cost simply omits `endpoint`.
+    """
+
+    def __init__(self, name: str, args: InferenceEndpointArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("stackwise:aws:InferenceEndpoint", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        ep, tags = args.endpoint, args.tags
+        container: dict = {"image": args.image}
+        if is_hf_model(ep.model):
+            container["environment"] = {"HF_MODEL_ID": ep.model, "SM_NUM_GPUS": str(args.offer.count)}
+        else:
+            container["model_data_url"] = ep.model
+        model = aws.sagemaker.Model(f"{name}-model", execution_role_arn=args.role_arn, primary_container=container,
+                                    vpc_config={"subnets": args.subnet_ids,
+                                                "security_group_ids": [args.security_group_id]},
+                                    tags=tags, opts=child)
+        config = aws.sagemaker.EndpointConfiguration(
+            f"{name}-config", kms_key_arn=args.kms_key_arn,
+            production_variants=[{"variant_name": "primary", "model_name": model.name,
+                                  "instance_type": args.offer.instance,
+                                  "initial_instance_count": ep.min_replicas}],
+            tags=tags, opts=child)
+        self.endpoint = aws.sagemaker.Endpoint(f"{name}-endpoint", name=f"{name}", endpoint_config_name=config.name,
+                                               tags=tags, opts=child)
+        target = aws.appautoscaling.Target(
+            f"{name}-scaling", service_namespace="sagemaker",
+            resource_id=self.endpoint.name.apply(lambda n: f"endpoint/{n}/variant/primary"),
+            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+            min_capacity=ep.min_replicas, max_capacity=ep.max_replicas, tags=tags, opts=child)
+        aws.appautoscaling.Policy(
+            f"{name}-scaling-policy", policy_type="TargetTrackingScaling", service_namespace=target.service_namespace,
+            resource_id=target.resource_id, scalable_dimension=target.scalable_dimension,
+            target_tracking_scaling_policy_configuration={
+                "target_value": ep.target_invocations,
+                "predefined_metric_specification": {"predefined_metric_type": "SageMakerVariantInvocationsPerInstance"},
+                "scale_in_cooldown": 300, "scale_out_cooldown": 60},
+            opts=child)
+
+        topic = aws.sns.Topic(f"{name}-alerts", kms_master_key_id="alias/aws/sns", tags=tags, opts=child)
+        for i, email in enumerate(args.alert_emails):
+            aws.sns.TopicSubscription(f"{name}-alerts-{i}", topic=topic.arn, protocol="email", endpoint=email, opts=child)
+        dims = {"EndpointName": self.endpoint.name, "VariantName": "primary"}
+        aws.cloudwatch.MetricAlarm(
+            f"{name}-latency-alarm", namespace="AWS/SageMaker", metric_name="ModelLatency", dimensions=dims,
+            extended_statistic="p90", period=300, evaluation_periods=3, comparison_operator="GreaterThanThreshold",
+            threshold=args.alarms.latency_ms * 1000,  # ModelLatency is in microseconds
+            alarm_description=f"p90 model latency above {args.alarms.latency_ms} ms",
+            treat_missing_data="notBreaching", alarm_actions=[topic.arn], tags=tags, opts=child)
+
+        def metric(query_id: str, metric_name: str) -> dict:
+            return {"id": query_id, "metric": {"namespace": "AWS/SageMaker", "metric_name": metric_name,
+                                               "dimensions": dims, "period": 300, "stat": "Sum"}}
+
+        aws.cloudwatch.MetricAlarm(
+            f"{name}-error-rate-alarm", comparison_operator="GreaterThanThreshold", evaluation_periods=3,
+            threshold=args.alarms.error_rate_percent, treat_missing_data="notBreaching",
+            alarm_description=f"5xx responses above {args.alarms.error_rate_percent} %",
+            metric_queries=[metric("errors", "Invocation5XXErrors"), metric("invocations", "Invocations"),
+                            {"id": "rate", "expression": "100 * errors / invocations", "label": "5xx %",
+                             "return_data": True}],
+            alarm_actions=[topic.arn], tags=tags, opts=child)
+
+        self.name = self.endpoint.name
+        self.url = self.endpoint.name.apply(
+            lambda n: f"https://runtime.sagemaker.{args.region}.amazonaws.com/endpoints/{n}/invocations")
+        self.register_outputs({"name": self.name})

@@ -1,0 +1,195 @@
+"""The typed config of a cloud stack: every `stackwise:` key of `stacks/Pulumi.<stack>.yaml`.
+
+`infra/__main__.py` reads it once (`InfraConfig.load`) and hands typed parts to the components;
+no component reads Pulumi config. An unknown key or a bad value fails naming the key and the
+stack file. Importing this module needs pydantic only (no Pulumi), so `stackwise plan` and the
+tests can validate a stack file before any provider loads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from stackwise import catalog
+from stackwise.errors import ConfigError
+
+REQUIRED_TAGS = ("project", "env", "owner", "cost-center")
+_LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def _from_catalog(fn, *args):
+    """Call the catalog inside a validator: its ConfigError becomes a plain message for pydantic."""
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        raise ValueError(f"{exc.what}; {exc.fix}") from None
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, alias_generator=_camel, populate_by_name=True)
+
+
+class TrainingConfig(_Model):
+    """The GPU training platform: what jobs ask for by default, and the Azure cluster's bounds."""
+
+    gpu: str = Field(description="Portable GPU name from the catalog, e.g. A10G, L4, T4.")
+    count: int = Field(1, ge=1, le=8, description="GPUs per node.")
+    max_nodes: int = Field(2, ge=1, le=64, description="Upper bound of the Azure AmlCompute cluster (it idles at 0).")
+    spot: bool = Field(True, description="Use spot / low-priority capacity for training jobs.")
+
+
+class VectorStoreConfig(_Model):
+    """Where indexes live: the embedded store on the object store, or a Pinecone serverless index."""
+
+    kind: Literal["embedded", "pinecone"] = "embedded"
+    index: str = Field("stackwise", pattern=r"^[a-z0-9-]{1,45}$", description="Pinecone index name.")
+    dimension: int = Field(384, ge=1, le=20000, description="Vector size (384 for all-MiniLM-L6-v2).")
+    metric: Literal["cosine", "dotproduct", "euclidean"] = "cosine"
+    cloud: Literal["aws", "gcp", "azure"] | None = Field(
+        None, description="Where Pinecone hosts the serverless index (default: the stack's cloud)."
+    )
+    region: str | None = Field(None, description="Pinecone serverless region (default: the stack's region).")
+
+
+class EndpointConfig(_Model):
+    """One real-time inference endpoint with autoscaling between min and max replicas."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")
+    gpu: str
+    count: int = Field(1, ge=1, le=8, description="GPUs per replica.")
+    model: str = Field(description="Model to serve: a Hugging Face id, or an artifact URI of the stack.")
+    image: str | None = Field(None, description="Serving image (default: the stack registry's `serve` image).")
+    min_replicas: int = Field(1, ge=1, le=100, description="Replicas always running (the cost floor).")
+    max_replicas: int = Field(1, ge=1, le=100)
+    target_invocations: int = Field(100, ge=1, description="Invocations per replica per minute to scale at.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "EndpointConfig":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"maxReplicas ({self.max_replicas}) is below minReplicas ({self.min_replicas})")
+        return self
+
+
+class AlarmsConfig(_Model):
+    latency_ms: int = Field(2000, ge=1, description="Alarm when p90 model latency exceeds this.")
+    error_rate_percent: float = Field(5.0, gt=0, le=100, description="Alarm when 5xx responses exceed this share.")
+
+
+class NetworkConfig(_Model):
+    cidr: str = Field("10.42.0.0/16", pattern=r"^\d+\.\d+\.\d+\.\d+/\d+$", description="Private network range.")
+
+
+class InfraConfig(_Model):
+    """A cloud stack's config (the `stackwise:` namespace of its stack file)."""
+
+    cloud: Literal["aws", "gcp", "azure"]
+    region: str = Field(min_length=2)
+    env: str = Field(pattern=r"^[a-z][a-z0-9-]{0,15}$", description="Environment name, part of every resource name.")
+    tags: dict[str, str] = Field(description="Tags on every resource; must include project, owner, cost-center.")
+    monthly_budget_usd: float = Field(gt=0, description="Monthly budget; alerts at 50/80/100 %, plan exits 3 above it.")
+    budget_alert_emails: list[str] = Field(min_length=1)
+    allowed_gpus: list[str] = Field(min_length=1, description="GPUs this stack may provision (catalog names).")
+    training: TrainingConfig
+    vector_store: VectorStoreConfig = VectorStoreConfig()
+    endpoint: EndpointConfig | None = None
+    embedding_model: str = "all-MiniLM-L6-v2"
+    tracking_uri: str | None = None
+    network: NetworkConfig = NetworkConfig()
+    alarms: AlarmsConfig = AlarmsConfig()
+    max_endpoint_replicas: int = Field(10, ge=1, le=100, description="Policy bound on endpoint replicas.")
+    gcp_project: str | None = Field(None, description="GCP project id (gcp stacks).")
+    gcp_billing_account: str | None = Field(None, description="GCP billing account id for the budget (gcp stacks).")
+
+    @field_validator("budget_alert_emails")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        for email in value:
+            if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+                raise ValueError(f"{email!r} is not an email address")
+        return value
+
+    @field_validator("allowed_gpus")
+    @classmethod
+    def _known_gpus(cls, value: list[str]) -> list[str]:
+        return [_from_catalog(catalog.canonical_gpu, g) for g in value]
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        # GCP labels are the strictest form of tags: lower-case keys and values.
+        for key, tag in value.items():
+            if not _LABEL.match(key) or not re.fullmatch(r"[a-z0-9_-]{0,63}", str(tag)):
+                raise ValueError(f"tag {key}={tag!r} must be lower-case letters, digits, '-' or '_' (GCP label rules)")
+        missing = [t for t in REQUIRED_TAGS if t != "env" and t not in value]
+        if missing:
+            raise ValueError(f"missing required tags: {', '.join(missing)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "InfraConfig":
+        uses = [("training.gpu", self.training.gpu, self.training.count)]
+        if self.endpoint is not None:
+            uses.append(("endpoint.gpu", self.endpoint.gpu, self.endpoint.count))
+            if self.endpoint.max_replicas > self.max_endpoint_replicas:
+                raise ValueError(f"endpoint.maxReplicas {self.endpoint.max_replicas} exceeds maxEndpointReplicas "
+                                 f"{self.max_endpoint_replicas}")
+        for key, gpu, count in uses:
+            name = _from_catalog(catalog.canonical_gpu, gpu)
+            if name not in self.allowed_gpus:
+                raise ValueError(f"{key} {name} is not in allowedGpus ({', '.join(self.allowed_gpus)})")
+            _from_catalog(catalog.offer, name, self.cloud, count)  # lists what the cloud offers
+        if self.cloud == "gcp" and not (self.gcp_project and self.gcp_billing_account):
+            raise ValueError("gcp stacks need gcpProject and gcpBillingAccount")
+        if self.cloud != "gcp" and (self.gcp_project or self.gcp_billing_account):
+            raise ValueError("gcpProject and gcpBillingAccount are for gcp stacks only")
+        return self
+
+    @property
+    def all_tags(self) -> dict[str, str]:
+        """The stack's tags with `env` filled in: what every taggable resource carries."""
+        return {**self.tags, "env": self.env}
+
+    @property
+    def training_gpu(self) -> str:
+        return catalog.canonical_gpu(self.training.gpu)
+
+    @classmethod
+    def load(cls, raw: dict[str, Any], source: str) -> "InfraConfig":
+        """Validate the `stackwise:` keys of a stack (namespace stripped); `source` names the file.
+
+        Values may be JSON strings, as Pulumi hands structured config to programs.
+        """
+        data = {key: _decode(value) for key, value in raw.items()}
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"]) or "(stack)"
+            message = first["msg"].removeprefix("Value error, ")
+            if first["type"] == "extra_forbidden":
+                known = ", ".join(sorted(f.alias or n for n, f in cls.model_fields.items()))
+                raise ConfigError(f"unknown key stackwise:{key}", where=source,
+                                  fix=f"remove it or correct its spelling; cloud stacks read: {known}") from None
+            if first["type"] == "missing":
+                raise ConfigError(f"missing key stackwise:{key}", where=source,
+                                  fix="add it (docs/stacks.md lists every key)") from None
+            raise ConfigError(f"bad value for stackwise:{key}: {message}", where=source,
+                              fix="correct it (docs/stacks.md lists every key and its values)") from None
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value

@@ -1,0 +1,111 @@
+"""GCP training platform: KMS key, artifact bucket, job service account, Artifact Registry, VPC."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_gcp as gcp
+
+# Google service agents that encrypt with the stack's key on its behalf.
+_AGENTS = ("gcp-sa-artifactregistry", "gcp-sa-aiplatform", "gcp-sa-secretmanager")
+
+
+@dataclass
+class TrainingPlatformArgs:
+    project: str
+    """GCP project id."""
+    region: str
+    """Region of the bucket, registry, key and network."""
+    cidr: str
+    """The private subnet's range."""
+    labels: dict[str, str]
+    """Labels on every labelable resource."""
+    pinecone_api_key: pulumi.Input[str] | None = None
+    """When set, stored in Secret Manager (CMEK) for jobs to read."""
+
+
+class TrainingPlatform(pulumi.ComponentResource):
+    """What Vertex AI custom jobs need; Vertex needs no standing cluster.
+
+    A CMEK-encrypted, versioned bucket with public access prevention enforced and lifecycle
+    rules; a job service account that may use only that bucket, that key and that secret; a
+    Docker repository; a private subnet with Private Google Access for jobs.
+    """
+
+    def __init__(self, name: str, args: TrainingPlatformArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("stackwise:gcp:TrainingPlatform", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        project, region, labels = args.project, args.region, args.labels
+
+        ring = gcp.kms.KeyRing(f"{name}-keyring", name=f"{name}-keyring", location=region, project=project, opts=child)
+        self.key = gcp.kms.CryptoKey(f"{name}-key", name=f"{name}-key", key_ring=ring.id,
+                                     rotation_period="7776000s", labels=labels, opts=child)
+        storage_agent = gcp.storage.get_project_service_account_output(project=project)
+        number = gcp.organizations.get_project_output(project_id=project).number
+        grants = [gcp.kms.CryptoKeyIAMMember(
+            f"{name}-key-storage-agent", crypto_key_id=self.key.id, role="roles/cloudkms.cryptoKeyEncrypterDecrypter",
+            member=storage_agent.email_address.apply(lambda e: f"serviceAccount:{e}"), opts=child)]
+        for agent in _AGENTS:
+            grants.append(gcp.kms.CryptoKeyIAMMember(
+                f"{name}-key-{agent.removeprefix('gcp-sa-')}-agent", crypto_key_id=self.key.id,
+                role="roles/cloudkms.cryptoKeyEncrypterDecrypter",
+                member=number.apply(lambda n, a=agent: f"serviceAccount:service-{n}@{a}.iam.gserviceaccount.com"),
+                opts=child))
+        after_grants = pulumi.ResourceOptions(parent=self, depends_on=grants)
+
+        self.bucket = gcp.storage.Bucket(
+            f"{name}-artifacts", project=project, location=region.upper(), uniform_bucket_level_access=True,
+            public_access_prevention="enforced", versioning={"enabled": True},
+            encryption={"default_kms_key_name": self.key.id},
+            lifecycle_rules=[
+                {"action": {"type": "AbortIncompleteMultipartUpload"}, "condition": {"age": 7}},
+                {"action": {"type": "Delete"}, "condition": {"days_since_noncurrent_time": 30, "with_state": "ARCHIVED"}},
+                {"action": {"type": "SetStorageClass", "storage_class": "NEARLINE"},
+                 "condition": {"age": 30, "matches_prefixes": ["checkpoints/"]}},
+            ],
+            labels=labels, opts=after_grants)
+
+        self.service_account = gcp.serviceaccount.Account(
+            f"{name}-jobs", account_id=f"{name}-jobs"[:30], project=project,
+            display_name="stackwise training jobs and endpoints", opts=child)
+        member = self.service_account.email.apply(lambda e: f"serviceAccount:{e}")
+        gcp.storage.BucketIAMMember(f"{name}-jobs-artifacts", bucket=self.bucket.name,
+                                    role="roles/storage.objectAdmin", member=member, opts=child)
+        gcp.kms.CryptoKeyIAMMember(f"{name}-jobs-key", crypto_key_id=self.key.id,
+                                   role="roles/cloudkms.cryptoKeyEncrypterDecrypter", member=member, opts=child)
+        gcp.projects.IAMMember(f"{name}-jobs-logs", project=project, role="roles/logging.logWriter",
+                               member=member, opts=child)
+
+        self.repository = gcp.artifactregistry.Repository(
+            f"{name}-images", project=project, location=region, repository_id=f"{name}-images", format="DOCKER",
+            kms_key_name=self.key.id, labels=labels, opts=after_grants)
+        gcp.artifactregistry.RepositoryIamMember(f"{name}-jobs-images", project=project, location=region,
+                                                 repository=self.repository.name,
+                                                 role="roles/artifactregistry.reader", member=member, opts=child)
+
+        self.network = gcp.compute.Network(f"{name}-vpc", project=project, auto_create_subnetworks=False, opts=child)
+        self.subnet = gcp.compute.Subnetwork(f"{name}-private", project=project, region=region,
+                                             network=self.network.id, ip_cidr_range=args.cidr,
+                                             private_ip_google_access=True, opts=child)
+
+        self.secret_refs: dict[str, pulumi.Output[str]] = {}
+        if args.pinecone_api_key is not None:
+            secret = gcp.secretmanager.Secret(
+                f"{name}-pinecone-api-key", project=project, secret_id=f"{name}-pinecone-api-key",
+                replication={"user_managed": {"replicas": [{
+                    "location": region, "customer_managed_encryption": {"kms_key_name": self.key.id}}]}},
+                labels=labels, opts=after_grants)
+            gcp.secretmanager.SecretVersion(f"{name}-pinecone-api-key-value", secret=secret.id,
+                                            secret_data=args.pinecone_api_key, opts=child)
+            gcp.secretmanager.SecretIamMember(f"{name}-jobs-pinecone-api-key", project=project,
+                                              secret_id=secret.secret_id, role="roles/secretmanager.secretAccessor",
+                                              member=member, opts=child)
+            self.secret_refs["pinecone_api_key"] = secret.secret_id.apply(
+                lambda s: f"gcp-sm://projects/{project}/secrets/{s}")
+
+        self.artifact_store = self.bucket.name.apply(lambda b: f"gs://{b}")
+        self.training_image = self.repository.repository_id.apply(
+            lambda repo: f"{region}-docker.pkg.dev/{project}/{repo}/train:latest")
+        self.register_outputs({"artifact_store": self.artifact_store, "job_role": self.service_account.email,
+                               "training_image": self.training_image})

@@ -1,0 +1,217 @@
+"""Run the Pulumi program offline, under `pulumi.runtime.set_mocks`: no CLI, no credentials.
+
+The mocks record every resource the program registers (type, name, parent, inputs) and fake
+the few outputs a provider would compute (names, ARNs, ids, hosts) so the contract can be
+built. `stackwise plan`, the policy tests and the contract tests all use `run_offline`.
+Runs with `preview=False`: with a preview, unknown outputs would skip every `.apply`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as _mocks
+from pulumi.runtime import rpc as _rpc
+from pulumi.runtime import settings as _settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from stackwise.contract import StackOutputs
+
+from .config import InfraConfig
+from .program import Secrets, build, export
+
+FAKE_ACCOUNT = "123456789012"
+FAKE_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+FAKE_TENANT = "11111111-1111-1111-1111-111111111111"
+# Azure resources whose name the program sets through a type-specific input.
+_AZURE_NAME_KEYS = {"BlobContainer": "containerName", "OnlineEndpoint": "endpointName", "OnlineDeployment":
+                    "deploymentName", "Compute": "computeName", "Secret": "secretName"}
+PLAN_SECRET = "offline-placeholder-not-a-key"
+
+
+@dataclass
+class RecordedResource:
+    """One resource as the engine would receive it (inputs in the engine's camelCase)."""
+
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]
+    urn: str
+    custom: bool
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OfflineRun:
+    stack: str
+    config: InfraConfig
+    resources: list[RecordedResource]
+    outputs: StackOutputs
+    exported: dict[str, Any]
+
+
+def _name_of(urn: str) -> str | None:
+    return urn.rsplit("::", 1)[-1] if urn else None
+
+
+def _type_of(urn: str) -> str:
+    # urn:pulumi:<stack>::<project>::<parent types joined by $>$<type>::<name>
+    return urn.split("::")[2].rsplit("$", 1)[-1] if urn.count("::") >= 3 else ""
+
+
+class _Recorder(pulumi.runtime.Mocks):
+    """Mocks that fake provider-computed outputs, the way each cloud would shape them."""
+
+    def __init__(self, config: InfraConfig):
+        self.config = config
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
+        inputs = dict(args.inputs)
+        typ, name = args.typ, args.name
+        digest = hashlib.sha1(f"{typ}/{name}".encode()).hexdigest()[:8]
+        physical = str(inputs.get("name") or f"{name}-{digest}")
+        state: dict[str, Any] = {**inputs, "name": physical}
+        region, project = self.config.region, self.config.gcp_project or "project"
+        if typ.startswith("aws:"):
+            service = typ.split(":")[1].split("/")[0]
+            state["arn"] = f"arn:aws:{service}:{region}:{FAKE_ACCOUNT}:{physical}"
+            if typ == "aws:s3/bucket:Bucket":
+                state["bucket"] = physical
+                return physical, state
+            if typ == "aws:ecr/repository:Repository":
+                state["repositoryUrl"] = f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}"
+            return f"{physical}-id", state
+        if typ.startswith("gcp:"):
+            if typ == "gcp:serviceaccount/account:Account":
+                state["email"] = f"{inputs['accountId']}@{project}.iam.gserviceaccount.com"
+            if typ == "gcp:vertex/aiEndpoint:AiEndpoint":
+                state["name"] = digest
+            if typ == "gcp:vertex/aiEndpointWithModelGardenDeployment:AiEndpointWithModelGardenDeployment":
+                state["endpoint"] = f"projects/{project}/locations/{region}/endpoints/{digest}"
+            if typ == "gcp:monitoring/notificationChannel:NotificationChannel":
+                state["name"] = f"projects/{project}/notificationChannels/{digest}"
+            return f"projects/{project}/locations/{region}/{name}", state
+        if typ.startswith("azure-native:"):
+            rid = f"/subscriptions/{FAKE_SUBSCRIPTION}/resourceGroups/rg/providers/{typ.split(':')[1]}/{physical}"
+            key = _AZURE_NAME_KEYS.get(typ.rsplit(":", 1)[-1])
+            if key and inputs.get(key):
+                state["name"] = inputs[key]
+            state.setdefault("name", physical)
+            identity = state.get("identity")
+            if isinstance(identity, dict) and isinstance(identity.get("userAssignedIdentities"), list):
+                # Inputs list identity ids; ARM answers with a map keyed by id.
+                state["identity"] = {**identity, "userAssignedIdentities": {
+                    i: {"principalId": "principal", "clientId": "client"} for i in identity["userAssignedIdentities"]}}
+            if typ == "azure-native:managedidentity:UserAssignedIdentity":
+                state.update(principalId=f"{digest}-principal", clientId=f"{digest}-client")
+            if typ == "azure-native:containerregistry:Registry":
+                state["loginServer"] = f"{state['name']}.azurecr.io"
+            if typ == "azure-native:machinelearningservices:OnlineEndpoint":
+                state["properties"] = {**inputs.get("properties", {}),
+                                       "scoringUri": f"https://{state['name']}.{region}.inference.ml.azure.com/score"}
+            return rid, state
+        if typ == "pinecone:index/index:Index":
+            state["host"] = f"{physical}-{digest}.svc.pinecone.io"
+        return f"{physical}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
+        token = args.token
+        if token.endswith("getProjectServiceAccount"):
+            return {"emailAddress": "service-123456789@gs-project-accounts.iam.gserviceaccount.com"}, []
+        if token.endswith("getProject"):
+            return {"number": "123456789", "projectId": self.config.gcp_project}, []
+        if token.endswith("getClientConfig"):
+            return {"subscriptionId": FAKE_SUBSCRIPTION, "tenantId": FAKE_TENANT, "clientId": "client",
+                    "objectId": "object"}, []
+        return {}, []
+
+
+class _Monitor(_mocks.MockMonitor):
+    """The mock monitor, also keeping each registration's parent and kind (custom or component)."""
+
+    def __init__(self, mocks: _Recorder):
+        super().__init__(mocks)
+        self.recorded: list[RecordedResource] = []
+
+    def RegisterResource(self, request):  # noqa: N802 - the gRPC method name
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            registration = self.resources[response.urn]
+            parent = None if _type_of(request.parent) in ("", "pulumi:pulumi:Stack") else _name_of(request.parent)
+            self.recorded.append(RecordedResource(
+                type=request.type, name=request.name, parent=parent,
+                inputs=_plain(_rpc.deserialize_properties(request.object)),
+                urn=response.urn, custom=bool(request.custom), state=_plain(registration.state)))
+        return response
+
+
+def _plain(value: Any) -> Any:
+    """Numbers the engine sent as floats become ints where whole (the wire has only doubles)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not str(k).startswith("__")}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def run_offline(config: InfraConfig, stack: str, secrets: Secrets | None = None) -> OfflineRun:
+    """Build the program for `config` under mocks; return what it registered and exported.
+
+    Raises whatever the program raises (a ConfigError for bad config, a ValidationError when
+    the exported outputs break the contract).
+    """
+    if secrets is None:
+        needs_key = config.vector_store.kind == "pinecone"
+        secrets = Secrets(pinecone_api_key=pulumi.Output.secret(PLAN_SECRET) if needs_key else None)
+    chosen = secrets
+
+    def program() -> None:
+        export(build(config, chosen))
+
+    return _run(config, stack, program)
+
+
+def run_entrypoint(stack: str, raw_config: dict[str, Any], secret_config: dict[str, str] | None = None) -> OfflineRun:
+    """Run `infra/__main__.py` itself, as `pulumi up` would, with the stack file's config.
+
+    `raw_config` holds the stack file's `stackwise:` keys (namespace stripped); structured
+    values are handed over JSON-encoded, as the Pulumi engine does.
+    """
+    import json
+    import runpy
+    from pathlib import Path
+
+    config = InfraConfig.load(raw_config, f"stacks/Pulumi.{stack}.yaml")
+    engine_config = {f"stackwise:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in raw_config.items()}
+    engine_config.update(secret_config or {})
+    main = Path(__file__).with_name("__main__.py")
+
+    def program() -> None:
+        runpy.run_path(str(main), run_name="__main__")
+
+    return _run(config, stack, program, engine_config)
+
+
+def _run(config: InfraConfig, stack: str, program, engine_config: dict[str, str] | None = None) -> OfflineRun:
+    recorder = _Recorder(config)
+    monitor = _Monitor(recorder)
+    _settings.ROOT.set(None)  # a fresh root Stack resource for every run
+    engine_config = engine_config or {}
+    pulumi.runtime.set_all_config(engine_config, [k for k in engine_config if not k.startswith("stackwise:")])
+    pulumi.runtime.set_mocks(recorder, project="stackwise", stack=stack, preview=False, monitor=monitor)
+    _settings.SETTINGS.rpc_manager.clear()
+    _settings.SETTINGS.outputs.clear()
+    _sync_await(run_pulumi_func(program))
+    root = _settings.get_root_resource()
+    assert root is not None
+    exported = {k: _sync_await(pulumi.Output.from_input(v).future())
+                for k, v in root.outputs.items()}  # type: ignore[attr-defined]
+    return OfflineRun(stack=stack, config=config, resources=monitor.recorded,
+                      outputs=StackOutputs.model_validate(exported), exported=exported)

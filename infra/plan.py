@@ -1,0 +1,122 @@
+"""`stackwise plan`: what `pulumi up` would create for a stack, its contract outputs, and an
+estimated monthly cost, computed offline (the program runs under mocks, no CLI, no credentials).
+
+The cost counts what runs while the stack is idle: endpoints at their minimum replicas (from
+the catalog's on-demand price), clusters at their minimum nodes (0 on Azure), and the standing
+monthly price of keys, registries, alarms and the Pinecone plan. Storage, requests and jobs
+are usage-based and not in the estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from stackwise import catalog
+from stackwise.stack import Stack
+
+from .config import InfraConfig
+from .offline import OfflineRun, RecordedResource, run_offline
+
+# Inputs worth showing per resource type (the rest is in --json).
+_KEY_SETTINGS = (
+    "instanceType", "initialInstanceCount", "minCapacity", "maxCapacity", "vmSize", "minNodeCount",
+    "maxNodeCount", "machineType", "acceleratorType", "acceleratorCount", "minReplicaCount", "maxReplicaCount",
+    "minInstances", "maxInstances", "limitAmount", "amount", "dimension", "metric", "cidrBlock", "location",
+    "sku", "kind", "publicAccessPrevention", "publicNetworkAccess", "sseAlgorithm", "enableKeyRotation",
+)
+
+
+def config_of(stack: Stack) -> InfraConfig:
+    """The stack's typed config (raises ConfigError naming the key and the stack file)."""
+    return InfraConfig.load(stack.config, stack.source)
+
+
+def run(stack: Stack) -> OfflineRun:
+    return run_offline(config_of(stack), stack.name)
+
+
+def plan(stack: Stack) -> dict[str, Any]:
+    """The plan as plain data: resources, outputs, cost, budget, seconds taken."""
+    started = time.perf_counter()
+    result = run(stack)
+    cost = estimate(result.resources, result.config.cloud)
+    budget = result.config.monthly_budget_usd
+    return {
+        "stack": stack.name,
+        "cloud": result.config.cloud,
+        "region": result.config.region,
+        "resources": [
+            {"type": r.type, "name": r.name, "parent": r.parent, "component": not r.custom,
+             "settings": key_settings(r.inputs)}
+            for r in result.resources
+        ],
+        "outputs": result.outputs.model_dump(mode="json"),
+        "cost": cost,
+        "budget_usd": budget,
+        "over_budget": cost["monthly_usd"] > budget,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def key_settings(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs that say what a resource costs or exposes, found at any depth."""
+    found: dict[str, Any] = {}
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if key in _KEY_SETTINGS and not isinstance(inner, (dict, list)) and key not in found:
+                    found[key] = inner
+                elif key in ("sku",) and isinstance(inner, dict) and "name" in inner:
+                    found.setdefault("sku", inner["name"])
+                walk(inner)
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner)
+
+    walk(inputs)
+    return found
+
+
+def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
+    """Monthly cost line items of the idle stack, priced from the GPU catalog."""
+    items: list[dict[str, Any]] = []
+
+    def add(resource: RecordedResource, usd: float, basis: str) -> None:
+        items.append({"resource": resource.name, "type": resource.type, "monthly_usd": round(usd, 2), "basis": basis})
+
+    def gpu(resource: RecordedResource, instance: str | None, replicas: float, what: str) -> None:
+        offer = catalog.offer_for_instance(cloud, instance or "")
+        if offer is None:
+            add(resource, 0.0, f"{instance}: not in the GPU catalog, not priced")
+            return
+        add(resource, offer.monthly(replicas),
+            f"{replicas:g} x {offer.instance} ({offer.count} x {offer.gpu}) {what} at ${offer.on_demand_hourly}/h "
+            f"on demand, {offer.region} list price of {offer.as_of}")
+
+    for r in resources:
+        inputs = r.inputs
+        if r.type == "aws:sagemaker/endpointConfiguration:EndpointConfiguration":
+            for variant in inputs.get("productionVariants") or []:
+                gpu(r, variant.get("instanceType"), float(variant.get("initialInstanceCount") or 0), "minimum replicas")
+        elif r.type == "gcp:vertex/aiEndpointWithModelGardenDeployment:AiEndpointWithModelGardenDeployment":
+            dedicated = (inputs.get("deployConfig") or {}).get("dedicatedResources") or {}
+            spec = dedicated.get("machineSpec") or {}
+            gpu(r, spec.get("machineType"), float(dedicated.get("minReplicaCount") or 0), "minimum replicas")
+        elif r.type == "azure-native:machinelearningservices:OnlineDeployment":
+            props = inputs.get("properties") or {}
+            minimum = (props.get("scaleSettings") or {}).get("minInstances") or (inputs.get("sku") or {}).get("capacity")
+            gpu(r, props.get("instanceType"), float(minimum or 0), "minimum instances")
+        elif r.type == "azure-native:machinelearningservices:Compute":
+            props = (inputs.get("properties") or {}).get("properties") or {}
+            nodes = float((props.get("scaleSettings") or {}).get("minNodeCount") or 0)
+            gpu(r, props.get("vmSize"), nodes, "idle cluster nodes")
+        else:
+            fixed = catalog.fixed_monthly(r.type)
+            if fixed is not None:
+                add(r, fixed.usd, fixed.source)
+    total = round(sum(i["monthly_usd"] for i in items), 2)
+    return {"monthly_usd": total, "items": items,
+            "note": "idle stack: endpoints at minimum replicas, clusters at minimum nodes; storage, requests "
+                    "and jobs are usage-based and not included"}

@@ -1,0 +1,185 @@
+"""The Pulumi program: build the configured cloud's components and export the stack contract.
+
+`infra/__main__.py` calls `read_config()` once and `build()`; `stackwise plan` and the tests
+call `build()` under mocks with the same typed config. Only the configured cloud's provider
+package is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from stackwise import catalog
+from stackwise.contract import StackOutputs
+
+from .config import InfraConfig
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret config outside the `stackwise:` namespace (Pulumi secrets, never in plain text)."""
+
+    pinecone_api_key: pulumi.Input[str] | None = None
+
+
+def stack_file(stack: str) -> str:
+    return f"stacks/Pulumi.{stack}.yaml"
+
+
+def read_config() -> tuple[InfraConfig, Secrets]:
+    """Read the running stack's config once: the typed `stackwise:` keys, then its secrets."""
+    from pulumi.runtime import config as runtime_config
+
+    raw: dict[str, Any] = {}
+    for source in (runtime_config.get_config_env() or {}, runtime_config.CONFIG.get()):
+        for key, value in source.items():
+            namespace, _, short = key.partition(":")
+            if namespace == "stackwise" and short:
+                raw[short] = value
+    config = InfraConfig.load(raw, stack_file(pulumi.get_stack()))
+    key = None
+    if config.vector_store.kind == "pinecone":
+        key = pulumi.Config("pinecone").require_secret("apiKey")
+    return config, Secrets(pinecone_api_key=key)
+
+
+def build(config: InfraConfig, secrets: Secrets) -> pulumi.Output[dict[str, Any]]:
+    """Create the stack's resources; return the contract outputs, validated against StackOutputs."""
+    prefix = f"sw-{config.env}"
+    builder = {"aws": _build_aws, "gcp": _build_gcp, "azure": _build_azure}[config.cloud]
+    fields = builder(prefix, config, secrets)
+    fields.update(cloud=config.cloud, region=config.region, default_gpu=config.training_gpu,
+                  embedding_model=config.embedding_model, tracking_uri=config.tracking_uri)
+    return pulumi.Output.all(**fields).apply(_validated)
+
+
+def export(contract: pulumi.Output[dict[str, Any]]) -> None:
+    """Export every field of the contract, and nothing else."""
+    for name in StackOutputs.model_fields:
+        pulumi.export(name, contract.apply(lambda data, key=name: data[key]))
+
+
+def _validated(fields: dict[str, Any]) -> dict[str, Any]:
+    # Fails the deployment (and every test) if the program and the SDK's contract disagree.
+    return StackOutputs.model_validate(fields).model_dump(mode="json")
+
+
+def _vector_store(prefix: str, config: InfraConfig, secrets: Secrets, artifact_store: pulumi.Output[str],
+                  secret_ref: pulumi.Output[str] | None) -> pulumi.Output[dict[str, Any]]:
+    store = config.vector_store
+    if store.kind == "embedded":
+        return artifact_store.apply(lambda root: {"kind": "embedded", "uri": f"{root.rstrip('/')}/vectors"})
+    from .pinecone import VectorIndex, VectorIndexArgs
+
+    assert secrets.pinecone_api_key is not None and secret_ref is not None
+    index = VectorIndex(f"{prefix}-vectors", VectorIndexArgs(
+        store=store, cloud=store.cloud or config.cloud, region=store.region or config.region,
+        api_key=secrets.pinecone_api_key, tags=config.all_tags))
+    return pulumi.Output.all(index.host, secret_ref).apply(
+        lambda v: {"kind": "pinecone", "host": v[0], "api_key_secret": v[1]})
+
+
+def _refs(refs: dict[str, pulumi.Output[str]]) -> pulumi.Input[dict[str, str]]:
+    return pulumi.Output.all(**refs) if refs else {}
+
+
+def _endpoints(endpoint) -> list[dict[str, Any]]:
+    return [] if endpoint is None else [endpoint]
+
+
+def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, Any]:
+    from . import aws
+
+    tags = config.all_tags
+    platform = aws.TrainingPlatform(prefix, aws.TrainingPlatformArgs(
+        region=config.region, cidr=config.network.cidr, tags=tags,
+        pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None))
+    endpoint = None
+    if config.endpoint is not None:
+        ep = config.endpoint
+        served = aws.InferenceEndpoint(f"{prefix}-{ep.name}", aws.InferenceEndpointArgs(
+            endpoint=ep, offer=catalog.offer(ep.gpu, "aws", ep.count),
+            image=ep.image or platform.repository.repository_url.apply(lambda url: f"{url}:serve"),
+            role_arn=platform.role.arn, kms_key_arn=platform.key.arn,
+            subnet_ids=[s.id for s in platform.subnets], security_group_id=platform.security_group.id,
+            alarms=config.alarms, alert_emails=config.budget_alert_emails, region=config.region, tags=tags))
+        endpoint = pulumi.Output.all(served.name, served.url).apply(lambda v: {"name": v[0], "url": v[1]})
+    aws.Budget(f"{prefix}-budget", aws.BudgetArgs(amount_usd=config.monthly_budget_usd,
+                                                  emails=config.budget_alert_emails, env=config.env, tags=tags))
+    return {
+        "artifact_store": platform.artifact_store,
+        "job_role": platform.role.arn,
+        "training_image": platform.training_image,
+        "vector_store": _vector_store(prefix, config, secrets, platform.artifact_store,
+                                      platform.secret_refs.get("pinecone_api_key")),
+        "endpoints": pulumi.Output.all(*_endpoints(endpoint)),
+        "secrets": _refs(platform.secret_refs),
+    }
+
+
+def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, Any]:
+    from . import gcp
+
+    tags = config.all_tags
+    assert config.gcp_project and config.gcp_billing_account  # checked by InfraConfig
+    platform = gcp.TrainingPlatform(prefix, gcp.TrainingPlatformArgs(
+        project=config.gcp_project, region=config.region, cidr=config.network.cidr, labels=tags,
+        pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None))
+    endpoint = None
+    if config.endpoint is not None:
+        ep = config.endpoint
+        served = gcp.InferenceEndpoint(f"{prefix}-{ep.name}", gcp.InferenceEndpointArgs(
+            endpoint=ep, offer=catalog.offer(ep.gpu, "gcp", ep.count), project=config.gcp_project,
+            region=config.region, kms_key_id=platform.key.id, alarms=config.alarms,
+            alert_emails=config.budget_alert_emails, labels=tags))
+        endpoint = pulumi.Output.all(served.name, served.url).apply(lambda v: {"name": v[0], "url": v[1]})
+    gcp.Budget(f"{prefix}-budget", gcp.BudgetArgs(
+        amount_usd=config.monthly_budget_usd, billing_account=config.gcp_billing_account,
+        project=config.gcp_project, emails=config.budget_alert_emails, labels=tags))
+    return {
+        "artifact_store": platform.artifact_store,
+        "job_role": platform.service_account.email,
+        "training_image": platform.training_image,
+        "vector_store": _vector_store(prefix, config, secrets, platform.artifact_store,
+                                      platform.secret_refs.get("pinecone_api_key")),
+        "endpoints": pulumi.Output.all(*_endpoints(endpoint)),
+        "secrets": _refs(platform.secret_refs),
+        "gcp_project": config.gcp_project,
+    }
+
+
+def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, Any]:
+    from . import azure
+
+    tags = config.all_tags
+    training = catalog.offer(config.training.gpu, "azure", config.training.count)
+    platform = azure.TrainingPlatform(prefix, azure.TrainingPlatformArgs(
+        location=config.region, cidr=config.network.cidr, tags=tags, training=config.training, training_offer=training,
+        pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None))
+    endpoint = None
+    if config.endpoint is not None:
+        ep = config.endpoint
+        served = azure.InferenceEndpoint(f"{prefix}-{ep.name}", azure.InferenceEndpointArgs(
+            endpoint=ep, offer=catalog.offer(ep.gpu, "azure", ep.count), location=config.region,
+            resource_group=platform.resource_group.name, workspace=platform.workspace.name,
+            image=ep.image or platform.registry.login_server.apply(lambda s: f"{s}/serve:latest"),
+            alarms=config.alarms, alert_emails=config.budget_alert_emails, tags=tags))
+        endpoint = pulumi.Output.all(served.name, served.url).apply(lambda v: {"name": v[0], "url": v[1]})
+    azure.Budget(f"{prefix}-budget", azure.BudgetArgs(
+        amount_usd=config.monthly_budget_usd, resource_group_id=platform.resource_group.id,
+        emails=config.budget_alert_emails))
+    return {
+        "artifact_store": platform.artifact_store,
+        "job_role": platform.identity.id,
+        "training_image": platform.training_image,
+        "vector_store": _vector_store(prefix, config, secrets, platform.artifact_store,
+                                      platform.secret_refs.get("pinecone_api_key")),
+        "endpoints": pulumi.Output.all(*_endpoints(endpoint)),
+        "secrets": _refs(platform.secret_refs),
+        "azure_subscription_id": platform.subscription_id,
+        "azure_resource_group": platform.resource_group.name,
+        "azure_workspace": platform.workspace.name,
+    }

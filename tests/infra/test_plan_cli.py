@@ -1,0 +1,86 @@
+"""`stackwise plan`: the real entry point in a subprocess, offline, for every cloud stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import CLOUD_STACKS, STACKS, cli_env
+
+pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
+
+
+def plan(tmp_path: Path, *args: str, stacks_dir: Path = STACKS, flags: tuple[str, ...] = ()):
+    return subprocess.run([sys.executable, *flags, "-m", "stackwise.cli", "plan", *args], cwd=tmp_path,
+                          env=cli_env(tmp_path, stacks_dir), capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", ["dev-aws", "dev-gcp", "dev-azure"])
+def test_plan_json_lists_resources_outputs_and_cost(name, tmp_path):
+    proc = plan(tmp_path, "--stack", name, "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["stack"] == name and result["over_budget"] is False
+    kinds = {r["type"] for r in result["resources"]}
+    assert any(k.startswith("stackwise:") for k in kinds)
+    children = [r for r in result["resources"] if not r["component"]]
+    assert children and all(r["parent"] for r in children if not r["type"].startswith("pulumi:providers:"))
+    from stackwise.contract import StackOutputs
+
+    assert StackOutputs.model_validate(result["outputs"]).cloud == result["cloud"]
+    cost = result["cost"]
+    assert 0 < cost["monthly_usd"] <= result["budget_usd"]
+    gpu_items = [i for i in cost["items"] if "on demand" in i["basis"]]
+    assert gpu_items, cost["items"]  # the endpoint at its minimum replicas, priced from the catalog
+    assert abs(sum(i["monthly_usd"] for i in cost["items"]) - cost["monthly_usd"]) < 0.01
+
+
+def test_plan_table_output(tmp_path):
+    proc = plan(tmp_path, "--stack", "dev-aws")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "aws:sagemaker/endpointConfiguration:EndpointConfiguration" in proc.stdout
+    assert "estimated monthly cost: $1,029.04" in proc.stdout  # 730 h x $1.408 + key + 2 alarms
+
+
+def test_over_budget_exits_3(tmp_path):
+    stacks = tmp_path / "project" / "stacks"
+    stacks.mkdir(parents=True)
+    text = (STACKS / "Pulumi.dev-aws.yaml").read_text().replace("monthlyBudgetUsd: 1500", "monthlyBudgetUsd: 100")
+    (stacks / "Pulumi.tight-aws.yaml").write_text(text)
+    proc = plan(tmp_path, "--stack", "tight-aws", "--json", stacks_dir=stacks)
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["over_budget"] is True
+    assert "exceeds monthlyBudgetUsd $100.00" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_stack_key_exits_2_naming_key_and_file(tmp_path):
+    stacks = tmp_path / "project" / "stacks"
+    stacks.mkdir(parents=True)
+    text = (STACKS / "Pulumi.dev-gcp.yaml").read_text().replace("stackwise:env: dev", "stackwise:env: dev\n  stackwise:gpus: 2")
+    (stacks / "Pulumi.broken.yaml").write_text(text)
+    proc = plan(tmp_path, "--stack", "broken", stacks_dir=stacks)
+    assert proc.returncode == 2
+    assert "unknown key stackwise:gpus" in proc.stderr and "Pulumi.broken.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_local_stack_has_nothing_to_plan(tmp_path):
+    proc = plan(tmp_path, "--stack", "local")
+    assert proc.returncode == 2 and "no cloud infrastructure to plan" in proc.stderr
+
+
+def test_plan_help_loads_no_pulumi(tmp_path):
+    proc = plan(tmp_path, "--help", flags=("-X", "importtime"))
+    assert proc.returncode == 0 and "monthlyBudgetUsd" in proc.stdout
+    loaded = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in proc.stderr.splitlines()
+              if line.startswith("import time:") and "|" in line}
+    assert "stackwise" in loaded and not {"pulumi", "pulumi_aws", "pulumi_gcp", "pulumi_azure_native"} & loaded
+
+
+def test_every_stack_is_planned():
+    assert {"dev-aws", "prod-aws", "dev-gcp", "dev-azure"} <= set(CLOUD_STACKS)
