@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -130,9 +131,21 @@ class LocalCompute:
         self.db = JobDB(home)
 
     # -- submit --------------------------------------------------------------------------------
-    def submit(self, spec: Any) -> JobHandle:
+    def submit(self, spec: Any, client_token: str | None = None) -> JobHandle:
+        """Start a job for `spec`. With `client_token`, a repeated call returns the first job
+        (the same guarantee as the cloud adapters: one job per spec and token)."""
+        from ._cloud import check_spec, job_name
+
+        check_spec(spec)
         kind = spec.kind
         job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+        if client_token is not None:
+            job_id = job_name(spec, client_token).removeprefix("sw-")
+            try:
+                if self.db.get(job_id)["id"] == job_id:  # get() also accepts a prefix: want this exact job
+                    return JobHandle(self, job_id)
+            except JobNotFoundError:
+                pass
         job_dir = self.db.home / "jobs" / job_id
         job_dir.mkdir(parents=True)
         spec_json = spec.model_dump_json(indent=2)
@@ -162,6 +175,9 @@ class LocalCompute:
                 start_new_session=True,  # its own process group: survives the CLI, cancellable as a group
                 close_fds=True,
             )
+        # The supervisor stays our child while this process lives (a service, a notebook): reap it
+        # when it ends, so it never lingers as a zombie. A daemon thread never delays our exit.
+        threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
         try:
             started = psutil.Process(proc.pid).create_time()
         except psutil.Error:

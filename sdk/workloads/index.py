@@ -33,7 +33,9 @@ class SkippedFile(BaseModel):
 class IndexReport(BaseModel):
     """What an index run did. `added` counts chunks of documents new to the index, `replaced`
     new chunks of changed documents, `removed` the stale chunks those replaced, `unchanged`
-    chunks already stored, `pruned` chunks of documents gone from the source (with --prune)."""
+    chunks already stored, `pruned` chunks of documents gone from the source (with --prune),
+    `embedded` chunks whose vectors were computed (the chunks a changed document keeps reuse
+    their stored vectors)."""
 
     index: str
     source: str
@@ -107,27 +109,33 @@ def run_index(
         pending.append((doc.doc_id, chunks))
 
     total = sum(len(chunks) for _, chunks in pending)
-    if total and embedder is None:
+    # Chunks a changed document keeps are stored already: their vectors are reused, not re-embedded.
+    fresh_total = sum(1 for doc_id, chunks in pending for c in chunks if c.id not in stored.get(doc_id, ()))
+    if fresh_total and embedder is None:
         embedder = load_embedder(spec.embedding.model, spec.embedding.device)
     progress("embed", 0, total, documents=len(pending))
     done = 0
     batch: list[tuple[str, list]] = []
 
     def flush() -> None:
-        nonlocal done, batch
-        texts = [c.text for _, chunks in batch for c in chunks]
-        vectors = embedder.encode(texts, batch_size=spec.embedding.batch_size)
-        records, i = [], 0
-        for _, chunks in batch:
-            for c in chunks:
-                records.append(
-                    Record(id=c.id, vector=vectors[i], text=c.text, doc_id=c.doc_id, source=source.uri,
-                           chunk=c.chunk, metadata=c.metadata)
-                )
-                i += 1
+        nonlocal done, batch, embedder
+        kept = [c.id for doc_id, chunks in batch for c in chunks if c.id in stored.get(doc_id, ())]
+        vectors = {r.id: r.vector for r in store.fetch(spec.index, kept)} if kept else {}
+        fresh = [c for _, chunks in batch for c in chunks if c.id not in vectors]
+        if fresh:
+            if embedder is None:  # a kept chunk vanished meanwhile (another writer): embed it
+                embedder = load_embedder(spec.embedding.model, spec.embedding.device)
+            encoded = embedder.encode([c.text for c in fresh], batch_size=spec.embedding.batch_size)
+            vectors.update(zip((c.id for c in fresh), encoded))
+        records = [
+            Record(id=c.id, vector=vectors[c.id], text=c.text, doc_id=c.doc_id, source=source.uri,
+                   chunk=c.chunk, metadata=c.metadata)
+            for _, chunks in batch
+            for c in chunks
+        ]
         store.replace_documents(spec.index, [doc_id for doc_id, _ in batch], records)
         done += len(records)
-        report.embedded += len(records)
+        report.embedded += len(fresh)
         progress("embed", done, total, documents=len(pending))
         batch = []
 
