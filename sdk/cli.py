@@ -95,14 +95,17 @@ def _follow(handle, quiet: bool) -> dict[str, Any]:
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, disable=quiet, transient=False)
     task = None
+    stage = None
     try:
         with progress:
             for line in handle.logs(follow=True):
                 if line.startswith(PROGRESS_PREFIX):
                     event = json.loads(line[len(PROGRESS_PREFIX):])
-                    if task is None:
-                        task = progress.add_task(f"{handle.id}: {event['stage']}", total=event["total"] or None)
-                    progress.update(task, completed=event["done"], total=event["total"] or None)
+                    if task is None or event["stage"] != stage:  # a new stage gets its own bar
+                        stage = event["stage"]
+                        task = progress.add_task(f"{handle.id}: {stage}", total=event["total"] or None)
+                    progress.update(task, completed=event["done"], total=event["total"] or None,
+                                    description=_progress_text(handle.id, event))
     except KeyboardInterrupt:
         console.print(f"interrupted: cancelling job {handle.id} (use --detach to leave jobs running)")
         handle.cancel()
@@ -119,6 +122,16 @@ def _follow(handle, quiet: bool) -> dict[str, Any]:
             error.exit_code = 2
         raise error
     return info.outputs
+
+
+def _progress_text(job_id: str, event: dict[str, Any]) -> str:
+    """The bar's label: the stage, plus the training numbers (loss, tokens/s) when a workload sends them."""
+    parts = [f"{job_id}: {event['stage']}"]
+    if event.get("loss") is not None:
+        parts.append(f"loss {event['loss']:.3f}")
+    if event.get("tokens_per_s") is not None:
+        parts.append(f"{event['tokens_per_s']:,.0f} tok/s")
+    return "  ".join(parts)
 
 
 def _print_index_report(report: dict[str, Any]) -> None:
@@ -146,13 +159,28 @@ def index(
     chunk_size: Annotated[int, typer.Option(help="Chunk size in characters.")] = 1000,
     chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 150,
     model: Annotated[Optional[str], typer.Option(help="Embedding model (default: the stack's).")] = None,
+    from_stack: Annotated[Optional[str], typer.Option("--from-stack", help="With SOURCE 'copy': the stack to copy the index from.")] = None,
+    to_stack: Annotated[Optional[str], typer.Option("--to-stack", help="With SOURCE 'copy': the stack to copy the index to.")] = None,
+    to_index: Annotated[Optional[str], typer.Option("--to-index", help="With SOURCE 'copy': the target index name (default: --index).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Index documents into a vector index of the active stack (incremental: reruns embed only what changed)."""
+    """Index documents into a vector index of the active stack (incremental: reruns embed only what changed).
+
+    `stackwise index copy --from-stack A --index kb --to-stack B` copies index kb, vectors and
+    metadata, from stack A's vector store to stack B's without re-embedding.
+    """
     from pydantic import ValidationError
 
     from .errors import SpecError
     from .specs import IndexSpec
+
+    if from_stack or to_stack or to_index:
+        if source != "copy" or not (from_stack and to_stack):
+            raise SpecError("--from-stack, --to-stack and --to-index belong to `stackwise index copy`",
+                            where="stackwise index options",
+                            fix="run `stackwise index copy --from-stack A --index NAME --to-stack B`")
+        _copy_index(from_stack, index_name, to_stack, to_index, as_json)
+        return
 
     platform = _platform(stack)
     try:
@@ -174,10 +202,26 @@ def index(
             _console().print(f"submitted {handle.id}; follow it with `stackwise jobs logs -f {handle.id}`")
         return
     report = _follow(handle, quiet=as_json)
-    if as_json:
+    if as_json or "chunks" not in report:  # a cloud job whose result file was not readable: its URIs
         _print_json(report)
     else:
         _print_index_report(report)
+
+
+def _copy_index(from_stack: str, index_name: str, to_stack: str, to_index: str | None, as_json: bool) -> None:
+    from .vector_copy import copy_index
+
+    source, target = _platform(from_stack), _platform(to_stack)
+    report = copy_index(source.vector_store, target.vector_store, index_name, to_index)
+    if as_json:
+        _print_json({"from_stack": from_stack, "to_stack": to_stack, **report.model_dump()})
+        return
+    _console().print(
+        f"copied index {report.index} ({report.model}, {report.dim}-d) from stack {from_stack} to "
+        f"{report.to_index} in stack {to_stack}: {report.documents} documents, {report.chunks} chunks "
+        f"in {report.seconds:.1f} s (nothing re-embedded)",
+        markup=False,
+    )
 
 
 def _check_source(source: str) -> None:
@@ -239,6 +283,129 @@ def indexes(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
     for info in infos:
         table.add_row(info.name, str(info.count), str(info.dim), info.model)
     _console().print(table)
+
+
+# -- fine-tuning -------------------------------------------------------------------------------
+def _parse_gpu(value: str | None) -> tuple[str | None, int | None]:
+    """'A100:8' -> ('A100', 8); 'A100' -> ('A100', None)."""
+    from .errors import SpecError
+
+    if not value:
+        return None, None
+    name, _, count = value.partition(":")
+    if not name or (count and not count.isdigit()) or count == "0":
+        raise SpecError(f"--gpu {value!r} is not NAME or NAME:COUNT", where="--gpu", fix="e.g. --gpu A100:8")
+    return name, int(count) if count else None
+
+
+def _print_finetune_report(report: dict[str, Any]) -> None:
+    console = _console()
+    ppl = report["perplexity"]
+    resumed = f", resumed from step {report['resumed_from_step']}" if report.get("resumed_from_step") else ""
+    console.print(
+        f"fine-tuned {report['base']} ({report['method']}) on {report['data']}: {report['steps']} steps{resumed}, "
+        f"{report['processes']} process(es) ({report['strategy']}, {report['device']}, {report['precision']}) "
+        f"in {report['seconds']:.0f} s, {report['tokens_per_s']:,.0f} tokens/s",
+        markup=False,
+    )
+    console.print(f"  held-out perplexity {ppl['before']:.2f} -> {ppl['after']:.2f} "
+                  f"(reloaded from disk: {ppl['reloaded']}) on {ppl['eval_examples']} examples", markup=False)
+    for key in ("adapter", "model", "merged", "model_card"):
+        if report.get(key):
+            console.print(f"  {key}: {report[key]}", markup=False)
+    if report.get("registered_model"):
+        console.print(f"  registered: {report['registered_model']} version {report['registered_version']}",
+                      markup=False)
+    if report.get("tracking_error"):
+        console.print(f"  MLflow logging failed: {report['tracking_error']}", markup=False)
+
+
+@app.command()
+def finetune(
+    base: Annotated[str, typer.Option("--base", "-b", help="Base model: smollm2-135m-instruct, a Hugging Face id, a path or URI, or models:/NAME/VERSION.")],
+    data: Annotated[str, typer.Option("--data", help="JSONL dataset (text, prompt/completion or messages); a path or fsspec URI.")],
+    method: Annotated[str, typer.Option(help="lora, qlora or full.")] = "lora",
+    gpu: Annotated[Optional[str], typer.Option("--gpu", help="Portable GPU name and count per node, e.g. A100:8 (default: CPU).")] = None,
+    count: Annotated[Optional[int], typer.Option("--count", min=1, help="Devices per node: GPUs, or CPU processes without --gpu.")] = None,
+    nodes: Annotated[int, typer.Option(min=1, help="Nodes.")] = 1,
+    strategy: Annotated[Optional[str], typer.Option(help="none, ddp, fsdp, deepspeed-zero2 or deepspeed-zero3 (default: ddp for more than one process).")] = None,
+    spot: Annotated[bool, typer.Option("--spot", help="Use spot capacity (resumes from checkpoints when interrupted).")] = False,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the data (default 1).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Optimizer steps (overrides --epochs).")] = None,
+    learning_rate: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option(help="Sequences per device per step.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    max_seq_length: Annotated[int, typer.Option(help="Tokens per sequence.")] = 512,
+    packing: Annotated[bool, typer.Option("--packing", help="Pack examples into full-length sequences.")] = False,
+    rank: Annotated[int, typer.Option("--rank", "-r", help="LoRA rank.")] = 16,
+    alpha: Annotated[float, typer.Option(help="LoRA alpha.")] = 32,
+    checkpoint_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.")] = 50,
+    merge: Annotated[bool, typer.Option("--merge", help="Also save the base with the adapter merged in.")] = False,
+    name: Annotated[Optional[str], typer.Option(help="Registered model name (default: finetune-<base>).")] = None,
+    spec_file: Annotated[Optional[str], typer.Option("--spec", help="A FineTuneSpec as JSON or YAML; other options are ignored.")] = None,
+    stack: StackOpt = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune a causal LM (LoRA, QLoRA or full) on the active stack; rerunning the same job resumes it."""
+    from pydantic import ValidationError
+
+    from .errors import SpecError
+    from .specs import FineTuneSpec
+
+    try:
+        if spec_file:
+            from pathlib import Path
+
+            import yaml
+
+            spec = FineTuneSpec.model_validate(yaml.safe_load(Path(spec_file).read_text(encoding="utf-8")))
+        else:
+            gpu_name, gpu_count = _parse_gpu(gpu)
+            training: dict[str, Any] = {
+                "learning_rate": learning_rate, "batch_size": batch_size, "gradient_accumulation": grad_accum,
+                "max_seq_length": max_seq_length, "packing": packing, "checkpoint_every": checkpoint_every,
+            }
+            if epochs is not None:
+                training["epochs"] = epochs
+            if max_steps is not None:
+                training["max_steps"] = max_steps
+            spec = FineTuneSpec(
+                base=base, data=data, method=method, merge=merge, name=name,
+                lora={"r": rank, "alpha": alpha}, training=training,
+                compute={"gpu": gpu_name, "count": count or gpu_count or 1, "nodes": nodes, "strategy": strategy,
+                         "spot": spot},
+            )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise SpecError(f"{key}: " + first["msg"].removeprefix("Value error, "), where=spec_file or "stackwise finetune options",
+                        fix="see `stackwise finetune --help`") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read the spec file: {exc.strerror}", where=spec_file, fix="check the path") from None
+    _check_finetune_input(spec)
+    handle = _platform(stack).finetune(spec)
+    if detach:
+        if as_json:
+            _print_json({"job": handle.id, "state": handle.status().value})
+        else:
+            _console().print(f"submitted {handle.id}; follow it with `stackwise jobs logs -f {handle.id}`")
+        return
+    report = _follow(handle, quiet=as_json)
+    if as_json:
+        _print_json(report)
+    else:
+        _print_finetune_report(report)
+
+
+def _check_finetune_input(spec: Any) -> None:
+    """Fail fast, before a job starts, on a local dataset or base path that is wrong (no torch needed)."""
+    from .training.data import read_dataset
+    from .training.models import check_base
+
+    check_base(spec.base)
+    if "://" not in spec.data or spec.data.startswith("file://"):
+        read_dataset(spec.data)
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -382,12 +549,14 @@ def _print_plan(result: dict[str, Any]) -> None:
 @app.command()
 def quickstart(
     stack: StackOpt = None,
+    skip_finetune: Annotated[bool, typer.Option("--skip-finetune", help="Leave out the LoRA fine-tune step (a few minutes on 2 cores).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Index a real news corpus shipped on PyPI (gensim's Lee corpus) on the local stack and search it."""
+    """Index a real news corpus shipped on PyPI (gensim's Lee corpus) on the local stack and search it,
+    then LoRA-fine-tune a shipped small model (SmolLM2-135M-Instruct) on it."""
     from .quickstart import run
 
-    run(stack=stack, as_json=as_json, follow=_follow, print_report=_print_index_report)
+    run(stack=stack, as_json=as_json, follow=_follow, print_report=_print_index_report, skip_finetune=skip_finetune)
 
 
 def main() -> None:

@@ -26,10 +26,14 @@ class AdapterRef:
 
 COMPUTE: dict[str, AdapterRef] = {
     "local": AdapterRef("stackwise.adapters.compute.local:LocalCompute", "local"),
+    "aws": AdapterRef("stackwise.adapters.compute.sagemaker:SageMakerCompute", "aws"),
+    "gcp": AdapterRef("stackwise.adapters.compute.vertex:VertexCompute", "gcp"),
 }
 
 VECTOR_STORES: dict[str, AdapterRef] = {
     "embedded": AdapterRef("stackwise.adapters.vectors.embedded:EmbeddedStore", "local"),
+    "pinecone": AdapterRef("stackwise.adapters.vectors.pinecone:PineconeStore", "pinecone"),
+    "milvus": AdapterRef("stackwise.adapters.vectors.milvus:MilvusStore", "milvus"),
 }
 
 

@@ -18,6 +18,8 @@ import pytest
 HEAVY = {
     "boto3", "botocore", "google", "azure", "torch", "transformers", "sentence_transformers",
     "pulumi", "lancedb", "pyarrow", "numpy",
+    "pinecone", "weaviate", "pymilvus", "milvus", "grpc",
+    "peft", "mlflow", "bitsandbytes", "accelerate", "gguf",
 }
 
 
@@ -29,10 +31,12 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def loaded_heavy(body: str, tmp_path: Path) -> set[str]:
     """Run `body` in a fresh interpreter; return the heavy top-level modules it left in sys.modules."""
-    script = textwrap.dedent(body) + textwrap.dedent(
+    # Modules the interpreter loads before any code runs do not count: google-cloud-aiplatform
+    # installs a namespace-package .pth that imports `google` at every start-up.
+    script = "import sys as _sys0\n_base = set(_sys0.modules)\n" + textwrap.dedent(body) + textwrap.dedent(
         f"""
         import sys as _sys, json as _json
-        _top = {{name.split(".")[0] for name in _sys.modules}}
+        _top = {{name.split(".")[0] for name in set(_sys.modules) - _base}}
         _sys.stderr.write("LOADED=" + _json.dumps(sorted(_top & set({sorted(HEAVY)!r}))) + "\\n")
         """
     )
@@ -46,6 +50,16 @@ def loaded_heavy(body: str, tmp_path: Path) -> set[str]:
 def test_probe_detects_heavy_imports(tmp_path):
     # The probe itself must be able to see a heavy import, or the tests below prove nothing.
     assert {"lancedb", "pyarrow"} <= loaded_heavy("import stackwise.adapters.vectors.embedded\n", tmp_path)
+
+
+def test_hosted_vector_store_adapters_import_their_sdk_only_when_used(tmp_path):
+    body = """
+    import stackwise.adapters.vectors.pinecone
+    import stackwise.adapters.vectors.milvus
+    from stackwise.registry import VECTOR_STORES
+    assert {"pinecone", "milvus"} <= set(VECTOR_STORES)
+    """
+    assert loaded_heavy(body, tmp_path) == set()
 
 
 def test_import_stackwise_and_public_names_stay_light(tmp_path):
@@ -70,6 +84,8 @@ def test_connect_to_local_stack_stays_light(tmp_path):
     assert platform.stack.name == "local"
     platform.stack.outputs
     stackwise.IndexSpec(source="docs", index="kb").digest()
+    stackwise.FineTuneSpec(base="smollm2-135m-instruct", data="train.jsonl").digest()
+    import stackwise.workloads.finetune, stackwise.training.launch, stackwise.training.data
     """
     assert loaded_heavy(body, tmp_path) == set()
 
@@ -96,7 +112,7 @@ def _imported_by(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedP
     return proc, names
 
 
-@pytest.mark.parametrize("args", [["--help"], ["index", "--help"], ["stacks", "--json"]])
+@pytest.mark.parametrize("args", [["--help"], ["index", "--help"], ["stacks", "--json"], ["finetune", "--help"]])
 def test_cli_entry_point_stays_light(args, tmp_path):
     proc, names = _imported_by(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,292 @@
+"""What the SageMaker, Vertex AI and Azure ML adapters share: job names, the job's folder in
+the artifact store, the command a job runs, retries, and the follow loop.
+
+Nothing here imports a cloud SDK. Each cloud module supplies a pure `build_request(spec, stack)`
+and a few thin calls (`_create`, `_describe`, `_find`, `_stop`, `_log_lines`); `CloudCompute`
+turns them into the `ComputeBackend` every stack offers:
+
+- **One job per submission.** The cloud job's name is `sw-<kind>-<spec digest>-<client token>`.
+  `submit` retries throttling and 5xx answers with backoff under that same name, and before
+  creating it looks for a job that already carries it, so a submit retried after a timeout (in
+  this process, or in another one that passes the same `client_token`) finds the first job
+  instead of launching a second GPU job.
+- **Same states everywhere.** Each cloud maps its states onto `JobState`.
+- **Outputs are artifact URIs** under `<artifact_store>/jobs/<name>/`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from stackwise.errors import ConfigError, SpecError, StackwiseError
+from stackwise.jobs import JobHandle, JobInfo, JobState
+
+T = TypeVar("T")
+
+# Where each job keeps its files, under the stack's artifact store.
+JOBS_PREFIX = "jobs"
+BOOTSTRAP_MODULE = "stackwise.adapters.compute.bootstrap"
+_TOKEN = re.compile(r"^[a-z0-9]{1,12}$")
+# Environment variables the job sees; the bootstrap reads them.
+ENV_KIND = "STACKWISE_JOB_KIND"
+ENV_JOB_URI = "STACKWISE_JOB_URI"
+ENV_SPEC = "STACKWISE_SPEC_B64"
+
+
+class CloudError(StackwiseError, RuntimeError):
+    """A cloud API refused or failed a call; the message says what to change."""
+
+
+class CredentialsError(CloudError):
+    """No usable credentials for the cloud; the message says how to configure them."""
+
+
+class QuotaError(CloudError):
+    """The account's quota (or the region's capacity) does not cover the request."""
+
+
+class TransientError(Exception):
+    """A throttling or 5xx answer: worth retrying with the same request."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Exponential backoff with full jitter for throttling and 5xx answers."""
+
+    attempts: int = 5
+    base_s: float = 0.5
+    max_s: float = 20.0
+
+    def delays(self) -> Iterator[float]:
+        import random
+
+        for n in range(self.attempts - 1):
+            yield random.uniform(0, min(self.max_s, self.base_s * 2**n))
+
+
+def with_retries(call: Callable[[], T], retry: Retry, what: str, sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run `call`, retrying while it raises `TransientError`; the last one becomes a CloudError."""
+    last: Exception | None = None
+    for delay in [*retry.delays(), None]:
+        try:
+            return call()
+        except TransientError as exc:
+            last = exc
+            if delay is None:
+                break
+            sleep(delay)
+    raise CloudError(
+        f"{what} kept failing after {retry.attempts} attempts: {last}",
+        where=what,
+        fix="the cloud is throttling or failing; retry later (a retried submit reuses the job if it was created)",
+    )
+
+
+def new_client_token() -> str:
+    return secrets.token_hex(4)
+
+
+def job_name(spec: Any, client_token: str) -> str:
+    """`sw-<kind>-<digest>-<token>`: at most 43 characters, valid on every cloud."""
+    if not _TOKEN.fullmatch(client_token):
+        raise SpecError(
+            f"client token {client_token!r} is invalid",
+            where="submit(client_token=...)",
+            fix="use 1-12 lowercase letters or digits",
+        )
+    return f"sw-{spec.kind}-{spec.digest()}-{client_token}"
+
+
+def job_uri(artifact_store: str, name: str) -> str:
+    return f"{artifact_store.rstrip('/')}/{JOBS_PREFIX}/{name}"
+
+
+def bootstrap_command() -> list[str]:
+    """What every cloud job runs: the bootstrap reads its spec and job folder from the environment."""
+    return ["python", "-m", BOOTSTRAP_MODULE]
+
+
+def spec_b64(spec: Any) -> str:
+    return base64.b64encode(spec.model_dump_json().encode()).decode()
+
+
+def job_environment(spec: Any, name: str, artifact_store: str, inline_spec: bool) -> dict[str, str]:
+    """The environment every cloud job gets. With `inline_spec` the spec travels in it (Vertex, Azure);
+    otherwise the job reads `spec.json` from its folder (SageMaker, whose values are capped at 512 chars)."""
+    env = {ENV_KIND: spec.kind, ENV_JOB_URI: job_uri(artifact_store, name), "PYTHONUNBUFFERED": "1"}
+    if inline_spec:
+        env[ENV_SPEC] = spec_b64(spec)
+    return env
+
+
+def spec_from_dict(data: dict[str, Any]) -> Any:
+    """A spec from its stored JSON (the kind field says which model)."""
+    from stackwise import specs
+
+    models = {"index": specs.IndexSpec, "finetune": getattr(specs, "FineTuneSpec", None)}
+    model = models.get(str(data.get("kind")))
+    if model is None:
+        raise SpecError(f"unknown job kind {data.get('kind')!r}", where="spec.kind", fix="use index or finetune")
+    return model.model_validate(data)
+
+
+def check_spec(spec: Any) -> None:
+    """Refuse, before any cloud call, what is not a job spec."""
+    if not (hasattr(spec, "kind") and hasattr(spec, "digest") and hasattr(spec, "model_dump_json")):
+        raise SpecError(
+            f"cannot submit {type(spec).__name__}: not a job spec",
+            where="submit(spec)",
+            fix="pass an IndexSpec or FineTuneSpec",
+        )
+
+
+def processes_per_node(spec: Any) -> int:
+    return int(getattr(spec.compute, "count", 1))
+
+
+def strategy(spec: Any) -> str:
+    return getattr(spec.compute, "strategy", None) or "none"
+
+
+def require_output(value: str | None, field: str, stack: Any, fix: str) -> str:
+    if not value:
+        raise ConfigError(
+            f"stack {stack.name!r} outputs have no {field}, which {stack.cloud} jobs need",
+            where=f"stack outputs: {field}",
+            fix=fix,
+        )
+    return value
+
+
+class CloudCompute:
+    """The `ComputeBackend` of a cloud stack; subclasses speak one cloud's API.
+
+    Guarantees: `submit` creates at most one cloud job per (spec, client token); `cancel` is
+    idempotent and leaves an ended job as it is; `info` maps the cloud's states onto JobState.
+    """
+
+    cloud = ""
+    retry = Retry()
+    #: states of the cloud -> JobState; unknown states read as PENDING (never as ended)
+    states: dict[str, JobState] = {}
+
+    def __init__(self, stack: Any):
+        self.stack = stack
+        self.stack_name = stack.name
+
+    # -- what subclasses provide ---------------------------------------------------------------
+    def build(self, spec: Any, name: str) -> Any:  # the pure request for this cloud
+        raise NotImplementedError
+
+    def _prepare(self, spec: Any, name: str) -> None:
+        """Upload what the job reads before it starts (default: nothing)."""
+
+    def _create(self, request: Any, name: str) -> str:  # returns the job id
+        raise NotImplementedError
+
+    def _find(self, name: str) -> str | None:  # the id of the job with this name, if any
+        raise NotImplementedError
+
+    def _describe(self, job_id: str) -> JobInfo:
+        raise NotImplementedError
+
+    def _list(self, limit: int) -> list[JobInfo]:
+        raise NotImplementedError
+
+    def _stop(self, job_id: str) -> None:
+        raise NotImplementedError
+
+    def _log_lines(self, job_id: str, cursor: Any) -> tuple[list[str], Any]:
+        """New log lines since `cursor`, and the next cursor. Default: none."""
+        return [], cursor
+
+    # -- the backend ---------------------------------------------------------------------------
+    def submit(self, spec: Any, client_token: str | None = None) -> JobHandle:
+        """Create the cloud job for `spec` and return its handle at once.
+
+        Pass the same `client_token` to make a repeated call (after a timeout, from another
+        process) return the first job instead of creating a second one.
+        """
+        check_spec(spec)
+        name = job_name(spec, client_token or new_client_token())
+        request = self.build(spec, name)  # validates GPU, image, role before any call
+        existing = with_retries(lambda: self._find(name), self.retry, f"{self.cloud}: look up job {name}")
+        if existing is not None:
+            return JobHandle(self, existing)
+        self._prepare(spec, name)
+
+        def create() -> str:
+            try:
+                return self._create(request, name)
+            except TransientError:
+                # The create may have landed before the answer was lost: never create twice.
+                found = self._find(name)
+                if found is not None:
+                    return found
+                raise
+
+        job_id = with_retries(create, self.retry, f"{self.cloud}: create job {name}")
+        return JobHandle(self, job_id)
+
+    def handle(self, job_id: str) -> JobHandle:
+        return JobHandle(self, self.info(job_id).id)
+
+    def info(self, job_id: str) -> JobInfo:
+        return with_retries(lambda: self._describe(job_id), self.retry, f"{self.cloud}: describe job {job_id}")
+
+    def list(self, limit: int = 50) -> list[JobInfo]:
+        return with_retries(lambda: self._list(limit), self.retry, f"{self.cloud}: list jobs")
+
+    def cancel(self, job_id: str) -> JobInfo:
+        info = self.info(job_id)
+        if info.state.terminal:
+            return info
+        with_retries(lambda: self._stop(info.id), self.retry, f"{self.cloud}: stop job {job_id}")
+        return self.info(job_id)
+
+    def logs(self, job_id: str, follow: bool = False, poll: float = 1.0, max_poll: float = 15.0) -> Iterator[str]:
+        """The job's log lines as far as the cloud's log service has them; with `follow`, until it ends."""
+        cursor: Any = None
+        delay = poll
+        while True:
+            ended = self.info(job_id).state.terminal
+            lines, cursor = self._log_lines(job_id, cursor)
+            yield from lines
+            if not follow or ended:
+                return
+            delay = poll if lines else min(max_poll, delay * 1.5)
+            time.sleep(delay)
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def map_state(self, state: str) -> JobState:
+        return self.states.get(state, JobState.PENDING)
+
+    def outputs_for(self, spec: dict[str, Any], name: str, state: JobState, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The artifact URIs of a job (only once it SUCCEEDED), plus its result when readable."""
+        if state is not JobState.SUCCEEDED:
+            return {}
+        root = job_uri(self.stack.outputs.artifact_store, name)
+        outputs: dict[str, Any] = {"artifacts": root + "/", "result_uri": f"{root}/result.json"}
+        if spec.get("kind") == "finetune":
+            outputs["model"] = f"{root}/model/"
+            outputs["checkpoints"] = f"{root}/checkpoints/"
+        outputs.update(extra or {})
+        result = self._read_result(f"{root}/result.json")
+        if result:
+            outputs.update({k: v for k, v in result.items() if k not in outputs})
+        return outputs
+
+    def _read_result(self, uri: str) -> dict[str, Any] | None:
+        """The workload's result JSON, if this client can read it (default: not read)."""
+        return None
+
+
+def decode_spec(value: str) -> dict[str, Any]:
+    return json.loads(base64.b64decode(value))

@@ -1,0 +1,321 @@
+"""AWS compute: each job is one SageMaker training job (boto3).
+
+`build_request(spec, stack)` is pure: it returns the CreateTrainingJob request as data (golden
+files in tests/golden/ pin it). `SageMakerCompute` uploads the spec to the job's folder in the
+artifact store (`s3://.../jobs/<name>/spec.json`, mounted as the `spec` input channel), sends
+the request, and follows the job.
+
+What a request holds:
+- the stack's training image (its `training_image` output: the image the Pulumi program builds,
+  with stackwise installed) running the bootstrap `python -m stackwise.adapters.compute.bootstrap`;
+  the `sagemaker` SDK's image_uris are not used, because its Deep Learning Containers do not
+  contain stackwise and jobs run in private subnets without a route to PyPI;
+- `ResourceConfig`: the catalog's instance type for `gpu` x `count` (ml.m5.xlarge without a GPU),
+  `InstanceCount` = nodes (index jobs: one instance per shard);
+- spot: `EnableManagedSpotTraining`, `MaxWaitTimeInSeconds` (twice the runtime) and a
+  `CheckpointConfig` under the job's folder, which fine-tuning resumes from;
+- distribution: each host runs the workload, which starts `count` processes with torchrun and
+  meets the others at algo-1 (the bootstrap derives MASTER_ADDR and NODE_RANK from SageMaker's
+  resourceconfig.json); the strategy (ddp, fsdp, deepspeed-zero2/3) travels in the spec and
+  is shown as hyperparameters;
+- environment variables and tags naming the stack, kind and spec digest.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from stackwise import catalog
+from stackwise.errors import ConfigError, JobNotFoundError
+from stackwise.jobs import JobInfo, JobState
+from stackwise.registry import require
+
+from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, job_environment,
+                     job_name, job_uri, processes_per_node, require_output, strategy)
+
+CPU_INSTANCE = "ml.m5.xlarge"
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+CHECKPOINT_PATH = "/opt/ml/checkpoints"
+STATES = {
+    "InProgress": JobState.RUNNING,
+    "Completed": JobState.SUCCEEDED,
+    "Failed": JobState.FAILED,
+    "Stopping": JobState.RUNNING,  # not ended yet: wait() keeps polling until Stopped
+    "Stopped": JobState.CANCELLED,
+}
+# Secondary statuses before the container runs.
+_PENDING_SECONDARY = {"Starting", "Pending", "Downloading", "LaunchingMLInstances", "PreparingTrainingStack",
+                      "DownloadingTrainingImage", "Restarting"}
+_TRANSIENT_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
+                    "ServiceUnavailable", "InternalFailure", "InternalServerError", "InternalError"}
+
+
+def instance_type(spec: Any, stack: Any) -> str:
+    """The SageMaker instance type for the spec's GPU and count (from the GPU catalog)."""
+    gpu = spec.compute.gpu or (stack.outputs.default_gpu if spec.kind == "finetune" else None)
+    if not gpu:
+        return CPU_INSTANCE
+    return catalog.offer(gpu, "aws", spec.compute.count).instance
+
+
+def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, Any]:
+    """The CreateTrainingJob request for `spec` on `stack`, as data (no call, no credentials).
+
+    `name` is the job name `submit` derives from the spec and its client token (default token "0").
+    """
+    name = name or job_name(spec, "0")
+    outputs = stack.outputs
+    role = require_output(outputs.job_role, "job_role", stack, "export the SageMaker job role ARN (the Pulumi program does)")
+    image = require_output(outputs.training_image, "training_image", stack,
+                           "export the training image URI (the Pulumi program pushes it to the stack's ECR repository)")
+    root = job_uri(outputs.artifact_store, name)
+    compute = spec.compute
+    env = job_environment(spec, name, outputs.artifact_store, inline_spec=False)
+    env.update(STACKWISE_STACK=stack.name, STACKWISE_CHECKPOINT_DIR=CHECKPOINT_PATH)
+    request: dict[str, Any] = {
+        "TrainingJobName": name,
+        "RoleArn": role,
+        "AlgorithmSpecification": {
+            "TrainingImage": image,
+            "TrainingInputMode": "File",
+            "ContainerEntrypoint": ["python", "-m", "stackwise.adapters.compute.bootstrap"],
+            "EnableSageMakerMetricsTimeSeries": False,
+        },
+        "HyperParameters": {
+            "stackwise_kind": spec.kind,
+            "stackwise_spec_digest": spec.digest(),
+            "stackwise_strategy": strategy(spec),
+            "stackwise_nodes": str(compute.nodes),
+            "stackwise_processes_per_host": str(processes_per_node(spec)),
+        },
+        "InputDataConfig": [{
+            "ChannelName": "spec",
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"{root}/spec.json",
+                                            "S3DataDistributionType": "FullyReplicated"}},
+            "InputMode": "File",
+        }],
+        "OutputDataConfig": {"S3OutputPath": f"{root}/output"},
+        "ResourceConfig": {
+            "InstanceType": instance_type(spec, stack),
+            "InstanceCount": compute.nodes,
+            "VolumeSizeInGB": 100 if spec.kind == "finetune" else 30,
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": compute.max_runtime_s},
+        "EnableManagedSpotTraining": bool(compute.spot),
+        "Environment": env,
+        "Tags": [
+            {"Key": "stackwise:stack", "Value": stack.name},
+            {"Key": "stackwise:kind", "Value": spec.kind},
+            {"Key": "stackwise:spec-digest", "Value": spec.digest()},
+        ],
+    }
+    if compute.spot:
+        request["StoppingCondition"]["MaxWaitTimeInSeconds"] = 2 * compute.max_runtime_s
+    if compute.spot or spec.kind == "finetune":
+        request["CheckpointConfig"] = {"S3Uri": f"{root}/checkpoints", "LocalPath": CHECKPOINT_PATH}
+    return request
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def _ts(value: Any) -> float | None:
+    return value.timestamp() if isinstance(value, datetime) else None
+
+
+class SageMakerCompute(CloudCompute):
+    """Jobs as SageMaker training jobs; the handle id is the training job name."""
+
+    cloud = "aws"
+    states = STATES
+
+    def __init__(self, stack: Any, session: Any = None):
+        super().__init__(stack)
+        if not stack.outputs.artifact_store.startswith("s3://"):
+            raise ConfigError(
+                f"stack {stack.name!r} is on AWS but its artifact store is {stack.outputs.artifact_store!r}",
+                where="stack outputs: artifact_store",
+                fix="export an s3:// artifact store (the Pulumi program does)",
+            )
+        boto3 = require("boto3", "aws", "the SageMaker compute adapter")
+        self._botocore_exceptions = require("botocore.exceptions", "aws")
+        self._session = session or boto3.session.Session(region_name=stack.region)
+        self.sagemaker = self._session.client("sagemaker")
+        self.s3 = self._session.client("s3")
+        self.logs_client = self._session.client("logs")
+        self._specs: dict[str, dict[str, Any]] = {}
+
+    # -- requests ------------------------------------------------------------------------------
+    def build(self, spec: Any, name: str) -> dict[str, Any]:
+        return build_request(spec, self.stack, name)
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        """One API call; its errors become TransientError (retried) or a clear CloudError."""
+        exc_mod = self._botocore_exceptions
+        try:
+            return fn(**kwargs)
+        except (exc_mod.NoCredentialsError, exc_mod.PartialCredentialsError) as exc:
+            raise CredentialsError(
+                f"no AWS credentials for {what}: {exc}",
+                where=f"stack {self.stack.name!r} (region {self.stack.region})",
+                fix="configure credentials: `aws configure` or `aws sso login`, or set AWS_PROFILE / "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ) from None
+        except (exc_mod.EndpointConnectionError, exc_mod.ConnectTimeoutError, exc_mod.ReadTimeoutError) as exc:
+            raise TransientError(f"{what}: {exc}") from None
+        except exc_mod.ClientError as exc:
+            error = exc.response.get("Error", {})
+            code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                raise TransientError(f"{what}: {code} {message}") from None
+            if code in ("ExpiredToken", "ExpiredTokenException", "UnrecognizedClientException",
+                        "InvalidClientTokenId", "InvalidSignatureException"):
+                raise CredentialsError(
+                    f"AWS rejected the credentials for {what}: {code}", where=message,
+                    fix="refresh them (`aws sso login`, new keys) or choose another AWS_PROFILE") from None
+            if code == "ResourceLimitExceeded":
+                raise QuotaError(
+                    f"SageMaker quota exceeded for {what}: {message}",
+                    where=f"account quotas in {self.stack.region}",
+                    fix="request an increase in Service Quotas (SageMaker, '<instance type> for training job "
+                    "usage' or 'for spot training job usage'), or choose a smaller GPU/count",
+                ) from None
+            if code == "ValidationException" and "instance" in message.lower() and "type" in message.lower():
+                raise CloudError(
+                    f"SageMaker does not offer the requested instance type here: {message}",
+                    where=f"region {self.stack.region}",
+                    fix="choose a GPU the region offers (see `stackwise plan`), or a stack in another region",
+                ) from None
+            raise CloudError(f"SageMaker refused {what}: {code}: {message}", where=f"region {self.stack.region}",
+                             fix="correct the request or the stack outputs") from None
+
+    # -- the cloud calls -----------------------------------------------------------------------
+    def _prepare(self, spec: Any, name: str) -> None:
+        bucket, key = _split_s3(f"{job_uri(self.stack.outputs.artifact_store, name)}/spec.json")
+        self._call("upload the job spec", self.s3.put_object, Bucket=bucket, Key=key,
+                   Body=spec.model_dump_json(indent=2).encode(), ContentType="application/json")
+
+    def _create(self, request: dict[str, Any], name: str) -> str:
+        try:
+            self._call(f"CreateTrainingJob {name}", self.sagemaker.create_training_job, **request)
+        except CloudError as exc:
+            # A create that landed before its answer was lost: the job is ours.
+            if "ResourceInUse" in exc.what or "unique" in exc.what.lower():
+                return name
+            raise
+        return name
+
+    def _find(self, name: str) -> str | None:
+        try:
+            self._describe_raw(name)
+        except JobNotFoundError:
+            return None
+        return name
+
+    def _describe_raw(self, job_id: str) -> dict[str, Any]:
+        try:
+            return self._call(f"DescribeTrainingJob {job_id}", self.sagemaker.describe_training_job,
+                              TrainingJobName=job_id)
+        except CloudError as exc:
+            if "Could not find" in exc.what or "ResourceNotFound" in exc.what:
+                raise JobNotFoundError(f"no SageMaker training job {job_id!r}", where=f"region {self.stack.region}",
+                                       fix="list jobs with `stackwise jobs list --stack " + self.stack.name + "`") from None
+            raise
+
+    def _spec_of(self, name: str) -> dict[str, Any]:
+        if name not in self._specs:
+            bucket, key = _split_s3(f"{job_uri(self.stack.outputs.artifact_store, name)}/spec.json")
+            try:
+                body = self._call("read the job spec", self.s3.get_object, Bucket=bucket, Key=key)["Body"].read()
+                self._specs[name] = json.loads(body)
+            except (CloudError, ValueError):
+                return {}
+        return self._specs[name]
+
+    def _describe(self, job_id: str) -> JobInfo:
+        return self._to_info(self._describe_raw(job_id))
+
+    def _to_info(self, job: dict[str, Any]) -> JobInfo:
+        name = job["TrainingJobName"]
+        status = job.get("TrainingJobStatus", "InProgress")
+        state = self.map_state(status)
+        if state is JobState.RUNNING and status == "InProgress" and job.get("SecondaryStatus") in _PENDING_SECONDARY:
+            state = JobState.PENDING
+        spec = self._spec_of(name)
+        extra = {}
+        artifacts = (job.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+        if artifacts:
+            extra["sagemaker_model_artifacts"] = artifacts
+        hyper = job.get("HyperParameters") or {}
+        return JobInfo(
+            id=name,
+            kind=hyper.get("stackwise_kind") or spec.get("kind") or name.split("-")[1],
+            stack=self.stack.name,
+            state=state,
+            created_at=_ts(job.get("CreationTime")) or 0.0,
+            started_at=_ts(job.get("TrainingStartTime")),
+            ended_at=_ts(job.get("TrainingEndTime")) if state.terminal else None,
+            error=job.get("FailureReason") if state is JobState.FAILED else
+            ("stopped" if state is JobState.CANCELLED else None),
+            outputs=self.outputs_for(spec or {"kind": hyper.get("stackwise_kind")}, name, state, extra),
+            spec=spec,
+            log_path=f"cloudwatch:{LOG_GROUP}/{name}",
+        )
+
+    def _list(self, limit: int) -> list[JobInfo]:
+        page = self._call("ListTrainingJobs", self.sagemaker.list_training_jobs, NameContains="sw-",
+                          SortBy="CreationTime", SortOrder="Descending", MaxResults=min(100, limit))
+        return [self._describe(item["TrainingJobName"]) for item in page.get("TrainingJobSummaries", [])[:limit]]
+
+    def _stop(self, job_id: str) -> None:
+        try:
+            self._call(f"StopTrainingJob {job_id}", self.sagemaker.stop_training_job, TrainingJobName=job_id)
+        except CloudError as exc:
+            if "not in" in exc.what.lower() or "already" in exc.what.lower():
+                return  # it ended meanwhile: cancel leaves an ended job as it is
+            raise
+
+    def _read_result(self, uri: str) -> dict[str, Any] | None:
+        bucket, key = _split_s3(uri)
+        try:
+            body = self._call("read the job result", self.s3.get_object, Bucket=bucket, Key=key)["Body"].read()
+            return json.loads(body)
+        except (CloudError, ValueError):
+            return None
+
+    def _log_lines(self, job_id: str, cursor: Any) -> tuple[list[str], Any]:
+        """CloudWatch Logs: every stream `<job>/algo-N-...`, in stream order, from the last token on."""
+        tokens: dict[str, str] = dict(cursor or {})
+        try:
+            streams = self._call("DescribeLogStreams", self.logs_client.describe_log_streams,
+                                 logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job_id}/")
+        except CloudError as exc:
+            if "ResourceNotFound" in exc.what:
+                return [], tokens  # the job has not written a line yet
+            raise
+        lines: list[str] = []
+        multi = len(streams.get("logStreams", [])) > 1
+        for stream in sorted(streams.get("logStreams", []), key=lambda s: s["logStreamName"]):
+            sname = stream["logStreamName"]
+            kwargs: dict[str, Any] = {"logGroupName": LOG_GROUP, "logStreamName": sname, "startFromHead": True}
+            if sname in tokens:
+                kwargs["nextToken"] = tokens[sname]
+            while True:
+                page = self._call("GetLogEvents", self.logs_client.get_log_events, **kwargs)
+                events = page.get("events", [])
+                host = sname.split("/", 1)[1].rsplit("-", 1)[0]
+                lines += [f"[{host}] {e['message']}" if multi else e["message"] for e in events]
+                token = page.get("nextForwardToken")
+                same = token == kwargs.get("nextToken")
+                if token:
+                    tokens[sname] = token
+                    kwargs["nextToken"] = token
+                if not events or same:
+                    break
+        return lines, tokens
+

@@ -1,0 +1,229 @@
+"""GCP compute: each job is one Vertex AI CustomJob (`google.cloud.aiplatform_v1`, REST transport).
+
+`build_request(spec, stack)` is pure: it returns the CustomJob as the JSON Vertex's v1 REST API
+takes (golden files in tests/golden/ pin it). What it holds:
+- worker pool 0: one replica (the chief); worker pool 1: `nodes - 1` replicas (index jobs: one
+  replica per shard); each with the catalog's machine type and accelerator for `gpu` x `count`
+  (n1-standard-8 without a GPU) and the stack's training image running the bootstrap; the
+  bootstrap derives MASTER_ADDR and NODE_RANK from Vertex's CLUSTER_SPEC;
+- `scheduling`: timeout = max runtime, strategy SPOT for `spot=True` (else STANDARD);
+- the job's service account, `base_output_directory` = the job's folder in the artifact store,
+  and labels naming the stack, kind and the stackwise job name (how a retried submit finds it:
+  Vertex assigns CustomJob ids itself, so `submit` lists by that label before creating).
+The spec travels in the container's environment (`STACKWISE_SPEC_B64`), so submitting needs no
+GCS upload. The handle id is the CustomJob's numeric id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from stackwise import catalog
+from stackwise.errors import ConfigError, JobNotFoundError
+from stackwise.jobs import JobInfo, JobState
+from stackwise.registry import require
+
+from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, bootstrap_command,
+                     decode_spec, job_environment, job_name, job_uri, require_output, strategy)
+
+CPU_MACHINE = "n1-standard-8"
+STATES = {
+    "JOB_STATE_QUEUED": JobState.PENDING,
+    "JOB_STATE_PENDING": JobState.PENDING,
+    "JOB_STATE_PAUSED": JobState.PENDING,
+    "JOB_STATE_RUNNING": JobState.RUNNING,
+    "JOB_STATE_UPDATING": JobState.RUNNING,
+    "JOB_STATE_CANCELLING": JobState.RUNNING,  # not ended yet: wait() polls until CANCELLED
+    "JOB_STATE_SUCCEEDED": JobState.SUCCEEDED,
+    "JOB_STATE_PARTIALLY_SUCCEEDED": JobState.FAILED,
+    "JOB_STATE_FAILED": JobState.FAILED,
+    "JOB_STATE_EXPIRED": JobState.FAILED,
+    "JOB_STATE_CANCELLED": JobState.CANCELLED,
+}
+LABEL = "stackwise-job"
+
+
+def machine_spec(spec: Any, stack: Any) -> dict[str, Any]:
+    gpu = spec.compute.gpu or (stack.outputs.default_gpu if spec.kind == "finetune" else None)
+    if not gpu:
+        return {"machineType": CPU_MACHINE}
+    offer = catalog.offer(gpu, "gcp", spec.compute.count)
+    return {"machineType": offer.instance, "acceleratorType": offer.accelerator, "acceleratorCount": offer.count}
+
+
+def _label(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]
+
+
+def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, Any]:
+    """The CustomJob for `spec` on `stack` (v1 REST JSON), as data: no call, no credentials."""
+    name = name or job_name(spec, "0")
+    outputs = stack.outputs
+    image = require_output(outputs.training_image, "training_image", stack,
+                           "export the training image URI (the Pulumi program builds it in Artifact Registry)")
+    env = job_environment(spec, name, outputs.artifact_store, inline_spec=True)
+    env["STACKWISE_STACK"] = stack.name
+    container = {"imageUri": image, "command": bootstrap_command(),
+                 "env": [{"name": k, "value": v} for k, v in sorted(env.items())]}
+    pool = {
+        "machineSpec": machine_spec(spec, stack),
+        "replicaCount": "1",
+        "containerSpec": container,
+        "diskSpec": {"bootDiskType": "pd-ssd", "bootDiskSizeGb": 100 if spec.kind == "finetune" else 50},
+    }
+    pools = [pool]
+    if spec.compute.nodes > 1:
+        pools.append(dict(pool, replicaCount=str(spec.compute.nodes - 1)))
+    job_spec: dict[str, Any] = {
+        "workerPoolSpecs": pools,
+        "scheduling": {"timeout": f"{spec.compute.max_runtime_s}s",
+                       "strategy": "SPOT" if spec.compute.spot else "STANDARD"},
+        "baseOutputDirectory": {"outputUriPrefix": job_uri(outputs.artifact_store, name)},
+    }
+    if outputs.job_role:
+        job_spec["serviceAccount"] = outputs.job_role
+    return {
+        "displayName": name,
+        "jobSpec": job_spec,
+        "labels": {LABEL: name, "stackwise-stack": _label(stack.name), "stackwise-kind": spec.kind,
+                   "stackwise-strategy": strategy(spec)},
+    }
+
+
+class VertexCompute(CloudCompute):
+    """Jobs as Vertex AI CustomJobs; the handle id is the CustomJob id."""
+
+    cloud = "gcp"
+    states = STATES
+
+    def __init__(self, stack: Any, credentials: Any = None, api_endpoint: str | None = None):
+        super().__init__(stack)
+        self.project = require_output(stack.outputs.gcp_project, "gcp_project", stack,
+                                      "export gcp_project (the Pulumi program does)")
+        if not stack.outputs.artifact_store.startswith("gs://"):
+            raise ConfigError(f"stack {stack.name!r} is on GCP but its artifact store is "
+                              f"{stack.outputs.artifact_store!r}", where="stack outputs: artifact_store",
+                              fix="export a gs:// artifact store (the Pulumi program does)")
+        self.location = stack.region
+        self.parent = f"projects/{self.project}/locations/{self.location}"
+        aiplatform = require("google.cloud.aiplatform_v1", "gcp", "the Vertex AI compute adapter")
+        self._types = aiplatform
+        self._exceptions = require("google.api_core.exceptions", "gcp")
+        self._auth_exceptions = require("google.auth.exceptions", "gcp")
+        endpoint = api_endpoint or os.environ.get("STACKWISE_VERTEX_ENDPOINT") or f"{self.location}-aiplatform.googleapis.com"
+        from google.api_core.client_options import ClientOptions
+
+        try:
+            self.client = aiplatform.JobServiceClient(credentials=credentials, transport="rest",
+                                                      client_options=ClientOptions(api_endpoint=endpoint))
+        except self._auth_exceptions.DefaultCredentialsError as exc:
+            raise CredentialsError(
+                f"no Google Cloud credentials: {exc}".split(". ")[0],
+                where=f"stack {stack.name!r} (project {self.project})",
+                fix="run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS "
+                "to a service account key file",
+            ) from None
+
+    def build(self, spec: Any, name: str) -> dict[str, Any]:
+        return build_request(spec, self.stack, name)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        exc = self._exceptions
+        try:
+            return fn(*args, **kwargs)
+        except self._auth_exceptions.DefaultCredentialsError as error:
+            raise CredentialsError(f"no Google Cloud credentials for {what}", where=str(error)[:200],
+                                   fix="run `gcloud auth application-default login`") from None
+        except (exc.TooManyRequests, exc.ResourceExhausted) as error:
+            if "quota metrics" in str(error.message).lower() or "gpus" in str(error.message).lower():
+                raise QuotaError(f"Vertex AI quota exceeded for {what}: {error.message}",
+                                 where=f"project {self.project}, {self.location}",
+                                 fix="request more quota (IAM & Admin > Quotas: the 'custom_model_training_*' "
+                                 "metric named above), or choose a smaller GPU/count or another region") from None
+            raise TransientError(f"{what}: {error.message}") from None
+        except (exc.ServiceUnavailable, exc.InternalServerError, exc.GatewayTimeout, exc.BadGateway,
+                exc.DeadlineExceeded) as error:
+            raise TransientError(f"{what}: {error}") from None
+        except (exc.Unauthenticated, exc.PermissionDenied) as error:
+            raise CredentialsError(f"Google Cloud refused {what}: {error.message}", where=f"project {self.project}",
+                                   fix="check `gcloud auth application-default login` and the roles of the "
+                                   "account (Vertex AI User)") from None
+        except exc.NotFound:
+            raise JobNotFoundError(f"no Vertex AI job for {what}", where=self.parent,
+                                   fix=f"list jobs with `stackwise jobs list --stack {self.stack.name}`") from None
+        except exc.BadRequest as error:  # REST maps every 400 here (InvalidArgument, FailedPrecondition)
+            message = str(error.message)
+            if "machine type" in message.lower() or "accelerator" in message.lower():
+                raise CloudError(f"Vertex AI does not offer the requested machine here: {message}",
+                                 where=f"location {self.location}",
+                                 fix="choose a GPU the region offers (see `stackwise plan`), or another region") from None
+            raise CloudError(f"Vertex AI refused {what}: {message}", where=self.parent,
+                             fix="correct the request or the stack outputs") from None
+        except exc.GoogleAPICallError as error:
+            raise CloudError(f"Vertex AI refused {what}: {error}", where=self.parent,
+                             fix="correct the request or the stack outputs") from None
+        except OSError as error:  # connection refused or reset: retry
+            raise TransientError(f"{what}: {error}") from None
+
+    def _create(self, request: dict[str, Any], name: str) -> str:
+        job = self._types.CustomJob.from_json(json.dumps(request))
+        created = self._call(f"create CustomJob {name}", self.client.create_custom_job, parent=self.parent,
+                             custom_job=job)
+        return created.name.rsplit("/", 1)[1]
+
+    def _find(self, name: str) -> str | None:
+        request = self._types.ListCustomJobsRequest(parent=self.parent, filter=f'labels.{LABEL}="{name}"')
+        for job in self._call(f"list CustomJobs named {name}", self.client.list_custom_jobs, request=request):
+            return job.name.rsplit("/", 1)[1]
+        return None
+
+    def _to_info(self, job: Any) -> JobInfo:
+        data = json.loads(type(job).to_json(job, use_integers_for_enums=False))
+        job_id = data["name"].rsplit("/", 1)[1]
+        state = self.map_state(data.get("state", "JOB_STATE_PENDING"))
+        name = (data.get("labels") or {}).get(LABEL) or data.get("displayName", job_id)
+        spec: dict[str, Any] = {}
+        for pool in (data.get("jobSpec") or {}).get("workerPoolSpecs", [])[:1]:
+            for var in (pool.get("containerSpec") or {}).get("env", []):
+                if var.get("name") == "STACKWISE_SPEC_B64":
+                    spec = decode_spec(var["value"])
+        error = (data.get("error") or {}).get("message")
+        return JobInfo(
+            id=job_id,
+            kind=spec.get("kind") or (data.get("labels") or {}).get("stackwise-kind", ""),
+            stack=self.stack.name,
+            state=state,
+            created_at=job.create_time.timestamp() if data.get("createTime") else 0.0,
+            started_at=job.start_time.timestamp() if data.get("startTime") else None,
+            ended_at=job.end_time.timestamp() if data.get("endTime") and state.terminal else None,
+            error=error or ("cancelled" if state is JobState.CANCELLED else
+                            ("failed" if state is JobState.FAILED else None)),
+            outputs=self.outputs_for(spec, name, state, {"vertex_job": data["name"]}),
+            spec=spec,
+            log_path=f"cloud-logging:resource.labels.job_id={job_id}",
+        )
+
+    def _describe(self, job_id: str) -> JobInfo:
+        return self._to_info(self._call(f"get CustomJob {job_id}", self.client.get_custom_job,
+                                        name=f"{self.parent}/customJobs/{job_id}"))
+
+    def _list(self, limit: int) -> list[JobInfo]:
+        request = self._types.ListCustomJobsRequest(parent=self.parent, filter=f'labels.stackwise-stack="{_label(self.stack.name)}"',
+                                                    page_size=min(limit, 100))
+        jobs = []
+        for job in self._call("list CustomJobs", self.client.list_custom_jobs, request=request):
+            jobs.append(self._to_info(job))
+            if len(jobs) >= limit:
+                break
+        return jobs
+
+    def _stop(self, job_id: str) -> None:
+        try:
+            self._call(f"cancel CustomJob {job_id}", self.client.cancel_custom_job,
+                       name=f"{self.parent}/customJobs/{job_id}")
+        except CloudError as exc:
+            if "ended" in exc.what or "FAILED_PRECONDITION" in exc.what:
+                return
+            raise

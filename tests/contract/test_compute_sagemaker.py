@@ -1,0 +1,237 @@
+"""The SageMaker adapter against moto in server mode on 127.0.0.1 (real HTTP, real boto3).
+
+What is verified here: the CreateTrainingJob request (golden file, and as moto stores it), the
+spec uploaded to S3, state mapping, wait, outputs (artifact URIs and the result JSON), cancel
+through StopTrainingJob, one job per client token even when the create's answer is lost,
+retries on throttling, clear errors for quota, instance type and missing credentials, logs
+from CloudWatch Logs, and `stackwise index --stack dev-aws` routed here with no code change.
+Not verified: a container really running (no SageMaker runs here).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
+
+pytest.importorskip("boto3", reason="install stackwise[aws]")
+pytest.importorskip("moto", reason="install stackwise[dev]")
+
+from cloud_fixtures import check_golden, finetune_spec, index_spec, use_stack  # noqa: E402
+from sagemaker_emulator import SageMakerEmulator  # noqa: E402
+
+from stackwise.jobs import JobState  # noqa: E402
+from stackwise.testing.compute import ComputeContract, ComputeDriver  # noqa: E402
+
+BUCKET = "sw-dev-artifacts"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    server = SageMakerEmulator().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(emulator, monkeypatch, tmp_path):
+    for key, value in {"AWS_ENDPOINT_URL": emulator.endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_MAX_ATTEMPTS": "1", "AWS_EC2_METADATA_DISABLED": "true",
+                       "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    emulator.reset()
+    import boto3
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+        s3.create_bucket(Bucket=BUCKET)
+    return emulator
+
+
+@pytest.fixture
+def platform(aws_env, tmp_path, monkeypatch):
+    return use_stack("dev-aws", tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def compute(platform):
+    from stackwise.adapters.compute.sagemaker import SageMakerCompute
+
+    backend = platform.compute
+    assert isinstance(backend, SageMakerCompute)
+    backend.retry = type(backend.retry)(attempts=4, base_s=0.01, max_s=0.05)
+    return backend
+
+
+class SageMakerDriver(ComputeDriver):
+    timeout = 10.0
+
+    def __init__(self, compute, emulator):
+        self.compute, self.emulator = compute, emulator
+
+    def backend(self):
+        return self.compute
+
+    def spec(self, outcome, n=0):
+        return index_spec(n)
+
+    def advance(self, handle, outcome):
+        if outcome == "succeed":
+            import boto3
+
+            report = {"index": "kb", "chunks": 3}
+            boto3.client("s3").put_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/result.json",
+                                          Body=json.dumps(report).encode())
+            self.emulator.move(handle.id, "Completed")
+        elif outcome == "fail":
+            self.emulator.move(handle.id, "Failed", failure="AlgorithmError: the workload exited with code 2")
+        else:
+            self.emulator.move(handle.id, "InProgress", secondary="Training")
+
+    def bad_spec(self):
+        return index_spec(99, gpu="H100", count=3)  # the catalog has no 3 x H100 instance on AWS
+
+
+class TestSageMakerContract(ComputeContract):
+    @pytest.fixture
+    def driver(self, compute, aws_env):
+        return SageMakerDriver(compute, aws_env)
+
+
+def test_finetune_request_matches_golden():
+    from stackwise.adapters.compute.sagemaker import build_request
+    from stackwise.stack import Stack
+    from stackwise.contract import StackOutputs
+    from cloud_fixtures import OUTPUTS
+
+    stack = Stack(name="dev-aws", cloud="aws", region="us-east-1", config={}, source="test",
+                  _outputs=StackOutputs.model_validate(OUTPUTS["dev-aws"]))
+    spec = finetune_spec()
+    request = build_request(spec, stack)
+    check_golden("sagemaker_finetune", request)
+    assert request["ResourceConfig"] == {"InstanceType": "ml.p4d.24xlarge", "InstanceCount": 2, "VolumeSizeInGB": 100}
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 21600, "MaxWaitTimeInSeconds": 43200}
+    assert request["CheckpointConfig"]["S3Uri"].startswith("s3://sw-dev-artifacts/jobs/sw-finetune-")
+    assert request["HyperParameters"]["stackwise_strategy"] == "fsdp"
+    check_golden("sagemaker_index", build_request(index_spec(0), stack))
+
+
+def test_submit_uploads_the_spec_and_sends_the_request(compute, aws_env):
+    import boto3
+
+    spec = finetune_spec()
+    handle = compute.submit(spec, client_token="golden")
+    job = aws_env.job(handle.id)
+    assert handle.id == f"sw-finetune-{spec.digest()}-golden"
+    assert job.resource_config["InstanceType"] == "ml.p4d.24xlarge"
+    assert job.enable_managed_spot_training is True
+    assert job.checkpoint_config["S3Uri"] == f"s3://{BUCKET}/jobs/{handle.id}/checkpoints"
+    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/spec.json")["Body"].read()
+    assert json.loads(body) == json.loads(spec.model_dump_json())
+    assert handle.status() is JobState.PENDING
+    aws_env.move(handle.id, "InProgress", secondary="Training")
+    assert handle.status() is JobState.RUNNING
+    assert handle.info().spec["base"] == spec.base
+
+
+def test_throttling_is_retried_and_a_lost_answer_never_makes_a_second_job(compute, aws_env):
+    aws_env.faults.extend(["throttle", "throttle"])
+    first = compute.submit(index_spec(1))
+    assert aws_env.create_calls == 3
+    aws_env.faults.append("lost-answer")
+    second = compute.submit(index_spec(2))
+    assert second.id in aws_env.backend.training_jobs
+    assert len(aws_env.backend.training_jobs) == 2 and first.id != second.id
+
+
+def test_quota_and_instance_type_errors_say_how_to_fix(compute, aws_env):
+    from stackwise.adapters.compute._cloud import CloudError, QuotaError
+
+    aws_env.faults.append("quota")
+    with pytest.raises(QuotaError, match="Service Quotas"):
+        compute.submit(index_spec(3))
+    aws_env.faults.append("instance-type")
+    with pytest.raises(CloudError, match="instance type"):
+        compute.submit(index_spec(4))
+    aws_env.faults.extend(["throttle"] * 10)
+    with pytest.raises(CloudError, match="kept failing"):
+        compute.submit(index_spec(5))
+    assert aws_env.backend.training_jobs == {}
+
+
+def test_missing_credentials_say_how_to_configure_them(platform, monkeypatch):
+    from stackwise.adapters.compute._cloud import CredentialsError
+
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(CredentialsError, match="aws configure"):
+        platform.compute.submit(index_spec(6))
+
+
+def test_logs_come_from_cloudwatch(compute, aws_env):
+    handle = compute.submit(index_spec(7))
+    assert list(handle.logs()) == []
+    aws_env.write_logs(handle.id, ["loading spec", "@@progress {}"])
+    aws_env.move(handle.id, "InProgress", secondary="Training")
+    follow = handle.logs(follow=True)
+    assert [next(follow), next(follow)] == ["loading spec", "@@progress {}"]
+    aws_env.write_logs(handle.id, ["done"])
+    aws_env.move(handle.id, "Completed")
+    assert list(follow) == ["done"]
+
+
+def test_list_and_get_by_id_from_a_new_platform(compute, aws_env, tmp_path, monkeypatch):
+    handle = compute.submit(index_spec(8))
+    again = use_stack("dev-aws", tmp_path, monkeypatch)
+    assert again.jobs.get(handle.id).status() is JobState.PENDING
+    assert handle.id in [info.id for info in again.jobs.list()]
+
+
+def test_cli_index_routes_to_sagemaker(aws_env, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from stackwise.cli import app
+
+    use_stack("dev-aws", tmp_path, monkeypatch)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("hello cloud\n")
+    result = CliRunner().invoke(app, ["index", str(docs), "--index", "kb", "--stack", "dev-aws", "--detach", "--json"])
+    assert result.exit_code == 0, result.output
+    job_id = json.loads(result.stdout)["job"]
+    assert job_id.startswith("sw-index-") and job_id in aws_env.backend.training_jobs
+
+
+def test_connect_to_a_cloud_stack_stays_light_until_the_first_cloud_call(tmp_path):
+    import os
+    import subprocess
+
+    from cloud_fixtures import OUTPUTS
+
+    outputs = tmp_path / "out.json"
+    outputs.write_text(json.dumps(OUTPUTS["dev-aws"]))
+    script = (
+        "import sys\n"
+        "base = set(sys.modules)  # a .pth of google-cloud-aiplatform imports `google` at start-up\n"
+        "import stackwise\n"
+        "p = stackwise.connect('dev-aws'); p.stack.outputs\n"
+        "before = {m.split('.')[0] for m in set(sys.modules) - base} & {'boto3', 'botocore', 'google', 'azure'}\n"
+        "p.compute\n"
+        "after = {m.split('.')[0] for m in sys.modules} & {'boto3', 'botocore'}\n"
+        "print(sorted(before), sorted(after))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKWISE_")}
+    env.update(STACKWISE_OUTPUTS=str(outputs), STACKWISE_HOME=str(tmp_path / "h"), AWS_EC2_METADATA_DISABLED="true",
+               AWS_MAX_ATTEMPTS="1")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[] ['boto3', 'botocore']"

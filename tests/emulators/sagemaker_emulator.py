@@ -1,0 +1,158 @@
+"""moto in server mode on 127.0.0.1, patched in-process where moto 5.2 differs from SageMaker.
+
+Real HTTP, real boto3 (S3, SageMaker, CloudWatch Logs, STS). Patches, all in this process:
+- a training job starts `InProgress` (secondary status `Starting`) and stays so until the test
+  moves it (`move`), instead of moto's instant `Completed`;
+- `StopTrainingJob` exists: InProgress -> Stopping, then Stopped a moment later, as SageMaker does;
+- `CreateTrainingJob` with a name in use answers `ResourceInUse`, as SageMaker does (moto overwrites);
+- faults on demand: the next N CreateTrainingJob calls answer `ThrottlingException`, or create
+  the job and then answer `InternalFailure` (the answer lost after the job was made), or
+  `ResourceLimitExceeded`, or the ValidationException SageMaker gives for an unknown instance type.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any
+
+ACCOUNT = "123456789012"
+
+
+class SageMakerEmulator:
+    def __init__(self, region: str = "us-east-1"):
+        self.region = region
+        self.faults: deque[str] = deque()
+        self.create_calls = 0
+        self._server: Any = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "SageMakerEmulator":
+        from moto.server import ThreadedMotoServer
+
+        self._patch()
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+    def reset(self) -> None:
+        self.faults.clear()
+        self.create_calls = 0
+        self.backend.training_jobs.clear()
+
+    @property
+    def backend(self) -> Any:
+        from moto.sagemaker.models import sagemaker_backends
+
+        return sagemaker_backends[ACCOUNT][self.region]
+
+    # -- what the tests drive ------------------------------------------------------------------
+    def job(self, name: str) -> Any:
+        return self.backend.training_jobs[name]
+
+    def move(self, name: str, status: str, secondary: str | None = None, failure: str | None = None) -> None:
+        """Set a job's status as SageMaker would report it (InProgress, Completed, Failed, Stopped)."""
+        job = self.backend.training_jobs.get(name)
+        if job is None:  # reset meanwhile (a Stopping timer outliving its test)
+            return
+        now = datetime.now(timezone.utc)
+        job.training_job_status = status
+        job.secondary_status = secondary or {"InProgress": "Training", "Completed": "Completed",
+                                             "Failed": "Failed", "Stopped": "Stopped"}.get(status, status)
+        job.last_modified_time = now
+        if status == "InProgress":
+            job.training_start_time = job.training_start_time or now
+        if status in ("Completed", "Failed", "Stopped"):
+            job.training_end_time = now
+        if failure:
+            job.failure_reason = failure
+
+    def write_logs(self, name: str, lines: list[str], host: str = "algo-1") -> None:
+        """Put lines in the job's CloudWatch stream, as the container's stdout would."""
+        import time
+
+        import boto3
+
+        logs = boto3.client("logs", region_name=self.region, endpoint_url=self.endpoint)
+        group, stream = "/aws/sagemaker/TrainingJobs", f"{name}/{host}-1700000000"
+        try:
+            logs.create_log_group(logGroupName=group)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        try:
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        except logs.exceptions.ResourceAlreadyExistsException:
+            pass
+        now = int(time.time() * 1000)
+        logs.put_log_events(logGroupName=group, logStreamName=stream,
+                            logEvents=[{"timestamp": now + i, "message": line} for i, line in enumerate(lines)])
+
+    # -- the patches ---------------------------------------------------------------------------
+    def _patch(self) -> None:
+        from moto.core.exceptions import ServiceException
+        from moto.core.responses import ActionResult
+        from moto.sagemaker import models, responses
+        from moto.sagemaker.exceptions import ResourceInUseException, ValidationError
+
+        emulator = self
+        original_init = models.FakeTrainingJob.__init__
+
+        def init(job: Any, *args: Any, **kwargs: Any) -> None:
+            original_init(job, *args, **kwargs)
+            job.training_job_status = "InProgress"
+            job.secondary_status = "Starting"
+            job.training_start_time = None
+            job.training_end_time = None
+            job.failure_reason = None
+            job.model_artifacts = None
+
+        class Fault(ServiceException):
+            def __init__(self, code: str, message: str):
+                self.code = code
+                super().__init__(message)
+
+        original_create = responses.SageMakerResponse.create_training_job
+
+        def create(response: Any) -> Any:
+            emulator.create_calls += 1
+            name = response._get_param("TrainingJobName")
+            fault = emulator.faults.popleft() if emulator.faults else None
+            if fault == "throttle":
+                raise Fault("ThrottlingException", "Rate exceeded")
+            if fault == "quota":
+                raise Fault("ResourceLimitExceeded", "The account-level service limit 'ml.g5.xlarge for "
+                            "training job usage' is 0 Instances")
+            if fault == "instance-type":
+                raise ValidationError("1 validation error detected: Value 'ml.g5.xlarge' at "
+                                      "'resourceConfig.instanceType' failed to satisfy constraint: the instance "
+                                      "type is not supported in this region")
+            if name in response.sagemaker_backend.training_jobs:
+                raise ResourceInUseException(f"Training job names must be unique within an AWS account and "
+                                             f"region, and a training job with this name already exists ({name})")
+            result = original_create(response)
+            if fault == "lost-answer":
+                raise Fault("InternalFailure", "An internal error occurred")
+            return result
+
+        def stop(response: Any) -> Any:
+            name = response._get_param("TrainingJobName")
+            job = response.sagemaker_backend.training_jobs.get(name)
+            if job is None:
+                raise ValidationError(f"Could not find training job '{name}'.")
+            if job.training_job_status != "InProgress":
+                raise ValidationError(f"The request was rejected because the training job is in status "
+                                      f"{job.training_job_status}.")
+            job.training_job_status, job.secondary_status = "Stopping", "Stopping"
+            threading.Timer(0.2, lambda: emulator.move(name, "Stopped")).start()
+            return ActionResult({})
+
+        models.FakeTrainingJob.__init__ = init  # type: ignore[method-assign]
+        responses.SageMakerResponse.create_training_job = create  # type: ignore[method-assign]
+        responses.SageMakerResponse.stop_training_job = stop  # type: ignore[attr-defined]
