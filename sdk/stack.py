@@ -164,19 +164,36 @@ def local_outputs(stack: Stack) -> StackOutputs:
         return value if "://" in value else str((base / value).resolve())
 
     vector = stack.config.get("vectorStore") or {"kind": "embedded", "path": "vectors"}
-    if not isinstance(vector, dict) or vector.get("kind", "embedded") != "embedded":
-        raise ConfigError(
-            "the local stack supports only the embedded vector store",
-            where=f"{stack.source}: config.stackwise:vectorStore",
-            fix="set vectorStore to {kind: embedded, path: vectors}",
-        )
     return StackOutputs(
         cloud="local",
         region="local",
         artifact_store=under(str(stack.config.get("artifactStore", "artifacts"))),
-        vector_store=VectorStoreOutput(kind="embedded", uri=under(str(vector.get("path", "vectors")))),
+        vector_store=_local_vector_store(stack, vector, under),
         embedding_model=str(stack.config.get("embeddingModel", "all-MiniLM-L6-v2")),
         tracking_uri=stack.config.get("trackingUri") or f"sqlite:///{base / 'mlflow.db'}",
+    )
+
+
+def _local_vector_store(stack: Stack, vector: Any, under) -> VectorStoreOutput:
+    """The local stack's vector store: the embedded one, or a hosted store reached from this
+    machine (`{kind: pinecone|weaviate|milvus, host: URL, apiKeySecret: env://NAME}`), so
+    local jobs can index into a hosted store without a cloud stack."""
+    where = f"{stack.source}: config.stackwise:vectorStore"
+    kind = vector.get("kind", "embedded") if isinstance(vector, dict) else None
+    if kind == "embedded":
+        return VectorStoreOutput(kind="embedded", uri=under(str(vector.get("path", "vectors"))))
+    hosted = {"kind", "host", "apiKeySecret"}
+    if kind in ("pinecone", "weaviate", "milvus") and vector.get("host") and not set(vector) - hosted:
+        try:
+            return VectorStoreOutput(kind=kind, host=str(vector["host"]), api_key_secret=vector.get("apiKeySecret"))
+        except ValueError as exc:
+            raise ConfigError(f"invalid vectorStore.apiKeySecret: {exc.errors()[0]['msg']}", where=where,
+                              fix="reference the key, e.g. apiKeySecret: env://PINECONE_API_KEY") from None
+    raise ConfigError(
+        "the local stack's vector store must be the embedded store or a hosted one with a host",
+        where=where,
+        fix="set vectorStore to {kind: embedded, path: vectors}, or to "
+        "{kind: pinecone|weaviate|milvus, host: URL, apiKeySecret: env://NAME}",
     )
 
 

@@ -1,0 +1,63 @@
+"""Fixtures of the vector store contract tests: local servers that speak the hosted stores' APIs.
+
+The servers live in tests/servers/ (plain modules, put on sys.path here). Each is started once
+per session on 127.0.0.1 and emptied between tests.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SERVERS = Path(__file__).resolve().parents[1] / "servers"
+if str(SERVERS) not in sys.path:
+    sys.path.insert(0, str(SERVERS))
+
+# A recognisable fake key: tests grep every log line, error and output for it.
+PINECONE_TEST_KEY = "pcsk_TESTKEY_d0n0tl34k_7f3a9c"
+
+
+@pytest.fixture(scope="session")
+def pinecone_server() -> Iterator["object"]:
+    pytest.importorskip("pinecone", reason="install stackwise[pinecone]")
+    from pinecone_server import PineconeServer
+
+    server = PineconeServer(dimension=8, api_key=PINECONE_TEST_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pinecone(pinecone_server, monkeypatch: pytest.MonkeyPatch):
+    """The session's Pinecone server, emptied, with the test key in $PINECONE_TEST_KEY."""
+    pinecone_server.reset()
+    monkeypatch.setenv("PINECONE_TEST_KEY", PINECONE_TEST_KEY)
+    monkeypatch.delenv("PINECONE_API_KEY", raising=False)
+    yield pinecone_server
+    pinecone_server.reset()
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real standalone Milvus server (PyPI `milvus`) for the session, on 127.0.0.1.
+
+    `STACKWISE_TEST_MILVUS_URI` points the tests at a server that is already running instead.
+    """
+    import os
+
+    pytest.importorskip("pymilvus", reason="install stackwise[milvus]")
+    existing = os.environ.get("STACKWISE_TEST_MILVUS_URI")
+    if existing:
+        yield existing
+        return
+    pytest.importorskip("milvus", reason="install the Milvus test server: pip install 'stackwise[dev]'")
+    from milvus_server import start_milvus
+
+    server, uri, _ = start_milvus(tmp_path_factory.mktemp("milvus"))
+    try:
+        yield uri
+    finally:
+        server.stop()

@@ -1,0 +1,330 @@
+"""A local server speaking Pinecone's data-plane REST API, as the `pinecone` SDK sends it.
+
+One serverless-style index (fixed dimension, cosine metric) on 127.0.0.1, state in memory.
+Covers what the stackwise adapter uses, checked as Pinecone documents it:
+- `Api-Key` must match (401 otherwise) and `X-Pinecone-Api-Version` must be present (400);
+- `POST /vectors/upsert` (at most 1,000 vectors and 2 MB per request, dimension checked, no
+  null metadata values), `POST /query` (topK <= 10,000, filter applied before ranking),
+  `GET /vectors/fetch?ids=..`, `POST /vectors/fetch_by_metadata` (paginated),
+  `POST /vectors/delete` (ids, deleteAll, filter), `POST /describe_index_stats`,
+  `GET /vectors/list` (paginated, prefix);
+- the metadata filter language: implicit equality, $eq $ne $gt $gte $lt $lte $in $nin
+  $exists $and $or; a list-valued field matches $eq/$in when it contains a value.
+Fault injection for tests: `server.fail(path, status, times, when=pred)` answers the next
+`times` matching requests with `status`. Every request is recorded in `server.requests`.
+
+Run alone: `python tests/servers/pinecone_server.py --dimension 384 --api-key KEY`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlparse
+
+MAX_UPSERT = 1000
+MAX_BODY = 2 * 1024 * 1024
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def _compare(op: str, have: Any, want: Any) -> bool:
+    if op in ("$eq", "$ne", "$in", "$nin"):
+        wanted = want if op in ("$in", "$nin") else [want]
+        if not isinstance(wanted, list):
+            raise ApiError(400, "INVALID_ARGUMENT", f"{op} needs an array")
+        values = have if isinstance(have, list) else [have]
+        hit = have is not None and any(_same(v, w) for v in values for w in wanted)
+        return hit if op in ("$eq", "$in") else not hit
+    if op == "$exists":
+        return (have is not None) == bool(want)
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        if not isinstance(want, (int, float)) or isinstance(want, bool):
+            raise ApiError(400, "INVALID_ARGUMENT", f"{op} needs a number")
+        if not isinstance(have, (int, float)) or isinstance(have, bool):
+            return False
+        return {"$gt": have > want, "$gte": have >= want, "$lt": have < want, "$lte": have <= want}[op]
+    raise ApiError(400, "INVALID_ARGUMENT", f"unsupported filter operator {op}")
+
+
+def _same(a: Any, b: Any) -> bool:
+    # Pinecone stores numbers as doubles (1 == 1.0) and booleans apart from numbers.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return a == b
+
+
+def matches(metadata: dict[str, Any], flt: dict[str, Any] | None) -> bool:
+    """Evaluate a Pinecone metadata filter against one vector's metadata."""
+    if not flt:
+        return True
+    if not isinstance(flt, dict):
+        raise ApiError(400, "INVALID_ARGUMENT", "filter must be an object")
+    for key, cond in flt.items():
+        if key == "$and":
+            if not all(matches(metadata, c) for c in cond):
+                return False
+        elif key == "$or":
+            if not any(matches(metadata, c) for c in cond):
+                return False
+        elif key.startswith("$"):
+            raise ApiError(400, "INVALID_ARGUMENT", f"unsupported filter operator {key}")
+        elif isinstance(cond, dict):
+            if not all(_compare(op, metadata.get(key), want) for op, want in cond.items()):
+                return False
+        elif not _compare("$eq", metadata.get(key), cond):
+            return False
+    return True
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b))
+    na = math.sqrt(sum(x * x for x in a))
+    nb = math.sqrt(sum(y * y for y in b))
+    return dot / (na * nb) if na and nb else 0.0
+
+
+@dataclass
+class Fault:
+    path: str
+    status: int
+    times: int
+    when: Callable[[dict[str, Any]], bool] | None = None
+
+
+@dataclass
+class PineconeState:
+    dimension: int
+    namespaces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class PineconeServer:
+    """A Pinecone index host on 127.0.0.1 (`url`), served from a background thread."""
+
+    def __init__(self, dimension: int, api_key: str, port: int = 0):
+        self.state = PineconeState(dimension)
+        self.api_key = api_key
+        self.faults: list[Fault] = []
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def start(self) -> "PineconeServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def fail(self, path: str, status: int, times: int = 1, when: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        self.faults.append(Fault(path, status, times, when))
+
+    def reset(self) -> None:
+        with self.state.lock:
+            self.state.namespaces.clear()
+        self.faults.clear()
+        self.requests.clear()
+
+    # -- operations ----------------------------------------------------------------------------
+    def _fault(self, path: str, body: dict[str, Any]) -> int | None:
+        for fault in self.faults:
+            if fault.times > 0 and fault.path == path and (fault.when is None or fault.when(body)):
+                fault.times -= 1
+                return fault.status
+        return None
+
+    def handle(self, method: str, path: str, query: dict[str, list[str]], body: dict[str, Any]) -> dict[str, Any]:
+        state = self.state
+        with state.lock:
+            if (method, path) == ("POST", "/vectors/upsert"):
+                return self._upsert(body)
+            if (method, path) == ("POST", "/query"):
+                return self._query(body)
+            if (method, path) == ("GET", "/vectors/fetch"):
+                ns = (query.get("namespace") or [""])[0]
+                vectors = state.namespaces.get(ns, {})
+                found = {i: vectors[i] for i in query.get("ids", []) if i in vectors}
+                return {"vectors": found, "namespace": ns, "usage": {"readUnits": 1}}
+            if (method, path) == ("POST", "/vectors/fetch_by_metadata"):
+                return self._fetch_by_metadata(body)
+            if (method, path) == ("POST", "/vectors/delete"):
+                return self._delete(body)
+            if (method, path) == ("POST", "/describe_index_stats"):
+                if body.get("filter"):
+                    raise ApiError(400, "INVALID_ARGUMENT", "describe_index_stats does not support filter on serverless indexes")
+                spaces = {ns: {"vectorCount": len(v)} for ns, v in state.namespaces.items() if v}
+                return {"namespaces": spaces, "dimension": state.dimension, "indexFullness": 0.0,
+                        "totalVectorCount": sum(s["vectorCount"] for s in spaces.values()),
+                        "metric": "cosine", "vectorType": "dense"}
+            if (method, path) == ("GET", "/vectors/list"):
+                ns = (query.get("namespace") or [""])[0]
+                prefix = (query.get("prefix") or [""])[0]
+                limit = int((query.get("limit") or ["100"])[0])
+                after = (query.get("paginationToken") or [""])[0]
+                ids = sorted(i for i in state.namespaces.get(ns, {}) if i.startswith(prefix) and i > after)
+                page = ids[:limit]
+                result: dict[str, Any] = {"vectors": [{"id": i} for i in page], "namespace": ns,
+                                          "usage": {"readUnits": 1}}
+                if len(ids) > limit:
+                    result["pagination"] = {"next": page[-1]}
+                return result
+        raise ApiError(404, "NOT_FOUND", f"no route {method} {path}")
+
+    def _upsert(self, body: dict[str, Any]) -> dict[str, Any]:
+        vectors = body.get("vectors") or []
+        if len(vectors) > MAX_UPSERT:
+            raise ApiError(400, "INVALID_ARGUMENT", f"batch size exceeds {MAX_UPSERT} vectors")
+        for v in vectors:
+            values = v.get("values") or []
+            if len(values) != self.state.dimension:
+                raise ApiError(400, "INVALID_ARGUMENT",
+                               f"Vector dimension {len(values)} does not match the dimension of the index {self.state.dimension}")
+            if not any(values):
+                raise ApiError(400, "INVALID_ARGUMENT", "Dense vectors must contain at least one non-zero value")
+            for key, value in (v.get("metadata") or {}).items():
+                if value is None or isinstance(value, dict) or (
+                        isinstance(value, list) and not all(isinstance(x, str) for x in value)):
+                    raise ApiError(400, "INVALID_ARGUMENT", f"Metadata value for field {key} must be a string, number, boolean or list of strings")
+        ns = self.state.namespaces.setdefault(body.get("namespace", ""), {})
+        for v in vectors:
+            ns[v["id"]] = {"id": v["id"], "values": [float(x) for x in v["values"]], "metadata": v.get("metadata") or {}}
+        return {"upsertedCount": len(vectors)}
+
+    def _query(self, body: dict[str, Any]) -> dict[str, Any]:
+        top_k = body.get("topK")
+        if not isinstance(top_k, int) or not 1 <= top_k <= 10_000:
+            raise ApiError(400, "INVALID_ARGUMENT", "topK must be between 1 and 10000")
+        vector = body.get("vector")
+        if vector is None or len(vector) != self.state.dimension:
+            raise ApiError(400, "INVALID_ARGUMENT", f"Vector dimension {len(vector or [])} does not match the dimension of the index {self.state.dimension}")
+        ns = body.get("namespace", "")
+        candidates = [v for v in self.state.namespaces.get(ns, {}).values() if matches(v["metadata"], body.get("filter"))]
+        scored = sorted(((_cosine(vector, v["values"]), v) for v in candidates), key=lambda sv: -sv[0])[:top_k]
+        out = []
+        for score, v in scored:
+            match = {"id": v["id"], "score": score}
+            if body.get("includeValues"):
+                match["values"] = v["values"]
+            if body.get("includeMetadata"):
+                match["metadata"] = v["metadata"]
+            out.append(match)
+        return {"matches": out, "namespace": ns, "usage": {"readUnits": 5}}
+
+    def _fetch_by_metadata(self, body: dict[str, Any]) -> dict[str, Any]:
+        flt = body.get("filter")
+        if not flt:
+            raise ApiError(400, "INVALID_ARGUMENT", "filter must not be empty")
+        ns = body.get("namespace", "")
+        limit = int(body.get("limit") or 100)
+        after = body.get("paginationToken") or ""
+        ids = sorted(i for i, v in self.state.namespaces.get(ns, {}).items() if i > after and matches(v["metadata"], flt))
+        page = ids[:limit]
+        vectors = self.state.namespaces.get(ns, {})
+        result: dict[str, Any] = {"vectors": {i: vectors[i] for i in page}, "namespace": ns, "usage": {"readUnits": 1}}
+        if len(ids) > limit:
+            result["pagination"] = {"next": page[-1]}
+        return result
+
+    def _delete(self, body: dict[str, Any]) -> dict[str, Any]:
+        name = body.get("namespace", "")
+        ns = self.state.namespaces.get(name)
+        if body.get("deleteAll"):
+            if ns is None:
+                raise ApiError(404, "NOT_FOUND", f"Namespace not found: {name}")
+            self.state.namespaces.pop(name, None)
+            return {}
+        if ns is None:
+            return {}
+        if body.get("ids") is not None:
+            if len(body["ids"]) > 1000:
+                raise ApiError(400, "INVALID_ARGUMENT", "at most 1000 ids per delete")
+            for i in body["ids"]:
+                ns.pop(i, None)
+        elif body.get("filter"):
+            for i in [i for i, v in ns.items() if matches(v["metadata"], body["filter"])]:
+                ns.pop(i)
+        else:
+            raise ApiError(400, "INVALID_ARGUMENT", "one of ids, deleteAll or filter is required")
+        if not ns:
+            self.state.namespaces.pop(name, None)  # Pinecone namespaces vanish when empty
+        return {}
+
+
+def _handler(server: PineconeServer):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # keep test output quiet
+            pass
+
+        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _serve(self, method: str) -> None:
+            url = urlparse(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            server.requests.append((method, url.path, dict(self.headers)))
+            try:
+                if self.headers.get("Api-Key") != server.api_key:
+                    raise ApiError(401, "UNAUTHENTICATED", "Invalid API Key")
+                if not self.headers.get("X-Pinecone-Api-Version"):
+                    raise ApiError(400, "INVALID_ARGUMENT", "missing X-Pinecone-Api-Version header")
+                if length > MAX_BODY:
+                    raise ApiError(413, "PAYLOAD_TOO_LARGE", f"request size {length} exceeds 2MB")
+                body = json.loads(raw) if raw else {}
+                fault = server._fault(url.path, body)
+                if fault is not None:
+                    # Retry-After: 0 keeps the SDK's own backoff (up to seconds) out of test time.
+                    headers = {"Retry-After": "0"}
+                    raise_status = ApiError(fault, "INJECTED", f"injected fault {fault}")
+                    self._send(fault, {"error": {"code": raise_status.code, "message": raise_status.message},
+                                       "status": fault}, headers)
+                    return
+                self._send(200, server.handle(method, url.path, parse_qs(url.query), body))
+            except ApiError as exc:
+                self._send(exc.status, {"error": {"code": exc.code, "message": exc.message}, "status": exc.status})
+            except (ValueError, KeyError, TypeError) as exc:
+                self._send(400, {"error": {"code": "INVALID_ARGUMENT", "message": str(exc)}, "status": 400})
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._serve("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._serve("POST")
+
+    return Handler
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dimension", type=int, default=384)
+    parser.add_argument("--api-key", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    srv = PineconeServer(args.dimension, args.api_key, args.port)
+    print(srv.url, flush=True)
+    srv._httpd.serve_forever()
