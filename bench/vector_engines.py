@@ -124,6 +124,7 @@ def prepare(args, data_dir: Path) -> dict:
         gtf[i] = rows[np.argsort(-scores[i, rows])[:K]]
     # How embedding-like is it: cosine of each query's 1st and 10th exact neighbour.
     top1, top10 = np.take_along_axis(scores, gt[:, :1], 1), np.take_along_axis(scores, gt[:, -1:], 1)
+    top11 = np.take_along_axis(scores, np.argsort(-scores, axis=1)[:, K : K + 1], 1)
     # A fresh copy of 100 rows with new noise, for the delete + upsert test.
     doomed = rng.choice(args.n, N_DELETE, replace=False)
     replaced = normalize(vectors[doomed] + args.noise * rng.standard_normal((N_DELETE, DIM)))
@@ -149,6 +150,8 @@ def prepare(args, data_dir: Path) -> dict:
         "ground_truth_seconds": round(gt_s, 2),
         "cosine_top1_median": round(float(np.median(top1)), 3),
         "cosine_top10_median": round(float(np.median(top10)), 3),
+        "cosine_gap_10th_11th_median": round(float(np.median(top10 - top11)), 5),
+        "distinct_base_sentences_in_exact_top10_median": float(np.median([len(set(src[r].tolist())) for r in gt])),
     }
 
 
@@ -166,6 +169,15 @@ class Data:
 
     def catname(self, i: int) -> str:
         return f"c{int(self.cat[i])}"
+
+
+_RESULT_FILE: Path | None = None
+
+
+def checkpoint(res: dict) -> None:
+    """Write what a worker has measured so far, so a timeout still leaves the finished phases."""
+    if _RESULT_FILE is not None:
+        _RESULT_FILE.write_text(json.dumps(res, indent=2, default=str))
 
 
 def version(*dists: str) -> str:
@@ -191,6 +203,7 @@ def run_queries(data: Data, search, filtered: bool, limit: int | None = None) ->
     for i in range(min(WARMUP, nq)):
         search(data.queries[i], f"c{int(data.qcat[i])}" if filtered else None)
     times, found, ok = [], [], True
+    cpu0 = time.process_time()
     for i in range(nq):
         want = f"c{int(data.qcat[i])}" if filtered else None
         start = time.perf_counter()
@@ -201,7 +214,8 @@ def run_queries(data: Data, search, filtered: bool, limit: int | None = None) ->
             # Check on what the engine returned, and on the truth for engines that return no metadata.
             ok = ok and all((h[1] if h[1] is not None else data.catname(h[0])) == want for h in hits)
             ok = ok and len(hits) == K
-    out = {"queries": nq, "p50_ms": pct(times, 50), "p99_ms": pct(times, 99),
+    cpu_ms = (time.process_time() - cpu0) * 1000 / max(nq, 1)
+    out = {"queries": nq, "p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "cpu_ms_per_query": round(cpu_ms, 2),
            "recall@10": recall(found, (data.gtf if filtered else data.gt)[:nq])}
     if filtered:
         out["all_hits_match_filter"] = bool(ok)
@@ -299,6 +313,7 @@ def bench_numpy(data: Data, work: Path) -> dict:
 
     res["query"] = run_queries(data, search, False)
     res["filtered"] = run_queries(data, search, True)
+    checkpoint(res)
 
     def delete(rows):
         n = int(alive[rows].sum())
@@ -309,6 +324,7 @@ def bench_numpy(data: Data, work: Path) -> dict:
         mat[rows] = vecs
         alive[rows] = True
 
+    checkpoint(res)
     res["delete_upsert"] = delete_upsert(
         data, delete, upsert, lambda: int(alive.sum()), lambda v: [h[0] for h in search(v)]
     )
@@ -351,48 +367,56 @@ def bench_lancedb(data: Data, work: Path) -> dict:
             for j, i in enumerate(rows)
         ]
 
-    batch_s, convert_s = [], 0.0
+    batch_s, convert_s, ingest_cpu = [], 0.0, 0.0
     vecs = None
     for lo in range(0, data.n, BATCH):
         t0 = time.perf_counter()
         recs = records(range(lo, min(lo + BATCH, data.n)))
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         store.upsert(name, recs)
         batch_s.append(time.perf_counter() - t1)
+        ingest_cpu += time.process_time() - c1
         convert_s += t1 - t0
     res["ingest_s"] = round(sum(batch_s), 2)
+    res["ingest_cpu_s"] = round(ingest_cpu, 2)
     res["ingest_note"] = (f"EmbeddedStore.upsert (merge_insert on id) in batches of {BATCH}; first batch "
                           f"{batch_s[0]:.2f} s, last {batch_s[-1]:.2f} s; building Record objects "
                           f"({convert_s:.1f} s) not counted")
     res["ingest_batch_s"] = [round(b, 2) for b in batch_s]
     res["count_after_ingest"] = store.count(name)
     res["disk_mb_before_optimize"] = disk_mb(uri)
+    checkpoint(res)
 
     def search(q, want=None):
         hits = store.query(name, q, k=K, filter={"cat": want} if want else None)
         return [(int(h.id[1:]), h.metadata.get("cat")) for h in hits]
 
     res["query_without_index"] = run_queries(data, search, False, limit=20)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     store.optimize(name)
     res["build_s"] = round(time.perf_counter() - start, 2)
+    res["build_cpu_s"] = round(time.process_time() - cpu0, 2)
+    checkpoint(res)
     table = lancedb.connect(str(uri)).open_table(name)
     indices = table.list_indices()
     res["build_note"] = "EmbeddedStore.optimize: " + (
         ", ".join(f"{ix.index_type} on {ix.columns}" for ix in indices) or "no index built"
-    ) + f" (ANN_THRESHOLD={embedded.ANN_THRESHOLD}, nprobes 20, refine_factor 10 at query time)"
+    ) + f" (ANN_THRESHOLD={embedded.ANN_THRESHOLD}; query-time nprobes/refine_factor as set in EmbeddedStore.query)"
+    res["adapter_filter_sql"] = embedded.to_where({"cat": "c0"})
     res["disk_mb_after_optimize"] = disk_mb(uri)
     res["versions_after_optimize"] = len(table.list_versions())
 
     res["query"] = run_queries(data, search, False)
     res["filtered"] = run_queries(data, search, True)
+    checkpoint(res)
 
-    # The same ANN search straight on an open table, to show the adapter's own overhead.
+    # The same ANN search straight on an open table, to show the adapter's own overhead
+    # (nprobes 20 / refine_factor 10: EmbeddedStore.query's settings on 2026-11-29).
     def raw(q, want=None):
         s = table.search(q.tolist(), vector_column_name="vector").distance_type("cosine").nprobes(20).refine_factor(10)
         if want:
             s = s.where(f"json_get_string(metadata, 'cat') = '{want}'", prefilter=True)
-        return [(int(i[1:]), None) for i in s.select(["id"]).limit(K).to_arrow()["id"].to_pylist()]
+        return [(int(i[1:]), None) for i in s.select(["id", "_distance"]).limit(K).to_arrow()["id"].to_pylist()]
 
     res["query_raw_lancedb_open_table"] = run_queries(data, raw, False)
 
@@ -402,6 +426,7 @@ def bench_lancedb(data: Data, work: Path) -> dict:
         store.upsert(name, records(rows))
         vecs = None
 
+    checkpoint(res)
     res["delete_upsert"] = delete_upsert(
         data,
         lambda rows: store.delete(name, ids=[f"v{i}" for i in rows]),
@@ -409,9 +434,10 @@ def bench_lancedb(data: Data, work: Path) -> dict:
         lambda: store.count(name),
         lambda v: [h[0] for h in search(v)],
     )
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     store.optimize(name)
     res["second_optimize_s"] = round(time.perf_counter() - start, 2)
+    res["second_optimize_cpu_s"] = round(time.process_time() - cpu0, 2)
     res["disk_mb_after_second_optimize"] = disk_mb(uri)
     res["versions_after_second_optimize"] = len(lancedb.connect(str(uri)).open_table(name).list_versions())
     # Recall here is against the original ground truth: 100 rows now hold new vectors.
@@ -434,6 +460,21 @@ def bench_lancedb(data: Data, work: Path) -> dict:
         else:
             raw_table.add(batch)
     res["raw_append_vps"] = round(data.n / (time.perf_counter() - start))
+    # The alternative index the docs discuss: IVF_SQ with the adapter's partition count.
+    if data.n >= embedded.ANN_THRESHOLD:
+        parts = max(16, int(data.n**0.5))
+        start, cpu0 = time.perf_counter(), time.process_time()
+        raw_table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_SQ", num_partitions=parts)
+        alt = {"index": f"IVF_SQ num_partitions={parts}", "build_s": round(time.perf_counter() - start, 2),
+               "build_cpu_s": round(time.process_time() - cpu0, 2)}
+        for nprobes, refine in ((20, 10), (40, 10)):
+            def sq(q, want=None, nprobes=nprobes, refine=refine):
+                s = raw_table.search(q.tolist(), vector_column_name="vector").distance_type("cosine")
+                s = s.nprobes(nprobes).refine_factor(refine).select(["id", "_distance"]).limit(K)
+                return [(int(i[1:]), None) for i in s.to_arrow()["id"].to_pylist()]
+
+            alt[f"nprobes{nprobes}_refine{refine}"] = run_queries(data, sq, False)
+        res["alternative_ivf_sq_raw_table"] = alt
     shutil.rmtree(work / "lancedb-raw", ignore_errors=True)
 
     del table
@@ -460,11 +501,12 @@ def bench_hnswlib(data: Data, work: Path) -> dict:
     index = hnswlib.Index(space="ip", dim=DIM)
     index.init_index(max_elements=data.n + N_DELETE, M=HNSW_M, ef_construction=HNSW_EFC)
     index.set_num_threads(2)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     for lo in range(0, data.n, BATCH):
         hi = min(lo + BATCH, data.n)
         index.add_items(data.vectors[lo:hi], np.arange(lo, hi))
     res["ingest_s"] = round(time.perf_counter() - start, 2)
+    res["ingest_cpu_s"] = round(time.process_time() - cpu0, 2)
     res["build_s"] = 0.0
     res["build_note"] = f"HNSW built during ingest (M={HNSW_M}, ef_construction={HNSW_EFC}, 2 threads); ef={HNSW_EF}"
     index.set_ef(HNSW_EF)
@@ -482,7 +524,11 @@ def bench_hnswlib(data: Data, work: Path) -> dict:
 
     res["query"] = run_queries(data, search, False)
     res["filtered"] = run_queries(data, search, True)
+    checkpoint(res)
     res["filtered"]["how"] = "knn_query(filter=python callable per candidate); metadata kept outside"
+    index.set_ef(2 * HNSW_EF)
+    res[f"query_ef{2 * HNSW_EF}"] = run_queries(data, search, False)
+    index.set_ef(HNSW_EF)
 
     def delete(rows):
         for r in rows:
@@ -494,6 +540,7 @@ def bench_hnswlib(data: Data, work: Path) -> dict:
         index.add_items(vecs, np.array(rows))  # re-adding a label unmarks and updates it
         deleted.difference_update(rows)
 
+    checkpoint(res)
     res["delete_upsert"] = delete_upsert(
         data, delete, upsert, lambda: index.element_count - len(deleted), lambda v: [h[0] for h in search(v)]
     )
@@ -549,7 +596,7 @@ def bench_sqlite_vec(data: Data, work: Path) -> dict:
         f"CREATE VIRTUAL TABLE vecs USING vec0(id INTEGER PRIMARY KEY, embedding float[{DIM}] distance_metric=cosine, cat TEXT)"
     )
     insert = "INSERT INTO vecs(id, embedding, cat) VALUES (?, ?, ?)"
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     for lo in range(0, data.n, BATCH):
         hi = min(lo + BATCH, data.n)
         rows = [(i, data.vectors[i].tobytes(), data.catname(i)) for i in range(lo, hi)]
@@ -557,6 +604,7 @@ def bench_sqlite_vec(data: Data, work: Path) -> dict:
         conn.executemany(insert, rows)
         conn.execute("COMMIT")
     res["ingest_s"] = round(time.perf_counter() - start, 2)
+    res["ingest_cpu_s"] = round(time.process_time() - cpu0, 2)
     res["build_s"] = 0.0
     res["build_note"] = "no ANN index: vec0 scans every vector (brute force, SIMD)"
 
@@ -571,6 +619,7 @@ def bench_sqlite_vec(data: Data, work: Path) -> dict:
 
     res["query"] = run_queries(data, search, False)
     res["filtered"] = run_queries(data, search, True)
+    checkpoint(res)
     res["filtered"]["how"] = "vec0 metadata column in the KNN WHERE clause"
     count = lambda: conn.execute("SELECT count(*) FROM vecs").fetchall()[0][0]  # noqa: E731
 
@@ -586,6 +635,7 @@ def bench_sqlite_vec(data: Data, work: Path) -> dict:
         conn.executemany(insert, [(r, v.tobytes(), data.catname(r)) for r, v in zip(rows, vecs)])
         conn.execute("COMMIT")
 
+    checkpoint(res)
     res["delete_upsert"] = delete_upsert(data, delete, upsert, count, lambda v: [h[0] for h in search(v)])
     other, _ = sqlite_connect(path)
     res["persistence"] = {"how": "second connection to the file",
@@ -624,13 +674,14 @@ def bench_chromadb(data: Data, work: Path) -> dict:
                                 "ef_search": HNSW_EF, "num_threads": 2}},
     )
     step = min(BATCH, client.get_max_batch_size())
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     for lo in range(0, data.n, step):
         hi = min(lo + step, data.n)
         col.add(ids=[f"v{i}" for i in range(lo, hi)], embeddings=data.vectors[lo:hi],
                 metadatas=[{"cat": data.catname(i)} for i in range(lo, hi)],
                 documents=[data.texts[data.src[i]] for i in range(lo, hi)])
     res["ingest_s"] = round(time.perf_counter() - start, 2)
+    res["ingest_cpu_s"] = round(time.process_time() - cpu0, 2)
     res["build_s"] = 0.0
     res["build_note"] = f"HNSW built during ingest (max_neighbors={HNSW_M}, ef_construction={HNSW_EFC}); ef_search={HNSW_EF}"
 
@@ -641,6 +692,7 @@ def bench_chromadb(data: Data, work: Path) -> dict:
 
     res["query"] = run_queries(data, search, False)
     res["filtered"] = run_queries(data, search, True)
+    checkpoint(res)
 
     def delete(rows):
         before = col.count()
@@ -651,6 +703,7 @@ def bench_chromadb(data: Data, work: Path) -> dict:
         col.upsert(ids=[f"v{i}" for i in rows], embeddings=vecs, metadatas=[{"cat": data.catname(i)} for i in rows],
                    documents=[data.texts[data.src[i]] for i in rows])
 
+    checkpoint(res)
     res["delete_upsert"] = delete_upsert(data, delete, upsert, col.count, lambda v: [h[0] for h in search(v)])
     top1 = search(data.queries[0])[0][0]
     res["persistence"] = {"how": "new PersistentClient(path) in the same process (chroma may share the system per path)",
@@ -696,7 +749,8 @@ def run_worker(engine: str, python: str, work: Path, timeout: int) -> dict:
     if result_file.exists():
         result_file.unlink()
     cmd = [python, str(Path(__file__).resolve()), "--worker", engine, "--work", str(work), "--result", str(result_file)]
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONUNBUFFERED="1", RUST_LOG=os.environ.get("RUST_LOG", "error"))
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -706,15 +760,21 @@ def run_worker(engine: str, python: str, work: Path, timeout: int) -> dict:
     wall = round(time.perf_counter() - start, 1)
     if result_file.exists():
         res = json.loads(result_file.read_text())
+        if err:
+            res["incomplete"] = True
     else:
         res = {"engine": engine, "error": err or "no result written"}
     if err and "error" not in res:
         res["error"] = err
     res["worker_wall_s"] = wall
+    # Other processes on the machine slow every figure: record the 1-minute load around the run.
+    res["loadavg_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     return res
 
 
 def worker(engine: str, work: Path, result_file: Path) -> None:
+    global _RESULT_FILE
+    _RESULT_FILE = result_file
     data = Data(work / "data")
     res = BENCH[engine](data, work)
     res["n"] = data.n
@@ -725,23 +785,32 @@ def worker(engine: str, work: Path, result_file: Path) -> None:
 
 def fmt_row(r: dict) -> list[str]:
     if "query" not in r:
-        return [r.get("engine", "?"), r.get("version", "?"), "FAILED: " + str(r.get("error", ""))[:80]] + [""] * 8
-    q, f, du, sp = r["query"], r["filtered"], r.get("delete_upsert", {}), r.get("second_process", {})
+        return [r.get("engine", "?"), r.get("version", "?"), "FAILED: " + str(r.get("error", ""))[:80]] + [""] * 9
+    q, f, du, sp = r["query"], r.get("filtered"), r.get("delete_upsert"), r.get("second_process")
+    if f is None:
+        f = {"p50_ms": float("nan"), "p99_ms": float("nan"), "all_hits_match_filter": False, "recall@10": float("nan")}
     return [
         r["engine"], r["version"],
         f"{r.get('ingest_vps', 0):,}",
         f"{r.get('build_s', 0):.1f}",
         f"{q['p50_ms']:.2f} / {q['p99_ms']:.2f}",
         f"{q['recall@10']:.3f}",
+        f"{q.get('cpu_ms_per_query', float('nan')):.2f}",
         f"{f['p50_ms']:.2f} / {f['p99_ms']:.2f}",
         f"{'yes' if f['all_hits_match_filter'] else 'NO'} ({f['recall@10']:.3f})",
-        "ok" if du.get("ok") else "FAIL",
-        "ok" if r.get("persistence", {}).get("ok") else "FAIL",
-        "ok" if sp.get("ok") else "FAIL",
+        verdict(du),
+        verdict(r.get("persistence")),
+        verdict(sp),
     ]
 
 
-HEADER = ["engine", "version", "ingest vec/s", "build s", "top-10 p50/p99 ms", "recall@10",
+def verdict(check: dict | None) -> str:
+    if not check:
+        return "not reached"
+    return "ok" if check.get("ok") else "FAIL"
+
+
+HEADER = ["engine", "version", "ingest vec/s", "build s", "top-10 p50/p99 ms", "recall@10", "CPU ms/query",
           "filtered p50/p99 ms", "filter strict (recall)", "delete+upsert", "reopen", "2nd process"]
 
 
@@ -761,7 +830,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--engines", default=",".join(ENGINES))
     p.add_argument("--chroma-python", default=None, help="a Python with chromadb (default: this one, else bench/out/chroma-venv)")
-    p.add_argument("--engine-timeout", type=int, default=300)
+    p.add_argument("--engine-timeout", type=int, default=480, help="seconds per engine worker")
     p.add_argument("--work", type=Path, default=HERE / "out" / "work")
     p.add_argument("--worker", choices=ENGINES)
     p.add_argument("--result", type=Path)
@@ -800,7 +869,8 @@ def main() -> None:
     out = {
         "date": _dt.date.today().isoformat(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "processor": platform.processor()},
+                    "processor": platform.processor(), "loadavg_1_5_15_at_end": [round(x, 2) for x in os.getloadavg()],
+                    "note": "other sessions may share these cores: see loadavg_1min_before_after per engine"},
         "corpus": corpus,
         "params": {"k": K, "batch": BATCH, "hnsw_M": HNSW_M, "hnsw_ef_construction": HNSW_EFC, "hnsw_ef": HNSW_EF},
         "results": results,

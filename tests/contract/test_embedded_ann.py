@@ -49,3 +49,28 @@ def test_ivf_pq_index_keeps_recall_and_filters(tmp_path, monkeypatch, clustered)
     hits = store.query("ann", vectors[5], k=10, filter={"cluster": target})
     assert hits and all(h.metadata["cluster"] == target for h in hits)
     assert store.count("ann") == 3000
+
+
+def test_index_is_retrained_when_the_table_doubles(tmp_path, monkeypatch, clustered):
+    vectors, _ = clustered
+    monkeypatch.setattr(embedded, "ANN_THRESHOLD", 1000)
+    store = EmbeddedStore(str(tmp_path))
+    store.create_index("grow", DIM, "m")
+
+    def add(lo, hi):
+        store.upsert("grow", [Record(id=f"r{i}", vector=vectors[i % len(vectors)], text="", doc_id=f"d{i}")
+                              for i in range(lo, hi)])
+
+    add(0, 1500)
+    store.optimize("grow")
+    first = EmbeddedStore._vector_index(store._table("grow"))
+    add(1500, 2500)  # grown by less than RETRAIN_GROWTH: new rows are folded in, no retraining
+    store.optimize("grow")
+    assert EmbeddedStore._vector_index(store._table("grow")) == first
+    add(2500, 3200)
+    store.optimize("grow")
+    second = EmbeddedStore._vector_index(store._table("grow"))
+    assert second != first and second.endswith("3200")
+    assert store.count("grow") == 3200
+    q = vectors[17]
+    assert store.query("grow", q, k=1)[0].score > 0.99
