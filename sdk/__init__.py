@@ -20,6 +20,8 @@ _EXPORTS = {
     "connect": "stackwise.platform",
     "Platform": "stackwise.platform",
     "IndexSpec": "stackwise.specs",
+    "FineTuneSpec": "stackwise.specs",
+    "EvaluateSpec": "stackwise.specs",
     "Chunking": "stackwise.specs",
     "Embedding": "stackwise.specs",
     "Compute": "stackwise.specs",
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
                          StackwiseError, StoreError)
     from .jobs import JobHandle, JobState
     from .platform import Platform, connect
-    from .specs import Chunking, Compute, Embedding, IndexSpec
+    from .specs import Chunking, Compute, Embedding, EvaluateSpec, FineTuneSpec, IndexSpec
     from .stack import load_stack
 
 

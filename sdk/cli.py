@@ -1,6 +1,7 @@
 """The `stackwise` command line (Typer + Rich).
 
-Exit codes: 0 ok, 1 a job failed or was cancelled, 2 bad input or config, 130 interrupted.
+Exit codes: 0 ok, 1 a job failed or was cancelled, 2 bad input or config, 3 over budget (plan),
+4 the promotion gate refused (promote), 130 interrupted.
 Every command that returns data takes `--json`. Heavy modules load inside commands only, so
 `stackwise --help` answers at once.
 """
@@ -362,6 +363,14 @@ def finetune(
             spec = FineTuneSpec.model_validate(yaml.safe_load(Path(spec_file).read_text(encoding="utf-8")))
         else:
             gpu_name, gpu_count = _parse_gpu(gpu)
+            # Absolute local paths: the job may run in another folder, and the same file keeps the
+            # same spec digest (the resume key) from wherever it is submitted.
+            from pathlib import Path
+
+            if "://" not in data:
+                data = str(Path(data).expanduser().resolve())
+            if "://" not in base and Path(base).expanduser().exists():
+                base = str(Path(base).expanduser().resolve())
             training: dict[str, Any] = {
                 "learning_rate": learning_rate, "batch_size": batch_size, "gradient_accumulation": grad_accum,
                 "max_seq_length": max_seq_length, "packing": packing, "checkpoint_every": checkpoint_every,
@@ -406,6 +415,203 @@ def _check_finetune_input(spec: Any) -> None:
     check_base(spec.base)
     if "://" not in spec.data or spec.data.startswith("file://"):
         read_dataset(spec.data)
+
+
+# -- evaluation, registry and promotion --------------------------------------------------------
+models_app = typer.Typer(help="The stack's model registry (MLflow): versions, aliases, lineage.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _print_eval_report(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    cand, base = report["candidate"], report.get("baseline")
+    table = Table("metric", f"candidate ({cand['pinned'] or cand['ref']})",
+                  *([f"baseline ({base['pinned'] or base['ref']})", "delta"] if base else []),
+                  title=f"evaluation on {report['data']} (sha256 {report['data_sha256'][:12]})")
+    for metric, value in cand["metrics"].items():
+        row = [metric, f"{value:.4f}"]
+        if base:
+            other = base["metrics"].get(metric)
+            row += ["-" if other is None else f"{other:.4f}", "-" if other is None else f"{value - other:+.4f}"]
+        table.add_row(*row)
+    console = _console()
+    console.print(table)
+    leak = report.get("leakage", {})
+    console.print(f"leakage: {leak.get('leaked', 0)} of {leak.get('checked', 0)} records found in "
+                  f"{', '.join(leak.get('training_data') or []) or 'no known training data'}", markup=False)
+    for result in (cand, base):
+        if result and result.get("mlflow_run_id"):
+            console.print(f"MLflow run ({result['role']}): {result['mlflow_run_id']}", markup=False)
+    if report.get("tracking_error"):
+        console.print(f"MLflow logging failed: {report['tracking_error']}", markup=False)
+    console.print(f"report: {report['report_html']} (and {report['report_md']})", markup=False)
+
+
+@app.command("eval")
+def eval_command(
+    data: Annotated[str, typer.Option("--data", help="Evaluation records (JSONL; MMLU CSV for mmlu); a path or fsspec URI.")],
+    suite: Annotated[str, typer.Option("--suite", help="Comma-separated: perplexity,rouge,bleu,chrf,qa,retrieval,instruction,mmlu,safety,bias.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Candidate: a shipped name, path, HF id, models:/NAME/VERSION or models:/NAME@ALIAS.")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="A second model evaluated on the same data.")] = None,
+    index_name: Annotated[Optional[str], typer.Option("--index", "-i", help="Index for retrieval (and RAG context for qa).")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Cut-off for retrieval metrics and retrieved context.")] = 5,
+    train_data: Annotated[Optional[list[str]], typer.Option("--train-data", help="A training dataset to check for leakage; repeatable.")] = None,
+    allow_leakage: Annotated[bool, typer.Option("--allow-leakage", help="Report evaluation records found in training data instead of failing.")] = False,
+    max_examples: Annotated[Optional[int], typer.Option(min=1, help="Records per suite at most.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per answer.")] = 64,
+    stack: StackOpt = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Evaluate a model (against an optional baseline) on the active stack: metrics, MLflow runs, a report."""
+    from pydantic import ValidationError
+
+    from .errors import SpecError
+    from .specs import EvaluateSpec
+
+    try:
+        spec = EvaluateSpec(model=model, baseline=baseline, suites=[s.strip() for s in suite.split(",") if s.strip()],
+                            data=data, index=index_name, k=k, train_data=train_data or [],
+                            allow_leakage=allow_leakage, max_examples=max_examples,
+                            generation={"max_new_tokens": max_new_tokens})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise SpecError(first["msg"].removeprefix("Value error, "), where="stackwise eval options",
+                        fix="see `stackwise eval --help`") from None
+    if "://" not in data or data.startswith("file://"):
+        from .evaluation.data import read_eval_data
+
+        read_eval_data(data)  # fail fast on a missing or malformed file
+    handle = _platform(stack).evaluate(spec)
+    if detach:
+        if as_json:
+            _print_json({"job": handle.id, "state": handle.status().value})
+        else:
+            _console().print(f"submitted {handle.id}; follow it with `stackwise jobs logs -f {handle.id}`")
+        return
+    report = _follow(handle, quiet=as_json)
+    if as_json or "candidate" not in report:
+        _print_json(report)
+    else:
+        _print_eval_report(report)
+
+
+def _print_gate(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table("metric", "better", "candidate", "champion", "improvement", "required", "result",
+                  title=f"{result['model']}: candidate v{result['candidate']} vs champion v{result['champion_before']}")
+    for row in result["rows"]:
+        fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table.add_row(row["metric"], row["direction"], fmt(row["candidate"]), fmt(row["champion"]),
+                      "-" if row["improvement"] is None else f"{row['improvement']:+.4f}", f"{row['min_delta']:g}",
+                      "pass" if row["passed"] else f"FAIL: {row['reason']}")
+    _console().print(table)
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="Registered model name.")],
+    gate: Annotated[str, typer.Option("--gate", help="Gate file (YAML): metrics the candidate must beat the champion on.")],
+    version: Annotated[Optional[str], typer.Option("--version", help="Version to review (sets the candidate alias; default: the current candidate).")] = None,
+    stack: StackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Promote the candidate to champion only if it beats the champion on every gated metric (else exit 4)."""
+    from .model_registry import GateFailed
+
+    registry = _platform(stack).models
+    try:
+        result = registry.promote(model, gate, version).model_dump()
+    except GateFailed as exc:
+        failed = getattr(exc, "result", None)
+        if failed is not None:
+            if as_json:
+                _print_json(failed.model_dump())
+            else:
+                _print_gate(failed.model_dump())
+        raise
+    if as_json:
+        _print_json(result)
+        return
+    if result["rows"]:
+        _print_gate(result)
+    note = f" ({result['note']})" if result["note"] else ""
+    _console().print(f"promoted: {model} version {result['candidate']} is now the champion{note}", markup=False)
+
+
+@models_app.command("list")
+def models_list(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
+    """List registered models with their latest version and aliases."""
+    rows = _platform(stack).models.list_models()
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("model", "versions", "latest", "aliases")
+    for row in rows:
+        table.add_row(row["name"], str(row["versions"]), str(row["latest"]),
+                      ", ".join(f"{a}=v{v}" for a, v in sorted(row["aliases"].items())) or "-")
+    _console().print(table)
+
+
+@models_app.command("show")
+def models_show(name: str, stack: StackOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a model's versions: aliases, lineage (base, data, adapter, code, evaluations) and evaluation metrics."""
+    info = _platform(stack).models.show(name)
+    if as_json:
+        _print_json(info)
+        return
+    console = _console()
+    console.print(f"[bold]{name}[/bold]  aliases: " + (", ".join(f"{a}=v{v}" for a, v in sorted(info["aliases"].items())) or "-"))
+    for v in info["versions"]:
+        console.print(f"  version {v['version']}" + (f"  [{', '.join(v['aliases'])}]" if v["aliases"] else ""), markup=False)
+        for key, value in sorted(v["lineage"].items()):
+            console.print(f"    {key}: {value}", markup=False)
+        for run in v["evaluations"][:3]:
+            shown = ", ".join(f"{m}={x:.4g}" for m, x in sorted(run["metrics"].items())[:8])
+            console.print(f"    eval {run['run_id'][:12]} on {run['data']}: {shown}", markup=False)
+
+
+@models_app.command("register")
+def models_register(
+    path: Annotated[str, typer.Argument(help="A folder saved with save_pretrained (a model or a LoRA adapter).")],
+    name: Annotated[str, typer.Option("--name", help="Registered model name.")],
+    base: Annotated[Optional[str], typer.Option(help="Lineage: the base model it derives from.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Lineage: the training dataset (enables the leakage guard).")] = None,
+    alias: Annotated[Optional[str], typer.Option(help="Also point this alias (e.g. candidate) at the new version.")] = None,
+    stack: StackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a saved model or adapter as a new version (copied into the stack's artifact store)."""
+    registry = _platform(stack).models
+    lineage = {"base": base or "", "data": data or ""}
+    if data and ("://" not in data or data.startswith("file://")):
+        from .training.data import read_dataset
+
+        lineage["dataset_sha256"] = read_dataset(data).sha256
+    version = registry.register(path, name, {k: v for k, v in lineage.items() if v})
+    if alias:
+        registry.set_alias(name, alias, version)
+    if as_json:
+        _print_json({"model": name, "version": version, "alias": alias})
+    else:
+        _console().print(f"registered {name} version {version}" + (f" as {alias}" if alias else ""), markup=False)
+
+
+@models_app.command("alias")
+def models_alias(name: str, version: str, alias: str, stack: StackOpt = None) -> None:
+    """Point ALIAS (e.g. candidate) at VERSION. The champion alias moves only through `stackwise promote`."""
+    from .errors import SpecError
+    from .model_registry import CHAMPION
+
+    if alias == CHAMPION:
+        raise SpecError("the champion alias moves only through the gate", where=f"alias {alias}",
+                        fix=f"stackwise promote {name} --version {version} --gate gates.yaml")
+    _platform(stack).models.set_alias(name, alias, version)
+    _console().print(f"{name}@{alias} -> version {version}", markup=False)
 
 
 # -- jobs --------------------------------------------------------------------------------------

@@ -5,12 +5,16 @@ Everything the CLI does goes through a `Platform`, so code can do it too.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .jobs import ComputeBackend, JobHandle, JobInfo
-from .specs import IndexSpec
+from .specs import FineTuneSpec, IndexSpec
 from .stack import Stack, load_stack
 from .vectors import Filter, Hit, IndexInfo, VectorStore, check_filter
+
+if TYPE_CHECKING:
+    from .model_registry import Registry
+    from .specs import EvaluateSpec
 
 
 class Jobs:
@@ -62,6 +66,32 @@ class Platform:
             fields.setdefault("embedding", {"model": self.stack.outputs.embedding_model})
             spec = IndexSpec(**fields)
         return self.compute.submit(spec)
+
+    def finetune(self, spec: FineTuneSpec | None = None, **fields: Any) -> JobHandle:
+        """Submit a fine-tuning job (a spec, or its fields as keywords) and return its handle at once.
+
+        Submitting the same spec again resumes its output from the last complete checkpoint.
+        """
+        if spec is None:
+            spec = FineTuneSpec(**fields)
+        return self.compute.submit(spec)
+
+    def evaluate(self, spec: "EvaluateSpec | None" = None, **fields: Any) -> JobHandle:
+        """Submit an evaluation job (a spec, or its fields as keywords) and return its handle at once.
+
+        The job logs one MLflow run per model evaluated and writes an HTML + Markdown report."""
+        from .specs import EvaluateSpec
+
+        if spec is None:
+            spec = EvaluateSpec(**fields)
+        return self.compute.submit(spec)
+
+    @property
+    def models(self) -> "Registry":
+        """The stack's model registry (MLflow): versions, aliases, lineage, promotion."""
+        from .model_registry import Registry
+
+        return Registry(self.stack)
 
     def indexes(self) -> list[IndexInfo]:
         store = self.vector_store

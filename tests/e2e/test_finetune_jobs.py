@@ -6,7 +6,6 @@ SIGKILLed job resumes from its last checkpoint, a 2-process gloo DDP run trains,
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -48,7 +47,7 @@ def log_text(info) -> str:
 def test_lora_job_lowers_perplexity_saves_a_reloadable_adapter_and_registers_it(sdk_env, tiny):
     import stackwise
 
-    handle = stackwise.connect().finetune(finetune_spec(tiny))
+    handle = stackwise.connect().finetune(finetune_spec(tiny).model_copy(update={"merge": True}))
     info = handle.wait(timeout=JOB_TIMEOUT_S)
     assert info.state is JobState.SUCCEEDED, log_text(info)[-3000:]
     report = info.outputs
@@ -79,6 +78,8 @@ def test_lora_job_lowers_perplexity_saves_a_reloadable_adapter_and_registers_it(
     examples = tokenize(held, "text", tokenizer, spec.training.max_seq_length, False)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(spec.base, dtype=torch.float32), adapter)
     assert perplexity(model, examples, tokenizer.pad_token_id, "fp32")[0] == pytest.approx(ppl["after"], rel=1e-4)
+    merged = AutoModelForCausalLM.from_pretrained(report["merged"], dtype=torch.float32)
+    assert perplexity(merged, examples, tokenizer.pad_token_id, "fp32")[0] == pytest.approx(ppl["after"], rel=1e-3)
 
     # MLflow: the run's metrics, and a registered model version whose files are the adapter.
     from mlflow.tracking import MlflowClient
@@ -101,6 +102,18 @@ def test_qlora_job_trains_a_4bit_base_on_cpu(sdk_env, tiny):
     ppl = info.outputs["perplexity"]
     assert ppl["after"] < 0.95 * ppl["before"], ppl
     assert ppl["reloaded"] == pytest.approx(ppl["after"], rel=1e-3)
+
+
+def test_full_fine_tune_saves_the_whole_model(sdk_env, tiny):
+    import stackwise
+
+    spec = finetune_spec(tiny, max_steps=8, learning_rate=2e-3).model_copy(update={"method": "full"})
+    info = stackwise.connect().finetune(spec).wait(timeout=JOB_TIMEOUT_S)
+    assert info.state is JobState.SUCCEEDED, log_text(info)[-3000:]
+    report = info.outputs
+    assert report["adapter"] is None and (Path(report["model"]) / "config.json").is_file()
+    ppl = report["perplexity"]
+    assert ppl["after"] < ppl["before"] and ppl["reloaded"] == pytest.approx(ppl["after"], rel=1e-4)
 
 
 def test_sigkill_mid_run_then_rerun_resumes_from_the_last_checkpoint(sdk_env, tiny):

@@ -20,6 +20,7 @@ HEAVY = {
     "pulumi", "lancedb", "pyarrow", "numpy",
     "pinecone", "weaviate", "pymilvus", "milvus", "grpc",
     "peft", "mlflow", "bitsandbytes", "accelerate", "gguf",
+    "rouge_score", "sacrebleu", "matplotlib", "fairlearn", "sklearn", "pandas",
 }
 
 
@@ -86,6 +87,9 @@ def test_connect_to_local_stack_stays_light(tmp_path):
     stackwise.IndexSpec(source="docs", index="kb").digest()
     stackwise.FineTuneSpec(base="smollm2-135m-instruct", data="train.jsonl").digest()
     import stackwise.workloads.finetune, stackwise.training.launch, stackwise.training.data
+    stackwise.EvaluateSpec(model="m", suites=["rouge", "mmlu"], data="eval.jsonl").digest()
+    import stackwise.workloads.evaluate, stackwise.model_registry, stackwise.evaluation.runner
+    import stackwise.evaluation.report, stackwise.evaluation.gate, stackwise.evaluation.leakage
     """
     assert loaded_heavy(body, tmp_path) == set()
 
@@ -112,7 +116,8 @@ def _imported_by(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedP
     return proc, names
 
 
-@pytest.mark.parametrize("args", [["--help"], ["index", "--help"], ["stacks", "--json"], ["finetune", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["index", "--help"], ["stacks", "--json"], ["finetune", "--help"],
+                                  ["eval", "--help"], ["promote", "--help"], ["models", "--help"]])
 def test_cli_entry_point_stays_light(args, tmp_path):
     proc, names = _imported_by(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
