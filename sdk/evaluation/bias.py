@@ -1,0 +1,48 @@
+"""Group fairness of a binary decision on a group-annotated task: demographic parity difference
+(the largest gap between groups in the rate of positive predictions) and equalized odds
+difference (the larger of the largest gaps in true-positive and false-positive rates), both
+"between groups" as fairlearn defines them. fairlearn computes them when installed (the `eval`
+extra); otherwise the same definitions are computed here, and the result says which."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+
+def _rate(values: list[int]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _gap(rates: list[float | None]) -> float:
+    present = [r for r in rates if r is not None]
+    return max(present) - min(present) if present else 0.0
+
+
+def demographic_parity_difference(y_pred: Sequence[int], groups: Sequence[str]) -> float:
+    by = {g: [p for p, gg in zip(y_pred, groups) if gg == g] for g in set(groups)}
+    return _gap([_rate(v) for v in by.values()])
+
+
+def equalized_odds_difference(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str]) -> float:
+    tpr, fpr = [], []
+    for g in set(groups):
+        pairs = [(t, p) for t, p, gg in zip(y_true, y_pred, groups) if gg == g]
+        tpr.append(_rate([p for t, p in pairs if t == 1]))
+        fpr.append(_rate([p for t, p in pairs if t == 0]))
+    return max(_gap(tpr), _gap(fpr))
+
+
+def fairness(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str]) -> tuple[dict[str, float], str]:
+    """(metrics, backend): backend is "fairlearn" or "builtin"."""
+    accuracy = sum(int(t == p) for t, p in zip(y_true, y_pred)) / max(len(y_true), 1)
+    if importlib.util.find_spec("fairlearn") is not None:
+        from fairlearn.metrics import demographic_parity_difference as dpd
+        from fairlearn.metrics import equalized_odds_difference as eod
+
+        return {"demographic_parity_difference": float(dpd(y_true, y_pred, sensitive_features=list(groups))),
+                "equalized_odds_difference": float(eod(y_true, y_pred, sensitive_features=list(groups))),
+                "accuracy": accuracy}, "fairlearn"
+    return {"demographic_parity_difference": demographic_parity_difference(y_pred, groups),
+            "equalized_odds_difference": equalized_odds_difference(y_true, y_pred, groups),
+            "accuracy": accuracy}, "builtin"

@@ -1,0 +1,170 @@
+"""A causal LM loaded for evaluation: token log-likelihoods and greedy generation.
+
+`load(ref)` takes what fine-tuning takes as a base (a shipped short name, a path or URI, a Hugging
+Face id, models:/NAME/VERSION) plus models:/NAME@ALIAS, which is pinned to its version first so
+a moved alias never reuses a stale download. A saved LoRA adapter loads on its base model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+
+@dataclass
+class LM:
+    ref: str  # as given
+    pinned: str  # after resolving an alias
+    location: str
+    model: Any
+    tokenizer: Any
+    max_len: int
+    chat_template: bool = True
+
+    # -- likelihoods ---------------------------------------------------------------------------
+    def _logprobs(self, ids: list[int]) -> Any:
+        import torch
+
+        with torch.no_grad():
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        return torch.log_softmax(logits, dim=-1)
+
+    def nll(self, text: str) -> tuple[float, int]:
+        """(summed negative log-likelihood, tokens scored) of `text` (after a BOS when the
+        tokenizer has one), truncated to max_len tokens."""
+        ids = self._encode(text, bos=True)[: self.max_len]
+        if len(ids) < 2:
+            return 0.0, 0
+        import torch
+
+        logp = self._logprobs(ids)
+        targets = torch.tensor(ids[1:])
+        return -float(logp.gather(1, targets[:, None]).sum()), len(targets)
+
+    def loglik(self, context: str, continuation: str) -> float:
+        """log P(continuation | context), summed over the continuation's tokens."""
+        ctx = self._encode(context, bos=True)
+        cont = self._encode(continuation, bos=False)
+        ids = (ctx + cont)[-self.max_len:]
+        n = len(cont)
+        import torch
+
+        logp = self._logprobs(ids)[len(ids) - n - 1:]
+        return float(logp.gather(1, torch.tensor(ids[-n:])[:, None]).sum())
+
+    def choice_logliks(self, context: str, continuations: list[str]) -> list[float]:
+        """log P(c | context) for each continuation; one forward pass when every continuation is a
+        single token (MMLU's " A", " B", ...), else one per continuation."""
+        encoded = [self._encode(c, bos=False) for c in continuations]
+        if all(len(e) == 1 for e in encoded):
+            ctx = self._encode(context, bos=True)[-self.max_len:]
+            import torch
+
+            with torch.no_grad():
+                last = self.model(input_ids=torch.tensor([ctx])).logits[0, -1].float()
+            logp = torch.log_softmax(last, dim=-1)
+            return [float(logp[e[0]]) for e in encoded]
+        return [self.loglik(context, c) for c in continuations]
+
+    # -- generation ----------------------------------------------------------------------------
+    def generate(self, prompt: str, max_new_tokens: int) -> str:
+        import torch
+
+        tok = self.tokenizer
+        if self.chat_template and getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                           add_generation_prompt=True)
+            ids = tok(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self._encode(prompt, bos=True)
+        ids = ids[-max(1, self.max_len - max_new_tokens):]
+        with torch.no_grad():
+            out = self.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                      max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+        return tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+
+    def _encode(self, text: str, bos: bool) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos_id = getattr(self.tokenizer, "bos_token_id", None)
+        return ([bos_id] if bos and bos_id is not None else []) + list(ids)
+
+
+def perplexity(nlls: list[tuple[float, int]]) -> float:
+    total = sum(n for n, _ in nlls)
+    count = sum(c for _, c in nlls)
+    return math.exp(total / count) if count else float("nan")
+
+
+def threads() -> None:
+    import torch
+
+    value = os.environ.get("STACKWISE_THREADS")
+    if value:
+        torch.set_num_threads(max(1, int(value)))
+
+
+def load(ref: str, max_len: int = 512, chat_template: bool = True) -> LM:
+    from ..registry import require
+
+    require("torch", "train", "evaluating a model")
+    require("transformers", "train", "evaluating a model")
+    threads()
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..training.models import resolve_base
+
+    pinned = pin(ref)
+    resolved = resolve_base(_in_place(pinned) or pinned)
+    where = resolved.location
+    if resolved.is_local and (Path(where) / "adapter_config.json").is_file():
+        adapter = Path(where) / "adapter_config.json"
+        from peft import PeftModel
+
+        base = json.loads(adapter.read_text())["base_model_name_or_path"]
+        if not Path(base).exists() and base.startswith(("/", ".")):
+            raise InputError(f"the adapter's base model {base} does not exist on this machine", where=str(where),
+                             fix="evaluate on the machine that holds the base, or register a merged model")
+        # Merged once: the same function as the adapter on top, without its per-layer overhead.
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                          where).merge_and_unload()
+        tokenizer = AutoTokenizer.from_pretrained(where if (Path(where) / "tokenizer_config.json").is_file() else base)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+    model.eval()
+    limit = getattr(model.config, "max_position_embeddings", None) or max_len
+    return LM(ref=ref, pinned=pinned, location=str(where), model=model, tokenizer=tokenizer,
+              max_len=min(max_len, int(limit)), chat_template=chat_template)
+
+
+def pin(ref: str) -> str:
+    """models:/NAME@ALIAS -> models:/NAME/VERSION (the version the alias points at now)."""
+    if ref.startswith("models:/") and "@" in ref:
+        from ..model_registry import Registry
+
+        name, alias = ref.removeprefix("models:/").split("@", 1)
+        return f"models:/{name}/{Registry().version_by_alias(name, alias).version}"
+    return ref
+
+
+def _in_place(ref: str) -> str | None:
+    """A registered version whose source is a folder on this machine (a local artifact store, or
+    a version registered without a copy) loads from there, not from a copy in the model cache."""
+    if not ref.startswith("models:/"):
+        return None
+    name, _, version = ref.removeprefix("models:/").partition("/")
+    if not version.isdigit():
+        return None
+    from ..model_registry import Registry
+
+    source = Registry().version(name, version).source
+    path = Path(source.removeprefix("file://")) if "://" not in source or source.startswith("file://") else None
+    return str(path) if path is not None and path.is_dir() else None
