@@ -135,6 +135,25 @@ def _progress_text(job_id: str, event: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _run_job(handle, detach: bool, as_json: bool, print_report: Any, needs: str | None = None) -> None:
+    """Print the submitted job's id (--detach), or follow it to the end and print its report.
+
+    A report without the `needs` key (a cloud job whose result file could not be read gives
+    only its output URIs) is printed as JSON rather than half-rendered.
+    """
+    if detach:
+        if as_json:
+            _print_json({"job": handle.id, "state": handle.status().value})
+        else:
+            _console().print(f"submitted {handle.id}; follow it with `stackwise jobs logs -f {handle.id}`")
+        return
+    report = _follow(handle, quiet=as_json)
+    if as_json or (needs is not None and needs not in report):
+        _print_json(report)
+    else:
+        print_report(report)
+
+
 def _print_index_report(report: dict[str, Any]) -> None:
     console = _console()
     console.print(
@@ -195,18 +214,7 @@ def index(
         raise SpecError(first["msg"].removeprefix("Value error, "), where="stackwise index options",
                         fix="see `stackwise index --help`") from None
     _check_source(source)
-    handle = platform.index(spec)
-    if detach:
-        if as_json:
-            _print_json({"job": handle.id, "state": handle.status().value})
-        else:
-            _console().print(f"submitted {handle.id}; follow it with `stackwise jobs logs -f {handle.id}`")
-        return
-    report = _follow(handle, quiet=as_json)
-    if as_json or "chunks" not in report:  # a cloud job whose result file was not readable: its URIs
-        _print_json(report)
-    else:
-        _print_index_report(report)
+    _run_job(platform.index(spec), detach, as_json, _print_index_report, needs="chunks")
 
 
 def _copy_index(from_stack: str, index_name: str, to_stack: str, to_index: str | None, as_json: bool) -> None:
@@ -393,18 +401,7 @@ def finetune(
     except OSError as exc:
         raise SpecError(f"cannot read the spec file: {exc.strerror}", where=spec_file, fix="check the path") from None
     _check_finetune_input(spec)
-    handle = _platform(stack).finetune(spec)
-    if detach:
-        if as_json:
-            _print_json({"job": handle.id, "state": handle.status().value})
-        else:
-            _console().print(f"submitted {handle.id}; follow it with `stackwise jobs logs -f {handle.id}`")
-        return
-    report = _follow(handle, quiet=as_json)
-    if as_json:
-        _print_json(report)
-    else:
-        _print_finetune_report(report)
+    _run_job(_platform(stack).finetune(spec), detach, as_json, _print_finetune_report)
 
 
 def _check_finetune_input(spec: Any) -> None:
@@ -483,18 +480,7 @@ def eval_command(
         from .evaluation.data import read_eval_data
 
         read_eval_data(data)  # fail fast on a missing or malformed file
-    handle = _platform(stack).evaluate(spec)
-    if detach:
-        if as_json:
-            _print_json({"job": handle.id, "state": handle.status().value})
-        else:
-            _console().print(f"submitted {handle.id}; follow it with `stackwise jobs logs -f {handle.id}`")
-        return
-    report = _follow(handle, quiet=as_json)
-    if as_json or "candidate" not in report:
-        _print_json(report)
-    else:
-        _print_eval_report(report)
+    _run_job(_platform(stack).evaluate(spec), detach, as_json, _print_eval_report, needs="candidate")
 
 
 def _print_gate(result: dict[str, Any]) -> None:

@@ -93,6 +93,19 @@ def check_filter(filter: Filter | None) -> dict[str, list[Scalar] | Scalar]:
     return checked
 
 
+def check_dimensions(records: Iterable[Record], dim: int, where: str) -> None:
+    """Refuse records whose vectors do not have the index's dimension (StoreError)."""
+    from .errors import StoreError
+
+    for record in records:
+        if len(record.vector) != dim:
+            raise StoreError(
+                f"vector of chunk {record.id!r} has {len(record.vector)} dimensions, the index has {dim}",
+                where=where,
+                fix="index with the embedding model the index was created with",
+            )
+
+
 def parse_filter_args(items: Iterable[str]) -> dict[str, FilterValue]:
     """Parse CLI `--filter key=value` items; `key=a,b` means "in"; numbers and booleans are typed."""
     result: dict[str, FilterValue] = {}

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from stackwise.errors import StoreError
-from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_filter
+from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter
 
 # Below this many rows an exact (flat) scan is fast enough and needs no index build.
 ANN_THRESHOLD = 50_000
@@ -159,13 +159,7 @@ class EmbeddedStore(VectorStore):
         # Build with our own schema: the table reports its JSON column as Lance's binary
         # JSONB, and text written into that would not be parsed as JSON.
         schema = self._schema(dim, meta.get(_MODEL_KEY, b"").decode())
-        for record in records:
-            if len(record.vector) != dim:
-                raise StoreError(
-                    f"vector of chunk {record.id!r} has {len(record.vector)} dimensions, the index has {dim}",
-                    where=f"index {table.name!r} in {self.uri}",
-                    fix="index with the embedding model the index was created with",
-                )
+        check_dimensions(records, dim, where=f"index {table.name!r} in {self.uri}")
         return pa.Table.from_pydict(
             {
                 "id": [r.id for r in records],

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from stackwise.errors import StoreError
 from stackwise.registry import require
-from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_filter
+from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter
 
 from ._hosted import check_index_name, redact, resolve_secret
 
@@ -192,13 +192,7 @@ class MilvusStore(VectorStore):
         if not records:
             return
         info = self._info(name)
-        for record in records:
-            if len(record.vector) != info.dim:
-                raise StoreError(
-                    f"vector of chunk {record.id!r} has {len(record.vector)} dimensions, the index has {info.dim}",
-                    where=self._where(name),
-                    fix="index with the embedding model the index was created with",
-                )
+        check_dimensions(records, info.dim, where=self._where(name))
         rows = [{"id": r.id, "vector": [float(v) for v in r.vector], "doc_id": r.doc_id, "source": r.source,
                  "chunk": int(r.chunk), "text": r.text, "metadata": dict(r.metadata)} for r in records]
         written = 0

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from stackwise.errors import StoreError
 from stackwise.registry import require
-from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_filter
+from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter
 
 from ._hosted import (
     check_index_name,
@@ -264,13 +264,7 @@ class PineconeStore(VectorStore):
         if not records:
             return
         info = self._info(name)
-        for record in records:
-            if len(record.vector) != info.dim:
-                raise StoreError(
-                    f"vector of chunk {record.id!r} has {len(record.vector)} dimensions, the index has {info.dim}",
-                    where=self._where(name),
-                    fix="index with the embedding model the index was created with",
-                )
+        check_dimensions(records, info.dim, where=self._where(name))
         items = [{"id": r.id, "values": [float(v) for v in r.vector], "metadata": flat_metadata(r)} for r in records]
         batches = self._batches(items)
 
