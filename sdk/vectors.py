@@ -93,6 +93,19 @@ def check_filter(filter: Filter | None) -> dict[str, list[Scalar] | Scalar]:
     return checked
 
 
+def check_same_model(info: IndexInfo, dim: int, model: str, where: str) -> None:
+    """Refuse to reuse an index built for another dimension or embedding model (StoreError)."""
+    from .errors import StoreError
+
+    if info.dim != dim or info.model != model:
+        raise StoreError(
+            f"index {info.name!r} holds {info.dim}-dimensional vectors of {info.model!r}, "
+            f"not {dim}-dimensional vectors of {model!r}",
+            where=where,
+            fix="index with the same embedding model, or choose another --index name",
+        )
+
+
 def check_dimensions(records: Iterable[Record], dim: int, where: str) -> None:
     """Refuse records whose vectors do not have the index's dimension (StoreError)."""
     from .errors import StoreError

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from stackwise.errors import StoreError
-from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter
+from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter, check_same_model
 
 # Below this many rows an exact (flat) scan is fast enough and needs no index build.
 ANN_THRESHOLD = 50_000
@@ -123,13 +123,7 @@ class EmbeddedStore(VectorStore):
     def create_index(self, name: str, dim: int, model: str) -> IndexInfo:
         if name in self.list_indexes():
             info = self.describe(name)
-            if info.dim != dim or info.model != model:
-                raise StoreError(
-                    f"index {name!r} holds {info.dim}-dimensional vectors of {info.model!r}, "
-                    f"not {dim}-dimensional vectors of {model!r}",
-                    where=f"embedded store at {self.uri}",
-                    fix="index with the same embedding model, or choose another --index name",
-                )
+            check_same_model(info, dim, model, where=f"embedded store at {self.uri}")
             return info
         try:
             self._db.create_table(name, schema=self._schema(dim, model))

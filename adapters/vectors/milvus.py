@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from stackwise.errors import StoreError
 from stackwise.registry import require
-from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter
+from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter, check_same_model
 
 from ._hosted import check_index_name, redact, resolve_secret
 
@@ -147,13 +147,7 @@ class MilvusStore(VectorStore):
         check_index_name(name, f"Milvus at {self.host}")
         if name in self.list_indexes():
             info = self._info(name)
-            if info.dim != dim or info.model != model:
-                raise StoreError(
-                    f"index {name!r} holds {info.dim}-dimensional vectors of {info.model!r}, "
-                    f"not {dim}-dimensional vectors of {model!r}",
-                    where=self._where(name),
-                    fix="index with the same embedding model, or choose another --index name",
-                )
+            check_same_model(info, dim, model, where=self._where(name))
             return self.describe(name)
         DataType = self._mod.DataType
         schema = self._mod.MilvusClient.create_schema(

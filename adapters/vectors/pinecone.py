@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from stackwise.errors import StoreError
 from stackwise.registry import require
-from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter
+from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter, check_same_model
 
 from ._hosted import (
     check_index_name,
@@ -198,13 +198,7 @@ class PineconeStore(VectorStore):
         check_index_name(name, self._where(name))
         existing = self._catalog_entry(name)
         if existing is not None:
-            if existing.dim != dim or existing.model != model:
-                raise StoreError(
-                    f"index {name!r} holds {existing.dim}-dimensional vectors of {existing.model!r}, "
-                    f"not {dim}-dimensional vectors of {model!r}",
-                    where=self._where(name),
-                    fix="index with the same embedding model, or choose another --index name",
-                )
+            check_same_model(existing, dim, model, where=self._where(name))
             self._infos[name] = existing
             return self.describe(name)
         physical = self._stats().dimension
