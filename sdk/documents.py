@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
+from .jsonl import records as jsonl_records
 
 SUPPORTED = (".txt", ".md", ".markdown", ".html", ".htm", ".jsonl", ".pdf")
 _GLOB_CHARS = set("*?[")
@@ -153,22 +154,11 @@ def _read_file(source: Source, path: str) -> Iterator[Document]:
 def _jsonl(text: str, uri: str) -> Iterator[Document]:
     """Each line a JSON object with a `text` field; `id` names the record, other fields are metadata."""
     parsed: list[Document] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    fix = 'write lines like {"text": "...", "id": "doc-1", "lang": "en"}'
+    for number, record in jsonl_records(text, uri, fix):
         where = f"{uri} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"malformed JSON: {exc.msg} (column {exc.colno})", where=where, fix="make each line one JSON object"
-            ) from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str) or not record["text"].strip():
-            raise InputError(
-                "each line needs a non-empty string field 'text'",
-                where=where,
-                fix='write lines like {"text": "...", "id": "doc-1", "lang": "en"}',
-            )
+        if not isinstance(record.get("text"), str) or not record["text"].strip():
+            raise InputError("each line needs a non-empty string field 'text'", where=where, fix=fix)
         key = record.get("id", number)
         metadata = {"path": uri}
         for name, value in record.items():

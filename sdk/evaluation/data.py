@@ -7,11 +7,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InputError
+from ..jsonl import decode, read_bytes
+from ..jsonl import records as jsonl_records
 
 # The fields each suite needs in a record (any one tuple of alternatives).
 NEEDS: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -53,34 +54,13 @@ class EvalData:
 
 
 def read_eval_data(uri: str) -> EvalData:
-    import fsspec
-
-    try:
-        with fsspec.open(uri, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        raise InputError(f"evaluation data {uri} does not exist", where=uri, fix="check the path or URI") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read evaluation data {uri}: {exc}", where=uri, fix="check the URI") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError("evaluation data is not UTF-8", where=uri, fix="save it as UTF-8") from None
+    raw = read_bytes(uri, "evaluation data")
+    text = decode(raw, uri, "evaluation data")
     sha = hashlib.sha256(raw).hexdigest()
     if uri.lower().endswith(".csv"):
         return _mmlu_csv(uri, text, sha)
     records, lines = [], []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON on line {number}: {exc.msg}", where=f"{uri} line {number}",
-                             fix="write one JSON object per line (JSONL)") from None
-        if not isinstance(record, dict):
-            raise InputError(f"line {number} is not a JSON object", where=f"{uri} line {number}",
-                             fix="write one JSON object per line")
+    for number, record in jsonl_records(text, uri, "write one JSON object per line"):
         records.append(record)
         lines.append(number)
     if not records:

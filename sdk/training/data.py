@@ -9,12 +9,13 @@ turn are masked out of the loss. Errors name the file and the line.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..errors import InputError, SpecError
+from ..jsonl import decode, read_bytes
+from ..jsonl import records as jsonl_records
 
 Format = Literal["text", "prompt_completion", "messages"]
 FIELDS_HELP = "each line must be a JSON object with `text`, or `prompt` and `completion`, or `messages`"
@@ -48,39 +49,14 @@ class Dataset:
 
 def read_dataset(uri: str) -> Dataset:
     """Read and validate a JSONL dataset; raise InputError naming the file and line on bad input."""
-    import fsspec
-
-    try:
-        with fsspec.open(uri, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        raise InputError(f"dataset {uri} does not exist", where=uri, fix="check the path or URI") from None
-    except IsADirectoryError:
-        raise InputError(f"dataset {uri} is a folder, not a JSONL file", where=uri, fix="name one .jsonl file") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read dataset {uri}: {exc}", where=uri, fix="check the URI and credentials") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(f"dataset is not UTF-8 text (byte {exc.start})", where=f"{uri} line {line}",
-                         fix="save the file as UTF-8 JSONL") from None
+    raw = read_bytes(uri, "dataset")
+    text = decode(raw, uri, "dataset")
     records: list[dict[str, Any]] = []
     lines: list[int] = []
     fmt: Format | None = None
     first_line = 0
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, record in jsonl_records(text, uri, FIELDS_HELP):
         where = f"{uri} line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"invalid JSON on line {number}: {exc.msg} (column {exc.colno})", where=where,
-                             fix="write one JSON object per line (JSONL)") from None
-        if not isinstance(record, dict):
-            raise InputError(f"line {number} is a JSON {type(record).__name__}, not an object", where=where,
-                             fix=FIELDS_HELP)
         this = _record_format(record, where, number)
         if fmt is None:
             fmt, first_line = this, number

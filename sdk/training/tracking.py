@@ -39,6 +39,7 @@ def log_run(plan: Any, report: Any, history: list[dict[str, Any]], output: Path,
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from ..model_registry import code_version
     from .trainer import default_name
 
     spec = plan.spec
@@ -78,7 +79,12 @@ def log_run(plan: Any, report: Any, history: list[dict[str, Any]], output: Path,
             raise
     version = client.create_model_version(
         name, source=source, run_id=run_id,
-        tags={"base": spec.base, "method": spec.method, "dataset_sha256": report.dataset_sha256},
+        tags={"base": spec.base, "method": spec.method, "dataset_sha256": report.dataset_sha256,
+              # lineage is complete from the moment the version exists, not only after a first eval
+              **{f"lineage.{k}": str(v)[:5000] for k, v in {
+                  "base": spec.base, "data": spec.data, "method": spec.method,
+                  "dataset_sha256": report.dataset_sha256, "adapter": source,
+                  "training_run": run_id, "code_version": code_version()}.items() if v}},
         description=f"{spec.method} on {spec.data}: held-out perplexity {ppl.before} -> {ppl.after}",
     )
     return run_id, name, str(version.version)

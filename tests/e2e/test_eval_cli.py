@@ -17,31 +17,14 @@ pytest.importorskip("torch")
 from .conftest import lee_articles, run_cli, write_txt_corpus  # noqa: E402
 
 
-def _train(folder: Path, texts: list[str], steps: int = 20) -> None:
-    """A few AdamW steps on batches of 16 texts: held-out perplexity drops well below the random init."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    torch.set_num_threads(2)
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    for step in range(steps):
-        start = (step * 16) % len(texts)
-        batch = tok(texts[start:start + 16], return_tensors="pt", padding=True, truncation=True, max_length=48)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from stackwise.evaluation.mmlu import build_from_text
-    from stackwise.training.tiny import build_tiny_model
+    import torch
 
+    from stackwise.evaluation.mmlu import build_from_text
+    from stackwise.training.tiny import build_tiny_model, train_tiny
+
+    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("eval-e2e")
     articles = lee_articles()
     sentences = [s.strip() for a in articles[:60] for s in a.split(". ") if len(s.split()) >= 8]
@@ -49,7 +32,7 @@ def world(tmp_path_factory):
     random_model = build_tiny_model(root / "random", sentences, vocab_size=400)
     trained = root / "trained"
     shutil.copytree(random_model, trained)
-    _train(trained, train)
+    train_tiny(trained, train)
     (root / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in train))
     files = write_txt_corpus(root / "docs", articles[200:212], first=200)
     records = [{"text": t} for t in held]

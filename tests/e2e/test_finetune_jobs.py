@@ -90,6 +90,11 @@ def test_lora_job_lowers_perplexity_saves_a_reloadable_adapter_and_registers_it(
     assert run.data.metrics["perplexity.after"] == pytest.approx(ppl["after"])
     assert version.run_id == run.info.run_id and version.tags["method"] == "lora"
     assert str(sdk_env / "artifacts" / "mlflow") in version.source
+    # Lineage is complete as soon as the version exists (before any evaluation).
+    lineage = {k.removeprefix("lineage."): v for k, v in version.tags.items() if k.startswith("lineage.")}
+    assert lineage["base"] == spec.base and lineage["data"] == spec.data and lineage["method"] == "lora"
+    assert lineage["dataset_sha256"] == report["dataset_sha256"] and lineage["adapter"] == version.source
+    assert lineage["training_run"] == run.info.run_id and lineage["code_version"].startswith("stackwise ")
 
 
 def test_qlora_job_trains_a_4bit_base_on_cpu(sdk_env, tiny):

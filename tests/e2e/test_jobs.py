@@ -152,7 +152,7 @@ def test_job_failing_on_a_bad_jsonl_line_reports_where(sdk_env: Path, tmp_path: 
     assert info.state is JobState.FAILED, info
     assert info.exit_code == 2
     assert f"file://{bad} line 3" in info.error, info.error
-    assert "malformed JSON" in info.error
+    assert "invalid JSON on line" in info.error
     with pytest.raises(JobFailedError, match="line 3"):
         handle.result(timeout=10)
     logs = "\n".join(handle.logs())

@@ -159,10 +159,10 @@ def test_read_pdf(tmp_path):
 BAD_FILES = {
     "binary": ("blob.txt", b"abc\x00def", "binary file"),
     "latin-1": ("latin.txt", "caf\u00e9".encode("latin-1"), "not valid UTF-8"),
-    "malformed jsonl": ("bad.jsonl", b'{"text": "ok"}\n{"text": oops}\n', "malformed JSON"),
+    "malformed jsonl": ("bad.jsonl", b'{"text": "ok"}\n{"text": oops}\n', "invalid JSON on line 2"),
     "jsonl without text": ("notext.jsonl", b'{"text": "ok"}\n\n{"id": 3, "body": "x"}\n', "'text'"),
     "jsonl blank text": ("blank.jsonl", b'{"text": "   "}\n', "'text'"),
-    "jsonl not an object": ("list.jsonl", b'["text"]\n', "'text'"),
+    "jsonl not an object": ("list.jsonl", b'["text"]\n', "line 1 is a JSON list, not an object"),
     "duplicate ids": ("dup.jsonl", b'{"id": "a", "text": "1"}\n{"id": "b", "text": "2"}\n{"id": "a", "text": "3"}\n',
                       "duplicate record id 'a'"),
     "empty jsonl": ("empty.jsonl", b"\n\n", "no records"),

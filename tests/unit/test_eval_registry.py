@@ -22,33 +22,12 @@ def lee_sentences() -> list[str]:
     return [s.strip() for a in articles[:60] for s in a.split(". ") if len(s.split()) >= 8]
 
 
-def train_tiny(folder: Path, texts: list[str], steps: int = 20) -> None:
-    """A few AdamW steps of plain causal-LM training on batches of 16 texts: held-out perplexity
-    falls from about 400 (random init) to about 150, a clear margin for the gate."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for step in range(steps):
-        start = (step * 16) % len(texts)
-        batch = tok(texts[start:start + 16], return_tensors="pt", padding=True, truncation=True, max_length=48)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        model(**batch, labels=labels).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(folder)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     import torch
 
     torch.set_num_threads(2)
-    from stackwise.training.tiny import build_tiny_model
+    from stackwise.training.tiny import build_tiny_model, train_tiny
 
     root = tmp_path_factory.mktemp("eval-world")
     sentences = lee_sentences()
