@@ -49,6 +49,32 @@ def use_stack(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any
     return stackwise.connect(name)
 
 
+def azure_cli_login(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged_in: bool = True) -> None:
+    """Point MLClient at the local ARM server (`STACKWISE_AZURE_ARM_ENDPOINT`, its TLS certificate)
+    and sign in the way `az login` would: DefaultAzureCredential, limited to AzureCliCredential,
+    runs `az account get-access-token --output json --resource <ARM>` from a stub `az` on PATH
+    (none on PATH when `logged_in` is False)."""
+    bin_dir = tmp_path / "az-bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    if logged_in:
+        az = bin_dir / "az"
+        az.write_text('#!/bin/sh\n'
+                      'case "$*" in *"get-access-token"*"--resource ' + server.endpoint.rstrip("/") + '"*) ;;\n'
+                      '  *) echo "ERROR: unexpected az call: $*" >&2; exit 1;; esac\n'
+                      'echo \'{"accessToken": "test-arm-token", "expires_on": 4102444800, '
+                      '"tokenType": "Bearer"}\'\n', encoding="utf-8")
+        az.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    monkeypatch.setenv("AZURE_TOKEN_CREDENTIALS", "AzureCliCredential")
+    monkeypatch.setenv("STACKWISE_AZURE_ARM_ENDPOINT", server.endpoint)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", server.ca_file)
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "azure-config"))
+    for key in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_USERNAME",
+                "AZURE_FEDERATED_TOKEN_FILE", "IDENTITY_ENDPOINT", "MSI_ENDPOINT",
+                "AZUREML_CURRENT_CLOUD"):  # azure-ai-ml writes the custom cloud's name into os.environ
+        monkeypatch.delenv(key, raising=False)
+
+
 def finetune_spec(**compute: Any) -> Any:
     from stackwise.specs import FineTuneSpec
 

@@ -1,0 +1,443 @@
+"""Azure compute: each job is one Azure ML command job (`azure-ai-ml` `MLClient`, imported lazily).
+
+`build_request(spec, stack)` is pure: it returns the command job as the JSON the ARM API takes
+(the `properties` of `PUT .../workspaces/<ws>/jobs/<name>`; golden files in tests/golden/ pin
+it). What it holds:
+- `environmentId`: the environment `stackwise-train`, one version per training image (the stack's
+  `training_image`, which has stackwise installed); `submit` registers it before the first job;
+- `command`: the bootstrap `python -m stackwise.adapters.compute.bootstrap`, with the spec inline
+  in `STACKWISE_SPEC_B64` (no code upload: a local `code=` folder would go to the workspace's
+  blob storage, and the job needs nothing but the spec);
+- where it runs: the stack's AmlCompute cluster (`gpu`, made by infra/azure/platform.py) when
+  the spec asks for exactly the cluster's VM size and priority, otherwise Azure ML serverless
+  compute with `resources.instanceType` = the catalog's VM size. Spot is per cluster on
+  AmlCompute (`LowPriority` VMs, chosen by the stack's `training.spot`), so a spec whose spot
+  choice or GPU differs from the cluster's runs serverless, where `queueSettings.jobTier`
+  ("Spot" or "Standard") is the per-job way to ask for low priority VMs;
+- `resources.instanceCount` = nodes (index jobs: `workers`, one instance per shard) and, with
+  more than one instance, `distribution` PyTorch with one process per instance: Azure ML then
+  sets MASTER_ADDR, MASTER_PORT and NODE_RANK on each node, and the workload starts `count`
+  processes per node itself (torchrun), as on SageMaker and Vertex;
+- `limits.timeout` = max runtime; the job's managed identity (`job_role`); environment variables
+  and tags naming the stack, kind and spec digest; the job folder `<artifact_store>/jobs/<name>/`
+  in `STACKWISE_JOB_URI`, where the bootstrap writes `result.json` through fsspec (adlfs).
+
+Job names are chosen by the client (`sw-<kind>-<digest>-<token>`), so the ARM PUT is keyed by
+the name: `submit` GETs the name first and creates only when it is absent; after a create whose
+answer was lost (5xx, timeout) it GETs again; a 409 Conflict on the PUT means the job exists,
+and the job with that name is taken as this submission's job (the test server answers 409 to a
+PUT of an existing name; what Azure itself answers to a repeated PUT was not observed here, and
+the GET-first order means a submit does not rely on it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from datetime import datetime
+from typing import Any
+
+from stackwise import catalog
+from stackwise.errors import ConfigError, JobNotFoundError
+from stackwise.jobs import JobInfo, JobState
+from stackwise.registry import require
+
+from ._cloud import (ENV_SPEC, CloudCompute, CloudError, CredentialsError, QuotaError, TransientError,
+                     bootstrap_command, decode_spec, job_environment, job_name, job_uri, processes_per_node,
+                     require_output, strategy, with_retries)
+
+#: the AmlCompute cluster infra/azure/platform.py creates (`compute_name`); a test checks they agree
+CLUSTER = "gpu"
+ENVIRONMENT = "stackwise-train"
+CPU_SIZE = "Standard_D8s_v3"
+PROVIDER = "Microsoft.MachineLearningServices"
+STATES = {
+    "NotStarted": JobState.PENDING,
+    "Queued": JobState.PENDING,
+    "Preparing": JobState.PENDING,
+    "Provisioning": JobState.PENDING,
+    "Starting": JobState.PENDING,
+    "Paused": JobState.PENDING,
+    "Unknown": JobState.PENDING,
+    "Running": JobState.RUNNING,
+    "Finalizing": JobState.RUNNING,
+    "CancelRequested": JobState.RUNNING,  # not ended yet: wait() polls until Canceled
+    "NotResponding": JobState.RUNNING,  # a running job whose heartbeat is late; it may recover
+    "Completed": JobState.SUCCEEDED,
+    "Failed": JobState.FAILED,
+    "Canceled": JobState.CANCELLED,
+}
+CREDENTIALS_FIX = ("sign in with `az login` (and `az account set --subscription <id>`), or set AZURE_CLIENT_ID, "
+                   "AZURE_TENANT_ID and AZURE_CLIENT_SECRET for a service principal; on an Azure VM or in a job, "
+                   "a managed identity is used")
+
+
+def workspace_id(stack: Any) -> str:
+    outputs = stack.outputs
+    sub = require_output(outputs.azure_subscription_id, "azure_subscription_id", stack,
+                         "export azure_subscription_id (the Pulumi program does)")
+    rg = require_output(outputs.azure_resource_group, "azure_resource_group", stack,
+                        "export azure_resource_group (the Pulumi program does)")
+    ws = require_output(outputs.azure_workspace, "azure_workspace", stack,
+                        "export azure_workspace (the Pulumi program does)")
+    return f"/subscriptions/{sub}/resourceGroups/{rg}/providers/{PROVIDER}/workspaces/{ws}"
+
+
+def environment_version(image: str) -> str:
+    """One environment version per image URI (Azure ML environment versions are immutable)."""
+    return hashlib.sha256(image.encode()).hexdigest()[:16]
+
+
+def vm_size(spec: Any, stack: Any) -> str:
+    """The Azure VM size for the spec's GPU and count (from the GPU catalog); CPU jobs get CPU_SIZE."""
+    gpu = spec.compute.gpu or (stack.outputs.default_gpu if spec.kind == "finetune" else None)
+    if not gpu:
+        return CPU_SIZE
+    return catalog.offer(gpu, "azure", spec.compute.count).instance
+
+
+def instance_count(spec: Any) -> int:
+    if spec.kind == "index":
+        return max(int(getattr(spec, "workers", 1) or 1), spec.compute.nodes)
+    return spec.compute.nodes
+
+
+def _timeout(seconds: int) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return "PT" + "".join(f"{v}{u}" for v, u in ((hours, "H"), (minutes, "M"), (secs, "S")) if v) if seconds else "PT0S"
+
+
+def build_request(spec: Any, stack: Any, name: str | None = None,
+                  cluster: dict[str, str] | None = None) -> dict[str, Any]:
+    """The command job for `spec` on `stack` (ARM `properties` JSON), as data: no call, no credentials.
+
+    `cluster` describes the stack's AmlCompute cluster as ARM reports it (`vmSize`, `vmPriority`);
+    the job runs there when it matches the spec, else serverless. Without it (not looked up yet,
+    or absent) the job runs serverless.
+    """
+    name = name or job_name(spec, "0")
+    outputs = stack.outputs
+    ws = workspace_id(stack)
+    image = require_output(outputs.training_image, "training_image", stack,
+                           "export the training image URI (the Pulumi program pushes it to the stack's registry)")
+    size = vm_size(spec, stack)
+    count = instance_count(spec)
+    env = job_environment(spec, name, outputs.artifact_store, inline_spec=True)
+    env.update(STACKWISE_STACK=stack.name, STACKWISE_NNODES=str(count))
+    request: dict[str, Any] = {
+        "jobType": "Command",
+        "displayName": name,
+        "experimentName": f"stackwise-{stack.name}",
+        "description": f"stackwise {spec.kind} job on stack {stack.name}",
+        "command": " ".join(bootstrap_command()),
+        "environmentId": f"{ws}/environments/{ENVIRONMENT}/versions/{environment_version(image)}",
+        "environmentVariables": dict(sorted(env.items())),
+        "resources": {"instanceCount": count},
+        "limits": {"jobLimitsType": "Command", "timeout": _timeout(spec.compute.max_runtime_s)},
+        "tags": {"stackwise-job": name, "stackwise-stack": stack.name, "stackwise-kind": spec.kind,
+                 "stackwise-spec-digest": spec.digest(), "stackwise-strategy": strategy(spec),
+                 "stackwise-processes-per-node": str(processes_per_node(spec))},
+    }
+    low_priority = bool(spec.compute.spot)
+    on_cluster = bool(cluster) and str(cluster.get("vmSize", "")).lower() == size.lower() and (
+        (str(cluster.get("vmPriority", "")).lower() == "lowpriority") == low_priority)
+    if on_cluster:
+        request["computeId"] = f"{ws}/computes/{CLUSTER}"
+    else:
+        request["resources"]["instanceType"] = size
+        request["queueSettings"] = {"jobTier": "Spot" if low_priority else "Standard"}
+    if count > 1:
+        request["distribution"] = {"distributionType": "PyTorch", "processCountPerInstance": 1}
+    if outputs.job_role:
+        request["identity"] = {"identityType": "Managed", "resourceId": outputs.job_role}
+    return request
+
+
+def _ts(value: Any) -> float | None:
+    return value.timestamp() if isinstance(value, datetime) else None
+
+
+class AzureMLCompute(CloudCompute):
+    """Jobs as Azure ML command jobs; the handle id is the job name.
+
+    `arm_endpoint` (or `$STACKWISE_AZURE_ARM_ENDPOINT`) points MLClient at another Resource
+    Manager (a sovereign cloud, or the test server) through azure-ai-ml's custom cloud metadata.
+    """
+
+    cloud = "azure"
+    states = STATES
+    retry_after_cap_s = 30.0
+
+    def __init__(self, stack: Any, credential: Any = None, arm_endpoint: str | None = None):
+        super().__init__(stack)
+        self.workspace_id = workspace_id(stack)
+        outputs = stack.outputs
+        if not outputs.artifact_store.startswith("az://"):
+            raise ConfigError(f"stack {stack.name!r} is on Azure but its artifact store is {outputs.artifact_store!r}",
+                              where="stack outputs: artifact_store",
+                              fix="export an az:// artifact store (the Pulumi program does)")
+        ml = require("azure.ai.ml", "azure", "the Azure ML compute adapter")
+        self._ml = ml
+        self._core_exceptions = require("azure.core.exceptions", "azure")
+        if credential is None:
+            identity = require("azure.identity", "azure", "Azure credentials")
+            credential = identity.DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        kwargs: dict[str, Any] = {"enable_telemetry": False, "retry_total": 0, "show_progress": False}
+        endpoint = arm_endpoint or os.environ.get("STACKWISE_AZURE_ARM_ENDPOINT")
+        if endpoint:
+            base = endpoint.rstrip("/") + "/"
+            # azure-ai-ml refuses to redefine a cloud name, so the name carries the endpoint.
+            kwargs["cloud"] = "stackwise-" + hashlib.sha256(base.encode()).hexdigest()[:12]
+            kwargs["cloud_metadata"] = {"azure_portal": base, "resource_manager": base, "active_directory": base,
+                                        "aml_resource_id": base, "storage_endpoint": "core.windows.net",
+                                        "registry_discovery_endpoint": base}
+        self.client = ml.MLClient(credential, outputs.azure_subscription_id, outputs.azure_resource_group,
+                                  outputs.azure_workspace, **kwargs)
+        self._cluster: dict[str, str] | None = None
+        self._cluster_read = False
+        self._environments: set[str] = set()
+
+    # -- requests ------------------------------------------------------------------------------
+    def build(self, spec: Any, name: str) -> dict[str, Any]:
+        build_request(spec, self.stack, name)  # validates GPU, image and outputs before any call
+        return build_request(spec, self.stack, name, cluster=self.cluster())
+
+    def cluster(self) -> dict[str, str] | None:
+        """The stack's AmlCompute cluster (`vmSize`, `vmPriority`), read once; None when absent."""
+        if not self._cluster_read:
+            def read() -> dict[str, str] | None:
+                try:
+                    compute = self._call(f"get compute {CLUSTER}", self.client.compute.get, CLUSTER)
+                except JobNotFoundError:
+                    return None
+                return {"vmSize": str(getattr(compute, "size", "") or ""),
+                        "vmPriority": "LowPriority" if str(getattr(compute, "tier", "")).lower().replace("_", "")
+                        == "lowpriority" else "Dedicated"}
+
+            self._cluster = with_retries(read, self.retry, f"azure: read cluster {CLUSTER}")
+            self._cluster_read = True
+        return self._cluster
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One MLClient call; its errors become TransientError (retried) or a clear StackwiseError."""
+        exc = self._core_exceptions
+        outputs = self.stack.outputs
+        where = f"workspace {outputs.azure_workspace} (resource group {outputs.azure_resource_group})"
+        try:
+            return fn(*args, **kwargs)
+        except exc.ClientAuthenticationError as error:
+            raise CredentialsError(f"no usable Azure credentials for {what}: {_first_line(error)}", where=where,
+                                   fix=CREDENTIALS_FIX) from None
+        except exc.ResourceNotFoundError:
+            raise JobNotFoundError(f"not found: {what}", where=where,
+                                   fix=f"list jobs with `stackwise jobs list --stack {self.stack.name}`") from None
+        except exc.ResourceExistsError as error:
+            raise CloudError(f"Conflict: {what}: {_message(error)}", where=where,
+                             fix="the resource exists already") from None
+        except exc.HttpResponseError as error:
+            status = int(getattr(error, "status_code", 0) or 0)
+            code, message = _code(error), _message(error)
+            if status == 429 and "quota" not in message.lower():
+                self._honour_retry_after(error)
+                raise TransientError(f"{what}: throttled ({code}) {message}") from None
+            if status >= 500:
+                raise TransientError(f"{what}: {status} {code} {message}") from None
+            if status in (401, 403):
+                raise CredentialsError(f"Azure refused {what}: {code} {message}", where=where,
+                                       fix="check `az login` / the service principal, and that it holds the "
+                                       "AzureML Data Scientist role on the workspace") from None
+            if "quota" in (code + message).lower():
+                raise QuotaError(f"Azure ML quota exceeded for {what}: {message}", where=f"{where}, {self.stack.region}",
+                                 fix="request more quota (Azure portal > Quotas > Machine learning: the VM family "
+                                 "named above, dedicated or low priority cores), or choose a smaller GPU/count") from None
+            if "vmsize" in (code + message).lower().replace(" ", "") or "vm size" in message.lower():
+                raise CloudError(f"Azure ML does not offer the requested VM size here: {message}",
+                                 where=f"region {self.stack.region}",
+                                 fix="choose a GPU the region offers (see `stackwise plan`), or a stack in another "
+                                 "region") from None
+            raise CloudError(f"Azure ML refused {what}: {status} {code} {message}", where=where,
+                             fix="correct the request or the stack outputs") from None
+        except exc.ServiceRequestError as error:  # connection refused or reset: retry
+            raise TransientError(f"{what}: {error}") from None
+
+    def _honour_retry_after(self, error: Any) -> None:
+        response = getattr(error, "response", None)
+        value = response.headers.get("Retry-After") if response is not None else None
+        try:
+            delay = min(float(value), self.retry_after_cap_s) if value else 0.0
+        except ValueError:
+            delay = 0.0
+        if delay > 0:
+            time.sleep(delay)
+
+    # -- the cloud calls -----------------------------------------------------------------------
+    def _prepare(self, spec: Any, name: str) -> None:
+        """Register the training image as environment `stackwise-train` (once per image)."""
+        image = self.stack.outputs.training_image
+        version = environment_version(image)
+        if version in self._environments:
+            return
+        environment = self._ml.entities.Environment(name=ENVIRONMENT, version=version, image=image,
+                                                    description="stackwise training image")
+
+        def register() -> None:
+            try:
+                self._call(f"get environment {ENVIRONMENT}:{version}", self.client.environments.get,
+                           name=ENVIRONMENT, version=version)
+            except JobNotFoundError:
+                self._call(f"register environment {ENVIRONMENT}:{version}", self.client.environments.create_or_update,
+                           environment)
+
+        with_retries(register, self.retry, f"azure: register environment {ENVIRONMENT}")
+        self._environments.add(version)
+
+    def _entity(self, request: dict[str, Any], name: str) -> Any:
+        """The azure-ai-ml CommandJob for a request (the SDK turns it back into the same JSON)."""
+        ml, entities = self._ml, self._ml.entities
+        kwargs: dict[str, Any] = {
+            "name": name, "display_name": request["displayName"], "experiment_name": request["experimentName"],
+            "description": request["description"], "command": request["command"],
+            "environment": request["environmentId"], "environment_variables": request["environmentVariables"],
+            "tags": request["tags"], "timeout": _seconds(request["limits"]["timeout"]),
+        }
+        resources = request["resources"]
+        kwargs["instance_count"] = resources["instanceCount"]
+        if "instanceType" in resources:
+            kwargs["instance_type"] = resources["instanceType"]
+        if "computeId" in request:
+            kwargs["compute"] = request["computeId"].rsplit("/", 1)[1]
+        if "queueSettings" in request:
+            kwargs["queue_settings"] = entities.QueueSettings(job_tier=request["queueSettings"]["jobTier"])
+        if "distribution" in request:
+            kwargs["distribution"] = ml.PyTorchDistribution(
+                process_count_per_instance=request["distribution"]["processCountPerInstance"])
+        if "identity" in request:
+            kwargs["identity"] = entities.ManagedIdentityConfiguration(resource_id=request["identity"]["resourceId"])
+        return ml.command(**kwargs)
+
+    def _create(self, request: dict[str, Any], name: str) -> str:
+        try:
+            self._call(f"create job {name}", self.client.jobs.create_or_update, self._entity(request, name))
+        except CloudError as exc:
+            if exc.what.startswith("Conflict"):
+                return name  # the name is ours (digest + client token): a retried PUT found our job
+            raise
+        return name
+
+    def _find(self, name: str) -> str | None:
+        try:
+            self._call(f"get job {name}", self.client.jobs.get, name)
+        except JobNotFoundError:
+            return None
+        return name
+
+    def _describe(self, job_id: str) -> JobInfo:
+        try:
+            job = self._call(f"get job {job_id}", self.client.jobs.get, job_id)
+        except JobNotFoundError:
+            raise JobNotFoundError(f"no Azure ML job {job_id!r}", where=self.workspace_id,
+                                   fix=f"list jobs with `stackwise jobs list --stack {self.stack.name}`") from None
+        return self._to_info(job)
+
+    def _to_info(self, job: Any) -> JobInfo:
+        name = job.name
+        status = str(getattr(job.status, "value", job.status) or "NotStarted")  # an enum or a str
+        state = self.map_state(status)
+        env = dict(getattr(job, "environment_variables", None) or {})
+        spec = decode_spec(env[ENV_SPEC]) if env.get(ENV_SPEC) else {}
+        tags = dict(job.tags or {})
+        context = getattr(job, "creation_context", None)
+        created = _ts(getattr(context, "created_at", None)) or 0.0
+        modified = _ts(getattr(context, "last_modified_at", None))
+        error = None
+        if state is JobState.FAILED:
+            # Command jobs carry no failure reason in ARM; the run's logs and error.json hold it.
+            folder = job_uri(self.stack.outputs.artifact_store, name)
+            error = f"Azure ML job {status}: see `stackwise jobs logs {name}` and {folder}/error.json"
+        elif state is JobState.CANCELLED:
+            error = "cancelled"
+        return JobInfo(
+            id=name,
+            kind=spec.get("kind") or tags.get("stackwise-kind", ""),
+            stack=self.stack.name,
+            state=state,
+            created_at=created,
+            started_at=None,
+            ended_at=(modified or time.time()) if state.terminal else None,
+            error=error,
+            outputs=self.outputs_for(spec or {"kind": tags.get("stackwise-kind")}, name, state,
+                                     {"azureml_job": f"{self.workspace_id}/jobs/{name}"}),
+            spec=spec,
+            log_path=f"azureml:{self.workspace_id}/jobs/{name}",
+        )
+
+    def _list(self, limit: int) -> list[JobInfo]:
+        jobs: list[JobInfo] = []
+        for job in self._call("list jobs", self.client.jobs.list):
+            if (job.tags or {}).get("stackwise-stack") != self.stack.name:
+                continue
+            jobs.append(self._to_info(job))
+            if len(jobs) >= limit:
+                break
+        return jobs
+
+    def _log_lines(self, job_id: str, cursor: Any) -> tuple[list[str], Any]:
+        """The run's `user_logs/*` files, read the way `MLClient.jobs.stream` reads them: run history's
+        run details list the log files as SAS URLs. Only whole lines are returned; the cursor keeps
+        how many characters of each file were consumed."""
+        from azure.ai.ml._utils.utils import download_text_from_url  # what jobs.stream uses
+
+        consumed: dict[str, int] = dict(cursor or {})
+        runs = self.client.jobs._runs_operations  # run history client (no public accessor)
+        try:
+            details = self._call(f"get run details {job_id}", runs.get_run_details, job_id)
+        except JobNotFoundError:
+            return [], consumed  # no run yet: the job is still being scheduled
+        files = {k: v for k, v in (getattr(details, "log_files", None) or {}).items() if k.startswith("user_logs/")}
+        lines: list[str] = []
+        for file in sorted(files):
+            text = self._call(f"read log {file}", download_text_from_url, files[file],
+                              self.client.jobs._requests_pipeline)
+            start = consumed.get(file, 0)
+            end = text.rfind("\n") + 1
+            if end <= start:
+                continue
+            consumed[file] = end
+            prefix = f"[{file.removeprefix('user_logs/').removesuffix('.txt')}] " if len(files) > 1 else ""
+            lines += [prefix + line for line in text[start:end].splitlines()]
+        return lines, consumed
+
+    def _stop(self, job_id: str) -> None:
+        try:
+            poller = self._call(f"cancel job {job_id}", self.client.jobs.begin_cancel, job_id)
+            self._call(f"cancel job {job_id}", poller.result)
+        except CloudError as exc:
+            if "ended" in exc.what.lower() or "terminal" in exc.what.lower():
+                return  # it ended meanwhile: cancel leaves an ended job as it is
+            raise
+
+
+def _seconds(duration: str) -> int:
+    import re
+
+    match = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?", duration)
+    if not match:
+        raise ValueError(f"not an ISO 8601 duration: {duration}")
+    hours, minutes, secs = (int(v or 0) for v in match.groups())
+    return hours * 3600 + minutes * 60 + secs
+
+
+def _first_line(error: Any) -> str:
+    return str(getattr(error, "message", None) or error).strip().splitlines()[0][:300]
+
+
+def _code(error: Any) -> str:
+    inner = getattr(error, "error", None)
+    return str(getattr(inner, "code", None) or getattr(error, "reason", "") or "")
+
+
+def _message(error: Any) -> str:
+    inner = getattr(error, "error", None)
+    return str(getattr(inner, "message", None) or _first_line(error))

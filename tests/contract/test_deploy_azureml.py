@@ -1,0 +1,162 @@
+"""The Azure ML deploy adapter against the local ARM server (tests/emulators/azureml_server.py),
+through `MLClient.online_endpoints` / `online_deployments`, signed in like the compute tests.
+
+Verified: one managed online deployment per version (serving image with its routes as an
+environment, the catalog's VM size, min replicas, tags, the artifact URI in its environment), the
+endpoint's traffic map as one update (a weights-only change creates and touches no deployment),
+deployments stackwise did not make left at 0% and never deleted, begin_delete, idempotent
+redeploys and refused splits. Not verified: a deployment serving requests (no Azure runs here).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
+
+pytest.importorskip("azure.ai.ml", reason="install stackwise[azure]")
+pytest.importorskip("cryptography", reason="install stackwise[azure]")
+
+from azureml_server import AzureMLServer  # noqa: E402
+from cloud_fixtures import OUTPUTS, azure_cli_login  # noqa: E402
+
+from stackwise.deploy import DeployTarget  # noqa: E402
+from stackwise.testing.deploy import DeployContract, DeployDriver  # noqa: E402
+
+IMAGE = "swdevimages.azurecr.io/serve:latest"
+ENDPOINT = "sw-dev-chat"
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = AzureMLServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def azure(server, tmp_path, monkeypatch):
+    server.reset()
+    server.add_endpoint(ENDPOINT)
+    azure_cli_login(server, tmp_path, monkeypatch)
+    return server
+
+
+def connect(tmp_path, monkeypatch, endpoints=None):
+    import stackwise
+
+    endpoints = [{"name": ENDPOINT, "serving_image": IMAGE, "gpu": "T4", "min_replicas": 1}] if endpoints is None \
+        else endpoints
+    path = tmp_path / "dev-azure-outputs.json"
+    path.write_text(json.dumps({**OUTPUTS["dev-azure"], "endpoints": endpoints}))
+    monkeypatch.setenv("STACKWISE_OUTPUTS", str(path))
+    monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
+    monkeypatch.delenv("STACKWISE_STACK", raising=False)
+    platform = stackwise.connect("dev-azure")
+    compute = platform.deployer.compute
+    compute.retry = type(compute.retry)(attempts=3, base_s=0.01, max_s=0.05)
+    return platform
+
+
+def target(version: int) -> DeployTarget:
+    return DeployTarget(model="chat", version=str(version), artifact_uri=f"az://artifacts/mlflow/chat-{version}/model",
+                        base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+def _deployment_puts(server):
+    return [(p, b) for m, p, b in server.requests if m == "PUT" and "/deployments/" in p]
+
+
+class AzureDeployDriver(DeployDriver):
+    def __init__(self, server, tmp_path, monkeypatch):
+        self.server, self.tmp_path, self.monkeypatch = server, tmp_path, monkeypatch
+
+    def backend(self):
+        return connect(self.tmp_path, self.monkeypatch).deployer
+
+    def backend_without_endpoint(self):
+        bare = self.tmp_path / "bare"
+        bare.mkdir(exist_ok=True)
+        return connect(bare, self.monkeypatch, endpoints=[]).deployer
+
+    def target(self, version):
+        return target(version)
+
+    def created(self):
+        return len(_deployment_puts(self.server))
+
+
+class TestAzureDeployContract(DeployContract):
+    @pytest.fixture
+    def driver(self, azure, tmp_path, monkeypatch):
+        return AzureDeployDriver(azure, tmp_path, monkeypatch)
+
+
+def test_deployment_requests(azure, tmp_path, monkeypatch):
+    from stackwise import catalog
+
+    deployer = connect(tmp_path, monkeypatch).deployer
+    deployer.deploy([target(1)], {"chat:1": 100})
+    dep = deployer.deploy([target(2)], {"chat:1": 90, "chat:2": 10})
+    puts = _deployment_puts(azure)
+    assert [p.rsplit("/", 1)[1] for p, _ in puts] == ["chat-v1", "chat-v2"]
+    body = puts[1][1]
+    props = body["properties"]
+    assert props["instanceType"] == catalog.offer("T4", "azure", 1).instance == "Standard_NC4as_T4_v3"
+    assert body["sku"]["capacity"] == 1
+    assert props["environmentVariables"]["STACKWISE_MODEL_URI"] == "az://artifacts/mlflow/chat-2/model"
+    assert props["environmentVariables"]["STACKWISE_BASE_MODEL"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert body["tags"]["stackwise-model"] == "chat" and body["tags"]["stackwise-version"] == "2"
+    env_id = props["environmentId"]
+    (env,) = [b for m, p, b in azure.requests if m == "PUT" and p == env_id.split("azureml:")[-1]][:1]
+    assert env["properties"]["image"] == IMAGE
+    assert env["properties"]["inferenceConfig"]["scoringRoute"] == {"port": 8080, "path": "/v1/completions"}
+    assert azure.endpoints[ENDPOINT]["properties"]["traffic"] == {"chat-v1": 90, "chat-v2": 10}
+    assert dep.traffic == {"chat:1": 90, "chat:2": 10} and dep.state == "ready"
+
+
+def test_a_traffic_only_change_is_one_endpoint_update(azure, tmp_path, monkeypatch):
+    deployer = connect(tmp_path, monkeypatch).deployer
+    deployer.deploy([target(1), target(2)], {"chat:1": 50, "chat:2": 50})
+    before = len(azure.requests)
+    dep = deployer.deploy([target(1)], {"chat:1": 25, "chat:2": 75})
+    writes = [(m, p, b) for m, p, b in azure.requests[before:] if m != "GET"]
+    assert [(m, p.rsplit("/", 2)[-2:]) for m, p, _ in writes] == [("PUT", ["onlineEndpoints", ENDPOINT])]
+    assert writes[0][2]["properties"]["traffic"] == {"chat-v1": 25, "chat-v2": 75}
+    assert dep.traffic == {"chat:1": 25, "chat:2": 75}
+
+
+def test_a_deployment_stackwise_did_not_make_is_left_at_zero(azure, tmp_path, monkeypatch):
+    primary = azure.endpoints[ENDPOINT]["id"] + "/deployments/primary"  # as the Pulumi program makes it
+    azure.deployments[ENDPOINT]["primary"] = {"id": primary, "name": "primary", "tags": {}, "properties": {
+        "endpointComputeType": "Managed", "instanceType": "Standard_NC4as_T4_v3", "provisioningState": "Succeeded",
+        "properties": {}, "scaleSettings": {"scaleType": "Default"}},
+        "sku": {"name": "Default", "capacity": 1}}
+    azure.endpoints[ENDPOINT]["properties"]["traffic"] = {"primary": 100}
+    deployer = connect(tmp_path, monkeypatch).deployer
+    assert deployer.describe().state == "absent"
+    dep = deployer.deploy([target(1)], {"chat:1": 100})
+    traffic = azure.endpoints[ENDPOINT]["properties"]["traffic"]
+    assert traffic.get("primary", 0) == 0 and traffic["chat-v1"] == 100
+    assert dep.traffic == {"chat:1": 100} and "primary" in azure.deployments[ENDPOINT]
+
+
+def test_an_endpoint_missing_on_azure_says_to_run_pulumi_up(azure, tmp_path, monkeypatch):
+    from stackwise.errors import ConfigError
+
+    azure.endpoints.clear()
+    with pytest.raises(ConfigError, match="pulumi up"):
+        connect(tmp_path, monkeypatch).deployer.describe()
+
+
+def test_a_version_outside_the_artifact_store_is_refused(azure, tmp_path, monkeypatch):
+    from stackwise.errors import SpecError
+
+    deployer = connect(tmp_path, monkeypatch).deployer
+    with pytest.raises(SpecError, match="Azure endpoint cannot read"):
+        deployer.deploy([DeployTarget(model="chat", version="5", artifact_uri="s3://elsewhere/chat")], {"chat:5": 100})
+    assert _deployment_puts(azure) == []
