@@ -61,3 +61,39 @@ def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield uri
     finally:
         server.stop()
+
+
+# Weaviate: a local server speaking its REST + gRPC API (tests/servers/weaviate_server.py).
+WEAVIATE_TEST_KEY = "wv_TESTKEY_n3v3rl34k_41c7e2"
+
+
+@pytest.fixture(scope="session")
+def weaviate_server() -> Iterator["object"]:
+    pytest.importorskip("weaviate", reason="install stackwise[weaviate]")
+    from weaviate_server import WeaviateServer
+
+    server = WeaviateServer(api_key=WEAVIATE_TEST_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def weaviate(weaviate_server, monkeypatch: pytest.MonkeyPatch):
+    """The session's Weaviate server, emptied, with the test key in $WEAVIATE_TEST_KEY."""
+    weaviate_server.reset()
+    monkeypatch.setenv("WEAVIATE_TEST_KEY", WEAVIATE_TEST_KEY)
+    monkeypatch.delenv("WEAVIATE_API_KEY", raising=False)
+    yield weaviate_server
+    weaviate_server.reset()
+
+
+def write_lee_corpus(folder: Path, articles: int) -> Path:
+    """`articles` news articles of gensim's Lee corpus as text files in `folder` (the corpus the
+    hosted-store CLI tests index into each store)."""
+    gensim = pytest.importorskip("gensim", reason="install stackwise[local]")
+    corpus = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+    lines = [x.strip() for x in corpus.read_text(encoding="latin-1").splitlines() if x.strip()][:articles]
+    folder.mkdir(parents=True, exist_ok=True)
+    for number, text in enumerate(lines):
+        (folder / f"lee-{number:03d}.txt").write_text(text + "\n", encoding="utf-8")
+    return folder

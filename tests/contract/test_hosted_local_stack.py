@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stackwise.errors import ConfigError, MissingDependencyError
+from stackwise.errors import ConfigError
 from stackwise.stack import load_stack
 
 
@@ -47,9 +47,13 @@ def test_bad_hosted_store_config_is_explained(tmp_path, monkeypatch, vector_stor
     assert "the-key-itself" not in str(caught.value)
 
 
-def test_an_unsupported_store_names_what_is_available(tmp_path, monkeypatch):
-    _project(tmp_path, "    kind: weaviate\n    host: http://127.0.0.1:1\n", monkeypatch)
-    from stackwise.vectors import open_store
+def test_every_store_kind_of_the_contract_has_an_adapter_and_others_are_named():
+    import typing
 
-    with pytest.raises((ConfigError, MissingDependencyError)):
-        open_store(load_stack("hosted").outputs.vector_store)
+    from stackwise.contract import VectorStoreOutput
+    from stackwise.registry import VECTOR_STORES, load
+
+    kinds = set(typing.get_args(VectorStoreOutput.model_fields["kind"].annotation))
+    assert kinds == set(VECTOR_STORES)
+    with pytest.raises(ConfigError, match="embedded, milvus, pinecone, weaviate"):
+        load(VECTOR_STORES, "qdrant", "vector store")
