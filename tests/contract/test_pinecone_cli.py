@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("pinecone", reason="install stackwise[pinecone]")
-gensim = pytest.importorskip("gensim", reason="install stackwise[local]")
+pytest.importorskip("gensim", reason="install stackwise[local]")
 
-from conftest import PINECONE_TEST_KEY  # noqa: E402
+from conftest import PINECONE_TEST_KEY, write_lee_corpus  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +49,7 @@ def project(tmp_path_factory, pinecone384) -> Path:
     (stacks / "Pulumi.pc.yaml").write_text(
         "config:\n  stackwise:cloud: local\n  stackwise:vectorStore:\n    kind: pinecone\n"
         f"    host: {pinecone384.url}\n    apiKeySecret: env://PINECONE_TEST_KEY\n")
-    corpus = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
-    lines = [x.strip() for x in corpus.read_text(encoding="latin-1").splitlines() if x.strip()][:ARTICLES]
-    docs = root / "docs"
-    docs.mkdir()
-    for number, text in enumerate(lines):
-        (docs / f"lee-{number:03d}.txt").write_text(text + "\n", encoding="utf-8")
+    write_lee_corpus(root / "docs", ARTICLES)
     return root
 
 
