@@ -179,6 +179,7 @@ def index(
     chunk_size: Annotated[int, typer.Option(help="Chunk size in characters.")] = 1000,
     chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 150,
     model: Annotated[Optional[str], typer.Option(help="Embedding model (default: the stack's).")] = None,
+    workers: Annotated[int, typer.Option(min=1, max=256, help="Parallel workers (local processes, cloud instances), each indexing one shard of the documents.")] = 1,
     from_stack: Annotated[Optional[str], typer.Option("--from-stack", help="With SOURCE 'copy': the stack to copy the index from.")] = None,
     to_stack: Annotated[Optional[str], typer.Option("--to-stack", help="With SOURCE 'copy': the stack to copy the index to.")] = None,
     to_index: Annotated[Optional[str], typer.Option("--to-index", help="With SOURCE 'copy': the target index name (default: --index).")] = None,
@@ -205,7 +206,7 @@ def index(
     platform = _platform(stack)
     try:
         spec = IndexSpec(
-            source=source, index=index_name, prune=prune,
+            source=source, index=index_name, prune=prune, workers=workers,
             chunking={"size": chunk_size, "overlap": chunk_overlap},
             embedding={"model": model or platform.stack.outputs.embedding_model},
         )
@@ -257,14 +258,21 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for, in plain words.")],
     index_name: Annotated[str, typer.Option("--index", "-i", help="Index name.")],
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="How many results.")] = 5,
-    filters: Annotated[Optional[list[str]], typer.Option("--filter", "-f", help="key=value (or key=a,b); repeatable.")] = None,
+    filters: Annotated[Optional[list[str]], typer.Option(
+        "--filter", "-f", help="key=value, key=a,b (any of), key!=v, key>v, key>=v, key<v, key<=v; repeatable, ANDed.")] = None,
+    where_json: Annotated[Optional[str], typer.Option(
+        "--where-json", help='The full portable filter as JSON, e.g. \'{"$or": [{"lang": "en"}, {"year": {"$gte": 2020}}]}\'; ANDed with --filter.')] = None,
     stack: StackOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Semantic search over an index of the active stack."""
+    from .filters import parse_filter_json
     from .vectors import parse_filter_args
 
     flt = parse_filter_args(filters or [])
+    if where_json is not None:
+        where = parse_filter_json(where_json, where="--where-json")
+        flt = {"$and": [flt, where]} if flt else where
     hits = _platform(stack).search(index_name, query, k=k, filter=flt or None)
     if as_json:
         _print_json([{"id": h.id, "score": round(h.score, 6), "doc_id": h.doc_id, "chunk": h.chunk,
@@ -600,6 +608,63 @@ def models_alias(name: str, version: str, alias: str, stack: StackOpt = None) ->
     _console().print(f"{name}@{alias} -> version {version}", markup=False)
 
 
+# -- deploy ------------------------------------------------------------------------------------
+def _print_deployment(dep: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table("version", "traffic", "state", "variant", "artifact",
+                  title=f"endpoint {dep['endpoint']} ({dep['cloud']}): {dep['state']}" + (f"  {dep['url']}" if dep["url"] else ""))
+    for v in dep["variants"]:
+        table.add_row(f"{v['model']}:{v['version']}", f"{v['traffic']}%", v["state"], v["name"] or "-", v["artifact_uri"] or "-")
+    _console().print(table)
+
+
+@app.command()
+def deploy(
+    model_ref: Annotated[str, typer.Argument(help="Registered version: NAME:VERSION or NAME@ALIAS (e.g. chat@champion).")],
+    traffic: Annotated[Optional[list[str]], typer.Option("--traffic", "-t", help="REF=PERCENT, repeatable (chat:2=90 --traffic chat:3=10); default: 100 to MODEL_REF.")] = None,
+    endpoint: Annotated[Optional[str], typer.Option("--endpoint", "-e", help="Endpoint name (default: the stack's first).")] = None,
+    stack: StackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Roll a registered model version onto the stack's endpoint, with a traffic split for A/B."""
+    from .deploy import parse_traffic_items
+
+    split = parse_traffic_items(traffic)
+    result = _platform(stack).deploy(model_ref, traffic=split, endpoint=endpoint).as_dict()
+    if as_json:
+        _print_json(result)
+    else:
+        _print_deployment(result)
+
+
+@app.command()
+def endpoints(
+    endpoint: Annotated[Optional[str], typer.Option("--endpoint", "-e", help="Endpoint name (default: the stack's first).")] = None,
+    stack: StackOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the stack's endpoint: the model versions it serves and their traffic."""
+    result = _platform(stack).endpoint(endpoint).as_dict()
+    if as_json:
+        _print_json(result)
+    else:
+        _print_deployment(result)
+
+
+@app.command()
+def serve(
+    port: Annotated[int, typer.Option("--port", "-p", help="TCP port on 127.0.0.1.")] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    endpoint: Annotated[Optional[str], typer.Option("--endpoint", "-e", help="Local endpoint name.")] = None,
+    stack: StackOpt = None,
+) -> None:
+    """Serve the local stack's deployed versions over HTTP (/v1/completions), split by their traffic."""
+    from .serving import serve as run_server
+
+    run_server(_platform(stack).stack, host=host, port=port, endpoint=endpoint)
+
+
 # -- jobs --------------------------------------------------------------------------------------
 def _fmt_time(ts: float | None) -> str:
     import time
@@ -693,6 +758,12 @@ def plan(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
     Runs the Pulumi program under mocks: no Pulumi CLI, no credentials. Exits 3 when the
     estimate exceeds the stack's monthlyBudgetUsd.
     """
+    import os
+
+    # Pydantic's plugin discovery scans every installed distribution's entry points (0.1-0.2 s of
+    # a command meant to answer in under 3 s); plan validates only its own config and contract.
+    # An explicit PYDANTIC_DISABLE_PLUGINS setting wins.
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from .errors import ConfigError
     from .registry import require
     from .stack import load_stack

@@ -47,6 +47,12 @@ class EndpointOutput(_Strict):
 
     name: str
     url: str | None = None
+    # What `stackwise deploy` needs to add model versions (infra exports them; optional, so outputs
+    # synced before they existed stay valid).
+    serving_image: str | None = Field(None, description="Serving container image for deployed versions.")
+    gpu: str | None = Field(None, description="Portable GPU name of each replica (default: the stack's default_gpu).")
+    gpu_count: int = Field(1, ge=1, description="GPUs per replica.")
+    min_replicas: int = Field(1, ge=1, description="Replicas each deployed version starts with.")
 
 
 class StackOutputs(_Strict):

@@ -13,6 +13,7 @@ from .stack import Stack, load_stack
 from .vectors import Filter, Hit, IndexInfo, VectorStore, check_filter
 
 if TYPE_CHECKING:
+    from .deploy import DeployBackend, Deployment
     from .model_registry import Registry
     from .specs import EvaluateSpec
 
@@ -93,12 +94,43 @@ class Platform:
 
         return Registry(self.stack)
 
+    @property
+    def deployer(self) -> "DeployBackend":
+        """The stack's inference endpoint backend (sdk/deploy.py), loaded on first use."""
+        if getattr(self, "_deployer", None) is None:
+            from .registry import DEPLOY, load
+
+            self._deployer = load(DEPLOY, self.stack.cloud, "deploy")(self.stack)
+        return self._deployer
+
+    def deploy(self, model_ref: str, traffic: dict[str, int] | None = None,
+               endpoint: str | None = None) -> "Deployment":
+        """Roll a registered version (`chat@champion`, `chat:3`) onto the stack's endpoint.
+
+        Default traffic: 100% to that version. `traffic={"chat:2": 90, "chat:3": 10}` splits it
+        across versions on the endpoint (or being deployed); versions left out get 0%. Idempotent:
+        a version already on the endpoint is not deployed again, only its weight changes."""
+        from .deploy import resolve_target, resolve_traffic
+
+        registry = self.models
+        target = resolve_target(registry, model_ref)
+        split = {target.key: 100} if traffic is None else resolve_traffic(registry, traffic)
+        return self.deployer.deploy([target], split, endpoint)
+
+    def endpoint(self, endpoint: str | None = None) -> "Deployment":
+        """The stack's endpoint and the versions it serves, with their traffic."""
+        return self.deployer.describe(endpoint)
+
     def indexes(self) -> list[IndexInfo]:
         store = self.vector_store
         return [store.describe(name) for name in store.list_indexes()]
 
     def search(self, index: str, query: str, k: int = 10, filter: Filter | None = None) -> list[Hit]:
-        """Embed `query` with the index's own model and return the `k` nearest chunks."""
+        """Embed `query` with the index's own model and return the `k` nearest chunks.
+
+        `filter` is the portable filter (`stackwise.filters`), applied before ranking, e.g.
+        `{"lang": "en", "year": {"$gte": 2019, "$lt": 2023}}` or `{"$or": [...]}`; a bad one
+        raises SpecError before the model is loaded."""
         from .embeddings import load_embedder
 
         check_filter(filter)

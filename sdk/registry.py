@@ -28,12 +28,22 @@ COMPUTE: dict[str, AdapterRef] = {
     "local": AdapterRef("stackwise.adapters.compute.local:LocalCompute", "local"),
     "aws": AdapterRef("stackwise.adapters.compute.sagemaker:SageMakerCompute", "aws"),
     "gcp": AdapterRef("stackwise.adapters.compute.vertex:VertexCompute", "gcp"),
+    "azure": AdapterRef("stackwise.adapters.compute.azureml:AzureMLCompute", "azure"),
+}
+
+# Inference endpoints (sdk/deploy.py): one DeployBackend per cloud.
+DEPLOY: dict[str, AdapterRef] = {
+    "local": AdapterRef("stackwise.serving:LocalDeploy", "serve"),
+    "aws": AdapterRef("stackwise.adapters.deploy.sagemaker:SageMakerDeploy", "aws"),
+    "gcp": AdapterRef("stackwise.adapters.deploy.vertex:VertexDeploy", "gcp"),
+    "azure": AdapterRef("stackwise.adapters.deploy.azureml:AzureMLDeploy", "azure"),
 }
 
 VECTOR_STORES: dict[str, AdapterRef] = {
     "embedded": AdapterRef("stackwise.adapters.vectors.embedded:EmbeddedStore", "local"),
     "pinecone": AdapterRef("stackwise.adapters.vectors.pinecone:PineconeStore", "pinecone"),
     "milvus": AdapterRef("stackwise.adapters.vectors.milvus:MilvusStore", "milvus"),
+    "weaviate": AdapterRef("stackwise.adapters.vectors.weaviate:WeaviateStore", "weaviate"),
 }
 
 

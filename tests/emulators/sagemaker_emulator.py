@@ -8,6 +8,13 @@ Real HTTP, real boto3 (S3, SageMaker, CloudWatch Logs, STS). Patches, all in thi
 - faults on demand: the next N CreateTrainingJob calls answer `ThrottlingException`, or create
   the job and then answer `InternalFailure` (the answer lost after the job was made), or
   `ResourceLimitExceeded`, or the ValidationException SageMaker gives for an unknown instance type.
+Endpoint patches (deploy):
+- endpoint configs accept the GPU instance types SageMaker hosts on (moto's list lacks ml.g5/g6/p4/p5);
+- `CreateModel`, `CreateEndpointConfig` and `CreateEndpoint` with a name in use answer
+  ValidationException "Cannot create already existing ...", as SageMaker does (moto overwrites);
+- `UpdateEndpoint` exists: the endpoint moves to the new config `Updating`, then `InService` a
+  moment later; `UpdateEndpointWeightsAndCapacities` on an endpoint not InService is refused;
+- a variant created with weight 0 keeps it (moto drops falsy weights).
 """
 
 from __future__ import annotations
@@ -46,6 +53,10 @@ class SageMakerEmulator:
         self.faults.clear()
         self.create_calls = 0
         self.backend.training_jobs.clear()
+        self.backend.endpoints.clear()
+        self.backend.endpoint_configs.clear()
+        self.backend._models.clear()
+        self.update_delay = 0.2
 
     @property
     def backend(self) -> Any:
@@ -153,6 +164,69 @@ class SageMakerEmulator:
             threading.Timer(0.2, lambda: emulator.move(name, "Stopped")).start()
             return ActionResult({})
 
+        self.update_delay = 0.2
+        gpu_types = {"ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge", "ml.g5.8xlarge", "ml.g5.12xlarge",
+                     "ml.g5.24xlarge", "ml.g5.48xlarge", "ml.g6.xlarge", "ml.g6.2xlarge", "ml.g6.12xlarge",
+                     "ml.g6.48xlarge", "ml.p4d.24xlarge", "ml.p4de.24xlarge", "ml.p5.48xlarge"}
+        original_validate = models.FakeEndpointConfig.validate_instance_type
+
+        def validate_instance_type(config: Any, instance_type: str) -> None:
+            if instance_type not in gpu_types:
+                original_validate(config, instance_type)
+
+        original_variants = models.FakeEndpoint._process_production_variants
+
+        def process_variants(endpoint: Any, variants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            out = original_variants(endpoint, variants)
+            for done, given in zip(out, variants):
+                if "InitialVariantWeight" in given:
+                    done["CurrentWeight"] = done["DesiredWeight"] = float(given["InitialVariantWeight"])
+            return out
+
+        def refuse_existing(kind: str, table: str, param: str, original: Any) -> Any:
+            def create(response: Any) -> Any:
+                name = response._get_param(param)
+                if name in getattr(response.sagemaker_backend, table):
+                    raise ValidationError(f"Cannot create already existing {kind} \"{name}\".")
+                return original(response)
+            return create
+
+        def update_endpoint(response: Any) -> Any:
+            backend = response.sagemaker_backend
+            name, config_name = response._get_param("EndpointName"), response._get_param("EndpointConfigName")
+            endpoint = backend.endpoints.get(name)
+            if endpoint is None:
+                raise ValidationError(f"Could not find endpoint \"{name}\".")
+            if endpoint.endpoint_status != "InService":
+                raise ValidationError(f"Cannot update in-progress endpoint \"{name}\".")
+            config = backend.describe_endpoint_config(config_name)
+            endpoint.endpoint_config_name = config_name
+            endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+            endpoint.endpoint_status = "Updating"
+            endpoint.last_modified_time = datetime.now(timezone.utc)
+
+            def done() -> None:
+                endpoint.endpoint_status = "InService"
+            threading.Timer(emulator.update_delay, done).start()
+            return ActionResult({"EndpointArn": endpoint.arn})
+
+        original_weights = responses.SageMakerResponse.update_endpoint_weights_and_capacities
+
+        def update_weights(response: Any) -> Any:
+            endpoint = response.sagemaker_backend.endpoints.get(response._get_param("EndpointName"))
+            if endpoint is not None and endpoint.endpoint_status != "InService":
+                raise ValidationError(f"Cannot update in-progress endpoint \"{endpoint.endpoint_name}\".")
+            return original_weights(response)
+
+        models.FakeEndpointConfig.validate_instance_type = validate_instance_type  # type: ignore[method-assign]
+        models.FakeEndpoint._process_production_variants = process_variants  # type: ignore[method-assign]
+        R = responses.SageMakerResponse
+        R.create_model = refuse_existing("model", "_models", "ModelName", R.create_model)  # type: ignore[method-assign]
+        R.create_endpoint_config = refuse_existing("endpoint configuration", "endpoint_configs",  # type: ignore[method-assign]
+                                                   "EndpointConfigName", R.create_endpoint_config)
+        R.create_endpoint = refuse_existing("endpoint", "endpoints", "EndpointName", R.create_endpoint)  # type: ignore[method-assign]
+        R.update_endpoint = update_endpoint  # type: ignore[attr-defined]
+        R.update_endpoint_weights_and_capacities = update_weights  # type: ignore[method-assign]
         models.FakeTrainingJob.__init__ = init  # type: ignore[method-assign]
         responses.SageMakerResponse.create_training_job = create  # type: ignore[method-assign]
         responses.SageMakerResponse.stop_training_job = stop  # type: ignore[attr-defined]

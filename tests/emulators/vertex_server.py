@@ -1,6 +1,12 @@
 """A small local server speaking Vertex AI v1 REST for CustomJobs, as `aiplatform_v1`'s REST
 transport calls it: create, get, list (with `labels.KEY="VALUE"` filters), cancel.
 
+Deploy routes (the subset `stackwise deploy` uses): models:upload (with modelId), models get,
+endpoints get, endpoints:deployModel / :undeployModel (long-running operations answered done,
+with the trafficSplit checked as Vertex checks it: percents summing to 100 over deployed models,
+"0" naming the one being deployed) and endpoint PATCH with updateMask=trafficSplit. Endpoints
+exist only once the test adds them (`add_endpoint`), as the Pulumi program creates them.
+
 Jobs start JOB_STATE_PENDING and move only when the test says (`move`); cancel goes
 CANCELLING, then CANCELLED a moment later. `faults` answers the next create with 429 or 503,
 or creates the job and then answers 503 (the answer lost).
@@ -20,6 +26,9 @@ from urllib.parse import parse_qs, urlparse
 
 _JOB = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/customJobs/(\d+)(:cancel)?$")
 _JOBS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/customJobs$")
+_UPLOAD = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models:upload$")
+_MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+/models/[^/:]+)$")
+_ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+/endpoints/[^/:]+)(:deployModel|:undeployModel)?$")
 _FILTER = re.compile(r'labels\.([\w-]+)\s*=\s*"([^"]*)"')
 ENDED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
@@ -31,6 +40,8 @@ def _now() -> str:
 class VertexServer:
     def __init__(self) -> None:
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.models: dict[str, dict[str, Any]] = {}  # resource name -> Model
+        self.endpoints: dict[str, dict[str, Any]] = {}  # resource name -> Endpoint
         self.requests: list[tuple[str, str, Any]] = []
         self.faults: deque[str] = deque()
         self.create_calls = 0
@@ -55,6 +66,11 @@ class VertexServer:
             def do_GET(self) -> None:
                 self._send(*server.handle("GET", self.path, None))
 
+            def do_PATCH(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                self._send(*server.handle("PATCH", self.path, body))
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
@@ -71,6 +87,8 @@ class VertexServer:
     def reset(self) -> None:
         with self._lock:
             self.jobs.clear()
+            self.models.clear()
+            self.endpoints.clear()
             self.requests.clear()
             self.faults.clear()
             self.create_calls = 0
@@ -92,10 +110,86 @@ class VertexServer:
     def _error(status: int, reason: str, message: str) -> tuple[int, Any]:
         return status, {"error": {"code": status, "message": message, "status": reason}}
 
+    def add_endpoint(self, name: str) -> None:
+        """An empty endpoint, as the Pulumi program leaves it (`projects/P/locations/L/endpoints/ID`)."""
+        with self._lock:
+            self.endpoints[name] = {"name": name, "displayName": name.rsplit("/", 1)[1], "deployedModels": [],
+                                    "trafficSplit": {}, "createTime": _now(), "updateTime": _now()}
+
+    @staticmethod
+    def _done(parent: str, kind: str, response: dict[str, Any]) -> dict[str, Any]:
+        return {"name": f"{parent}/operations/{int(time.time() * 1e6)}", "done": True,
+                "response": {"@type": f"type.googleapis.com/google.cloud.aiplatform.v1.{kind}", **response}}
+
+    def _check_split(self, split: dict[str, Any], ids: set[str]) -> str | None:
+        if sum(int(v) for v in split.values()) != 100 or set(split) - ids:
+            return f"Invalid traffic split: {split}. It must sum to 100 over deployed models."
+        return None
+
+    def _deploy(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any] | None:
+        match = _UPLOAD.match(path)
+        if match and method == "POST":
+            model_id = body.get("modelId") or str(self._next + 1)
+            self._next += 1
+            name = f"{match.group(1)}/models/{model_id}"
+            if name in self.models:
+                return self._error(409, "ALREADY_EXISTS", f"Model {name} already exists.")
+            self.models[name] = dict(body["model"], name=name, versionId="1", createTime=_now(), updateTime=_now())
+            return 200, self._done(match.group(1), "UploadModelResponse", {"model": name, "modelVersionId": "1"})
+        match = _MODEL.match(path)
+        if match and method == "GET":
+            model = self.models.get(match.group(1))
+            return (200, model) if model else self._error(404, "NOT_FOUND", f"Model {match.group(1)} is not found.")
+        match = _ENDPOINT.match(path)
+        if not match:
+            return None
+        endpoint = self.endpoints.get(match.group(1))
+        if endpoint is None:
+            return self._error(404, "NOT_FOUND", f"Endpoint {match.group(1)} is not found.")
+        parent = match.group(1).rsplit("/endpoints/", 1)[0]
+        ids = {d["id"] for d in endpoint["deployedModels"]}
+        if method == "GET" and not match.group(2):
+            return 200, endpoint
+        if method == "PATCH" and not match.group(2):
+            if query.get("updateMask", [""])[0] not in ("trafficSplit", "traffic_split"):
+                return self._error(400, "INVALID_ARGUMENT", f"unsupported update mask {query.get('updateMask')}")
+            split = {k: int(v) for k, v in (body.get("trafficSplit") or {}).items()}
+            if error := self._check_split(split, ids):
+                return self._error(400, "INVALID_ARGUMENT", error)
+            endpoint["trafficSplit"], endpoint["updateTime"] = split, _now()
+            return 200, endpoint
+        if method == "POST" and match.group(2) == ":deployModel":
+            deployed = dict(body["deployedModel"])
+            if deployed.get("model") not in self.models:
+                return self._error(404, "NOT_FOUND", f"Model {deployed.get('model')} is not found.")
+            self._next += 1
+            deployed.update(id=str(self._next), createTime=_now())
+            split = {(deployed["id"] if k == "0" else k): int(v) for k, v in (body.get("trafficSplit") or {}).items()}
+            if error := self._check_split(split, ids | {deployed["id"]}):
+                return self._error(400, "INVALID_ARGUMENT", error)
+            endpoint["deployedModels"].append(deployed)
+            endpoint["trafficSplit"], endpoint["updateTime"] = split, _now()
+            return 200, self._done(parent, "DeployModelResponse", {"deployedModel": deployed})
+        if method == "POST" and match.group(2) == ":undeployModel":
+            gone = body.get("deployedModelId")
+            if gone not in ids:
+                return self._error(404, "NOT_FOUND", f"Deployed model {gone} is not found.")
+            split = {k: int(v) for k, v in (body.get("trafficSplit") or {}).items()} or {
+                k: v for k, v in endpoint["trafficSplit"].items() if k != gone}
+            if error := self._check_split(split, ids - {gone}) if ids - {gone} else None:
+                return self._error(400, "INVALID_ARGUMENT", error)
+            endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != gone]
+            endpoint["trafficSplit"], endpoint["updateTime"] = split, _now()
+            return 200, self._done(parent, "UndeployModelResponse", {})
+        return None
+
     def handle(self, method: str, raw_path: str, body: Any) -> tuple[int, Any]:
         url = urlparse(raw_path)
         self.requests.append((method, url.path, body))
         with self._lock:
+            answered = self._deploy(method, url.path, parse_qs(url.query), body)
+            if answered is not None:
+                return answered
             match = _JOBS.match(url.path)
             if match and method == "POST":
                 self.create_calls += 1

@@ -1,0 +1,1 @@
+"""Inference endpoint adapters: one DeployBackend per cloud (see stackwise.deploy)."""

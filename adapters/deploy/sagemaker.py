@@ -1,0 +1,261 @@
+"""AWS deploy: model versions as production variants of one SageMaker real-time endpoint (boto3).
+
+Per version, one SageMaker Model: the stack's serving image, the version's artifact (a folder in
+S3 as an uncompressed `ModelDataSource` S3 prefix, or a `.tar.gz` as `ModelDataUrl`) and an
+environment naming the version and its base model (what the `serve` image loads the adapter
+onto). Per set of versions, one EndpointConfig with one ProductionVariant per version, each
+weighted by its traffic percent, on the catalog's instance type for the endpoint's GPU.
+
+- a new endpoint: CreateEndpoint;
+- a version added: a new EndpointConfig, then UpdateEndpoint (SageMaker's blue/green swap);
+- weights only: UpdateEndpointWeightsAndCapacities (no new model, config or instances).
+
+Names derive from the endpoint, the version and a digest of what it runs, so a retried or
+repeated deploy finds what it made and creates nothing twice. Requests are pure functions
+(`model_request`, `endpoint_config_request`); they never hold credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from stackwise import catalog
+from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
+from stackwise.errors import ConfigError, SpecError
+from stackwise.registry import require
+
+CPU_INSTANCE = "ml.m5.xlarge"
+STATES = {"Creating": "creating", "Updating": "updating", "SystemUpdating": "updating", "RollingBack": "updating",
+          "InService": "ready", "Deleting": "updating", "Failed": "failed", "UpdateRollbackFailed": "failed"}
+ENV_MODEL, ENV_VERSION, ENV_BASE = "STACKWISE_MODEL", "STACKWISE_MODEL_VERSION", "STACKWISE_BASE_MODEL"
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def serving_image(stack: Any, endpoint_output: Any) -> str:
+    """The endpoint's serving image, else the stack registry's `serve` tag (the Pulumi default)."""
+    if endpoint_output.serving_image:
+        return endpoint_output.serving_image
+    training = stack.outputs.training_image
+    if training and ".dkr.ecr." in training:
+        return training.rsplit(":", 1)[0] + ":serve"
+    raise ConfigError(f"stack {stack.name!r} exports no serving image for endpoint {endpoint_output.name!r}",
+                      where="stack outputs: endpoints[].serving_image",
+                      fix="export serving_image for the endpoint (or a training_image in ECR, whose :serve tag is used)")
+
+
+def instance_type(stack: Any, endpoint_output: Any) -> str:
+    gpu = endpoint_output.gpu or stack.outputs.default_gpu
+    return catalog.offer(gpu, "aws", endpoint_output.gpu_count).instance if gpu else CPU_INSTANCE
+
+
+def model_name(endpoint: str, target: DeployTarget, image: str) -> str:
+    """SageMaker model names: at most 63 characters of letters, digits and '-'."""
+    return f"{endpoint}-{variant_name(target.model, target.version)}"[:54] + "-" + _digest(
+        target.artifact_uri, target.base_model, image)
+
+
+def model_request(stack: Any, endpoint_output: Any, target: DeployTarget) -> dict[str, Any]:
+    """The CreateModel request for one version, as data."""
+    role = stack.outputs.job_role
+    if not role:
+        raise ConfigError(f"stack {stack.name!r} exports no job_role", where="stack outputs: job_role",
+                          fix="export the SageMaker execution role ARN (the Pulumi program does)")
+    if not target.artifact_uri.startswith("s3://"):
+        raise SpecError(f"{target.key} lives at {target.artifact_uri}, which SageMaker cannot read",
+                        where=f"model registry, {target.key} source",
+                        fix=f"register the version in the stack's artifact store ({stack.outputs.artifact_store})")
+    image = serving_image(stack, endpoint_output)
+    container: dict[str, Any] = {"Image": image, "Environment": {
+        ENV_MODEL: target.model, ENV_VERSION: target.version, ENV_BASE: target.base_model or "",
+        "SM_NUM_GPUS": str(endpoint_output.gpu_count)}}
+    if target.artifact_uri.endswith(".tar.gz"):
+        container["ModelDataUrl"] = target.artifact_uri
+    else:  # a save_pretrained folder: served as is, no tarball
+        container["ModelDataSource"] = {"S3DataSource": {"S3Uri": target.artifact_uri.rstrip("/") + "/",
+                                                         "S3DataType": "S3Prefix", "CompressionType": "None"}}
+    return {"ModelName": model_name(endpoint_output.name, target, image), "ExecutionRoleArn": role,
+            "PrimaryContainer": container,
+            "Tags": [{"Key": "stackwise-stack", "Value": stack.name}, {"Key": "stackwise-model", "Value": target.key}]}
+
+
+def endpoint_config_request(stack: Any, endpoint_output: Any, variants: list[dict[str, Any]]) -> dict[str, Any]:
+    """The CreateEndpointConfig request: one ProductionVariant per (variant name, model name, weight)."""
+    production = [{"VariantName": v["name"], "ModelName": v["model_name"],
+                   "InstanceType": v.get("instance_type") or instance_type(stack, endpoint_output),
+                   "InitialInstanceCount": int(v.get("count") or endpoint_output.min_replicas),
+                   "InitialVariantWeight": float(v["weight"])} for v in variants]
+    name = f"{endpoint_output.name}"[:54] + "-" + _digest(production)
+    return {"EndpointConfigName": name, "ProductionVariants": production,
+            "Tags": [{"Key": "stackwise-stack", "Value": stack.name}]}
+
+
+class SageMakerDeploy(DeployBackend):
+    """The stack's SageMaker endpoint; variants are named `<model>-v<version>`."""
+
+    cloud = "aws"
+
+    def __init__(self, stack: Any, session: Any = None, wait_timeout: float = 1800.0):
+        super().__init__(stack)
+        self._session = session
+        self.wait_timeout = wait_timeout
+        self._client: Any = None
+        self._models: dict[str, dict[str, Any]] = {}
+
+    @property
+    def sagemaker(self) -> Any:
+        if self._client is None:
+            boto3 = require("boto3", "aws", "the SageMaker deploy adapter")
+            session = self._session or boto3.session.Session(region_name=self.stack.region)
+            self._client = session.client("sagemaker")
+        return self._client
+
+    def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
+        from stackwise.adapters.compute.sagemaker import SageMakerCompute
+
+        # The compute adapter's error mapping (credentials, quota, instance type), without its clients.
+        mapper = SageMakerCompute.__new__(SageMakerCompute)
+        mapper.stack = self.stack
+        mapper._botocore_exceptions = require("botocore.exceptions", "aws")
+        return mapper._call(what, fn, **kwargs)
+
+    def _missing(self, exc: Exception) -> bool:
+        text = str(exc)
+        return "Could not find" in text or "does not exist" in text
+
+    # -- reading ----------------------------------------------------------------------------
+    def _raw(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("DescribeEndpoint", self.sagemaker.describe_endpoint, EndpointName=name)
+        except Exception as exc:
+            if self._missing(exc):
+                return None
+            raise
+
+    def _model(self, name: str) -> dict[str, Any]:
+        if name not in self._models:
+            self._models[name] = self._call("DescribeModel", self.sagemaker.describe_model, ModelName=name)
+        return self._models[name]
+
+    def _config_variants(self, config_name: str) -> list[dict[str, Any]]:
+        config = self._call("DescribeEndpointConfig", self.sagemaker.describe_endpoint_config,
+                            EndpointConfigName=config_name)
+        return config["ProductionVariants"]
+
+    def describe(self, endpoint: str | None = None) -> Deployment:
+        out = self.endpoint_output(endpoint)
+        raw = self._raw(out.name)
+        url = out.url or f"https://runtime.sagemaker.{self.stack.region}.amazonaws.com/endpoints/{out.name}/invocations"
+        if raw is None:
+            return Deployment(endpoint=out.name, cloud=self.cloud, state="absent", url=url)
+        state = STATES.get(raw.get("EndpointStatus", ""), "updating")
+        weights = {v["VariantName"]: float(v.get("DesiredWeight", v.get("CurrentWeight", 0.0)))
+                   for v in raw.get("ProductionVariants", [])}
+        total = sum(weights.values()) or 1.0
+        variants = []
+        for pv in self._config_variants(raw["EndpointConfigName"]):
+            env = self._model(pv["ModelName"]).get("PrimaryContainer", {}).get("Environment", {})
+            container = self._model(pv["ModelName"]).get("PrimaryContainer", {})
+            artifact = container.get("ModelDataUrl") or container.get("ModelDataSource", {}).get(
+                "S3DataSource", {}).get("S3Uri")
+            weight = weights.get(pv["VariantName"], float(pv.get("InitialVariantWeight", 0.0)))
+            variants.append(Variant(model=env.get(ENV_MODEL, pv["ModelName"]), version=env.get(ENV_VERSION, "?"),
+                                    traffic=round(100 * weight / total), state=state, name=pv["VariantName"],
+                                    artifact_uri=artifact, base_model=env.get(ENV_BASE) or None))
+        return Deployment(endpoint=out.name, cloud=self.cloud, state=state, url=url, variants=variants)
+
+    def _wait_in_service(self, name: str) -> None:
+        """SageMaker refuses to change an endpoint that is Creating or Updating."""
+        deadline, delay = time.monotonic() + self.wait_timeout, 0.1
+        while True:
+            raw = self._raw(name)
+            status = (raw or {}).get("EndpointStatus")
+            if status in (None, "InService"):
+                return
+            if status in ("Failed", "UpdateRollbackFailed"):
+                raise SpecError(f"endpoint {name} is {status}: {raw.get('FailureReason', '')}",
+                                where=f"SageMaker endpoint {name}",
+                                fix="see its CloudWatch logs; fix the model and deploy again")
+            if time.monotonic() > deadline:
+                raise SpecError(f"endpoint {name} stayed {status} for {self.wait_timeout:.0f} s",
+                                where=f"SageMaker endpoint {name}", fix="rerun the deploy once it is InService")
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
+
+    # -- writing ----------------------------------------------------------------------------
+    def _ensure_model(self, request: dict[str, Any]) -> None:
+        try:
+            self._call("DescribeModel", self.sagemaker.describe_model, ModelName=request["ModelName"])
+            return
+        except Exception as exc:
+            if not self._missing(exc):
+                raise
+        self._call("CreateModel", self.sagemaker.create_model, **request)
+
+    def _ensure_config(self, request: dict[str, Any]) -> None:
+        try:
+            self._call("DescribeEndpointConfig", self.sagemaker.describe_endpoint_config,
+                       EndpointConfigName=request["EndpointConfigName"])
+            return
+        except Exception as exc:
+            if not self._missing(exc):
+                raise
+        self._call("CreateEndpointConfig", self.sagemaker.create_endpoint_config, **request)
+
+    def deploy(self, targets: list[DeployTarget], traffic: dict[str, int], endpoint: str | None = None) -> Deployment:
+        out = self.endpoint_output(endpoint)
+        current = self.describe(out.name)
+        new, split = self.plan(current, targets, traffic)
+        requests = [model_request(self.stack, out, t) for t in new]  # all checked before any call
+        if current.state != "absent" and not new:
+            if split != current.traffic:
+                self._wait_in_service(out.name)
+                self._call("UpdateEndpointWeightsAndCapacities", self.sagemaker.update_endpoint_weights_and_capacities,
+                           EndpointName=out.name, DesiredWeightsAndCapacities=[
+                               {"VariantName": v.name, "DesiredWeight": float(split[v.key])} for v in current.variants])
+            return self.describe(out.name)
+        variants: list[dict[str, Any]] = []
+        if current.state != "absent":
+            raw = self._raw(out.name) or {}
+            for pv in self._config_variants(raw["EndpointConfigName"]):
+                key = next(v.key for v in current.variants if v.name == pv["VariantName"])
+                variants.append({"name": pv["VariantName"], "model_name": pv["ModelName"], "weight": split[key],
+                                 "instance_type": pv.get("InstanceType"), "count": pv.get("InitialInstanceCount")})
+        for target, request in zip(new, requests):
+            self._ensure_model(request)
+            variants.append({"name": variant_name(target.model, target.version), "model_name": request["ModelName"],
+                             "weight": split[target.key]})
+        config = endpoint_config_request(self.stack, out, variants)
+        self._ensure_config(config)
+        if current.state == "absent":
+            self._call("CreateEndpoint", self.sagemaker.create_endpoint, EndpointName=out.name,
+                       EndpointConfigName=config["EndpointConfigName"],
+                       Tags=[{"Key": "stackwise-stack", "Value": self.stack.name}])
+        else:
+            self._wait_in_service(out.name)
+            self._call("UpdateEndpoint", self.sagemaker.update_endpoint, EndpointName=out.name,
+                       EndpointConfigName=config["EndpointConfigName"])
+        return self.describe(out.name)
+
+    def undeploy(self, key: str, endpoint: str | None = None) -> Deployment:
+        out = self.endpoint_output(endpoint)
+        current = self.describe(out.name)
+        if self.check_removable(current, key) is None:
+            return current
+        raw = self._raw(out.name) or {}
+        kept = [{"name": pv["VariantName"], "model_name": pv["ModelName"], "instance_type": pv.get("InstanceType"),
+                 "count": pv.get("InitialInstanceCount"),
+                 "weight": next(v.traffic for v in current.variants if v.name == pv["VariantName"])}
+                for pv in self._config_variants(raw["EndpointConfigName"])
+                if next(v.key for v in current.variants if v.name == pv["VariantName"]) != key]
+        config = endpoint_config_request(self.stack, out, kept)
+        self._ensure_config(config)
+        self._wait_in_service(out.name)
+        self._call("UpdateEndpoint", self.sagemaker.update_endpoint, EndpointName=out.name,
+                   EndpointConfigName=config["EndpointConfigName"])
+        return self.describe(out.name)

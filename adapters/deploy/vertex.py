@@ -1,0 +1,240 @@
+"""GCP deploy: model versions as deployed models of the stack's Vertex AI endpoint
+(`google.cloud.aiplatform_v1`, REST transport, the same way the compute adapter builds clients).
+
+Per version, one Vertex Model uploaded with `models:upload` under a stable `modelId` (the
+endpoint, version and a digest of artifact, base and image), holding the version's artifact
+(`artifactUri`) and the stack's serving image with an environment naming the version and its
+base model. The Pulumi program creates the endpoint (its id is the `endpoints[].name` output);
+`deploy` fills it:
+
+- a version added: `endpoints:deployModel` with the catalog's machine for the endpoint's GPU and
+  a `trafficSplit` in which "0" is the model being deployed;
+- weights only: a PATCH of the endpoint with `updateMask=trafficSplit` (no model, no redeploy);
+- undeploy: `endpoints:undeployModel` with the remaining split.
+
+Long-running operations are awaited (`operation.result`). The request builders are pure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from stackwise import catalog
+from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
+from stackwise.errors import ConfigError, SpecError
+from stackwise.registry import require
+
+CPU_MACHINE = "n1-standard-4"
+LABEL_MODEL, LABEL_VERSION = "stackwise-model", "stackwise-version"
+OPERATION_TIMEOUT_S = 3600
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _label(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]
+
+
+def serving_image(stack: Any, endpoint_output: Any) -> str:
+    """The endpoint's serving image, else the registry's `serve` tag beside the training image."""
+    if endpoint_output.serving_image:
+        return endpoint_output.serving_image
+    training = stack.outputs.training_image
+    if training and "-docker.pkg.dev/" in training:
+        return training.rsplit("/", 1)[0] + "/serve:latest"
+    raise ConfigError(f"stack {stack.name!r} exports no serving image for endpoint {endpoint_output.name!r}",
+                      where="stack outputs: endpoints[].serving_image",
+                      fix="export serving_image for the endpoint (the Pulumi program does)")
+
+
+def machine_spec(stack: Any, endpoint_output: Any) -> dict[str, Any]:
+    gpu = endpoint_output.gpu or stack.outputs.default_gpu
+    if not gpu:
+        return {"machineType": CPU_MACHINE}
+    offer = catalog.offer(gpu, "gcp", endpoint_output.gpu_count)
+    return {"machineType": offer.instance, "acceleratorType": offer.accelerator, "acceleratorCount": offer.count}
+
+
+def model_id(endpoint: str, target: DeployTarget, image: str) -> str:
+    """Vertex model ids: a letter first, then at most 62 of [a-z0-9-]."""
+    base = _label(f"m-{endpoint}-{variant_name(target.model, target.version)}").replace("_", "-")[:53]
+    return f"{base}-{_digest(target.artifact_uri, target.base_model, image)}"
+
+
+def upload_request(stack: Any, endpoint_output: Any, target: DeployTarget) -> dict[str, Any]:
+    """The models:upload body (v1 REST JSON) for one version."""
+    if not target.artifact_uri.startswith("gs://"):
+        raise SpecError(f"{target.key} lives at {target.artifact_uri}, which Vertex AI cannot read",
+                        where=f"model registry, {target.key} source",
+                        fix=f"register the version in the stack's artifact store ({stack.outputs.artifact_store})")
+    image = serving_image(stack, endpoint_output)
+    env = {"STACKWISE_MODEL": target.model, "STACKWISE_MODEL_VERSION": target.version,
+           "STACKWISE_BASE_MODEL": target.base_model or ""}
+    return {
+        "modelId": model_id(endpoint_output.name, target, image),
+        "model": {
+            "displayName": variant_name(target.model, target.version),
+            "artifactUri": target.artifact_uri,
+            "containerSpec": {"imageUri": image, "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+                              "ports": [{"containerPort": 8080}], "predictRoute": "/v1/completions",
+                              "healthRoute": "/health"},
+            "labels": {LABEL_MODEL: _label(target.model), LABEL_VERSION: _label(target.version),
+                       "stackwise-stack": _label(stack.name)},
+        },
+    }
+
+
+def deployed_model(stack: Any, endpoint_output: Any, target: DeployTarget, model: str) -> dict[str, Any]:
+    """The DeployedModel for one version: the catalog's machine, min replicas."""
+    return {"model": model, "displayName": variant_name(target.model, target.version),
+            "dedicatedResources": {"machineSpec": machine_spec(stack, endpoint_output),
+                                   "minReplicaCount": endpoint_output.min_replicas,
+                                   "maxReplicaCount": endpoint_output.min_replicas}}
+
+
+class VertexDeploy(DeployBackend):
+    """The stack's Vertex AI endpoint; each version is one deployed model."""
+
+    cloud = "gcp"
+
+    def __init__(self, stack: Any, credentials: Any = None, api_endpoint: str | None = None):
+        super().__init__(stack)
+        if not stack.outputs.gcp_project:
+            raise ConfigError(f"stack {stack.name!r} exports no gcp_project", where="stack outputs: gcp_project",
+                              fix="export gcp_project (the Pulumi program does)")
+        self.parent = f"projects/{stack.outputs.gcp_project}/locations/{stack.region}"
+        self._credentials = credentials
+        self._api_endpoint = api_endpoint
+        self._clients: tuple[Any, Any] | None = None
+        self._labels: dict[str, dict[str, str]] = {}
+
+    def _compute(self) -> Any:
+        from stackwise.adapters.compute.vertex import VertexCompute
+
+        return VertexCompute(self.stack, credentials=self._credentials, api_endpoint=self._api_endpoint)
+
+    @property
+    def clients(self) -> tuple[Any, Any]:
+        """(EndpointServiceClient, ModelServiceClient), built like the compute adapter's."""
+        if self._clients is None:
+            aiplatform = require("google.cloud.aiplatform_v1", "gcp", "the Vertex AI deploy adapter")
+            from google.api_core.client_options import ClientOptions
+
+            self._types = aiplatform
+            # The compute adapter resolves credentials (a clear CredentialsError without them)
+            # and maps Vertex errors; its client is never used here.
+            self._mapper = self._compute()
+            endpoint = (self._api_endpoint or os.environ.get("STACKWISE_VERTEX_ENDPOINT")
+                        or f"{self.stack.region}-aiplatform.googleapis.com")
+            options = ClientOptions(api_endpoint=endpoint)
+            self._clients = (
+                aiplatform.EndpointServiceClient(credentials=self._credentials, transport="rest", client_options=options),
+                aiplatform.ModelServiceClient(credentials=self._credentials, transport="rest", client_options=options))
+        return self._clients
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from stackwise.errors import JobNotFoundError
+
+        try:
+            return self._mapper._call(what, fn, *args, **kwargs)
+        except JobNotFoundError:  # the compute mapper's NotFound: say it about endpoints here
+            raise ConfigError(f"Vertex AI has no resource for {what}", where=self.parent,
+                              fix="`pulumi up` the stack (it creates the endpoint), then `stackwise sync`") from None
+
+    def resource(self, endpoint: str | None = None) -> str:
+        name = self.endpoint_name(endpoint)
+        return name if name.startswith("projects/") else f"{self.parent}/endpoints/{name}"
+
+    def _json(self, message: Any) -> dict[str, Any]:
+        return json.loads(type(message).to_json(message, use_integers_for_enums=False))
+
+    # -- reading ----------------------------------------------------------------------------
+    def _endpoint(self, resource: str) -> dict[str, Any]:
+        endpoints, _ = self.clients
+        return self._json(self._call(f"get endpoint {resource}", endpoints.get_endpoint, name=resource))
+
+    def _model_labels(self, model: str) -> dict[str, str]:
+        if model not in self._labels:
+            _, models = self.clients
+            self._labels[model] = dict(self._json(self._call(f"get model {model}", models.get_model, name=model))
+                                       .get("labels") or {})
+        return self._labels[model]
+
+    def describe(self, endpoint: str | None = None) -> Deployment:
+        out = self.endpoint_output(endpoint)
+        resource = self.resource(endpoint)
+        raw = self._endpoint(resource)
+        split = {k: int(v) for k, v in (raw.get("trafficSplit") or {}).items()}
+        variants = []
+        for dm in raw.get("deployedModels") or []:
+            labels = self._model_labels(dm["model"])
+            variants.append(Variant(model=labels.get(LABEL_MODEL, dm["model"]), version=labels.get(LABEL_VERSION, "?"),
+                                    traffic=split.get(dm["id"], 0), state="ready", name=dm["id"]))
+        url = out.url or f"https://{self.stack.region}-aiplatform.googleapis.com/v1/{resource}"
+        return Deployment(endpoint=out.name, cloud=self.cloud, state="ready" if variants else "absent", url=url,
+                          variants=variants)
+
+    # -- writing ----------------------------------------------------------------------------
+    def _ensure_model(self, request: dict[str, Any]) -> str:
+        _, models = self.clients
+        name = f"{self.parent}/models/{request['modelId']}"
+        try:
+            self._call(f"get model {name}", models.get_model, name=name)
+            return name
+        except ConfigError:
+            pass
+        body = self._types.UploadModelRequest(parent=self.parent, model_id=request["modelId"],
+                                              model=self._types.Model.from_json(json.dumps(request["model"])))
+        operation = self._call(f"upload model {request['modelId']}", models.upload_model, request=body)
+        return operation.result(timeout=OPERATION_TIMEOUT_S).model
+
+    def _set_split(self, resource: str, split: dict[str, int]) -> None:
+        from google.protobuf import field_mask_pb2
+
+        endpoints, _ = self.clients
+        body = self._types.Endpoint(name=resource, traffic_split=split)
+        self._call(f"update traffic of {resource}", endpoints.update_endpoint, endpoint=body,
+                   update_mask=field_mask_pb2.FieldMask(paths=["traffic_split"]))
+
+    def deploy(self, targets: list[DeployTarget], traffic: dict[str, int], endpoint: str | None = None) -> Deployment:
+        out = self.endpoint_output(endpoint)
+        resource = self.resource(endpoint)
+        current = self.describe(endpoint)
+        new, split = self.plan(current, targets, traffic)
+        uploads = [upload_request(self.stack, out, t) for t in new]  # all checked before any call
+        endpoints, _ = self.clients
+        ids = {v.key: v.name for v in current.variants}
+        now = {v.name: v.traffic for v in current.variants}  # the split on the endpoint, by deployed model id
+        for i, (target, request) in enumerate(zip(new, uploads)):
+            model = self._ensure_model(request)
+            if i == len(new) - 1:  # the last one brings the final split
+                step = {"0": split[target.key], **{ids[k]: split[k] for k in ids}}
+            else:  # earlier ones join at 0% (or 100% on an empty endpoint, as Vertex requires)
+                step = {"0": 0, **now} if now else {"0": 100}
+            deployed = self._types.DeployedModel.from_json(json.dumps(deployed_model(self.stack, out, target, model)))
+            operation = self._call(f"deploy {target.key} to {resource}", endpoints.deploy_model, endpoint=resource,
+                                   deployed_model=deployed, traffic_split=step)
+            ids[target.key] = operation.result(timeout=OPERATION_TIMEOUT_S).deployed_model.id
+            now = {(ids[target.key] if k == "0" else k): v for k, v in step.items()}
+        wanted = {ids[key]: pct for key, pct in split.items()}
+        if now != wanted:  # weights only (or versions already there): one PATCH, nothing redeployed
+            self._set_split(resource, wanted)
+        return self.describe(endpoint)
+
+    def undeploy(self, key: str, endpoint: str | None = None) -> Deployment:
+        resource = self.resource(endpoint)
+        current = self.describe(endpoint)
+        variant = self.check_removable(current, key)
+        if variant is None:
+            return current
+        endpoints, _ = self.clients
+        rest = {v.name: v.traffic for v in current.variants if v.key != key}
+        operation = self._call(f"undeploy {key} from {resource}", endpoints.undeploy_model, endpoint=resource,
+                               deployed_model_id=variant.name, traffic_split=rest)
+        operation.result(timeout=OPERATION_TIMEOUT_S)
+        return self.describe(endpoint)
