@@ -8,7 +8,9 @@ Runs with `preview=False`: with a preview, unknown outputs would skip every `.ap
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +46,7 @@ class RecordedResource:
     urn: str
     custom: bool
     state: dict[str, Any] = field(default_factory=dict)
+    parent_urn: str | None = None
 
 
 @dataclass
@@ -53,6 +56,8 @@ class OfflineRun:
     resources: list[RecordedResource]
     outputs: StackOutputs
     exported: dict[str, Any]
+    registered_outputs: set[str] = field(default_factory=set)
+    """URNs of the resources that called `register_outputs` (every component must)."""
 
 
 def _name_of(urn: str) -> str | None:
@@ -137,17 +142,78 @@ class _Monitor(_mocks.MockMonitor):
     def __init__(self, mocks: _Recorder):
         super().__init__(mocks)
         self.recorded: list[RecordedResource] = []
+        self.registered_outputs: set[str] = set()
+
+    @staticmethod
+    def _close_thread_loop() -> None:
+        # The mock monitor answers in the event loop's executor threads and gives each call's
+        # thread an event loop of its own, which nothing closes: left open, they are collected
+        # half torn down at exit ("Exception ignored in BaseEventLoop.__del__"). Close it here;
+        # the thread's next call makes a new one.
+        if threading.current_thread() is threading.main_thread():
+            return
+        policy = asyncio.get_event_loop_policy()
+        try:
+            loop = policy.get_event_loop()
+        except RuntimeError:
+            return
+        if not loop.is_running():
+            loop.close()
+            policy.set_event_loop(None)
+
+    def Invoke(self, request):  # noqa: N802 - the gRPC method name
+        try:
+            return super().Invoke(request)
+        finally:
+            self._close_thread_loop()
+
+    def ReadResource(self, request):  # noqa: N802 - the gRPC method name
+        try:
+            return super().ReadResource(request)
+        finally:
+            self._close_thread_loop()
+
+    def RegisterResourceOutputs(self, request):  # noqa: N802 - the gRPC method name
+        self.registered_outputs.add(request.urn)
+        return super().RegisterResourceOutputs(request)
 
     def RegisterResource(self, request):  # noqa: N802 - the gRPC method name
-        response = super().RegisterResource(request)
-        if request.type != "pulumi:pulumi:Stack":
-            registration = self.resources[response.urn]
-            parent = None if _type_of(request.parent) in ("", "pulumi:pulumi:Stack") else _name_of(request.parent)
-            self.recorded.append(RecordedResource(
-                type=request.type, name=request.name, parent=parent,
-                inputs=_plain(_rpc.deserialize_properties(request.object)),
-                urn=response.urn, custom=bool(request.custom), state=_plain(registration.state)))
-        return response
+        try:
+            response = super().RegisterResource(request)
+            if request.type != "pulumi:pulumi:Stack":
+                self._record(request, response)
+            return response
+        finally:
+            self._close_thread_loop()
+
+    def _record(self, request, response) -> None:
+        registration = self.resources[response.urn]
+        parent = None if _type_of(request.parent) in ("", "pulumi:pulumi:Stack") else _name_of(request.parent)
+        self.recorded.append(RecordedResource(
+            type=request.type, name=request.name, parent=parent,
+            inputs=_plain(_rpc.deserialize_properties(request.object)),
+            urn=response.urn, custom=bool(request.custom), state=_plain(registration.state),
+            parent_urn=None if parent is None else request.parent))
+
+
+def _tree_order(resources: list[RecordedResource]) -> list[RecordedResource]:
+    """Each parent followed by its children, siblings by name: the same order on every run.
+
+    Registrations reach the monitor from a thread pool, so their arrival order varies.
+    """
+    children: dict[str | None, list[RecordedResource]] = {}
+    for r in resources:
+        children.setdefault(r.parent_urn, []).append(r)
+    ordered: list[RecordedResource] = []
+
+    def walk(parent: str | None) -> None:
+        for r in sorted(children.get(parent, []), key=lambda r: (r.name, r.type)):
+            ordered.append(r)
+            walk(r.urn)
+
+    walk(None)
+    seen = {id(r) for r in ordered}
+    return ordered + [r for r in resources if id(r) not in seen]  # parents never recorded (none expected)
 
 
 def _plain(value: Any) -> Any:
@@ -213,5 +279,6 @@ def _run(config: InfraConfig, stack: str, program, engine_config: dict[str, str]
     assert root is not None
     exported = {k: _sync_await(pulumi.Output.from_input(v).future())
                 for k, v in root.outputs.items()}  # type: ignore[attr-defined]
-    return OfflineRun(stack=stack, config=config, resources=monitor.recorded,
-                      outputs=StackOutputs.model_validate(exported), exported=exported)
+    return OfflineRun(stack=stack, config=config, resources=_tree_order(monitor.recorded),
+                      outputs=StackOutputs.model_validate(exported), exported=exported,
+                      registered_outputs=set(monitor.registered_outputs))

@@ -91,9 +91,10 @@ def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
         if offer is None:
             add(resource, 0.0, f"{instance}: not in the GPU catalog, not priced")
             return
+        checked = "" if offer.verified else " (price unverified: see stackwise/data/gpu_catalog.yaml)"
         add(resource, offer.monthly(replicas),
             f"{replicas:g} x {offer.instance} ({offer.count} x {offer.gpu}) {what} at ${offer.on_demand_hourly}/h "
-            f"on demand, {offer.region} list price of {offer.as_of}")
+            f"on demand, {offer.region} list price of {offer.as_of}{checked}")
 
     for r in resources:
         inputs = r.inputs

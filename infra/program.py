@@ -15,7 +15,7 @@ import pulumi
 from stackwise import catalog
 from stackwise.contract import StackOutputs
 
-from .config import InfraConfig
+from .config import EndpointConfig, InfraConfig
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,13 @@ def _endpoints(endpoint) -> list[dict[str, Any]]:
     return [] if endpoint is None else [endpoint]
 
 
+def _endpoint_output(ep: EndpointConfig, served: Any, image: pulumi.Input[str]) -> pulumi.Output[dict[str, Any]]:
+    """An endpoint's contract entry: where it answers, and what `stackwise deploy` needs to add versions."""
+    return pulumi.Output.all(served.name, served.url, image).apply(lambda v: {
+        "name": v[0], "url": v[1], "serving_image": v[2], "gpu": catalog.canonical_gpu(ep.gpu),
+        "gpu_count": ep.count, "min_replicas": ep.min_replicas})
+
+
 def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, Any]:
     from . import aws
 
@@ -100,13 +107,13 @@ def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
     endpoint = None
     if config.endpoint is not None:
         ep = config.endpoint
+        image = ep.image or platform.repository.repository_url.apply(lambda url: f"{url}:serve")
         served = aws.InferenceEndpoint(f"{prefix}-{ep.name}", aws.InferenceEndpointArgs(
-            endpoint=ep, offer=catalog.offer(ep.gpu, "aws", ep.count),
-            image=ep.image or platform.repository.repository_url.apply(lambda url: f"{url}:serve"),
+            endpoint=ep, offer=catalog.offer(ep.gpu, "aws", ep.count), image=image,
             role_arn=platform.role.arn, kms_key_arn=platform.key.arn,
             subnet_ids=[s.id for s in platform.subnets], security_group_id=platform.security_group.id,
             alarms=config.alarms, alert_emails=config.budget_alert_emails, region=config.region, tags=tags))
-        endpoint = pulumi.Output.all(served.name, served.url).apply(lambda v: {"name": v[0], "url": v[1]})
+        endpoint = _endpoint_output(ep, served, image)
     aws.Budget(f"{prefix}-budget", aws.BudgetArgs(amount_usd=config.monthly_budget_usd,
                                                   emails=config.budget_alert_emails, env=config.env, tags=tags))
     return {
@@ -131,11 +138,13 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
     endpoint = None
     if config.endpoint is not None:
         ep = config.endpoint
+        image = ep.image or platform.repository.repository_id.apply(
+            lambda repo: f"{config.region}-docker.pkg.dev/{config.gcp_project}/{repo}/serve:latest")
         served = gcp.InferenceEndpoint(f"{prefix}-{ep.name}", gcp.InferenceEndpointArgs(
             endpoint=ep, offer=catalog.offer(ep.gpu, "gcp", ep.count), project=config.gcp_project,
             region=config.region, kms_key_id=platform.key.id, alarms=config.alarms,
             alert_emails=config.budget_alert_emails, labels=tags))
-        endpoint = pulumi.Output.all(served.name, served.url).apply(lambda v: {"name": v[0], "url": v[1]})
+        endpoint = _endpoint_output(ep, served, image)
     gcp.Budget(f"{prefix}-budget", gcp.BudgetArgs(
         amount_usd=config.monthly_budget_usd, billing_account=config.gcp_billing_account,
         project=config.gcp_project, emails=config.budget_alert_emails, labels=tags))
@@ -162,12 +171,12 @@ def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str
     endpoint = None
     if config.endpoint is not None:
         ep = config.endpoint
+        image = ep.image or platform.registry.login_server.apply(lambda s: f"{s}/serve:latest")
         served = azure.InferenceEndpoint(f"{prefix}-{ep.name}", azure.InferenceEndpointArgs(
             endpoint=ep, offer=catalog.offer(ep.gpu, "azure", ep.count), location=config.region,
-            resource_group=platform.resource_group.name, workspace=platform.workspace.name,
-            image=ep.image or platform.registry.login_server.apply(lambda s: f"{s}/serve:latest"),
+            resource_group=platform.resource_group.name, workspace=platform.workspace.name, image=image,
             alarms=config.alarms, alert_emails=config.budget_alert_emails, tags=tags))
-        endpoint = pulumi.Output.all(served.name, served.url).apply(lambda v: {"name": v[0], "url": v[1]})
+        endpoint = _endpoint_output(ep, served, image)
     azure.Budget(f"{prefix}-budget", azure.BudgetArgs(
         amount_usd=config.monthly_budget_usd, resource_group_id=platform.resource_group.id,
         emails=config.budget_alert_emails))

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_aws as aws
 
 from stackwise.catalog import Offer
 
 from ..config import AlarmsConfig, EndpointConfig
 from ..common import is_hf_model
+from ._provider import aws
 
 
 @dataclass

@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_aws as aws
 
 from ..common import subnets
+from ._provider import aws
 
 
 @dataclass

@@ -6,7 +6,8 @@ import datetime as dt
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_azure_native as azure
+
+from ._provider import azure
 
 
 @dataclass

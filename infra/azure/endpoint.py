@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_azure_native as azure
-from pulumi_azure_native import machinelearningservices as ml
 
 from stackwise.catalog import Offer
 
 from ..common import is_hf_model
 from ..config import AlarmsConfig, EndpointConfig
+from ._provider import azure
+
+ml = azure.machinelearningservices  # Azure Machine Learning, used throughout
 
 
 @dataclass

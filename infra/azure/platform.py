@@ -6,13 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_azure_native as azure
-from pulumi_azure_native import machinelearningservices as ml
 
 from stackwise.catalog import Offer
 
 from ..common import subnets
 from ..config import TrainingConfig
+from ._provider import azure
+
+ml = azure.machinelearningservices  # Azure Machine Learning, used throughout
 
 # Built-in role definition ids (the same in every tenant).
 ROLE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_gcp as gcp
 
 from stackwise.catalog import Offer
 
 from ..common import is_hf_model
 from ..config import AlarmsConfig, EndpointConfig
+from ._provider import gcp
 
 
 @dataclass

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_gcp as gcp
+
+from ._provider import gcp
 
 # Google service agents that encrypt with the stack's key on its behalf.
 _AGENTS = ("gcp-sa-artifactregistry", "gcp-sa-aiplatform", "gcp-sa-secretmanager")

@@ -26,6 +26,23 @@ def test_every_offer_is_dated_sourced_and_priced():
         assert o.instance.startswith("Standard_N"), o
 
 
+def test_every_price_is_checked_with_date_and_source_or_says_why_not():
+    for o in catalog.catalog().offers:
+        for figure in ("on_demand", "spot"):
+            checked, unverified = o.checked.get(figure), o.unverified.get(figure)
+            assert (checked is None) != (unverified is None), f"{o.instance} {figure}: checked or unverified, not both"
+            if checked is not None:
+                assert re.match(r"\d{4}-\d{2}-\d{2}: ", checked), f"{o.instance} {figure}: no check date: {checked}"
+                assert "https://" in checked, f"{o.instance} {figure}: no source: {checked}"
+            else:
+                assert len(unverified.split()) >= 8, f"{o.instance} {figure}: give the reason: {unverified!r}"
+        assert set(o.checked) | set(o.unverified) == {"on_demand", "spot"}, o.instance
+        if "on_demand" in o.checked:  # the checked price is the one in the catalog, to the cent
+            quoted = [float(p) for p in re.findall(r"\$(\d+\.\d+)", o.checked["on_demand"])]
+            assert any(abs(p - o.on_demand_hourly) < 0.01 for p in quoted) or abs(sum(quoted) - o.on_demand_hourly) < 0.01, o
+    assert not catalog.offer("L4", "aws").verified and catalog.offer("A10G", "aws").verified
+
+
 def test_portable_names_map_to_each_clouds_instance():
     assert catalog.offer("A10G", "aws").instance == "ml.g5.xlarge"
     gcp = catalog.offer("l4", "gcp")  # case-insensitive

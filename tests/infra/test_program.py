@@ -154,3 +154,23 @@ def test_the_entry_point_fails_on_a_bad_key_naming_the_file():
     with pytest.raises((ConfigError, pulumi.RunError)) as err:
         run_entrypoint("dev-aws", {**raw, "gpuu": "A10G"})
     assert "stackwise:gpuu" in str(err.value) and "Pulumi.dev-aws.yaml" in str(err.value)
+
+
+@pytest.mark.parametrize("name", CLOUD_STACKS)
+def test_endpoints_export_what_deploy_needs(name, offline_run):
+    from stackwise import catalog
+
+    run = offline_run(name)
+    raw, _ = stack_config(name)
+    if "endpoint" not in raw:
+        assert run.outputs.endpoints == []
+        return
+    (endpoint,) = run.outputs.endpoints
+    config = raw["endpoint"]
+    assert endpoint.gpu == catalog.canonical_gpu(config["gpu"])
+    assert (endpoint.gpu_count, endpoint.min_replicas) == (config.get("count", 1), config.get("minReplicas", 1))
+    if config.get("image"):
+        assert endpoint.serving_image == config["image"]
+    else:  # the stack registry's serve image, next to the training image
+        assert endpoint.serving_image.split("/")[0] == run.outputs.training_image.split("/")[0]
+        assert endpoint.serving_image.endswith((":serve", "/serve:latest")), endpoint.serving_image
