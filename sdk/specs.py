@@ -56,6 +56,8 @@ class IndexSpec(_Spec):
     chunking: Chunking = Chunking()
     embedding: Embedding = Embedding()
     prune: bool = Field(False, description="Remove chunks of documents under `source` that are gone.")
+    workers: Annotated[int, Field(ge=1, le=256, description="Processes (local) or instances (cloud) that "
+                                  "index the source in parallel, each the documents of one shard.")] = 1
     compute: Compute = Compute()
 
     @model_validator(mode="after")
@@ -64,6 +66,11 @@ class IndexSpec(_Spec):
             raise ValueError(
                 f"index name {self.index!r} is invalid: use 1-63 lowercase letters, digits, '-' or '_', "
                 "starting with a letter or digit"
+            )
+        if self.compute.nodes not in (1, self.workers):
+            raise ValueError(
+                f"compute.nodes ({self.compute.nodes}) differs from workers ({self.workers}): an index job "
+                "runs one node per worker; set workers instead of nodes"
             )
         return self
 

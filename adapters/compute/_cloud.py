@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import secrets
 import time
@@ -148,6 +149,52 @@ def check_spec(spec: Any) -> None:
         )
 
 
+def node_count(spec: Any) -> int:
+    """Instances the job runs on: an index job's `workers` (one shard each), else `compute.nodes`."""
+    if spec.kind == "index":
+        return int(getattr(spec, "workers", 1))
+    return int(spec.compute.nodes)
+
+
+# The spec fields that name data the job reads, per kind (a cloud job cannot read the user's disk).
+_DATA_FIELDS = {"index": ("source",), "finetune": ("data",), "evaluate": ("data", "train_data")}
+_MODEL_FIELDS = {"finetune": ("base",), "evaluate": ("model", "baseline")}
+
+
+_UPLOAD = {"s3": "e.g. `aws s3 cp --recursive DIR s3://...`", "gs": "e.g. `gcloud storage cp -r DIR gs://...`",
+           "az": "e.g. `az storage blob upload-batch`"}
+
+
+def _is_local(value: str) -> bool:
+    return "://" not in value or value.startswith(("file://", "local://"))
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(value)
+
+
+def check_paths(spec: Any, stack: Any) -> None:
+    """Refuse, before any cloud call, a spec that names a file on this machine: the job runs in
+    the cloud and cannot read it. Data fields must be URIs (s3://, gs://, az://, hf://, ...);
+    a model field may also be a short name, a hub id or a registry reference, but not a path."""
+    store = stack.outputs.artifact_store.rstrip("/")
+    scheme = store.split("://", 1)[0]
+    for field in _DATA_FIELDS.get(spec.kind, ()) + _MODEL_FIELDS.get(spec.kind, ()):
+        raw = getattr(spec, field, None)
+        for value in raw if isinstance(raw, list) else [raw]:
+            if not isinstance(value, str) or not _is_local(value):
+                continue
+            if field in _MODEL_FIELDS.get(spec.kind, ()) and not _looks_like_path(value):
+                continue  # a shipped short name or a Hugging Face id
+            raise SpecError(
+                f"{field} {value!r} is a path on this machine, which a {stack.cloud} job cannot read",
+                where=f"spec.{field} (stack {stack.name!r})",
+                fix=f"upload it under the stack's artifact store, `{store}/data/...` "
+                f"({_UPLOAD.get(scheme, 'with your cloud CLI')}), and pass that URI, or pass any s3://, "
+                "gs:// or az:// URI the job can read",
+            )
+
+
 def processes_per_node(spec: Any) -> int:
     return int(getattr(spec.compute, "count", 1))
 
@@ -216,6 +263,7 @@ class CloudCompute:
         process) return the first job instead of creating a second one.
         """
         check_spec(spec)
+        check_paths(spec, self.stack)
         name = job_name(spec, client_token or new_client_token())
         request = self.build(spec, name)  # validates GPU, image, role before any call
         existing = with_retries(lambda: self._find(name), self.retry, f"{self.cloud}: look up job {name}")
@@ -258,7 +306,8 @@ class CloudCompute:
         delay = poll
         while True:
             ended = self.info(job_id).state.terminal
-            lines, cursor = self._log_lines(job_id, cursor)
+            lines, cursor = with_retries(lambda: self._log_lines(job_id, cursor), self.retry,
+                                         f"{self.cloud}: read the logs of job {job_id}")
             yield from lines
             if not follow or ended:
                 return
@@ -279,7 +328,11 @@ class CloudCompute:
             outputs["model"] = f"{root}/model/"
             outputs["checkpoints"] = f"{root}/checkpoints/"
         outputs.update(extra or {})
-        result = self._read_result(f"{root}/result.json")
+        workers = int(spec.get("workers") or 1) if spec.get("kind") == "index" else 1
+        if workers > 1:
+            result = self._merged_shard_results(root, workers)
+        else:
+            result = self._read_result(f"{root}/result.json")
         if result:
             outputs.update({k: v for k, v in result.items() if k not in outputs})
         return outputs
@@ -287,6 +340,19 @@ class CloudCompute:
     def _read_result(self, uri: str) -> dict[str, Any] | None:
         """The workload's result JSON, if this client can read it (default: not read)."""
         return None
+
+    def _merged_shard_results(self, root: str, workers: int) -> dict[str, Any] | None:
+        """A sharded index job's report: each node wrote `shards/<i>/result.json`; their sum,
+        or None while any is unreadable (the outputs then hold only the artifact URIs)."""
+        reports = []
+        for shard in range(workers):
+            report = self._read_result(f"{root}/shards/{shard}/result.json")
+            if not report:
+                return None
+            reports.append(report)
+        from stackwise.workloads.index import merge_reports
+
+        return merge_reports(reports)
 
 
 def decode_spec(value: str) -> dict[str, Any]:

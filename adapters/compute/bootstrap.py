@@ -11,6 +11,12 @@ CustomJob or an Azure ML command job, and imports no control-plane SDK (only fss
 3. runs `python -m stackwise.workloads.<kind> --spec spec.json --result result.json`;
 4. node 0 copies `result.json` (or `error.json`) to the job's folder, where the adapter's
    `outputs` point, and the job's exit code is the workload's.
+
+An index job with `workers: N` runs on N nodes, one shard each: the bootstrap sets
+`STACKWISE_SHARD_INDEX` = the node's rank and `STACKWISE_SHARD_COUNT` = the node count (the
+workload refuses a count other than the spec's workers), and every node copies its report to
+`<job>/shards/<rank>/result.json` (or `error.json`); the adapter sums them when it reads the
+job's outputs (`stackwise.workloads.index.merge_reports`).
 """
 
 from __future__ import annotations
@@ -52,8 +58,17 @@ def cluster_env(env: Mapping[str, str], sagemaker_config: str = SAGEMAKER_RESOUR
         if env.get(key):
             out[key] = env[key]
     out.setdefault("NODE_RANK", "0")
-    out.setdefault("NNODES", "1")
+    # Azure ML's PyTorch distribution sets MASTER_ADDR/MASTER_PORT/NODE_RANK (kept above) but not
+    # the node count; the Azure request carries it as STACKWISE_NNODES.
+    out.setdefault("NNODES", env.get("STACKWISE_NNODES") or "1")
     return out
+
+
+def shard_env(kind: str, cluster: Mapping[str, str]) -> dict[str, str]:
+    """The shard variables of an index job's node: its rank among the job's nodes."""
+    if kind != "index":
+        return {}
+    return {"STACKWISE_SHARD_INDEX": cluster["NODE_RANK"], "STACKWISE_SHARD_COUNT": cluster["NNODES"]}
 
 
 def _read(uri: str) -> bytes:
@@ -81,14 +96,21 @@ def main() -> int:
         spec_path.write_bytes(Path(SAGEMAKER_SPEC).read_bytes())
     else:
         spec_path.write_bytes(_read(f"{job_uri}/spec.json"))
-    env = dict(os.environ, **cluster_env(os.environ), STACKWISE_JOB_DIR=str(work))
+    cluster = cluster_env(os.environ)
+    shards = shard_env(kind, cluster)
+    env = dict(os.environ, **cluster, **shards, STACKWISE_JOB_DIR=str(work))
     result = work / "result.json"
     code = subprocess.call([sys.executable, "-m", f"stackwise.workloads.{kind}", "--spec", str(spec_path),
                             "--result", str(result)], env=env)
-    if env["NODE_RANK"] == "0":
-        for name in ("result.json", "error.json"):
-            if (work / name).is_file():
-                _write(f"{job_uri}/{name}", (work / name).read_bytes())
+    if shards and int(shards["STACKWISE_SHARD_COUNT"]) > 1:
+        target = f"{job_uri}/shards/{shards['STACKWISE_SHARD_INDEX']}"
+    elif env["NODE_RANK"] == "0":
+        target = job_uri
+    else:
+        return code
+    for name in ("result.json", "error.json"):
+        if (work / name).is_file():
+            _write(f"{target}/{name}", (work / name).read_bytes())
     return code
 
 

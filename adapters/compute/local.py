@@ -6,8 +6,12 @@ supervisor runs `python -m stackwise.workloads.<kind> --spec spec.json`, sends i
 the job's log file and records the final state, so a job outlives the CLI that started it and
 can be listed, followed, waited on and cancelled from any other process.
 
+An index job with `workers: N` runs N workload processes at once under the one supervisor,
+one per shard (see local_supervisor.py): one job, one handle, one log with each line prefixed
+by its shard; `cancel` stops them all (they share the supervisor's process group).
+
 State lives under the state folder (`.stackwise/` or `$STACKWISE_HOME`): `jobs.db` and
-`jobs/<id>/{spec.json, log.txt, result.json, error.json}`.
+`jobs/<id>/{spec.json, log.txt, result.json, error.json}` (sharded: also `shards/<i>/result.json`).
 """
 
 from __future__ import annotations

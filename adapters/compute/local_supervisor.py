@@ -1,21 +1,34 @@
 """Supervisor of one local job: runs the workload, streams its output to the log file and
-records the final state. Started detached by `LocalCompute.submit`; not a public entrypoint."""
+records the final state. Started detached by `LocalCompute.submit`; not a public entrypoint.
+
+An index job with `workers: N` (N > 1) runs N workload processes at once, one per shard
+(`STACKWISE_SHARD_INDEX` / `STACKWISE_SHARD_COUNT`), each writing its report to
+`shards/<i>/result.json`. Their output goes to the one log, each line prefixed `[shard i]`,
+and their progress events are summed into one `@@progress` line per event. The job SUCCEEDS
+when every shard does, its result being the shards' reports summed (`merge_reports`); it FAILS
+when any shard fails (the others run to the end: what they committed is kept, and a rerun
+does only what is left), with the first failed shard's error and exit code.
+"""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import IO, Any
 
 from stackwise.adapters.compute.local import JobDB
 from stackwise.jobs import JobState
+from stackwise.workloads._runtime import PROGRESS_PREFIX
 
 
-def _error_text(job_dir: Path, code: int) -> str:
+def _error_text(job_dir: Path, code: int, tail: list[str] | None = None) -> str:
     error_file = job_dir / "error.json"
     if error_file.is_file():
         try:
@@ -24,8 +37,135 @@ def _error_text(job_dir: Path, code: int) -> str:
             pass
     if code < 0:
         return f"the workload was killed by signal {signal.Signals(-code).name}"
-    tail = (job_dir / "log.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+    if tail is None:
+        tail = (job_dir / "log.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
     return f"the workload exited with code {code}" + (": " + " | ".join(tail) if tail else "")
+
+
+def _workers(row: Any) -> int:
+    if row["kind"] != "index":
+        return 1
+    return int(json.loads(row["spec"]).get("workers", 1))
+
+
+class _ShardLog:
+    """Copies each shard's output into the job's log, prefixed with its shard, and sums the
+    shards' progress events into one."""
+
+    def __init__(self, log: IO[bytes], count: int):
+        self.log, self.count = log, count
+        self.lock = threading.Lock()
+        self.progress: dict[int, dict[str, Any]] = {}
+        self.tails = {i: collections.deque(maxlen=3) for i in range(count)}
+
+    def _write(self, line: str) -> None:
+        self.log.write(line.encode("utf-8") + b"\n")
+        self.log.flush()
+
+    def pump(self, shard: int, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            with self.lock:
+                if line.startswith(PROGRESS_PREFIX):
+                    try:
+                        event = json.loads(line[len(PROGRESS_PREFIX):])
+                    except ValueError:
+                        event = None
+                    if isinstance(event, dict) and "stage" in event:
+                        self.progress[shard] = event
+                        self._write(PROGRESS_PREFIX + json.dumps(self._summed(event)))
+                        continue
+                if line.strip():
+                    self.tails[shard].append(line)
+                self._write(f"[shard {shard}] {line}")
+        stream.close()
+
+    def _summed(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The event's stage summed over the shards whose latest event is in that stage."""
+        same = [e for e in self.progress.values() if e.get("stage") == event["stage"]]
+        summed = dict(event, done=sum(int(e.get("done") or 0) for e in same),
+                      total=sum(int(e.get("total") or 0) for e in same), shards=self.count)
+        if all("documents" in e for e in same):
+            summed["documents"] = sum(int(e["documents"]) for e in same)
+        return summed
+
+
+def _run_one(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, str]) -> tuple[int, str | None, Path]:
+    with open(job_dir / "log.txt", "ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", f"stackwise.workloads.{row['kind']}",
+             "--spec", str(job_dir / "spec.json"), "--result", str(job_dir / "result.json")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=row["cwd"],
+        )
+    _on_stop(db, job_id, [child])
+    db.update(job_id, only_if_active=True, state=JobState.RUNNING.value, started_at=time.time(),
+              workload_pid=child.pid)
+    code = child.wait()
+    result = job_dir / "result.json"
+    if code == 0 and result.is_file():
+        return 0, None, result
+    return code, _error_text(job_dir, code), result
+
+
+def _run_shards(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, str],
+                count: int) -> tuple[int, str | None, Path]:
+    from stackwise.workloads.index import ENV_SHARD_COUNT, ENV_SHARD_INDEX, merge_reports
+
+    children: list[subprocess.Popen] = []
+    pumps: list[threading.Thread] = []
+    with open(job_dir / "log.txt", "ab") as log:
+        shard_log = _ShardLog(log, count)
+        for shard in range(count):
+            shard_dir = job_dir / "shards" / str(shard)
+            shard_dir.mkdir(parents=True, exist_ok=True)
+            child = subprocess.Popen(
+                [sys.executable, "-m", f"stackwise.workloads.{row['kind']}",
+                 "--spec", str(job_dir / "spec.json"), "--result", str(shard_dir / "result.json")],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=row["cwd"],
+                env=dict(env, **{ENV_SHARD_INDEX: str(shard), ENV_SHARD_COUNT: str(count)}),
+            )
+            children.append(child)
+            pump = threading.Thread(target=shard_log.pump, args=(shard, child.stdout), daemon=True)
+            pump.start()
+            pumps.append(pump)
+        _on_stop(db, job_id, children)
+        db.update(job_id, only_if_active=True, state=JobState.RUNNING.value, started_at=time.time(),
+                  workload_pid=children[0].pid)
+        codes = [child.wait() for child in children]
+        for pump in pumps:
+            pump.join()
+    for shard, code in enumerate(codes):
+        shard_dir = job_dir / "shards" / str(shard)
+        if code != 0 or not (shard_dir / "result.json").is_file():
+            error = _error_text(shard_dir, code, list(shard_log.tails[shard]))
+            return code or 1, f"shard {shard} of {count}: {error}", job_dir / "result.json"
+    reports = [json.loads((job_dir / "shards" / str(s) / "result.json").read_text(encoding="utf-8"))
+               for s in range(count)]
+    result = job_dir / "result.json"
+    tmp = result.with_name("result.json.tmp")
+    tmp.write_text(json.dumps(merge_reports(reports), indent=2), encoding="utf-8")
+    os.replace(tmp, result)
+    return 0, None, result
+
+
+def _on_stop(db: JobDB, job_id: str, children: list[subprocess.Popen]) -> None:
+    def stop(signum, _frame):
+        # Cancellation: pass it on, give the workloads time to stop, then leave.
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 8
+        for child in children:
+            try:
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        db.update(job_id, only_if_active=True, state=JobState.CANCELLED.value, ended_at=time.time(),
+                  error=f"stopped by {signal.Signals(signum).name}")
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def main(job_id: str) -> int:
@@ -33,36 +173,17 @@ def main(job_id: str) -> int:
     row = db.get(job_id)
     job_dir = Path(row["job_dir"])
     env = dict(os.environ, PYTHONUNBUFFERED="1", STACKWISE_JOB_ID=job_id, STACKWISE_JOB_DIR=str(job_dir))
-    with open(job_dir / "log.txt", "ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", f"stackwise.workloads.{row['kind']}",
-             "--spec", str(job_dir / "spec.json"), "--result", str(job_dir / "result.json")],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=row["cwd"],
-        )
-
-    def stop(signum, _frame):
-        # Cancellation: pass it on, give the workload time to stop, then leave.
-        child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(timeout=8)
-        except subprocess.TimeoutExpired:
-            child.kill()
-        db.update(job_id, only_if_active=True, state=JobState.CANCELLED.value, ended_at=time.time(),
-                  error=f"stopped by {signal.Signals(signum).name}")
-        os._exit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    db.update(job_id, only_if_active=True, state=JobState.RUNNING.value, started_at=time.time(),
-              workload_pid=child.pid)
-    code = child.wait()
-    result = job_dir / "result.json"
-    if code == 0 and result.is_file():
+    workers = _workers(row)
+    if workers > 1:
+        code, error, result = _run_shards(db, job_id, row, job_dir, env, workers)
+    else:
+        code, error, result = _run_one(db, job_id, row, job_dir, env)
+    if error is None:
         db.update(job_id, only_if_active=True, state=JobState.SUCCEEDED.value, ended_at=time.time(),
                   exit_code=0, outputs=result.read_text(encoding="utf-8"))
     else:
         db.update(job_id, only_if_active=True, state=JobState.FAILED.value, ended_at=time.time(),
-                  exit_code=code, error=_error_text(job_dir, code))
+                  exit_code=code, error=error)
     return 0
 
 

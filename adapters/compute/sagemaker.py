@@ -11,7 +11,8 @@ What a request holds:
   the `sagemaker` SDK's image_uris are not used, because its Deep Learning Containers do not
   contain stackwise and jobs run in private subnets without a route to PyPI;
 - `ResourceConfig`: the catalog's instance type for `gpu` x `count` (ml.m5.xlarge without a GPU),
-  `InstanceCount` = nodes (index jobs: one instance per shard);
+  `InstanceCount` = nodes (index jobs: `workers`, one instance per shard, each node's shard its
+  host's index in resourceconfig.json);
 - spot: `EnableManagedSpotTraining`, `MaxWaitTimeInSeconds` (twice the runtime) and a
   `CheckpointConfig` under the job's folder, which fine-tuning resumes from;
 - distribution: each host runs the workload, which starts `count` processes with torchrun and
@@ -33,7 +34,7 @@ from stackwise.jobs import JobInfo, JobState
 from stackwise.registry import require
 
 from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, job_environment,
-                     job_name, job_uri, processes_per_node, require_output, strategy)
+                     job_name, job_uri, node_count, processes_per_node, require_output, strategy)
 
 CPU_INSTANCE = "ml.m5.xlarge"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
@@ -87,7 +88,7 @@ def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, A
             "stackwise_kind": spec.kind,
             "stackwise_spec_digest": spec.digest(),
             "stackwise_strategy": strategy(spec),
-            "stackwise_nodes": str(compute.nodes),
+            "stackwise_nodes": str(node_count(spec)),
             "stackwise_processes_per_host": str(processes_per_node(spec)),
         },
         "InputDataConfig": [{
@@ -99,7 +100,7 @@ def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, A
         "OutputDataConfig": {"S3OutputPath": f"{root}/output"},
         "ResourceConfig": {
             "InstanceType": instance_type(spec, stack),
-            "InstanceCount": compute.nodes,
+            "InstanceCount": node_count(spec),
             "VolumeSizeInGB": 100 if spec.kind == "finetune" else 30,
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": compute.max_runtime_s},

@@ -2,16 +2,18 @@
 
 `build_request(spec, stack)` is pure: it returns the CustomJob as the JSON Vertex's v1 REST API
 takes (golden files in tests/golden/ pin it). What it holds:
-- worker pool 0: one replica (the chief); worker pool 1: `nodes - 1` replicas (index jobs: one
-  replica per shard); each with the catalog's machine type and accelerator for `gpu` x `count`
-  (n1-standard-8 without a GPU) and the stack's training image running the bootstrap; the
-  bootstrap derives MASTER_ADDR and NODE_RANK from Vertex's CLUSTER_SPEC;
+- worker pool 0: one replica (the chief); worker pool 1: `nodes - 1` replicas (index jobs:
+  `workers - 1`: one node per shard, its rank over pools 0 and 1 its shard); each with the
+  catalog's machine type and accelerator for `gpu` x `count` (n1-standard-8 without a GPU) and
+  the stack's training image running the bootstrap; the bootstrap derives MASTER_ADDR and
+  NODE_RANK from Vertex's CLUSTER_SPEC;
 - `scheduling`: timeout = max runtime, strategy SPOT for `spot=True` (else STANDARD);
 - the job's service account, `base_output_directory` = the job's folder in the artifact store,
   and labels naming the stack, kind and the stackwise job name (how a retried submit finds it:
   Vertex assigns CustomJob ids itself, so `submit` lists by that label before creating).
 The spec travels in the container's environment (`STACKWISE_SPEC_B64`), so submitting needs no
-GCS upload. The handle id is the CustomJob's numeric id.
+GCS upload. The handle id is the CustomJob's numeric id. `logs()` reads the job's entries from
+Cloud Logging's REST `entries:list` with the same credentials.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from stackwise.jobs import JobInfo, JobState
 from stackwise.registry import require
 
 from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, bootstrap_command,
-                     decode_spec, job_environment, job_name, job_uri, require_output, strategy)
+                     decode_spec, job_environment, job_name, job_uri, node_count, require_output, strategy)
 
 CPU_MACHINE = "n1-standard-8"
 STATES = {
@@ -43,6 +45,8 @@ STATES = {
     "JOB_STATE_CANCELLED": JobState.CANCELLED,
 }
 LABEL = "stackwise-job"
+LOGGING_ENDPOINT = "https://logging.googleapis.com"
+LOG_PAGE = 1000
 
 
 def machine_spec(spec: Any, stack: Any) -> dict[str, Any]:
@@ -74,8 +78,9 @@ def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, A
         "diskSpec": {"bootDiskType": "pd-ssd", "bootDiskSizeGb": 100 if spec.kind == "finetune" else 50},
     }
     pools = [pool]
-    if spec.compute.nodes > 1:
-        pools.append(dict(pool, replicaCount=str(spec.compute.nodes - 1)))
+    nodes = node_count(spec)
+    if nodes > 1:
+        pools.append(dict(pool, replicaCount=str(nodes - 1)))
     job_spec: dict[str, Any] = {
         "workerPoolSpecs": pools,
         "scheduling": {"timeout": f"{spec.compute.max_runtime_s}s",
@@ -98,8 +103,13 @@ class VertexCompute(CloudCompute):
     cloud = "gcp"
     states = STATES
 
-    def __init__(self, stack: Any, credentials: Any = None, api_endpoint: str | None = None):
+    def __init__(self, stack: Any, credentials: Any = None, api_endpoint: str | None = None,
+                 logging_endpoint: str | None = None):
         super().__init__(stack)
+        self._credentials = credentials
+        self.logging_endpoint = (logging_endpoint or os.environ.get("STACKWISE_LOGGING_ENDPOINT")
+                                 or LOGGING_ENDPOINT).rstrip("/")
+        self._log_session: Any = None
         self.project = require_output(stack.outputs.gcp_project, "gcp_project", stack,
                                       "export gcp_project (the Pulumi program does)")
         if not stack.outputs.artifact_store.startswith("gs://"):
@@ -227,3 +237,84 @@ class VertexCompute(CloudCompute):
             if "ended" in exc.what or "FAILED_PRECONDITION" in exc.what:
                 return
             raise
+
+    # -- logs ------------------------------------------------------------------------------------
+    def _logging(self) -> Any:
+        """An authorized HTTP session for Cloud Logging, with the credentials the job client uses
+        (google-cloud-logging is not a dependency: `entries:list` is one REST call)."""
+        if self._log_session is None:
+            from google.auth.transport.requests import AuthorizedSession
+
+            credentials = self._credentials
+            if credentials is None:
+                import google.auth
+
+                try:
+                    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+                except self._auth_exceptions.DefaultCredentialsError:
+                    raise CredentialsError("no Google Cloud credentials to read the job's logs",
+                                           where=f"project {self.project}",
+                                           fix="run `gcloud auth application-default login`") from None
+            self._log_session = AuthorizedSession(credentials)
+        return self._log_session
+
+    def _log_lines(self, job_id: str, cursor: Any) -> tuple[list[str], Any]:
+        """Cloud Logging entries of the CustomJob (`resource.type="ml_job"`, its `job_id`), oldest
+        first, from the cursor's timestamp on (entries seen at that timestamp skipped by insertId).
+        A job with more than one replica has each line prefixed with its task (`[workerpool1-0] ...`)."""
+        import requests
+
+        if cursor is None:
+            spec = self._describe(job_id).spec
+            nodes = int(spec.get("workers") or 1) if spec.get("kind") == "index" else \
+                int((spec.get("compute") or {}).get("nodes") or 1)
+            cursor = ("", frozenset(), nodes > 1)
+        last, seen, multi = cursor
+        query = f'resource.type="ml_job" AND resource.labels.job_id="{job_id}"'
+        if last:
+            query += f' AND timestamp>="{last}"'
+        body: dict[str, Any] = {"resourceNames": [f"projects/{self.project}"], "filter": query,
+                                "orderBy": "timestamp asc", "pageSize": LOG_PAGE}
+        entries: list[dict[str, Any]] = []
+        while True:
+            try:
+                answer = self._logging().post(f"{self.logging_endpoint}/v2/entries:list", json=body, timeout=60)
+            except requests.RequestException as exc:
+                raise TransientError(f"Cloud Logging entries:list: {exc}") from None
+            if answer.status_code == 429 or answer.status_code >= 500:
+                raise TransientError(f"Cloud Logging entries:list: HTTP {answer.status_code}")
+            if answer.status_code in (401, 403):
+                raise CredentialsError(f"Google Cloud refused reading the logs of job {job_id}: "
+                                       f"HTTP {answer.status_code}", where=f"project {self.project}",
+                                       fix="grant the account the Logs Viewer role (roles/logging.viewer), or "
+                                       "check `gcloud auth application-default login`")
+            if answer.status_code != 200:
+                raise CloudError(f"Cloud Logging refused entries:list: HTTP {answer.status_code} "
+                                 f"{answer.text[:300]}", where=f"project {self.project}",
+                                 fix="check the project and this filter in the Logs Explorer: " + query)
+            page = answer.json()
+            entries += page.get("entries", [])
+            if not page.get("nextPageToken"):
+                break
+            body["pageToken"] = page["nextPageToken"]
+        fresh = [e for e in entries if not (e.get("timestamp") == last and e.get("insertId") in seen)]
+        lines = [f"[{_task(e)}] {_message(e)}" if multi else _message(e) for e in fresh]
+        if fresh:
+            newest = fresh[-1]["timestamp"]
+            same = {e.get("insertId") for e in fresh if e.get("timestamp") == newest}
+            seen = (seen | same) if newest == last else frozenset(same)
+            last = newest
+        return lines, (last, seen, multi)
+
+
+def _task(entry: dict[str, Any]) -> str:
+    labels = (entry.get("resource") or {}).get("labels") or {}
+    return labels.get("task_name") or (entry.get("labels") or {}).get("ml.googleapis.com/task_name") or "workerpool0-0"
+
+
+def _message(entry: dict[str, Any]) -> str:
+    if "textPayload" in entry:
+        return str(entry["textPayload"]).rstrip("\n")
+    payload = entry.get("jsonPayload") or {}
+    return str(payload.get("message", json.dumps(payload)))
+

@@ -4,21 +4,43 @@ Incremental and crash-safe. Chunk ids derive from document id, chunk text and me
 rerun on unchanged input embeds and writes nothing. Each document is written whole in one
 store commit (`replace_documents`), so after a SIGKILL at any moment every document is either
 in its old or its new state, and a rerun ends with exactly the contents of a clean run.
+
+Sharded (`workers: N`). Each of the N processes of a job reads its shard from
+`STACKWISE_SHARD_INDEX` / `STACKWISE_SHARD_COUNT` (the local supervisor and the cloud bootstrap
+set them) and handles only the documents whose id hashes to it (`shard_of`: SHA-256, the same
+in every process, unlike Python's salted `hash`). A worker reads only the files of its shard
+(a file's document id is its URI) and every JSONL file (whose records are documents of their
+own), writes only its documents, and prunes only gone documents of its shard, so N workers
+together do exactly what one does. Each worker reports its shard; `merge_reports` sums them
+into the job's report. Without the variables one process indexes every document.
+
+Writers of an embedded store on local disk take an exclusive file lock around each commit
+(`_CommitLock`): LanceDB commits are optimistic, and concurrent deletes in the same fragment
+conflict. Reading, chunking and embedding (the slow part) run outside the lock.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..documents import Source, chunk_document, read_documents
+from ..documents import Document, Source, chunk_document, read_documents
 from ..embeddings import canonical_name, load_embedder
-from ..errors import StoreError
+from ..errors import InputError, SpecError, StoreError
 from ..specs import IndexSpec
 from ..vectors import Record, VectorStore, open_store
 from ._runtime import emit_progress, main
+
+ENV_SHARD_INDEX = "STACKWISE_SHARD_INDEX"
+ENV_SHARD_COUNT = "STACKWISE_SHARD_COUNT"
 
 # Chunks embedded and committed together: one commit per batch keeps the number of store
 # versions small while bounding the work lost to a crash.
@@ -50,20 +72,137 @@ class IndexReport(BaseModel):
     embedded: int = 0
     skipped: list[SkippedFile] = Field(default_factory=list)
     seconds: float = 0.0
+    shards: int = Field(1, description="How many workers' reports this one sums.")
+
+
+# -- shards ------------------------------------------------------------------------------------
+def shard_of(doc_id: str, count: int) -> int:
+    """The shard of a document: stable across processes, machines and Python versions."""
+    return int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big") % count
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which part of the documents this worker owns: those with `shard_of(id, count) == index`."""
+
+    index: int = 0
+    count: int = 1
+
+    def owns(self, doc_id: str) -> bool:
+        return self.count == 1 or shard_of(doc_id, self.count) == self.index
+
+    @classmethod
+    def from_env(cls, spec: IndexSpec, env: Mapping[str, str] = os.environ) -> "Shard":
+        """The shard the job's launcher assigned; one shard of one without the variables.
+
+        A count other than the spec's `workers` is refused: workers that disagree on the split
+        would leave documents unindexed.
+        """
+        raw_index, raw_count = env.get(ENV_SHARD_INDEX), env.get(ENV_SHARD_COUNT)
+        if raw_index is None and raw_count is None:
+            return cls()
+        where = f"{ENV_SHARD_INDEX}={raw_index!r}, {ENV_SHARD_COUNT}={raw_count!r}"
+        try:
+            index, count = int(raw_index or "0"), int(raw_count or "1")
+        except ValueError:
+            raise SpecError("shard variables are not integers", where=where,
+                            fix="let the job's launcher set them (or unset both to index everything)") from None
+        if count != spec.workers or not 0 <= index < count:
+            raise SpecError(
+                f"this worker was launched as shard {index} of {count}, but the spec asks for {spec.workers} "
+                "workers", where=where,
+                fix="launch one worker per shard with the spec's workers as the count (the local backend and "
+                "the cloud adapters do), or unset both variables to index everything in one process")
+        return cls(index, count)
+
+
+def _read_shard(source: Source, shard: Shard) -> tuple[list[Document], list[SkippedFile]]:
+    """The documents of `shard` under `source`, and the files skipped (each reported by one shard).
+
+    A file's documents are itself (id: its URI), so files of other shards are not even opened;
+    a JSONL file holds records with ids of their own and is read by every shard.
+    """
+    if shard.count == 1:
+        documents, skipped = read_documents(source)
+        return documents, [SkippedFile(path=s.path, reason=s.reason) for s in skipped]
+    documents: list[Document] = []
+    skipped: list[SkippedFile] = []
+    for path in source.files:
+        uri = source.file_uri(path)
+        if not path.lower().endswith(".jsonl") and not shard.owns(uri):
+            continue
+        one = copy.copy(source)
+        one.files, one.direct = [path], True  # read_documents raises this file's own error
+        try:
+            docs, _ = read_documents(one)
+        except InputError as exc:
+            if source.direct:
+                raise
+            if shard.owns(uri):
+                reason = exc.what if exc.where in (None, uri) else f"{exc.what} at {exc.where.removeprefix(uri).strip()}"
+                skipped.append(SkippedFile(path=uri, reason=reason))
+            continue
+        documents.extend(d for d in docs if shard.owns(d.doc_id))
+    return documents, skipped
+
+
+def merge_reports(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """One job's report from its shards' reports: counts summed, skipped files joined, the
+    slowest shard's time (the shards ran in parallel)."""
+    if not reports:
+        raise ValueError("no shard reports to merge")
+    merged = IndexReport.model_validate(reports[0]).model_dump(mode="json")
+    for raw in reports[1:]:
+        report = IndexReport.model_validate(raw)
+        for name in ("documents", "chunks", "added", "replaced", "removed", "unchanged", "pruned", "embedded",
+                     "shards"):
+            merged[name] += getattr(report, name)
+        merged["skipped"] += [s.model_dump() for s in report.skipped]
+        merged["seconds"] = max(merged["seconds"], report.seconds)
+    merged["skipped"].sort(key=lambda s: s["path"])
+    return merged
+
+
+class _CommitLock:
+    """An exclusive lock around each commit to an embedded store on local disk (a no-op for
+    other stores): several processes of one job write the same table."""
+
+    def __init__(self, store: VectorStore, index: str):
+        uri = getattr(store, "uri", None)
+        path = uri.removeprefix("file://") if isinstance(uri, str) and ("://" not in uri or uri.startswith("file://")) else None
+        self.path = os.path.join(path, f".{index}.stackwise-lock") if path and os.path.isdir(path) else None
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self.path is None:
+            yield
+            return
+        import fcntl
+
+        with open(self.path, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_index(
     spec: IndexSpec,
     store: VectorStore | None = None,
     progress: Callable[..., None] = emit_progress,
+    shard: Shard | None = None,
 ) -> IndexReport:
+    """Index the documents of `shard` (default: from the environment, else all) of `spec.source`."""
     started = time.perf_counter()
+    shard = shard or Shard.from_env(spec)
     if store is None:
         from ..stack import load_stack
 
         store = open_store(load_stack().outputs.vector_store)
+    commit = _CommitLock(store, spec.index)
     source = Source(spec.source)
-    documents, skipped = read_documents(source)
+    documents, skipped = _read_shard(source, shard)
     model_name = canonical_name(spec.embedding.model)
 
     exists = spec.index in store.list_indexes()
@@ -79,7 +218,8 @@ def run_index(
         stored = store.chunk_ids(spec.index)
     else:
         embedder = load_embedder(spec.embedding.model, spec.embedding.device)
-        store.create_index(spec.index, embedder.dim, model_name)
+        with commit():  # another worker may be creating it too: create_index then checks its model
+            store.create_index(spec.index, embedder.dim, model_name)
         stored = {}
 
     report = IndexReport(
@@ -88,7 +228,7 @@ def run_index(
         model=model_name,
         documents=len(documents),
         chunks=0,
-        skipped=[SkippedFile(path=s.path, reason=s.reason) for s in skipped],
+        skipped=skipped,
     )
     # Plan: compare each document's chunk ids with what the store holds.
     pending = []  # (doc_id, chunks) of documents to (re)write
@@ -133,7 +273,8 @@ def run_index(
             for _, chunks in batch
             for c in chunks
         ]
-        store.replace_documents(spec.index, [doc_id for doc_id, _ in batch], records)
+        with commit():
+            store.replace_documents(spec.index, [doc_id for doc_id, _ in batch], records)
         done += len(records)
         report.embedded += len(fresh)
         progress("embed", done, total, documents=len(pending))
@@ -147,12 +288,16 @@ def run_index(
         flush()
 
     if spec.prune:
+        # Only documents of this shard: the other shards' documents are not in `documents`.
         seen = {doc.doc_id for doc in documents}
-        gone = sorted(doc for doc in store.chunk_ids(spec.index, source=source.uri) if doc not in seen)
+        gone = sorted(doc for doc in store.chunk_ids(spec.index, source=source.uri)
+                      if doc not in seen and shard.owns(doc))
         if gone:
-            report.pruned = store.delete(spec.index, doc_ids=gone)
+            with commit():
+                report.pruned = store.delete(spec.index, doc_ids=gone)
     if total or report.pruned:
-        store.optimize(spec.index)
+        with commit():
+            store.optimize(spec.index)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 

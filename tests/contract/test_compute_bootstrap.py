@@ -27,3 +27,50 @@ def test_platform_variables_win_and_one_node_is_rank_0(tmp_path):
     assert cluster_env({}, str(tmp_path / "none")) == {"NODE_RANK": "0", "NNODES": "1"}
     env = cluster_env({"MASTER_ADDR": "10.0.0.4", "NODE_RANK": "3", "MASTER_PORT": "6105"}, str(tmp_path / "none"))
     assert (env["MASTER_ADDR"], env["NODE_RANK"], env["MASTER_PORT"]) == ("10.0.0.4", "3", "6105")
+
+
+# -- index shards ------------------------------------------------------------------------------
+def test_index_nodes_get_their_shard_from_each_clouds_cluster_description(tmp_path):
+    from stackwise.adapters.compute.bootstrap import shard_env
+
+    config = tmp_path / "resourceconfig.json"
+    config.write_text(json.dumps({"current_host": "algo-3", "hosts": ["algo-1", "algo-2", "algo-3"]}))
+    assert shard_env("index", cluster_env({}, str(config))) == {"STACKWISE_SHARD_INDEX": "2",
+                                                               "STACKWISE_SHARD_COUNT": "3"}
+    vertex = {"cluster": {"workerpool0": ["chief:2222"], "workerpool1": ["w-0:2222", "w-1:2222", "w-2:2222"]},
+              "task": {"type": "workerpool0", "index": 0}}
+    assert shard_env("index", cluster_env({"CLUSTER_SPEC": json.dumps(vertex)}, str(tmp_path / "none"))) == {
+        "STACKWISE_SHARD_INDEX": "0", "STACKWISE_SHARD_COUNT": "4"}
+    vertex["task"] = {"type": "workerpool1", "index": 2}
+    assert shard_env("index", cluster_env({"CLUSTER_SPEC": json.dumps(vertex)}, str(tmp_path / "none"))) == {
+        "STACKWISE_SHARD_INDEX": "3", "STACKWISE_SHARD_COUNT": "4"}
+    # Azure ML (PyTorch distribution): NODE_RANK from the platform, the count from the request.
+    azure = cluster_env({"NODE_RANK": "1", "MASTER_ADDR": "10.0.0.4", "STACKWISE_NNODES": "2"}, str(tmp_path / "none"))
+    assert shard_env("index", azure) == {"STACKWISE_SHARD_INDEX": "1", "STACKWISE_SHARD_COUNT": "2"}
+    assert shard_env("finetune", azure) == {}
+
+
+def test_a_shard_node_runs_the_workload_and_uploads_under_its_shard(tmp_path, monkeypatch):
+    """The bootstrap for real: the spec from the environment, the workload in a subprocess, its
+    error file copied to `<job>/shards/<rank>/`. The node is told it is one of 3 while the spec
+    asks for 2 workers, which the workload must refuse (exit 2) before reading anything."""
+    import base64
+
+    from stackwise.adapters.compute import bootstrap
+    from stackwise.specs import IndexSpec
+
+    spec = IndexSpec(source=str(tmp_path / "docs"), index="kb", workers=2)
+    job = tmp_path / "job"
+    cluster = {"cluster": {"workerpool0": ["chief:2222"], "workerpool1": ["w-0:2222", "w-1:2222"]},
+               "task": {"type": "workerpool1", "index": 0}}
+    for key in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "STACKWISE_NNODES", "STACKWISE_SHARD_INDEX",
+                "STACKWISE_SHARD_COUNT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("STACKWISE_JOB_KIND", "index")
+    monkeypatch.setenv("STACKWISE_JOB_URI", f"file://{job}")
+    monkeypatch.setenv("STACKWISE_SPEC_B64", base64.b64encode(spec.model_dump_json().encode()).decode())
+    monkeypatch.setenv("CLUSTER_SPEC", json.dumps(cluster))
+    assert bootstrap.main() == 2
+    error = json.loads((job / "shards" / "1" / "error.json").read_text())
+    assert "shard 1 of 3" in error["error"] and "2 workers" in error["error"]
+    assert not (job / "error.json").exists()

@@ -200,11 +200,12 @@ def test_cli_index_routes_to_sagemaker(aws_env, tmp_path, monkeypatch):
 
     from stackwise.cli import app
 
+    import boto3
+
     use_stack("dev-aws", tmp_path, monkeypatch)
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "a.txt").write_text("hello cloud\n")
-    result = CliRunner().invoke(app, ["index", str(docs), "--index", "kb", "--stack", "dev-aws", "--detach", "--json"])
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="data/docs/a.txt", Body=b"hello cloud\n")
+    result = CliRunner().invoke(app, ["index", f"s3://{BUCKET}/data/docs/", "--index", "kb", "--stack", "dev-aws",
+                                      "--detach", "--json"])
     assert result.exit_code == 0, result.output
     job_id = json.loads(result.stdout)["job"]
     assert job_id.startswith("sw-index-") and job_id in aws_env.backend.training_jobs
@@ -235,3 +236,72 @@ def test_connect_to_a_cloud_stack_stays_light_until_the_first_cloud_call(tmp_pat
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[] ['boto3', 'botocore']"
+
+
+# -- index shards, local paths -----------------------------------------------------------------
+def _sharded_spec(n: int = 20):
+    from stackwise.specs import IndexSpec
+
+    return IndexSpec(source=f"s3://{BUCKET}/corpus-{n}/", index=f"kb{n}", workers=3)
+
+
+def test_sharded_index_request_runs_one_instance_per_worker():
+    from cloud_fixtures import OUTPUTS
+
+    from stackwise.adapters.compute.sagemaker import build_request
+    from stackwise.contract import StackOutputs
+    from stackwise.stack import Stack
+
+    stack = Stack(name="dev-aws", cloud="aws", region="us-east-1", config={}, source="test",
+                  _outputs=StackOutputs.model_validate(OUTPUTS["dev-aws"]))
+    request = build_request(_sharded_spec(), stack)
+    check_golden("sagemaker_index_sharded", request)
+    assert request["ResourceConfig"]["InstanceCount"] == 3
+    assert request["HyperParameters"]["stackwise_nodes"] == "3"
+
+
+def test_sharded_index_outputs_sum_the_shard_reports(compute, aws_env):
+    import boto3
+
+    handle = compute.submit(_sharded_spec(21))
+    s3 = boto3.client("s3")
+    base = {"index": "kb21", "source": f"s3://{BUCKET}/corpus-21", "model": "all-MiniLM-L6-v2"}
+    for shard, (docs, chunks) in enumerate([(4, 9), (3, 5), (5, 8)]):
+        report = {**base, "documents": docs, "chunks": chunks, "added": chunks, "embedded": chunks,
+                  "seconds": 10.0 + shard, "skipped": [{"path": f"s3://x/{shard}.bin", "reason": "binary"}] if shard else []}
+        s3.put_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/shards/{shard}/result.json", Body=json.dumps(report).encode())
+    aws_env.move(handle.id, "Completed")
+    outputs = handle.outputs
+    assert (outputs["documents"], outputs["chunks"], outputs["added"], outputs["shards"]) == (12, 22, 22, 3)
+    assert outputs["seconds"] == 12.0 and [s["path"] for s in outputs["skipped"]] == ["s3://x/1.bin", "s3://x/2.bin"]
+
+
+def test_local_paths_are_refused_before_anything_is_sent(compute, aws_env, tmp_path):
+    from stackwise.errors import SpecError
+    from stackwise.specs import IndexSpec
+
+    with pytest.raises(SpecError, match="a path on this machine") as caught:
+        compute.submit(IndexSpec(source="./docs", index="kb"))
+    assert f"s3://{BUCKET}/data/" in caught.value.fix
+    with pytest.raises(SpecError, match="data 'train.jsonl'"):
+        compute.submit(finetune_spec().model_copy(update={"data": "train.jsonl"}))
+    with pytest.raises(SpecError, match="base"):
+        compute.submit(finetune_spec().model_copy(update={"base": str(tmp_path)}))
+    assert aws_env.create_calls == 0 and aws_env.backend.training_jobs == {}
+
+
+def test_cli_refuses_a_local_source_on_a_cloud_stack(aws_env, tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    use_stack("dev-aws", tmp_path, monkeypatch)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("hello cloud\n")
+    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", "index", str(docs), "--index", "kb", "--stack",
+                           "dev-aws", "--detach"], env=dict(os.environ, COLUMNS="300"), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot read" in proc.stderr and f"s3://{BUCKET}/data/" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert aws_env.backend.training_jobs == {}

@@ -4,8 +4,8 @@
 127.0.0.1. Verified: the CustomJob JSON (golden file, and as the server received it), worker
 pools, Spot scheduling, state mapping, wait, outputs, cancel, one job per client token even
 when the create's answer is lost, retries on 429/503, quota, machine type and credential
-errors. Not verified: Cloud Logging (logs() yields nothing for Vertex jobs yet), a container
-really running.
+errors, logs from Cloud Logging `entries:list` (tests/emulators/gcp_logging_server.py), sharded
+index requests, local paths refused. Not verified: a container really running.
 """
 
 from __future__ import annotations
@@ -151,3 +151,73 @@ def test_routing_without_credentials_says_how_to_log_in(platform):
 
     with pytest.raises(CredentialsError, match="gcloud auth application-default login"):
         platform.compute
+
+
+# -- index shards, local paths, Cloud Logging --------------------------------------------------
+def test_sharded_index_request_runs_one_replica_per_worker():
+    from stackwise.adapters.compute.vertex import build_request
+    from stackwise.specs import IndexSpec
+
+    request = build_request(IndexSpec(source="gs://sw-dev-artifacts/data/corpus/", index="kb", workers=4), _stack())
+    check_golden("vertex_index_sharded", request)
+    assert [p["replicaCount"] for p in request["jobSpec"]["workerPoolSpecs"]] == ["1", "3"]
+
+
+def test_local_paths_are_refused_before_anything_is_sent(compute, server):
+    from stackwise.errors import SpecError
+    from stackwise.specs import EvaluateSpec, IndexSpec
+
+    with pytest.raises(SpecError, match="a path on this machine") as caught:
+        compute.submit(IndexSpec(source="docs/", index="kb"))
+    assert "gs://sw-dev-artifacts/data/" in caught.value.fix and "gcloud storage cp" in caught.value.fix
+    with pytest.raises(SpecError, match="train_data"):
+        compute.submit(EvaluateSpec(model="smollm2-135m-instruct", suites=["rouge"], data="gs://b/eval.jsonl",
+                                    train_data=["file:///home/me/train.jsonl"]))
+    assert [r for r in server.requests if r[0] == "POST"] == []
+    compute.submit(IndexSpec(source="gs://sw-dev-artifacts/data/docs/", index="kb"))  # a URI is fine
+
+
+@pytest.fixture(scope="module")
+def log_server():
+    from gcp_logging_server import LoggingServer
+
+    srv = LoggingServer().start()
+    yield srv
+    srv.stop()
+
+
+def test_logs_come_from_cloud_logging(platform, server, log_server):
+    from google.auth.credentials import AnonymousCredentials
+
+    from stackwise.adapters.compute._cloud import CredentialsError
+    from stackwise.adapters.compute.vertex import VertexCompute
+
+    log_server.reset()
+    compute = VertexCompute(platform.stack, credentials=AnonymousCredentials(), api_endpoint=server.endpoint,
+                            logging_endpoint=log_server.endpoint)
+    compute.retry = type(compute.retry)(attempts=4, base_s=0.01, max_s=0.05)
+    handle = compute.submit(index_spec(30))
+    other = compute.submit(index_spec(31))
+    assert list(handle.logs()) == []
+    log_server.add(other.id, ["not this job"])
+    log_server.add(handle.id, ["loading spec", "@@progress {}"])
+    server.move(handle.id, "JOB_STATE_RUNNING")
+    follow = compute.logs(handle.id, follow=True, poll=0.05)
+    assert [next(follow), next(follow)] == ["loading spec", "@@progress {}"]
+    log_server.faults.append("throttle")  # retried
+    log_server.add(handle.id, [f"line {i}" for i in range(1500)])  # two pages
+    server.move(handle.id, "JOB_STATE_SUCCEEDED")
+    assert list(follow) == [f"line {i}" for i in range(1500)]
+    sent = log_server.requests[-1]
+    assert sent["resourceNames"] == ["projects/my-project"] and sent["orderBy"] == "timestamp asc"
+    assert f'resource.type="ml_job" AND resource.labels.job_id="{handle.id}"' in sent["filter"]
+    # A sharded job's lines name their replica.
+    from stackwise.specs import IndexSpec
+
+    sharded = compute.submit(IndexSpec(source="gs://sw-dev-artifacts/data/docs/", index="kb", workers=2))
+    log_server.add(sharded.id, ["shard 0 here"])
+    log_server.add(sharded.id, ["shard 1 here"], task="workerpool1-0")
+    assert list(sharded.logs()) == ["[workerpool0-0] shard 0 here", "[workerpool1-0] shard 1 here"]
+    log_server.faults.append("denied")
+    with pytest.raises(CredentialsError, match="Logs Viewer"):
+        list(handle.logs())
