@@ -128,6 +128,50 @@ def _ts(value: Any) -> float | None:
     return value.timestamp() if isinstance(value, datetime) else None
 
 
+def call_aws(stack: Any, what: str, fn: Any, usage: str = "training job", **kwargs: Any) -> Any:
+    """One boto3 call; its errors become TransientError (retried) or a clear StackwiseError naming
+    what to do (credentials, quota for `usage`, an instance type the region lacks)."""
+    exc_mod = require("botocore.exceptions", "aws")
+    try:
+        return fn(**kwargs)
+    except (exc_mod.NoCredentialsError, exc_mod.PartialCredentialsError) as exc:
+        raise CredentialsError(
+            f"no AWS credentials for {what}: {exc}",
+            where=f"stack {stack.name!r} (region {stack.region})",
+            fix="configure credentials: `aws configure` or `aws sso login`, or set AWS_PROFILE / "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        ) from None
+    except (exc_mod.EndpointConnectionError, exc_mod.ConnectTimeoutError, exc_mod.ReadTimeoutError) as exc:
+        raise TransientError(f"{what}: {exc}") from None
+    except exc_mod.ClientError as exc:
+        error = exc.response.get("Error", {})
+        code, message = str(error.get("Code", "")), str(error.get("Message", ""))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+            raise TransientError(f"{what}: {code} {message}") from None
+        if code in ("ExpiredToken", "ExpiredTokenException", "UnrecognizedClientException",
+                    "InvalidClientTokenId", "InvalidSignatureException"):
+            raise CredentialsError(
+                f"AWS rejected the credentials for {what}: {code}", where=message,
+                fix="refresh them (`aws sso login`, new keys) or choose another AWS_PROFILE") from None
+        if code == "ResourceLimitExceeded":
+            raise QuotaError(
+                f"SageMaker quota exceeded for {what}: {message}",
+                where=f"account quotas in {stack.region}",
+                fix=f"request an increase in Service Quotas (SageMaker, '<instance type> for {usage} usage'"
+                + (" or 'for spot training job usage'" if usage == "training job" else "")
+                + "), or choose a smaller GPU/count",
+            ) from None
+        if code == "ValidationException" and "instance" in message.lower() and "type" in message.lower():
+            raise CloudError(
+                f"SageMaker does not offer the requested instance type here: {message}",
+                where=f"region {stack.region}",
+                fix="choose a GPU the region offers (see `stackwise plan`), or a stack in another region",
+            ) from None
+        raise CloudError(f"SageMaker refused {what}: {code}: {message}", where=f"region {stack.region}",
+                         fix="correct the request or the stack outputs") from None
+
+
 class SageMakerCompute(CloudCompute):
     """Jobs as SageMaker training jobs; the handle id is the training job name."""
 
@@ -143,7 +187,6 @@ class SageMakerCompute(CloudCompute):
                 fix="export an s3:// artifact store (the Pulumi program does)",
             )
         boto3 = require("boto3", "aws", "the SageMaker compute adapter")
-        self._botocore_exceptions = require("botocore.exceptions", "aws")
         self._session = session or boto3.session.Session(region_name=stack.region)
         self.sagemaker = self._session.client("sagemaker")
         self.s3 = self._session.client("s3")
@@ -156,44 +199,7 @@ class SageMakerCompute(CloudCompute):
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """One API call; its errors become TransientError (retried) or a clear CloudError."""
-        exc_mod = self._botocore_exceptions
-        try:
-            return fn(**kwargs)
-        except (exc_mod.NoCredentialsError, exc_mod.PartialCredentialsError) as exc:
-            raise CredentialsError(
-                f"no AWS credentials for {what}: {exc}",
-                where=f"stack {self.stack.name!r} (region {self.stack.region})",
-                fix="configure credentials: `aws configure` or `aws sso login`, or set AWS_PROFILE / "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-            ) from None
-        except (exc_mod.EndpointConnectionError, exc_mod.ConnectTimeoutError, exc_mod.ReadTimeoutError) as exc:
-            raise TransientError(f"{what}: {exc}") from None
-        except exc_mod.ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-                raise TransientError(f"{what}: {code} {message}") from None
-            if code in ("ExpiredToken", "ExpiredTokenException", "UnrecognizedClientException",
-                        "InvalidClientTokenId", "InvalidSignatureException"):
-                raise CredentialsError(
-                    f"AWS rejected the credentials for {what}: {code}", where=message,
-                    fix="refresh them (`aws sso login`, new keys) or choose another AWS_PROFILE") from None
-            if code == "ResourceLimitExceeded":
-                raise QuotaError(
-                    f"SageMaker quota exceeded for {what}: {message}",
-                    where=f"account quotas in {self.stack.region}",
-                    fix="request an increase in Service Quotas (SageMaker, '<instance type> for training job "
-                    "usage' or 'for spot training job usage'), or choose a smaller GPU/count",
-                ) from None
-            if code == "ValidationException" and "instance" in message.lower() and "type" in message.lower():
-                raise CloudError(
-                    f"SageMaker does not offer the requested instance type here: {message}",
-                    where=f"region {self.stack.region}",
-                    fix="choose a GPU the region offers (see `stackwise plan`), or a stack in another region",
-                ) from None
-            raise CloudError(f"SageMaker refused {what}: {code}: {message}", where=f"region {self.stack.region}",
-                             fix="correct the request or the stack outputs") from None
+        return call_aws(self.stack, what, fn, **kwargs)
 
     # -- the cloud calls -----------------------------------------------------------------------
     def _prepare(self, spec: Any, name: str) -> None:

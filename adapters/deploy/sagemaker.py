@@ -116,13 +116,9 @@ class SageMakerDeploy(DeployBackend):
         return self._client
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        from stackwise.adapters.compute.sagemaker import SageMakerCompute
+        from stackwise.adapters.compute.sagemaker import call_aws
 
-        # The compute adapter's error mapping (credentials, quota, instance type), without its clients.
-        mapper = SageMakerCompute.__new__(SageMakerCompute)
-        mapper.stack = self.stack
-        mapper._botocore_exceptions = require("botocore.exceptions", "aws")
-        return mapper._call(what, fn, **kwargs)
+        return call_aws(self.stack, what, fn, usage="endpoint", **kwargs)
 
     def _missing(self, exc: Exception) -> bool:
         text = str(exc)
