@@ -14,24 +14,21 @@ Behaviour every implementation guarantees (checked by `stackwise.testing.vector_
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Union
-
-from .errors import SpecError
 
 if TYPE_CHECKING:
     from .contract import VectorStoreOutput
 
 Scalar = Union[str, int, float, bool]
 FilterValue = Union[Scalar, Sequence[Scalar]]
-# A portable filter: {key: value} means equality, {key: [v1, v2]} means "in"; all keys must match.
+# A portable filter: {key: value} means equality, {key: [v1, v2]} means "in", and
+# {key: {"$gte": 1, "$lt": 5}}, {"$and": [...]}, {"$or": [...]} the rest (`stackwise.filters`).
 # Keys are `doc_id`, `source` or a metadata field.
-Filter = Mapping[str, FilterValue]
+Filter = Mapping[str, Any]
 
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 RESERVED_FIELDS = ("id", "doc_id", "source", "chunk", "text", "vector")
 
 
@@ -69,28 +66,15 @@ class IndexInfo:
     count: int
 
 
-def check_filter(filter: Filter | None) -> dict[str, list[Scalar] | Scalar]:
-    """Validate a portable filter; returns it as a plain dict. Raises SpecError with the bad key."""
+def check_filter(filter: Filter | None) -> dict[str, Any]:
+    """Validate a portable filter (`stackwise.filters`); returns it as a plain dict, any-of
+    values as lists. Raises SpecError naming the bad key, operator or value."""
+    from .filters import parse_filter
+
     if not filter:
         return {}
-    checked: dict[str, list[Scalar] | Scalar] = {}
-    for key, value in filter.items():
-        if not isinstance(key, str) or not _KEY.fullmatch(key) or key in ("id", "text", "vector", "chunk"):
-            raise SpecError(
-                f"filter key {key!r} is not filterable",
-                where="filter",
-                fix="filter on doc_id, source or a metadata field (letters, digits, '_', '.', '-')",
-            )
-        if isinstance(value, (list, tuple, set, frozenset)):
-            values = list(value)
-            if not values or not all(isinstance(v, (str, int, float, bool)) for v in values):
-                raise SpecError(f"filter {key!r} needs a non-empty list of scalars", where="filter")
-            checked[key] = values
-        elif isinstance(value, (str, int, float, bool)):
-            checked[key] = value
-        else:
-            raise SpecError(f"filter {key!r} has an unsupported value {value!r}", where="filter")
-    return checked
+    parse_filter(filter)
+    return {k: list(v) if isinstance(v, (list, tuple, set, frozenset)) else v for k, v in filter.items()}
 
 
 def check_same_model(info: IndexInfo, dim: int, model: str, where: str) -> None:
@@ -119,31 +103,12 @@ def check_dimensions(records: Iterable[Record], dim: int, where: str) -> None:
             )
 
 
-def parse_filter_args(items: Iterable[str]) -> dict[str, FilterValue]:
-    """Parse CLI `--filter key=value` items; `key=a,b` means "in"; numbers and booleans are typed."""
-    result: dict[str, FilterValue] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SpecError(
-                f"bad filter {item!r}", where="--filter", fix="write --filter key=value (or key=a,b for any of)"
-            )
-        parts = [_typed(p) for p in raw.split(",")] if "," in raw else None
-        result[key.strip()] = parts if parts is not None else _typed(raw)
-    check_filter(result)
-    return result
+def parse_filter_args(items: Iterable[str]) -> dict[str, Any]:
+    """Parse CLI `--filter` items (`key=v`, `key=a,b`, `key!=v`, `key>v`, `key>=v`, `key<v`,
+    `key<=v`; ANDed) into a portable filter; numbers and booleans are typed."""
+    from .filters import parse_filter_args as parse
 
-
-def _typed(raw: str) -> Scalar:
-    text = raw.strip()
-    if text in ("true", "false"):
-        return text == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
+    return parse(items)
 
 
 class VectorStore(ABC):

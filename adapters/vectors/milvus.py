@@ -10,8 +10,9 @@ COSINE metric), `doc_id`, `source`, `chunk`, `text` and `metadata` (JSON). The e
 model and dimension are the collection's description. Collections are created with Strong
 consistency, so a read sees every write acknowledged before it.
 
-The portable filter becomes a Milvus boolean expression (`to_milvus_expr`); a metadata key
-matches a value or a JSON array that contains it, as in the embedded store.
+The portable filter becomes a Milvus boolean expression (`to_milvus_expr`, i.e.
+`stackwise.filters.to_milvus`); a metadata key matches a value or a JSON array that contains
+it, as in the embedded store.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from stackwise.errors import StoreError
 from stackwise.registry import require
-from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter, check_same_model
+from stackwise.filters import Expr, parse_filter, to_milvus
+from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_same_model
 
 from ._hosted import check_index_name, redact, resolve_secret
 
@@ -49,28 +51,13 @@ def index_name(collection: str) -> str | None:
 
 
 def _literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
     return json.dumps(str(value), ensure_ascii=False)  # a double-quoted string with escapes
 
 
-def to_milvus_expr(filter: Filter | None) -> str:
-    """Translate a portable filter into a Milvus boolean expression ('' for no filter; pure)."""
-    checked = check_filter(filter)
-    clauses = []
-    for key, value in checked.items():
-        values = value if isinstance(value, list) else [value]
-        if key in ("doc_id", "source"):
-            clauses.append(f"{key} == {_literal(values[0])}" if len(values) == 1
-                           else f"{key} in [{', '.join(_literal(v) for v in values)}]")
-            continue
-        field = f"metadata[{json.dumps(key)}]"
-        terms = [f"{field} == {_literal(v)}" for v in values]
-        terms.append(f"json_contains_any({field}, [{', '.join(_literal(v) for v in values)}])")
-        clauses.append("(" + " or ".join(terms) + ")")
-    return " and ".join(clauses)
+def to_milvus_expr(filter: Filter | Expr | None) -> str:
+    """Translate a portable filter into a Milvus boolean expression ('' for no filter; pure;
+    `stackwise.filters.to_milvus`)."""
+    return to_milvus(parse_filter(filter))
 
 
 def _quoted_list(values: Sequence[str]) -> str:

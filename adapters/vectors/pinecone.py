@@ -11,7 +11,7 @@ Layout in one Pinecone index (the stack's `vector_store.host`, provisioned by in
 
 Each chunk is one vector; its doc_id, source, chunk number, text and the user's metadata are
 flat Pinecone metadata, so the portable filter translates to Pinecone's filter language
-(`to_pinecone_filter`). Upserts are split under Pinecone's request limits (1,000 vectors,
+(`to_pinecone_filter`, i.e. `stackwise.filters.to_pinecone`). Upserts are split under Pinecone's request limits (1,000 vectors,
 2 MB) and sent in parallel; every request is retried with backoff on 429, 5xx and connection
 errors (the SDK retries each request a few times itself; this adapter retries again
 across longer outages). A batch that still fails raises a StoreError that says how many
@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from stackwise.errors import StoreError
 from stackwise.registry import require
-from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_filter, check_same_model
+from stackwise.filters import Expr, parse_filter, to_pinecone
+from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_same_model
 
 from ._hosted import (
     check_index_name,
@@ -62,21 +63,11 @@ PARALLEL_UPSERTS = 4
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
-def to_pinecone_filter(filter: Filter | None) -> dict[str, Any] | None:
-    """Translate a portable filter into Pinecone's metadata filter language (pure).
-
-    {k: v} -> {k: {"$eq": v}}, {k: [a, b]} -> {k: {"$in": [a, b]}}, several keys -> "$and".
-    Pinecone matches a list-valued field when the list contains the value, as the embedded
-    store does.
-    """
-    checked = check_filter(filter)
-    clauses = [
-        {key: {"$in": list(value)} if isinstance(value, list) else {"$eq": value}}
-        for key, value in checked.items()
-    ]
-    if not clauses:
-        return None
-    return clauses[0] if len(clauses) == 1 else {"$and": clauses}
+def to_pinecone_filter(filter: Filter | Expr | None) -> dict[str, Any] | None:
+    """Translate a portable filter into Pinecone's metadata filter language (pure;
+    `stackwise.filters.to_pinecone`). Pinecone matches a list-valued field when the list
+    contains the value, as the embedded store does; string ranges are refused (SpecError)."""
+    return to_pinecone(parse_filter(filter))
 
 
 def _status(exc: BaseException) -> int | None:

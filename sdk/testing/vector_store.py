@@ -20,7 +20,7 @@ import random
 
 import pytest
 
-from stackwise.errors import StoreError
+from stackwise.errors import SpecError, StoreError
 from stackwise.vectors import Record, VectorStore
 
 DIM = 8
@@ -59,6 +59,9 @@ class VectorStoreContract:
     """Mix into a test class that provides the `store` and `reopen` fixtures."""
 
     index = "contract"
+    # Whether the store compares strings with $gt/$gte/$lt/$lte (Pinecone: numbers only, so
+    # such a filter must be refused with a SpecError instead).
+    string_ranges = True
 
     @pytest.fixture
     def filled(self, store: VectorStore) -> VectorStore:
@@ -174,6 +177,70 @@ class VectorStoreContract:
     def test_count_with_filter(self, filled: VectorStore, flt, expected) -> None:
         assert filled.count(self.index, flt) == expected
         assert len(filled.query(self.index, _vector(3, 2), k=20, filter=flt)) == expected
+
+    # The portable filter's operators (stackwise.filters): every store selects the same rows.
+    # filled: alpha 4 chunks (en, 2001, draft False), beta 3 (de, 2005, True),
+    # gamma 2 (en, 2010, False, score 0.5).
+    @pytest.mark.parametrize(
+        ("flt", "expected"),
+        [
+            ({"year": {"$gte": 2002, "$lt": 2011}}, 5),  # a range
+            ({"year": {"$gt": 2005}}, 2),
+            ({"year": {"$lte": 2005}}, 7),
+            ({"score": {"$gte": 0.25, "$lte": 0.5}}, 2),
+            ({"year": {"$eq": 2005}}, 3),
+            ({"lang": {"$ne": "en"}}, 3),
+            ({"draft": {"$ne": False}}, 3),
+            ({"score": {"$ne": 0.7}}, 2),  # a record without the key never matches, $ne included
+            ({"doc_id": {"$ne": "alpha"}}, 5),
+            ({"year": {"$nin": [2001, 2005]}}, 2),
+            ({"doc_id": {"$nin": ["alpha", "gamma"]}}, 3),
+            ({"lang": {"$in": ["de", "fr"]}}, 3),
+            ({"$or": [{"lang": "de"}, {"year": 2010}]}, 5),  # an $or of two conditions
+            ({"$or": [{"$and": [{"lang": "en"}, {"year": {"$gt": 2005}}]},  # nested $and / $or
+                      {"$and": [{"draft": True}, {"doc_id": {"$ne": "beta"}}]}]}, 2),
+            ({"$and": [{"$or": [{"doc_id": "alpha"}, {"doc_id": "beta"}]},
+                       {"$or": [{"draft": True}, {"year": {"$lt": 2002}}]}], "lang": "en"}, 4),
+            ({"year": {"$gt": 2010}}, 0),  # matches nothing
+            ({"$and": [{"lang": "en"}, {"lang": "de"}]}, 0),
+            ({"lang": {"$nin": ["en", "de"]}}, 0),
+        ],
+    )
+    def test_filter_operators(self, filled: VectorStore, flt, expected) -> None:
+        assert filled.count(self.index, flt) == expected
+        hits = filled.query(self.index, _vector(3, 1), k=20, filter=flt)
+        assert len(hits) == expected
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+
+    def test_filter_operators_rank_within_the_selection(self, filled: VectorStore) -> None:
+        # Nearest to gamma's cluster, which the filter excludes, as is beta: only alpha is left.
+        hits = filled.query(self.index, _vector(5, 2), k=3, filter={"year": {"$lt": 2010}, "lang": {"$ne": "de"}})
+        assert {h.doc_id for h in hits} == {"alpha"} and len(hits) == 3
+
+    @pytest.mark.parametrize(("flt", "expected"), [({"lang": {"$lt": "e"}}, 3), ({"doc_id": {"$gte": "b"}}, 5)])
+    def test_string_ranges(self, filled: VectorStore, flt, expected) -> None:
+        if not self.string_ranges:
+            with pytest.raises(SpecError, match="only numbers"):
+                filled.count(self.index, flt)
+            return
+        assert filled.count(self.index, flt) == expected
+        assert len(filled.query(self.index, _vector(3, 1), k=20, filter=flt)) == expected
+
+    def test_filter_values_with_quotes_are_values(self, filled: VectorStore) -> None:
+        tricky = 'O\'Brien "the" \\ one\'; --'
+        [record] = make_records("delta", 1, axis=3, author=tricky)
+        filled.upsert(self.index, [record])
+        assert filled.count(self.index, {"author": tricky}) == 1
+        assert filled.count(self.index, {"author": {"$ne": tricky}}) == 0
+        assert filled.count(self.index, {"author": "O'Brien"}) == 0
+        assert [h.id for h in filled.query(self.index, _vector(1, 0), k=5, filter={"author": [tricky, "x"]})] == [record.id]
+
+    def test_bad_filter_is_a_spec_error(self, filled: VectorStore) -> None:
+        with pytest.raises(SpecError, match="unknown operator"):
+            filled.query(self.index, _vector(1, 0), k=5, filter={"year": {"$between": [1, 2]}})
+        with pytest.raises(SpecError, match="not filterable"):
+            filled.count(self.index, {"text": {"$ne": "x"}})
 
     def test_fetch_returns_vectors_and_metadata(self, filled: VectorStore) -> None:
         [record] = filled.fetch(self.index, ["gamma-c1", "missing"])

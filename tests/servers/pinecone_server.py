@@ -9,7 +9,11 @@ Covers what the stackwise adapter uses, checked as Pinecone documents it:
   `POST /vectors/delete` (ids, deleteAll, filter), `POST /describe_index_stats`,
   `GET /vectors/list` (paginated, prefix);
 - the metadata filter language: implicit equality, $eq $ne $gt $gte $lt $lte $in $nin
-  $exists $and $or; a list-valued field matches $eq/$in when it contains a value.
+  $exists $and $or, with the operand types Pinecone documents (ranges on numbers only, $in
+  and $nin on arrays of strings or numbers, $exists on booleans; others are a 400); a
+  list-valued field matches $eq/$in when it contains a value, $ne/$nin when it contains none;
+  a record without the field matches $ne and $nin (the adapter adds `$exists: true` where it
+  must not).
 Fault injection for tests: `server.fail(path, status, times, when=pred)` answers the next
 `times` matching requests with `status`. Every request is recorded in `server.requests`.
 
@@ -37,20 +41,35 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _compare(op: str, have: Any, want: Any) -> bool:
+    """One operator, with the operand types Pinecone documents ("Filter by metadata"):
+    $eq/$ne number, string or boolean; $gt/$gte/$lt/$lte number; $in/$nin an array of strings
+    or numbers; $exists boolean. Other operands are refused (400), as Pinecone does."""
+    if op in ("$eq", "$ne"):
+        if not isinstance(want, (str, int, float, bool)):
+            raise ApiError(400, "INVALID_ARGUMENT", f"{op} takes a number, string or boolean")
+    elif op in ("$in", "$nin"):
+        if not isinstance(want, list) or not all(isinstance(w, str) or _number(w) for w in want):
+            raise ApiError(400, "INVALID_ARGUMENT", f"{op} takes an array of strings or numbers")
+        if len(want) > 10_000:
+            raise ApiError(400, "INVALID_ARGUMENT", f"{op} takes at most 10000 values")
     if op in ("$eq", "$ne", "$in", "$nin"):
         wanted = want if op in ("$in", "$nin") else [want]
-        if not isinstance(wanted, list):
-            raise ApiError(400, "INVALID_ARGUMENT", f"{op} needs an array")
         values = have if isinstance(have, list) else [have]
         hit = have is not None and any(_same(v, w) for v in values for w in wanted)
         return hit if op in ("$eq", "$in") else not hit
     if op == "$exists":
-        return (have is not None) == bool(want)
+        if not isinstance(want, bool):
+            raise ApiError(400, "INVALID_ARGUMENT", "$exists takes a boolean")
+        return (have is not None) == want
     if op in ("$gt", "$gte", "$lt", "$lte"):
-        if not isinstance(want, (int, float)) or isinstance(want, bool):
+        if not _number(want):
             raise ApiError(400, "INVALID_ARGUMENT", f"{op} needs a number")
-        if not isinstance(have, (int, float)) or isinstance(have, bool):
+        if not _number(have):
             return False
         return {"$gt": have > want, "$gte": have >= want, "$lt": have < want, "$lte": have <= want}[op]
     raise ApiError(400, "INVALID_ARGUMENT", f"unsupported filter operator {op}")
@@ -63,6 +82,27 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
+def validate(flt: dict[str, Any] | None) -> None:
+    """Refuse a malformed filter (400) before any record is looked at, as Pinecone does."""
+    if not flt:
+        return
+    if not isinstance(flt, dict):
+        raise ApiError(400, "INVALID_ARGUMENT", "filter must be an object")
+    for key, cond in flt.items():
+        if key in ("$and", "$or"):
+            if not isinstance(cond, list) or not cond or not all(isinstance(c, dict) for c in cond):
+                raise ApiError(400, "INVALID_ARGUMENT", f"{key} takes a non-empty array of filters")
+            for c in cond:
+                validate(c)
+        elif key.startswith("$"):
+            raise ApiError(400, "INVALID_ARGUMENT", f"unsupported filter operator {key}")
+        elif isinstance(cond, dict):
+            for op, want in cond.items():
+                _compare(op, None, want)
+        else:
+            _compare("$eq", None, cond)
+
+
 def matches(metadata: dict[str, Any], flt: dict[str, Any] | None) -> bool:
     """Evaluate a Pinecone metadata filter against one vector's metadata."""
     if not flt:
@@ -70,11 +110,12 @@ def matches(metadata: dict[str, Any], flt: dict[str, Any] | None) -> bool:
     if not isinstance(flt, dict):
         raise ApiError(400, "INVALID_ARGUMENT", "filter must be an object")
     for key, cond in flt.items():
-        if key == "$and":
-            if not all(matches(metadata, c) for c in cond):
-                return False
-        elif key == "$or":
-            if not any(matches(metadata, c) for c in cond):
+        if key in ("$and", "$or"):
+            if not isinstance(cond, list) or not cond or not all(isinstance(c, dict) for c in cond):
+                raise ApiError(400, "INVALID_ARGUMENT", f"{key} takes a non-empty array of filters")
+            # Evaluate every branch, so a malformed one is refused whatever the record holds.
+            results = [matches(metadata, c) for c in cond]
+            if not (all(results) if key == "$and" else any(results)):
                 return False
         elif key.startswith("$"):
             raise ApiError(400, "INVALID_ARGUMENT", f"unsupported filter operator {key}")
@@ -214,6 +255,7 @@ class PineconeServer:
         if vector is None or len(vector) != self.state.dimension:
             raise ApiError(400, "INVALID_ARGUMENT", f"Vector dimension {len(vector or [])} does not match the dimension of the index {self.state.dimension}")
         ns = body.get("namespace", "")
+        validate(body.get("filter"))
         candidates = [v for v in self.state.namespaces.get(ns, {}).values() if matches(v["metadata"], body.get("filter"))]
         scored = sorted(((_cosine(vector, v["values"]), v) for v in candidates), key=lambda sv: -sv[0])[:top_k]
         out = []
@@ -230,6 +272,7 @@ class PineconeServer:
         flt = body.get("filter")
         if not flt:
             raise ApiError(400, "INVALID_ARGUMENT", "filter must not be empty")
+        validate(flt)
         ns = body.get("namespace", "")
         limit = int(body.get("limit") or 100)
         after = body.get("paginationToken") or ""
@@ -257,6 +300,7 @@ class PineconeServer:
             for i in body["ids"]:
                 ns.pop(i, None)
         elif body.get("filter"):
+            validate(body["filter"])
             for i in [i for i, v in ns.items() if matches(v["metadata"], body["filter"])]:
                 ns.pop(i)
         else:
