@@ -34,16 +34,15 @@ PUT with: `throttle` (429 with Retry-After), `unavailable` (503), `quota` (400 Q
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
-import ssl
 import tempfile
 import threading
 from collections import deque
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlparse
+
+from _json_http import JsonHttpServer
 
 _WS = r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/([^/]+)"
 _JOB = re.compile(_WS + r"/jobs/([^/]+?)(/cancel)?$", re.IGNORECASE)
@@ -77,54 +76,24 @@ class AzureMLServer:
         self.deployments: dict[str, dict[str, dict[str, Any]]] = {}
         self._lock = threading.RLock()
 
+    def _route(self, method: str, path: str, body: Any, headers: Any) -> tuple[int, Any, dict[str, str]]:
+        if urlparse(path).path.startswith("/logs/"):
+            status, text = self.log_blob(path)
+            return status, text, {}
+        if urlparse(path).path != "/discovery" and not (headers.get("Authorization") or "").startswith("Bearer "):
+            status, payload, extra = self._error(401, "AuthenticationFailed", "No bearer token.")
+        else:
+            status, payload, extra = self.handle(method, path, body)
+        return status, payload, {"x-ms-request-id": "00000000-0000-0000-0000-000000000000", **extra}
+
     def start(self) -> "AzureMLServer":
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _reply(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                body = json.loads(raw) if raw else None
-                if urlparse(self.path).path.startswith("/logs/"):
-                    status, text = server.log_blob(self.path)
-                    data = text.encode()
-                    self.send_response(status)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                    return
-                if urlparse(self.path).path != "/discovery" and not (
-                        self.headers.get("Authorization") or "").startswith("Bearer "):
-                    status, payload, headers = server._error(401, "AuthenticationFailed", "No bearer token.")
-                else:
-                    status, payload, headers = server.handle(self.command, self.path, body)
-                data = json.dumps(payload).encode() if payload is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("x-ms-request-id", "00000000-0000-0000-0000-000000000000")
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_PUT = do_POST = do_DELETE = _reply
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.ca_file = _self_signed_certificate()
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.ca_file)
-        self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
-        self.endpoint = f"https://127.0.0.1:{self._http.server_address[1]}/"
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        self._http = JsonHttpServer(self._route, cert_file=self.ca_file)
+        self.endpoint = self._http.url + "/"
         return self
 
     def stop(self) -> None:
-        self._http.shutdown()
+        self._http.stop()
 
     def reset(self) -> None:
         with self._lock:

@@ -12,13 +12,13 @@ matching everything. `faults` answers the next call with 429 or 403.
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections import deque
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from _json_http import JsonHttpServer
 
 _TERM = re.compile(r'^(resource\.type|resource\.labels\.[\w-]+|timestamp)\s*(=|>=|>)\s*"([^"]*)"$')
 
@@ -88,46 +88,24 @@ class LoggingServer:
             answer["nextPageToken"] = str(start + size)
         return 200, answer
 
+    def _route(self, method: str, path: str, body: Any, headers: Any) -> tuple[int, Any]:
+        if method != "POST" or path != "/v2/entries:list":
+            return 404, {"error": {"code": 404, "message": f"no route {method} {path}", "status": "NOT_FOUND"}}
+        with self._lock:
+            self.requests.append(body or {})
+            fault = self.faults.popleft() if self.faults else None
+            if fault == "throttle":
+                return 429, {"error": {"code": 429, "message": "Quota exceeded for quota metric 'Read requests'",
+                                       "status": "RESOURCE_EXHAUSTED"}}
+            if fault == "denied":
+                return 403, {"error": {"code": 403, "message": "Permission 'logging.logEntries.list' denied on "
+                                       "resource", "status": "PERMISSION_DENIED"}}
+            return self._list(body or {})
+
     def start(self) -> "LoggingServer":
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                if self.path != "/v2/entries:list":
-                    self._send(404, {"error": {"code": 404, "message": f"no route {self.path}", "status": "NOT_FOUND"}})
-                    return
-                with server._lock:
-                    server.requests.append(body)
-                    fault = server.faults.popleft() if server.faults else None
-                    if fault == "throttle":
-                        self._send(429, {"error": {"code": 429, "message": "Quota exceeded for quota metric "
-                                                   "'Read requests'", "status": "RESOURCE_EXHAUSTED"}})
-                        return
-                    if fault == "denied":
-                        self._send(403, {"error": {"code": 403, "message": "Permission 'logging.logEntries.list' "
-                                                   "denied on resource", "status": "PERMISSION_DENIED"}})
-                        return
-                    status, answer = server._list(body)
-                self._send(status, answer)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        self._httpd = JsonHttpServer(self._route)
+        self.endpoint = self._httpd.url
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._httpd.stop()

@@ -14,15 +14,15 @@ or creates the job and then answers 503 (the answer lost).
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
 from collections import deque
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from _json_http import JsonHttpServer
 
 _JOB = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/customJobs/(\d+)(:cancel)?$")
 _JOBS = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/customJobs$")
@@ -49,40 +49,13 @@ class VertexServer:
         self._lock = threading.Lock()
 
     def start(self) -> "VertexServer":
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, body: Any) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._send(*server.handle("GET", self.path, None))
-
-            def do_PATCH(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                self._send(*server.handle("PATCH", self.path, body))
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                self._send(*server.handle("POST", self.path, body))
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self._http.server_address[1]}"
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        self._http = JsonHttpServer(lambda method, path, body, headers: self.handle(
+            method, path, body if body is not None or method == "GET" else {}))
+        self.endpoint = self._http.url
         return self
 
     def stop(self) -> None:
-        self._http.shutdown()
+        self._http.stop()
 
     def reset(self) -> None:
         with self._lock:

@@ -1,0 +1,62 @@
+"""The HTTP plumbing the cloud emulators share: a threaded server on 127.0.0.1 (optionally TLS)
+that hands each request's method, path, JSON body and headers to a route function and writes
+back its answer. A route returns `(status, payload)` or `(status, payload, headers)`; a payload
+that is `bytes` or `str` is sent as text, anything else as JSON, `None` as an empty body."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Route = Callable[[str, str, Any, Any], tuple]
+
+
+class JsonHttpServer:
+    def __init__(self, route: Route, cert_file: str | None = None) -> None:
+        self.route = route
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _reply(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                body = json.loads(raw) if raw.strip() else None
+                status, payload, *rest = outer.route(self.command, self.path, body, self.headers)
+                headers = rest[0] if rest else {}
+                if payload is None:
+                    data, kind = b"", "application/json"
+                elif isinstance(payload, (bytes, str)):
+                    data = payload.encode() if isinstance(payload, str) else payload
+                    kind = "text/plain"
+                else:
+                    data, kind = json.dumps(payload).encode(), "application/json"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = _reply
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if cert_file:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(cert_file)
+            self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self._http.server_address[1]}"
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
