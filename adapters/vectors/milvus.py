@@ -87,8 +87,12 @@ class MilvusStore(VectorStore):
 
     def _error(self, what: str, exc: BaseException) -> StoreError:
         detail = redact(str(getattr(exc, "message", None) or exc), self._token)[:500]
-        return StoreError(f"Milvus {what} failed: {detail}", where=f"Milvus at {self.host}",
-                          fix="check that the Milvus proxy is reachable and healthy")
+        unreachable = any(word in f"{type(exc).__name__} {detail}".lower()
+                          for word in ("unavailable", "connect", "deadline", "timeout", "timed out"))
+        fix = ("check that the Milvus proxy is reachable and healthy" if unreachable else
+               "Milvus refused the request: correct what its message names (filter, field or index), "
+               "or report it if stackwise built it")
+        return StoreError(f"Milvus {what} failed: {detail}", where=f"Milvus at {self.host}", fix=fix)
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
