@@ -47,10 +47,18 @@ class TrainingConfig(_Model):
     spot: bool = Field(True, description="Use spot / low-priority capacity for training jobs.")
 
 
-class VectorStoreConfig(_Model):
-    """Where indexes live: the embedded store on the object store, or a Pinecone serverless index."""
+_SECRET_REF = re.compile(r"^(env|aws-sm|gcp-sm|azure-kv)://\S+$")
 
-    kind: Literal["embedded", "pinecone"] = "embedded"
+
+class VectorStoreConfig(_Model):
+    """Where indexes live: the embedded store on the object store, a Pinecone serverless index the
+    program creates, or a Weaviate or Milvus cluster run elsewhere (`host` + `apiKeySecret`)."""
+
+    kind: Literal["embedded", "pinecone", "weaviate", "milvus"] = "embedded"
+    host: str | None = Field(None, description="weaviate / milvus: the existing cluster's URL.")
+    api_key_secret: str | None = Field(
+        None, description="weaviate / milvus: secret reference of its API key or token (aws-sm://, gcp-sm://, "
+        "azure-kv://, env://), read by jobs at run time; never the key itself.")
     index: str = Field("stackwise", pattern=r"^[a-z0-9-]{1,45}$", description="Pinecone index name.")
     dimension: int = Field(384, ge=1, le=20000, description="Vector size (384 for all-MiniLM-L6-v2).")
     metric: Literal["cosine", "dotproduct", "euclidean"] = "cosine"
@@ -58,6 +66,19 @@ class VectorStoreConfig(_Model):
         None, description="Where Pinecone hosts the serverless index (default: the stack's cloud)."
     )
     region: str | None = Field(None, description="Pinecone serverless region (default: the stack's region).")
+
+    @model_validator(mode="after")
+    def _external_cluster(self) -> "VectorStoreConfig":
+        external = self.kind in ("weaviate", "milvus")
+        if external and not (self.host and self.host.startswith(("http://", "https://"))):
+            raise ValueError(f"kind {self.kind} needs host: the URL of the existing {self.kind} cluster "
+                             "(this program does not create one; see docs/stacks.md)")
+        if not external and (self.host or self.api_key_secret):
+            raise ValueError(f"host and apiKeySecret are for weaviate or milvus clusters, not kind {self.kind}")
+        if self.api_key_secret and not _SECRET_REF.fullmatch(self.api_key_secret):
+            raise ValueError("apiKeySecret must be a secret reference such as aws-sm://ARN or env://NAME, "
+                             "never the key itself")
+        return self
 
 
 class EndpointConfig(_Model):

@@ -72,6 +72,8 @@ def _vector_store(prefix: str, config: InfraConfig, secrets: Secrets, artifact_s
     store = config.vector_store
     if store.kind == "embedded":
         return artifact_store.apply(lambda root: {"kind": "embedded", "uri": f"{root.rstrip('/')}/vectors"})
+    if store.kind in ("weaviate", "milvus"):  # a cluster run elsewhere: exported, not created
+        return pulumi.Output.from_input({"kind": store.kind, "host": store.host, "api_key_secret": store.api_key_secret})
     from .pinecone import VectorIndex, VectorIndexArgs
 
     assert secrets.pinecone_api_key is not None and secret_ref is not None
@@ -97,13 +99,18 @@ def _endpoint_output(ep: EndpointConfig, served: Any, image: pulumi.Input[str]) 
         "gpu_count": ep.count, "min_replicas": ep.min_replicas})
 
 
+def _aws_secret_arn(ref: str | None) -> str | None:
+    return ref.removeprefix("aws-sm://") if ref and ref.startswith("aws-sm://") else None
+
+
 def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, Any]:
     from . import aws
 
     tags = config.all_tags
     platform = aws.TrainingPlatform(prefix, aws.TrainingPlatformArgs(
         region=config.region, cidr=config.network.cidr, tags=tags,
-        pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None))
+        pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
+        external_secret_arn=_aws_secret_arn(config.vector_store.api_key_secret)))
     endpoint = None
     if config.endpoint is not None:
         ep = config.endpoint

@@ -21,6 +21,8 @@ class TrainingPlatformArgs:
     """Tags on every taggable resource."""
     pinecone_api_key: pulumi.Input[str] | None = None
     """When set, stored in Secrets Manager (KMS-encrypted) for jobs to read."""
+    external_secret_arn: str | None = None
+    """A Secrets Manager secret made elsewhere (an existing Weaviate/Milvus cluster's key) jobs may read."""
 
 
 class TrainingPlatform(pulumi.ComponentResource):
@@ -105,7 +107,7 @@ class TrainingPlatform(pulumi.ComponentResource):
             tags=tags, opts=child)
         aws.iam.RolePolicy(f"{name}-jobs-policy", role=self.role.id,
                            policy=_job_policy(self.bucket.arn, self.key.arn, self.repository.arn,
-                                              self.secret.arn if self.secret else None),
+                                              self.secret.arn if self.secret else args.external_secret_arn),
                            opts=child)
 
         self.artifact_store = self.bucket.bucket.apply(lambda b: f"s3://{b}")

@@ -117,3 +117,24 @@ def test_gcp_needs_its_project():
     with pytest.raises(ConfigError) as err:
         load_with("dev-gcp", gcpProject=None)
     assert "gcp stacks need gcpProject and gcpBillingAccount" in err.value.what
+
+
+@pytest.mark.parametrize("kind", ["weaviate", "milvus"])
+def test_an_existing_weaviate_or_milvus_cluster_is_configured_by_host_and_secret(kind):
+    config = load_with("dev-gcp", vectorStore={"kind": kind, "host": "https://vectors.internal:8080",
+                                               "apiKeySecret": "gcp-sm://projects/p/secrets/vector-key"})
+    assert (config.vector_store.kind, config.vector_store.host) == (kind, "https://vectors.internal:8080")
+
+
+@pytest.mark.parametrize(("store", "match"), [
+    ({"kind": "weaviate"}, "needs host"),
+    ({"kind": "milvus", "host": "vectors:19530"}, "needs host"),
+    ({"kind": "weaviate", "host": "https://w", "apiKeySecret": "sk-the-key-itself"}, "secret reference"),
+    ({"kind": "embedded", "host": "https://w"}, "not kind embedded"),
+    ({"kind": "qdrant", "host": "https://q"}, "vectorStore.kind"),
+])
+def test_bad_vector_store_config_names_the_key(store, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        load_with("dev-aws", vectorStore=store)
+    assert "stackwise:vectorStore" in err.value.what
+    assert "sk-the-key-itself" not in f"{err.value.what} {err.value.fix}"

@@ -174,3 +174,36 @@ def test_endpoints_export_what_deploy_needs(name, offline_run):
     else:  # the stack registry's serve image, next to the training image
         assert endpoint.serving_image.split("/")[0] == run.outputs.training_image.split("/")[0]
         assert endpoint.serving_image.endswith((":serve", "/serve:latest")), endpoint.serving_image
+
+
+def test_an_existing_weaviate_cluster_is_exported_not_created():
+    pytest.importorskip("pulumi_gcp")
+    from stackwise.infra.config import InfraConfig
+    from stackwise.infra.offline import run_offline
+
+    raw, source = stack_config("dev-gcp")
+    raw = {**raw, "vectorStore": {"kind": "weaviate", "host": "https://weaviate.internal",
+                                  "apiKeySecret": "gcp-sm://projects/p/secrets/weaviate-key"}}
+    run = run_offline(InfraConfig.load(raw, source), "dev-gcp")
+    store = run.outputs.vector_store
+    assert (store.kind, store.host, store.api_key_secret) == \
+        ("weaviate", "https://weaviate.internal", "gcp-sm://projects/p/secrets/weaviate-key")
+    assert not [r for r in run.resources if "pinecone" in r.type or "weaviate" in r.type.lower()]
+
+
+def test_the_aws_job_role_may_read_an_existing_clusters_key():
+    import json
+
+    from stackwise.infra.config import InfraConfig
+    from stackwise.infra.offline import run_offline
+
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:milvus-token-AbCdEf"
+    raw, source = stack_config("dev-aws")
+    raw = {**raw, "vectorStore": {"kind": "milvus", "host": "https://milvus.internal:19530",
+                                  "apiKeySecret": f"aws-sm://{arn}"}}
+    run = run_offline(InfraConfig.load(raw, source), "dev-aws")
+    assert run.outputs.vector_store.kind == "milvus"
+    (policy,) = by_type(run, "iam/rolePolicy:RolePolicy")
+    statements = json.loads(policy.inputs["policy"])["Statement"]
+    assert {"Sid": "VectorStoreKey", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+            "Resource": arn} in statements
