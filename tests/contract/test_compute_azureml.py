@@ -34,6 +34,9 @@ from cloud_fixtures import OUTPUTS, azure_cli_login, check_golden, finetune_spec
 from stackwise.jobs import JobState  # noqa: E402
 from stackwise.testing.compute import ComputeContract, ComputeDriver  # noqa: E402
 
+# azure-ai-ml's own use of marshmallow warns on every schema; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated")
+
 WS = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sw-dev/providers/"
       "Microsoft.MachineLearningServices/workspaces/sw-dev-ws")
 

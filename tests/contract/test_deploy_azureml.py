@@ -27,6 +27,9 @@ from cloud_fixtures import OUTPUTS, azure_cli_login  # noqa: E402
 from stackwise.deploy import DeployTarget  # noqa: E402
 from stackwise.testing.deploy import DeployContract, DeployDriver  # noqa: E402
 
+# azure-ai-ml's own use of marshmallow warns on every schema; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated")
+
 IMAGE = "swdevimages.azurecr.io/serve:latest"
 ENDPOINT = "sw-dev-chat"
 
