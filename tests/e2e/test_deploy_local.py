@@ -65,7 +65,7 @@ class LocalDriver(DeployDriver):
         return self._backend
 
     def backend_without_endpoint(self):
-        pytest.skip("the local stack always has its endpoint")
+        raise AssertionError("the local stack always has its endpoint: see the override below")
 
     def target(self, version):
         return DeployTarget(model="chat", version=str(version), artifact_uri=self.models["v1"].as_uri(),
@@ -79,6 +79,14 @@ class TestLocalDeployContract(DeployContract):
     @pytest.fixture
     def driver(self, sdk_env, models):
         return LocalDriver(models)
+
+    def test_a_stack_without_an_endpoint_says_how_to_add_one(self, driver) -> None:
+        # The local stack always has its one endpoint; naming another is the error to explain.
+        from stackwise.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="no endpoint named 'blue'") as caught:
+            driver.backend().describe("blue")
+        assert "'local'" in caught.value.fix
 
 
 # -- the whole path: registry -> deploy -> serve -> HTTP -----------------------------------------
