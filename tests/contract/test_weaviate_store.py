@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("weaviate", reason="install stackwise[weaviate]")
 
-from conftest import WEAVIATE_TEST_KEY  # noqa: E402
+from conftest import WEAVIATE_TEST_KEY, write_lee_corpus  # noqa: E402  (at import: `conftest` names another file later)
 
 from stackwise.adapters.vectors.weaviate import (  # noqa: E402
     WeaviateStore,
@@ -409,8 +409,6 @@ def weaviate_cli_server():
 
 @pytest.fixture(scope="module")
 def wv_project(tmp_path_factory, weaviate_cli_server):
-    from conftest import write_lee_corpus
-
     root = tmp_path_factory.mktemp("weaviate-project")
     (root / "Pulumi.yaml").write_text("name: demo\nruntime: python\nstackConfigDir: stacks/\n")
     stacks = root / "stacks"
