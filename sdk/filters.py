@@ -237,6 +237,8 @@ def _bad_for(store: str, cond: Cond, why: str, fix: str) -> SpecError:
     return SpecError(f"{store} cannot apply filter {cond.key!r} ${cond.op} {cond.value!r}: {why}",
                      where="filter", fix=fix)
 
+PINECONE_MAX_IN = 10_000  # values in one $in / $nin (Pinecone's documented limit)
+
 def to_pinecone(expr: Expr | None) -> dict[str, Any] | None:
     """Pinecone's metadata filter language (pure).
 
@@ -254,6 +256,9 @@ def to_pinecone(expr: Expr | None) -> dict[str, Any] | None:
     if op in RANGE_OPS and _kind(value) != "num":
         raise _bad_for("Pinecone", expr, "Pinecone compares only numbers with $gt/$gte/$lt/$lte",
                        "store the field as a number, or filter strings with equality or $in")
+    if op in ("in", "nin") and len(value) > PINECONE_MAX_IN:
+        raise SpecError(f"Pinecone cannot apply filter {key!r} ${op} with {len(value):,} values: it takes at "
+                        f"most {PINECONE_MAX_IN:,}", where="filter", fix="split the query, or filter on a coarser field")
     if op in ("in", "nin") and any(isinstance(v, bool) for v in value):
         parts = [{key: {"$eq" if op == "in" else "$ne": v}} for v in value]
         cond = parts[0] if len(parts) == 1 else {"$or" if op == "in" else "$and": parts}

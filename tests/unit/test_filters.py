@@ -151,6 +151,14 @@ def test_to_pinecone_refuses_string_ranges():
     assert "store the field as a number" in caught.value.fix
 
 
+def test_to_pinecone_refuses_more_in_values_than_pinecone_takes():
+    ids = [f"doc-{i}" for i in range(10_001)]
+    with pytest.raises(SpecError, match="10,001 values: it takes at most 10,000") as caught:
+        to_pinecone(parse_filter({"doc_id": {"$nin": ids}}))
+    assert "doc-9999" not in str(caught.value)  # the message names the count, not the values
+    assert to_pinecone(parse_filter({"doc_id": ids[:10_000]}))["doc_id"]["$in"] == ids[:10_000]
+
+
 # -- Milvus ----------------------------------------------------------------------------------------
 EN_M = '(metadata["lang"] == "en" or json_contains_any(metadata["lang"], ["en"]))'
 
