@@ -113,7 +113,9 @@ def test_documented_extras_exist_and_all_includes_every_other():
     (everything,) = extras["all"]
     match = re.fullmatch(r"stackwise\[([a-z0-9,_-]+)\]", everything.replace(" ", ""))
     assert match, everything
-    assert set(match.group(1).split(",")) == set(extras) - {"all", "dev"}
+    assert set(match.group(1).split(",")) == set(extras) - {"all", "dev", "test"}
+    # `test` (README's test command, CI) is everything the suite exercises: every extra plus dev.
+    assert [e.replace(" ", "") for e in extras["test"]] == ["stackwise[all,dev]"]
 
 
 def test_console_script_points_at_main():
