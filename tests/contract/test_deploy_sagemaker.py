@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 pytest.importorskip("boto3", reason="install stackwise[aws]")
 pytest.importorskip("moto", reason="install stackwise[dev]")
 
-from cloud_fixtures import OUTPUTS  # noqa: E402
+from cloud_fixtures import OUTPUTS, aws_moto_env  # noqa: E402
 from sagemaker_emulator import SageMakerEmulator  # noqa: E402
 
 from stackwise.deploy import DeployTarget  # noqa: E402
@@ -41,12 +41,7 @@ def emulator():
 
 @pytest.fixture
 def aws_env(emulator, monkeypatch, tmp_path):
-    for key, value in {"AWS_ENDPOINT_URL": emulator.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                       "AWS_MAX_ATTEMPTS": "1", "AWS_EC2_METADATA_DISABLED": "true",
-                       "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    aws_moto_env(emulator.endpoint, tmp_path, monkeypatch)
     emulator.reset()
     emulator.update_delay = 0.05
     return emulator

@@ -49,6 +49,18 @@ def use_stack(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any
     return stackwise.connect(name)
 
 
+def aws_moto_env(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point boto3 at moto on `endpoint` with test credentials, one attempt per call, and no
+    profile, config file, session token or instance metadata of this machine."""
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_MAX_ATTEMPTS": "1", "AWS_EC2_METADATA_DISABLED": "true",
+                       "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+
+
 def azure_cli_login(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged_in: bool = True) -> None:
     """Point MLClient at the local ARM server (`STACKWISE_AZURE_ARM_ENDPOINT`, its TLS certificate)
     and sign in the way `az login` would: DefaultAzureCredential, limited to AzureCliCredential,
