@@ -6,6 +6,8 @@ per session on 127.0.0.1 and emptied between tests.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +99,21 @@ def write_lee_corpus(folder: Path, articles: int) -> Path:
     for number, text in enumerate(lines):
         (folder / f"lee-{number:03d}.txt").write_text(text + "\n", encoding="utf-8")
     return folder
+
+
+def run_stackwise(root: Path, *args: str, expect: int = 0, drop: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None, outputs: list[str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m stackwise.cli ARGS` in `root` as a user would run it: this machine's STACKWISE_*
+    (and `drop`-prefixed) variables removed, state under `root/.stackwise`, offline, 2 threads,
+    plus `env`. Its stdout and stderr are appended to `outputs` (grepped for secrets later)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("STACKWISE_", *drop))}
+    clean.update(STACKWISE_HOME=str(root / ".stackwise"), STACKWISE_THREADS="2", OMP_NUM_THREADS="2",
+                 HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", NO_COLOR="1",
+                 COLUMNS="200", **(env or {}))
+    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", *args], cwd=root, env=clean, capture_output=True,
+                          text=True, timeout=600, stdin=subprocess.DEVNULL)
+    if outputs is not None:
+        outputs.extend([proc.stdout, proc.stderr])
+    assert proc.returncode == expect, \
+        f"stackwise {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc

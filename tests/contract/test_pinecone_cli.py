@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ import pytest
 pytest.importorskip("pinecone", reason="install stackwise[pinecone]")
 pytest.importorskip("gensim", reason="install stackwise[local]")
 
-from conftest import PINECONE_TEST_KEY, write_lee_corpus  # noqa: E402
+from conftest import PINECONE_TEST_KEY, run_stackwise, write_lee_corpus  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -53,23 +52,12 @@ def project(tmp_path_factory, pinecone384) -> Path:
     return root
 
 
-def _env(root: Path, key: str = PINECONE_TEST_KEY) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKWISE_", "PINECONE_"))}
-    env.update(STACKWISE_HOME=str(root / ".stackwise"), STACKWISE_THREADS="2", OMP_NUM_THREADS="2",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", NO_COLOR="1",
-               COLUMNS="200", PINECONE_TEST_KEY=key, PINECONE_DEBUG_CURL="1")
-    return env
-
-
 OUTPUTS: list[str] = []  # every stdout and stderr, grepped for the key at the end
 
 
 def cli(root: Path, *args: str, expect: int = 0, key: str = PINECONE_TEST_KEY) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", *args], cwd=root, env=_env(root, key),
-                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
-    OUTPUTS.extend([proc.stdout, proc.stderr])
-    assert proc.returncode == expect, f"stackwise {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    return run_stackwise(root, *args, expect=expect, drop=("PINECONE_",), outputs=OUTPUTS,
+                         env={"PINECONE_TEST_KEY": key, "PINECONE_DEBUG_CURL": "1"})
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("weaviate", reason="install stackwise[weaviate]")
 
-from conftest import WEAVIATE_TEST_KEY, write_lee_corpus  # noqa: E402  (at import: `conftest` names another file later)
+from conftest import WEAVIATE_TEST_KEY, run_stackwise, write_lee_corpus  # noqa: E402  (at import: `conftest` names another file later)
 
 from stackwise.adapters.vectors.weaviate import (  # noqa: E402
     WeaviateStore,
@@ -423,20 +423,8 @@ def wv_project(tmp_path_factory, weaviate_cli_server):
 
 
 def _cli(root, *args: str, expect: int = 0, key: str = WEAVIATE_TEST_KEY):
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STACKWISE_", "WEAVIATE_"))}
-    env.update(STACKWISE_HOME=str(root / ".stackwise"), STACKWISE_THREADS="2", OMP_NUM_THREADS="2",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", NO_COLOR="1",
-               COLUMNS="200", WEAVIATE_TEST_KEY=key)
-    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", *args], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=600, stdin=subprocess.DEVNULL)
-    CLI_OUTPUTS.extend([proc.stdout, proc.stderr])
-    assert proc.returncode == expect, \
-        f"stackwise {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+    return run_stackwise(root, *args, expect=expect, drop=("WEAVIATE_",), env={"WEAVIATE_TEST_KEY": key},
+                         outputs=CLI_OUTPUTS)
 
 
 @pytest.fixture(scope="module")
