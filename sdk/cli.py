@@ -29,6 +29,10 @@ app.add_typer(jobs_app, name="jobs")
 
 StackOpt = Annotated[Optional[str], typer.Option("--stack", "-s", help="Stack name (default: $STACKWISE_STACK or local).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+NewOpt = Annotated[bool, typer.Option("--new", help="Start a fresh run (a new job identity) instead of returning the "
+                                      "running job of this spec or resuming its checkpoints.")]
+RunNameOpt = Annotated[Optional[str], typer.Option("--run-name", help="Name a run of this spec (1-12 lowercase letters, "
+                                                   "digits, '-'): another run name is another job identity.")]
 
 
 def _console(stderr: bool = False):
@@ -179,6 +183,8 @@ def index(
     chunk_size: Annotated[int, typer.Option(help="Chunk size in characters.")] = 1000,
     chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 150,
     model: Annotated[Optional[str], typer.Option(help="Embedding model (default: the stack's).")] = None,
+    new: NewOpt = False,
+    run_name: RunNameOpt = None,
     workers: Annotated[int, typer.Option(min=1, max=256, help="Parallel workers (local processes, cloud instances), each indexing one shard of the documents.")] = 1,
     from_stack: Annotated[Optional[str], typer.Option("--from-stack", help="With SOURCE 'copy': the stack to copy the index from.")] = None,
     to_stack: Annotated[Optional[str], typer.Option("--to-stack", help="With SOURCE 'copy': the stack to copy the index to.")] = None,
@@ -215,7 +221,7 @@ def index(
         raise SpecError(first["msg"].removeprefix("Value error, "), where="stackwise index options",
                         fix="see `stackwise index --help`") from None
     _check_source(source)
-    _run_job(platform.index(spec), detach, as_json, _print_index_report, needs="chunks")
+    _run_job(platform.index(spec, new=new, run_name=run_name), detach, as_json, _print_index_report, needs="chunks")
 
 
 def _copy_index(from_stack: str, index_name: str, to_stack: str, to_index: str | None, as_json: bool) -> None:
@@ -360,11 +366,17 @@ def finetune(
     merge: Annotated[bool, typer.Option("--merge", help="Also save the base with the adapter merged in.")] = False,
     name: Annotated[Optional[str], typer.Option(help="Registered model name (default: finetune-<base>).")] = None,
     spec_file: Annotated[Optional[str], typer.Option("--spec", help="A FineTuneSpec as JSON or YAML; other options are ignored.")] = None,
+    new: NewOpt = False,
+    run_name: RunNameOpt = None,
     stack: StackOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Fine-tune a causal LM (LoRA, QLoRA or full) on the active stack; rerunning the same job resumes it."""
+    """Fine-tune a causal LM (LoRA, QLoRA or full) on the active stack.
+
+    While this spec's job runs, rerunning the command follows that job; after it failed or was
+    interrupted, rerunning starts the next attempt, which resumes from its last checkpoint (on every
+    stack). --new starts from scratch."""
     from pydantic import ValidationError
 
     from .errors import SpecError
@@ -409,7 +421,7 @@ def finetune(
     except OSError as exc:
         raise SpecError(f"cannot read the spec file: {exc.strerror}", where=spec_file, fix="check the path") from None
     _check_finetune_input(spec)
-    _run_job(_platform(stack).finetune(spec), detach, as_json, _print_finetune_report)
+    _run_job(_platform(stack).finetune(spec, new=new, run_name=run_name), detach, as_json, _print_finetune_report)
 
 
 def _check_finetune_input(spec: Any) -> None:
@@ -465,6 +477,8 @@ def eval_command(
     allow_leakage: Annotated[bool, typer.Option("--allow-leakage", help="Report evaluation records found in training data instead of failing.")] = False,
     max_examples: Annotated[Optional[int], typer.Option(min=1, help="Records per suite at most.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens generated per answer.")] = 64,
+    new: NewOpt = False,
+    run_name: RunNameOpt = None,
     stack: StackOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
     as_json: JsonOpt = False,
@@ -488,7 +502,8 @@ def eval_command(
         from .evaluation.data import read_eval_data
 
         read_eval_data(data)  # fail fast on a missing or malformed file
-    _run_job(_platform(stack).evaluate(spec), detach, as_json, _print_eval_report, needs="candidate")
+    _run_job(_platform(stack).evaluate(spec, new=new, run_name=run_name), detach, as_json, _print_eval_report,
+             needs="candidate")
 
 
 def _print_gate(result: dict[str, Any]) -> None:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Cloud = Literal["local", "aws", "gcp", "azure"]
 CLOUDS: tuple[str, ...] = ("local", "aws", "gcp", "azure")
 
-_SECRET_REF = re.compile(r"^(env|aws-sm|gcp-sm|azure-kv)://\S+$")
+_SECRET_REF = re.compile(r"^(env|file|aws-sm|gcp-sm|azure-kv)://\S+$")
 
 
 class _Strict(BaseModel):
@@ -82,3 +82,38 @@ class StackOutputs(_Strict):
             if not _SECRET_REF.fullmatch(ref):
                 raise ValueError(f"secrets.{name} must be a secret reference such as env://NAME")
         return value
+
+
+class JobContext(_Strict):
+    """What a running job may know about its stack: the part of the stack outputs a workload
+    reads, sent by `submit` with the spec (a file beside it, or an environment variable).
+
+    Workloads, training and evaluation code take this and never resolve a stack by name: inside a
+    container there is neither a `stacks/` folder, nor an outputs file, nor a Pulumi CLI. It holds
+    no credentials: secrets are references (`secrets`, `vector_store.api_key_secret`) the job
+    resolves with its own identity.
+    """
+
+    version: Literal[1] = 1
+    stack: str = Field(description="The stack the job was submitted to (for logs and tags only).")
+    cloud: Cloud
+    region: str
+    artifact_store: str = Field(description="Root URI of the artifact store (a folder on the local stack).")
+    vector_store: VectorStoreOutput
+    embedding_model: str = "all-MiniLM-L6-v2"
+    tracking_uri: str | None = None
+    secrets: dict[str, str] = Field(default_factory=dict, description="Named secret references.")
+    job_id: str | None = Field(None, description="This attempt's job id on its backend.")
+    attempt: int = Field(1, ge=1, description="1 for the first run of the spec's identity, then 2, 3, ...")
+
+    @classmethod
+    def from_outputs(cls, stack: str, outputs: StackOutputs, job_id: str | None = None,
+                     attempt: int = 1) -> "JobContext":
+        return cls(stack=stack, cloud=outputs.cloud, region=outputs.region, artifact_store=outputs.artifact_store,
+                   vector_store=outputs.vector_store, embedding_model=outputs.embedding_model,
+                   tracking_uri=outputs.tracking_uri, secrets=dict(outputs.secrets), job_id=job_id, attempt=attempt)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_references(cls, value: dict[str, str]) -> dict[str, str]:
+        return StackOutputs._secret_references(value)

@@ -43,6 +43,8 @@ class JobInfo:
     spec: dict[str, Any] = field(default_factory=dict)
     log_path: str | None = None
     exit_code: int | None = None
+    identity: str | None = None  # `<kind>-<digest>`: the same for every attempt of a spec
+    attempt: int | None = None  # 1, 2, ... within the identity
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,13 +60,17 @@ class JobInfo:
             "spec": self.spec,
             "log_path": self.log_path,
             "exit_code": self.exit_code,
+            "identity": self.identity,
+            "attempt": self.attempt,
         }
 
 
 class ComputeBackend(Protocol):
     """What a compute adapter provides. `cancel` is idempotent; `logs` yields lines."""
 
-    def submit(self, spec: Any) -> "JobHandle": ...
+    def submit(self, spec: Any, *, new: bool = False, run_name: str | None = None) -> "JobHandle":
+        """Run `spec`; a job of the same identity that is PENDING or RUNNING is returned instead."""
+        ...
 
     def info(self, job_id: str) -> JobInfo: ...
 

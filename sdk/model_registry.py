@@ -67,20 +67,26 @@ class Registry:
     """The active stack's MLflow registry (and evaluation runs)."""
 
     def __init__(self, stack: Any = None):
+        """`stack`: a Stack, a stack name (None: the active stack), or a running job's JobContext
+        (jobs never resolve a stack by name)."""
+        from .contract import JobContext
         from .registry import require
 
         require("mlflow", "train", "the model registry")
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        from .stack import load_stack
+        if isinstance(stack, JobContext):
+            self.stack = None
+            self.tracking_uri, store = stack.tracking_uri, stack.artifact_store
+        else:
+            from .stack import load_stack
 
-        self.stack = stack if stack is not None and not isinstance(stack, str) else load_stack(stack)
-        outputs = self.stack.outputs
-        self.tracking_uri = outputs.tracking_uri
+            self.stack = stack if stack is not None and not isinstance(stack, str) else load_stack(stack)
+            self.tracking_uri, store = self.stack.outputs.tracking_uri, self.stack.outputs.artifact_store
         if self.tracking_uri:
             mlflow.set_tracking_uri(self.tracking_uri)
-        self.artifact_root = _artifact_root(outputs.artifact_store)
+        self.artifact_root = _artifact_root(store)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
 
     # -- experiments -------------------------------------------------------------------------

@@ -61,23 +61,31 @@ class Platform:
             self._store = open_store(self.stack.outputs.vector_store)
         return self._store
 
-    def index(self, spec: IndexSpec | None = None, **fields: Any) -> JobHandle:
-        """Submit an index job (a spec, or its fields as keywords) and return its handle at once."""
+    def index(self, spec: IndexSpec | None = None, *, new: bool = False, run_name: str | None = None,
+              **fields: Any) -> JobHandle:
+        """Submit an index job (a spec, or its fields as keywords) and return its handle at once.
+
+        Every submit follows the job identity rules (`stackwise.specs._JobSpec`): the spec's job is
+        returned while it is PENDING or RUNNING; `new=True` starts a fresh run."""
         if spec is None:
             fields.setdefault("embedding", {"model": self.stack.outputs.embedding_model})
             spec = IndexSpec(**fields)
-        return self.compute.submit(spec)
+        return self.compute.submit(spec, new=new, run_name=run_name)
 
-    def finetune(self, spec: FineTuneSpec | None = None, **fields: Any) -> JobHandle:
+    def finetune(self, spec: FineTuneSpec | None = None, *, new: bool = False, run_name: str | None = None,
+                 **fields: Any) -> JobHandle:
         """Submit a fine-tuning job (a spec, or its fields as keywords) and return its handle at once.
 
-        Submitting the same spec again resumes its output from the last complete checkpoint.
+        While the spec's job runs, submitting it again returns that job; once it ended (failed,
+        cancelled, interrupted), submitting it again starts the next attempt, which resumes from
+        the last complete checkpoint, on every stack. `new=True` starts from scratch.
         """
         if spec is None:
             spec = FineTuneSpec(**fields)
-        return self.compute.submit(spec)
+        return self.compute.submit(spec, new=new, run_name=run_name)
 
-    def evaluate(self, spec: "EvaluateSpec | None" = None, **fields: Any) -> JobHandle:
+    def evaluate(self, spec: "EvaluateSpec | None" = None, *, new: bool = False, run_name: str | None = None,
+                 **fields: Any) -> JobHandle:
         """Submit an evaluation job (a spec, or its fields as keywords) and return its handle at once.
 
         The job logs one MLflow run per model evaluated and writes an HTML + Markdown report."""
@@ -85,7 +93,7 @@ class Platform:
 
         if spec is None:
             spec = EvaluateSpec(**fields)
-        return self.compute.submit(spec)
+        return self.compute.submit(spec, new=new, run_name=run_name)
 
     @property
     def models(self) -> "Registry":

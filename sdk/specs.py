@@ -5,15 +5,51 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
+RUN_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,11}$")
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _JobSpec(_Spec):
+    """What every job spec shares: its identity.
+
+    A job's identity is `<kind>-<digest>`: the digest hashes the whole spec, `run_name` included.
+    Submitting a spec whose job is PENDING or RUNNING returns that job (on every stack); after it
+    ended, submitting it again starts the next attempt of the same identity, which resumes from
+    the checkpoints earlier attempts left (they live under the identity, not the attempt). A
+    different `run_name` (or `--new`, a random one) is a different identity: a fresh run.
+    """
+
+    run_name: str | None = Field(None, description="Names a run of an otherwise identical spec: 1-12 lowercase "
+                                 "letters, digits or '-'. Another run name is another identity (a fresh run).")
+
+    @model_validator(mode="after")
+    def _valid_run_name(self) -> "_JobSpec":
+        if self.run_name is not None and not RUN_NAME.fullmatch(self.run_name):
+            raise ValueError(f"run_name {self.run_name!r} is invalid: use 1-12 lowercase letters, digits or '-', "
+                             "starting with a letter or digit")
+        return self
+
+    def digest(self) -> str:
+        """A stable hash of the spec (16 hex digits): names the job and its outputs, so a rerun resumes them.
+
+        A spec without a run name hashes as it did before run names existed."""
+        exclude = {"run_name"} if self.run_name is None else None
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()[:16]
+
+    @property
+    def identity(self) -> str:
+        """`<kind>-<digest>`: the same for every attempt of this spec, on every stack."""
+        return f"{self.kind}-{self.digest()}"  # type: ignore[attr-defined]
 
 
 class Chunking(_Spec):
@@ -47,7 +83,7 @@ class Compute(_Spec):
     max_runtime_s: Annotated[int, Field(ge=60)] = 24 * 3600
 
 
-class IndexSpec(_Spec):
+class IndexSpec(_JobSpec):
     """Index documents into a named index of the stack's vector store."""
 
     kind: Literal["index"] = "index"
@@ -74,9 +110,6 @@ class IndexSpec(_Spec):
             )
         return self
 
-    def digest(self) -> str:
-        """A stable hash of the spec, used to name jobs and detect retried submissions."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
 # -- fine-tuning -------------------------------------------------------------------------------
@@ -163,7 +196,7 @@ class TrainCompute(Compute):
         return self
 
 
-class FineTuneSpec(_Spec):
+class FineTuneSpec(_JobSpec):
     """Fine-tune a causal language model on a JSONL dataset (LoRA, QLoRA or full)."""
 
     kind: Literal["finetune"] = "finetune"
@@ -199,12 +232,20 @@ class FineTuneSpec(_Spec):
             )
         return self
 
-    def digest(self) -> str:
-        """A stable hash of the spec: names the job's output folder, so a rerun resumes it."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+    @property
+    def model_name(self) -> str:
+        """The registered model name: `name`, else `finetune-<last part of base>`."""
+        if self.name:
+            return self.name
+        tail = self.base.rstrip("/").rsplit("/", 1)[-1].lower()
+        return ("finetune-" + re.sub(r"[^a-z0-9_-]+", "-", tail).strip("-"))[:63] or "finetune"
 
+    @property
+    def output_name(self) -> str:
+        """`<model name>-<digest>`: the folder of this identity's outputs and checkpoints under
+        `<artifact store>/finetune/`, shared by all its attempts."""
+        return f"{self.model_name}-{self.digest()}"
 
-JobSpec = IndexSpec | FineTuneSpec
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -218,7 +259,7 @@ class Generation(_Spec):
     chat_template: bool = Field(True, description="Wrap prompts in the tokenizer's chat template when it has one.")
 
 
-class EvaluateSpec(_Spec):
+class EvaluateSpec(_JobSpec):
     """Evaluate a model (and optionally a baseline) with named suites on one JSONL dataset.
 
     Each suite uses the records that carry its fields (see docs/evaluation.md); a record may name
@@ -260,9 +301,23 @@ class EvaluateSpec(_Spec):
             raise ValueError(f"index name {self.index!r} is invalid")
         return self
 
-    def digest(self) -> str:
-        """A stable hash of the spec: names the evaluation's output folder."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
 
 
-JobSpec = IndexSpec | FineTuneSpec | EvaluateSpec  # noqa: F811 (extends the union above)
+#: Every job spec, told apart by `kind`: what a job record, a spec file and `submit` accept.
+JobSpec = Annotated[IndexSpec | FineTuneSpec | EvaluateSpec, Field(discriminator="kind")]
+JOB_SPECS: tuple[type[_JobSpec], ...] = (IndexSpec, FineTuneSpec, EvaluateSpec)
+_JOB_SPEC_ADAPTER: Any = None
+
+
+def parse_job_spec(data: Any) -> IndexSpec | FineTuneSpec | EvaluateSpec:
+    """A job spec from its JSON text, bytes or dict, the model chosen by its `kind`.
+
+    Raises pydantic's ValidationError (a ValueError) on anything else, an unknown kind included."""
+    global _JOB_SPEC_ADAPTER
+    if _JOB_SPEC_ADAPTER is None:
+        from pydantic import TypeAdapter
+
+        _JOB_SPEC_ADAPTER = TypeAdapter(JobSpec)
+    if isinstance(data, (str, bytes)):
+        return _JOB_SPEC_ADAPTER.validate_json(data)
+    return _JOB_SPEC_ADAPTER.validate_python(data)

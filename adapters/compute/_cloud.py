@@ -5,11 +5,16 @@ Nothing here imports a cloud SDK. Each cloud module supplies a pure `build_reque
 and a few thin calls (`_create`, `_describe`, `_find`, `_stop`, `_log_lines`); `CloudCompute`
 turns them into the `ComputeBackend` every stack offers:
 
-- **One job per submission.** The cloud job's name is `sw-<kind>-<spec digest>-<client token>`.
-  `submit` retries throttling and 5xx answers with backoff under that same name, and before
-  creating it looks for a job that already carries it, so a submit retried after a timeout (in
-  this process, or in another one that passes the same `client_token`) finds the first job
-  instead of launching a second GPU job.
+- **One job identity.** A spec's identity is `<kind>-<digest>` (the digest covers `run_name`);
+  attempt N of it is the cloud job `sw-<identity>-<N>`. `submit` finds the identity's attempts:
+  while the latest is PENDING or RUNNING it returns that job; once it ended it creates attempt
+  N + 1, which resumes from the checkpoints under the identity. `new=True` (or another
+  `run_name`) is another identity: a fresh run. A create is retried on throttling and 5xx under
+  the same name, a create whose answer was lost is followed by a lookup, and a create that finds
+  the name taken (another process submitted the same spec) returns that job: never two GPU jobs.
+- **Self-contained jobs.** Each job carries its spec and its `JobContext` (artifact store, vector
+  store, tracking URI, secret references; never credentials), so nothing in the job resolves a
+  stack by name.
 - **Same states everywhere.** Each cloud maps its states onto `JobState`.
 - **Outputs are artifact URIs** under `<artifact_store>/jobs/<name>/`.
 """
@@ -34,11 +39,12 @@ T = TypeVar("T")
 # Where each job keeps its files, under the stack's artifact store.
 JOBS_PREFIX = "jobs"
 BOOTSTRAP_MODULE = "stackwise.adapters.compute.bootstrap"
-_TOKEN = re.compile(r"^[a-z0-9]{1,12}$")
+_JOB_NAME = re.compile(r"^sw-(?P<identity>[a-z]+-[0-9a-f]{16})-(?P<attempt>[0-9]{1,4})$")
 # Environment variables the job sees; the bootstrap reads them.
 ENV_KIND = "STACKWISE_JOB_KIND"
 ENV_JOB_URI = "STACKWISE_JOB_URI"
 ENV_SPEC = "STACKWISE_SPEC_B64"
+ENV_CONTEXT = "STACKWISE_CONTEXT_B64"
 
 
 class CloudError(StackwiseError, RuntimeError):
@@ -90,19 +96,51 @@ def with_retries(call: Callable[[], T], retry: Retry, what: str, sleep: Callable
     )
 
 
-def new_client_token() -> str:
-    return secrets.token_hex(4)
+def job_name(spec: Any, attempt: int = 1) -> str:
+    """`sw-<kind>-<digest>-<attempt>`: at most 33 characters, valid on every cloud."""
+    return f"sw-{spec.identity}-{int(attempt)}"
 
 
-def job_name(spec: Any, client_token: str) -> str:
-    """`sw-<kind>-<digest>-<token>`: at most 43 characters, valid on every cloud."""
-    if not _TOKEN.fullmatch(client_token):
-        raise SpecError(
-            f"client token {client_token!r} is invalid",
-            where="submit(client_token=...)",
-            fix="use 1-12 lowercase letters or digits",
-        )
-    return f"sw-{spec.kind}-{spec.digest()}-{client_token}"
+def parse_job_name(name: str) -> tuple[str, int] | None:
+    """(identity, attempt) of a stackwise job name, or None for another name."""
+    found = _JOB_NAME.fullmatch(name or "")
+    return (found["identity"], int(found["attempt"])) if found else None
+
+
+def identity_fields(name: str) -> dict[str, Any]:
+    """JobInfo's `identity` and `attempt` for a job name (empty for a name stackwise did not make)."""
+    parsed = parse_job_name(name)
+    return {"identity": parsed[0], "attempt": parsed[1]} if parsed else {}
+
+
+def with_run(spec: Any, new: bool = False, run_name: str | None = None) -> Any:
+    """The spec to submit: checked, with `run_name` set (a random one for `new`)."""
+    check_spec(spec)
+    if new and run_name:
+        raise SpecError("--new and --run-name exclude each other", where="submit(new=..., run_name=...)",
+                        fix="--new starts a fresh run under a random run name; --run-name NAME names it yourself")
+    if new:
+        run_name = secrets.token_hex(4)
+    if run_name is None or run_name == spec.run_name:
+        return spec
+    from pydantic import ValidationError
+
+    try:
+        return type(spec).model_validate({**spec.model_dump(), "run_name": run_name})
+    except ValidationError as exc:
+        raise SpecError(exc.errors()[0]["msg"].removeprefix("Value error, "), where="--run-name",
+                        fix="use 1-12 lowercase letters, digits or '-'") from None
+
+
+def job_context(stack: Any, name: str, attempt: int) -> Any:
+    """The JobContext a job of `stack` is sent with."""
+    from stackwise.contract import JobContext
+
+    return JobContext.from_outputs(stack.name, stack.outputs, job_id=name, attempt=attempt)
+
+
+def b64(model: Any) -> str:
+    return base64.b64encode(model.model_dump_json().encode()).decode()
 
 
 def job_uri(artifact_store: str, name: str) -> str:
@@ -114,38 +152,40 @@ def bootstrap_command() -> list[str]:
     return ["python", "-m", BOOTSTRAP_MODULE]
 
 
-def spec_b64(spec: Any) -> str:
-    return base64.b64encode(spec.model_dump_json().encode()).decode()
-
-
-def job_environment(spec: Any, name: str, artifact_store: str, inline_spec: bool) -> dict[str, str]:
-    """The environment every cloud job gets. With `inline_spec` the spec travels in it (Vertex, Azure);
-    otherwise the job reads `spec.json` from its folder (SageMaker, whose values are capped at 512 chars)."""
-    env = {ENV_KIND: spec.kind, ENV_JOB_URI: job_uri(artifact_store, name), "PYTHONUNBUFFERED": "1"}
-    if inline_spec:
-        env[ENV_SPEC] = spec_b64(spec)
+def job_environment(spec: Any, name: str, stack: Any, attempt: int, inline: bool) -> dict[str, str]:
+    """The environment every cloud job gets. With `inline` the spec and the job context travel in
+    it (Vertex, Azure); otherwise the job reads `spec.json` and `context.json` from its input
+    channel (SageMaker, whose environment values are capped at 512 characters)."""
+    env = {ENV_KIND: spec.kind, ENV_JOB_URI: job_uri(stack.outputs.artifact_store, name), "PYTHONUNBUFFERED": "1"}
+    if inline:
+        env[ENV_SPEC] = b64(spec)
+        env[ENV_CONTEXT] = b64(job_context(stack, name, attempt))
     return env
 
 
 def spec_from_dict(data: dict[str, Any]) -> Any:
-    """A spec from its stored JSON (the kind field says which model)."""
-    from stackwise import specs
+    """A spec from its stored JSON (the `kind` field says which model)."""
+    from pydantic import ValidationError
 
-    models = {"index": specs.IndexSpec, "finetune": getattr(specs, "FineTuneSpec", None),
-              "evaluate": getattr(specs, "EvaluateSpec", None)}
-    model = models.get(str(data.get("kind")))
-    if model is None:
-        raise SpecError(f"unknown job kind {data.get('kind')!r}", where="spec.kind", fix="use index or finetune")
-    return model.model_validate(data)
+    from stackwise.specs import parse_job_spec
+
+    try:
+        return parse_job_spec(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise SpecError(f"invalid job spec at {'.'.join(str(p) for p in first['loc']) or '(root)'}: {first['msg']}",
+                        where="spec", fix="use an IndexSpec, FineTuneSpec or EvaluateSpec") from None
 
 
 def check_spec(spec: Any) -> None:
     """Refuse, before any cloud call, what is not a job spec."""
-    if not (hasattr(spec, "kind") and hasattr(spec, "digest") and hasattr(spec, "model_dump_json")):
+    from stackwise.specs import JOB_SPECS
+
+    if not isinstance(spec, JOB_SPECS):
         raise SpecError(
             f"cannot submit {type(spec).__name__}: not a job spec",
             where="submit(spec)",
-            fix="pass an IndexSpec or FineTuneSpec",
+            fix="pass an IndexSpec, FineTuneSpec or EvaluateSpec",
         )
 
 
@@ -230,10 +270,10 @@ class CloudCompute:
         self.stack_name = stack.name
 
     # -- what subclasses provide ---------------------------------------------------------------
-    def build(self, spec: Any, name: str) -> Any:  # the pure request for this cloud
+    def build(self, spec: Any, name: str, attempt: int = 1) -> Any:  # the pure request for this cloud
         raise NotImplementedError
 
-    def _prepare(self, spec: Any, name: str) -> None:
+    def _prepare(self, spec: Any, name: str, attempt: int) -> None:
         """Upload what the job reads before it starts (default: nothing)."""
 
     def _create(self, request: Any, name: str) -> str:  # returns the job id
@@ -241,6 +281,19 @@ class CloudCompute:
 
     def _find(self, name: str) -> str | None:  # the id of the job with this name, if any
         raise NotImplementedError
+
+    def _attempts(self, identity: str) -> list[tuple[int, str]]:
+        """(attempt, job id) of every job of `identity`, oldest first. Default: look the names
+        `sw-<identity>-1`, `-2`, ... up until one is missing (clouds that list by name or label
+        override this)."""
+        found: list[tuple[int, str]] = []
+        attempt = 1
+        while True:
+            job_id = self._find(f"sw-{identity}-{attempt}")
+            if job_id is None:
+                return found
+            found.append((attempt, job_id))
+            attempt += 1
 
     def _describe(self, job_id: str) -> JobInfo:
         raise NotImplementedError
@@ -256,20 +309,23 @@ class CloudCompute:
         return [], cursor
 
     # -- the backend ---------------------------------------------------------------------------
-    def submit(self, spec: Any, client_token: str | None = None) -> JobHandle:
-        """Create the cloud job for `spec` and return its handle at once.
-
-        Pass the same `client_token` to make a repeated call (after a timeout, from another
-        process) return the first job instead of creating a second one.
-        """
-        check_spec(spec)
+    def submit(self, spec: Any, *, new: bool = False, run_name: str | None = None) -> JobHandle:
+        """Run `spec` and return its job's handle at once (see the module docstring: a job of the
+        same identity that is PENDING or RUNNING is returned instead of starting another)."""
+        spec = with_run(spec, new, run_name)
         check_paths(spec, self.stack)
-        name = job_name(spec, client_token or new_client_token())
-        request = self.build(spec, name)  # validates GPU, image, role before any call
-        existing = with_retries(lambda: self._find(name), self.retry, f"{self.cloud}: look up job {name}")
-        if existing is not None:
-            return JobHandle(self, existing)
-        self._prepare(spec, name)
+        self.build(spec, job_name(spec, 1))  # validates GPU, image, role before any call
+        identity = spec.identity
+        attempts = with_retries(lambda: self._attempts(identity), self.retry, f"{self.cloud}: look up jobs of {identity}")
+        attempt = 1
+        if attempts:
+            last, job_id = attempts[-1]
+            if not self.info(job_id).state.terminal:
+                return JobHandle(self, job_id)
+            attempt = last + 1
+        name = job_name(spec, attempt)
+        request = self.build(spec, name, attempt)
+        self._prepare(spec, name, attempt)
 
         def create() -> str:
             try:
@@ -325,8 +381,12 @@ class CloudCompute:
         root = job_uri(self.stack.outputs.artifact_store, name)
         outputs: dict[str, Any] = {"artifacts": root + "/", "result_uri": f"{root}/result.json"}
         if spec.get("kind") == "finetune":
-            outputs["model"] = f"{root}/model/"
-            outputs["checkpoints"] = f"{root}/checkpoints/"
+            try:
+                folder = spec_from_dict(spec).output_name
+            except SpecError:
+                folder = None
+            if folder:  # shared by every attempt of the identity
+                outputs["checkpoints"] = f"{self.stack.outputs.artifact_store.rstrip('/')}/finetune/{folder}/checkpoints/"
         outputs.update(extra or {})
         workers = int(spec.get("workers") or 1) if spec.get("kind") == "index" else 1
         if workers > 1:

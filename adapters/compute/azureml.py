@@ -5,9 +5,9 @@
 it). What it holds:
 - `environmentId`: the environment `stackwise-train`, one version per training image (the stack's
   `training_image`, which has stackwise installed); `submit` registers it before the first job;
-- `command`: the bootstrap `python -m stackwise.adapters.compute.bootstrap`, with the spec inline
-  in `STACKWISE_SPEC_B64` (no code upload: a local `code=` folder would go to the workspace's
-  blob storage, and the job needs nothing but the spec);
+- `command`: the bootstrap `python -m stackwise.adapters.compute.bootstrap`, with the spec and the
+  job context inline in `STACKWISE_SPEC_B64` / `STACKWISE_CONTEXT_B64` (no code upload: a local
+  `code=` folder would go to the workspace's blob storage, and the job needs nothing else);
 - where it runs: the stack's AmlCompute cluster (`gpu`, made by infra/azure/platform.py) when
   the spec asks for exactly the cluster's VM size and priority, otherwise Azure ML serverless
   compute with `resources.instanceType` = the catalog's VM size. Spot is per cluster on
@@ -44,8 +44,8 @@ from stackwise.jobs import JobInfo, JobState
 from stackwise.registry import require
 
 from ._cloud import (ENV_SPEC, CloudCompute, CloudError, CredentialsError, QuotaError, TransientError,
-                     bootstrap_command, decode_spec, job_environment, job_name, job_uri, processes_per_node,
-                     require_output, strategy, with_retries)
+                     bootstrap_command, decode_spec, identity_fields, job_environment, job_name, job_uri,
+                     processes_per_node, require_output, strategy, with_retries)
 
 #: the AmlCompute cluster infra/azure/platform.py creates (`compute_name`); a test checks they agree
 CLUSTER = "gpu"
@@ -110,22 +110,22 @@ def _timeout(seconds: int) -> str:
 
 
 def build_request(spec: Any, stack: Any, name: str | None = None,
-                  cluster: dict[str, str] | None = None) -> dict[str, Any]:
+                  cluster: dict[str, str] | None = None, attempt: int = 1) -> dict[str, Any]:
     """The command job for `spec` on `stack` (ARM `properties` JSON), as data: no call, no credentials.
 
     `cluster` describes the stack's AmlCompute cluster as ARM reports it (`vmSize`, `vmPriority`);
     the job runs there when it matches the spec, else serverless. Without it (not looked up yet,
     or absent) the job runs serverless.
     """
-    name = name or job_name(spec, "0")
+    name = name or job_name(spec, attempt)
     outputs = stack.outputs
     ws = workspace_id(stack)
     image = require_output(outputs.training_image, "training_image", stack,
                            "export the training image URI (the Pulumi program pushes it to the stack's registry)")
     size = vm_size(spec, stack)
     count = instance_count(spec)
-    env = job_environment(spec, name, outputs.artifact_store, inline_spec=True)
-    env.update(STACKWISE_STACK=stack.name, STACKWISE_NNODES=str(count))
+    env = job_environment(spec, name, stack, attempt, inline=True)
+    env["STACKWISE_NNODES"] = str(count)
     request: dict[str, Any] = {
         "jobType": "Command",
         "displayName": name,
@@ -138,6 +138,7 @@ def build_request(spec: Any, stack: Any, name: str | None = None,
         "limits": {"jobLimitsType": "Command", "timeout": _timeout(spec.compute.max_runtime_s)},
         "tags": {"stackwise-job": name, "stackwise-stack": stack.name, "stackwise-kind": spec.kind,
                  "stackwise-spec-digest": spec.digest(), "stackwise-strategy": strategy(spec),
+                 "stackwise-identity": spec.identity, "stackwise-attempt": str(attempt),
                  "stackwise-processes-per-node": str(processes_per_node(spec))},
     }
     low_priority = bool(spec.compute.spot)
@@ -200,9 +201,9 @@ class AzureMLCompute(CloudCompute):
         self._environments: set[str] = set()
 
     # -- requests ------------------------------------------------------------------------------
-    def build(self, spec: Any, name: str) -> dict[str, Any]:
-        build_request(spec, self.stack, name)  # validates GPU, image and outputs before any call
-        return build_request(spec, self.stack, name, cluster=self.cluster())
+    def build(self, spec: Any, name: str, attempt: int = 1) -> dict[str, Any]:
+        build_request(spec, self.stack, name, attempt=attempt)  # validates GPU, image and outputs before any call
+        return build_request(spec, self.stack, name, cluster=self.cluster(), attempt=attempt)
 
     def cluster(self) -> dict[str, str] | None:
         """The stack's AmlCompute cluster (`vmSize`, `vmPriority`), read once; None when absent."""
@@ -273,7 +274,7 @@ class AzureMLCompute(CloudCompute):
             time.sleep(delay)
 
     # -- the cloud calls -----------------------------------------------------------------------
-    def _prepare(self, spec: Any, name: str) -> None:
+    def _prepare(self, spec: Any, name: str, attempt: int) -> None:
         """Register the training image as environment `stackwise-train` (once per image)."""
         image = self.stack.outputs.training_image
         version = environment_version(image)
@@ -371,6 +372,7 @@ class AzureMLCompute(CloudCompute):
                                      {"azureml_job": f"{self.workspace_id}/jobs/{name}"}),
             spec=spec,
             log_path=f"azureml:{self.workspace_id}/jobs/{name}",
+            **identity_fields(name),
         )
 
     def _list(self, limit: int) -> list[JobInfo]:

@@ -3,12 +3,17 @@
 It runs inside the stack's training image on each node of a SageMaker training job, a Vertex
 CustomJob or an Azure ML command job, and imports no control-plane SDK (only fsspec):
 
-1. reads the spec: inline from `$STACKWISE_SPEC_B64`, else `spec.json` in the job's folder
-   (`$STACKWISE_JOB_URI`, or SageMaker's `spec` input channel);
+1. reads the spec and the job context (`stackwise.contract.JobContext`: artifact store, vector
+   store, tracking URI, secret references): inline from `$STACKWISE_SPEC_B64` and
+   `$STACKWISE_CONTEXT_B64` (Vertex, Azure ML), else `spec.json` and `context.json` from
+   SageMaker's `stackwise` input channel, else from the job's folder (`$STACKWISE_JOB_URI`/input/);
+   both are validated here: a bad or missing one fails the job with exit 2 and an `error.json`
+   that names it, before any workload starts;
 2. turns the cloud's description of the cluster into the variables the workloads read:
    `MASTER_ADDR`, `MASTER_PORT`, `NODE_RANK`, `NNODES` (SageMaker: resourceconfig.json;
    Vertex: `CLUSTER_SPEC`; Azure ML's PyTorch distribution sets them already);
-3. runs `python -m stackwise.workloads.<kind> --spec spec.json --result result.json`;
+3. runs `python -m stackwise.workloads.<kind> --spec spec.json --context context.json --result result.json`
+   (an argument `train`, which SageMaker passes to the image, is ignored);
 4. node 0 copies `result.json` (or `error.json`) to the job's folder, where the adapter's
    `outputs` point, and the job's exit code is the workload's.
 
@@ -31,7 +36,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 SAGEMAKER_RESOURCE_CONFIG = "/opt/ml/input/config/resourceconfig.json"
-SAGEMAKER_SPEC = "/opt/ml/input/data/spec/spec.json"
+SAGEMAKER_CHANNEL = "/opt/ml/input/data/stackwise"
 DEFAULT_PORT = "29500"
 
 
@@ -85,28 +90,86 @@ def _write(uri: str, data: bytes) -> None:
         handle.write(data)
 
 
-def main() -> int:
-    kind = os.environ["STACKWISE_JOB_KIND"]
-    job_uri = os.environ["STACKWISE_JOB_URI"].rstrip("/")
+def _input(env: Mapping[str, str], job_uri: str, variable: str, file: str, channel: str) -> bytes:
+    """One job input: inline in `variable`, else from SageMaker's channel, else from the job's folder."""
+    if env.get(variable):
+        return base64.b64decode(env[variable])
+    if os.path.isfile(os.path.join(channel, file)):
+        return Path(channel, file).read_bytes()
+    return _read(f"{job_uri}/input/{file}")
+
+
+class BadJob(Exception):
+    """The job's inputs are missing or invalid: exit 2 with the reason."""
+
+
+def read_inputs(env: Mapping[str, str], job_uri: str, channel: str = SAGEMAKER_CHANNEL) -> tuple[bytes, bytes]:
+    """The job's spec and context as validated JSON bytes; BadJob says what is wrong and where."""
+    from pydantic import ValidationError
+
+    from stackwise.contract import JobContext
+    from stackwise.specs import parse_job_spec
+
+    found = []
+    for variable, file, parse in (("STACKWISE_SPEC_B64", "spec.json", parse_job_spec),
+                                  ("STACKWISE_CONTEXT_B64", "context.json", JobContext.model_validate_json)):
+        where = f"${variable}, {channel}/{file} or {job_uri}/input/{file}"
+        try:
+            raw = _input(env, job_uri, variable, file, channel)
+        except (OSError, ValueError) as exc:
+            raise BadJob(f"the job has no {file}: {exc}\n  where: {where}\n  fix: submit jobs through stackwise, "
+                         "which sends the spec and the job context with every job") from None
+        try:
+            model = parse(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"]) or "(root)"
+            raise BadJob(f"the job's {file} is invalid at {key}: {first['msg']}\n  where: {where}\n"
+                         "  fix: resubmit the job with the stackwise version installed in the image") from None
+        found.append(model.model_dump_json(indent=2).encode())
+    return found[0], found[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["train"]:  # SageMaker runs the image as `<entrypoint> train`
+        args = args[1:]
+    env = os.environ
+    missing = [name for name in ("STACKWISE_JOB_KIND", "STACKWISE_JOB_URI") if not env.get(name)]
+    if missing:
+        print(f"error: ${missing[0]} is not set: this image runs stackwise jobs, which set it\n"
+              "  fix: submit the job with stackwise (a SageMaker, Vertex or Azure ML job, or the container backend)",
+              file=sys.stderr, flush=True)
+        return 2
+    kind = env["STACKWISE_JOB_KIND"]
+    job_uri = env["STACKWISE_JOB_URI"].rstrip("/")
     work = Path(tempfile.mkdtemp(prefix="stackwise-job-"))
-    spec_path = work / "spec.json"
-    if os.environ.get("STACKWISE_SPEC_B64"):
-        spec_path.write_bytes(base64.b64decode(os.environ["STACKWISE_SPEC_B64"]))
-    elif os.path.isfile(SAGEMAKER_SPEC):
-        spec_path.write_bytes(Path(SAGEMAKER_SPEC).read_bytes())
-    else:
-        spec_path.write_bytes(_read(f"{job_uri}/spec.json"))
-    cluster = cluster_env(os.environ)
+    cluster = cluster_env(env)
     shards = shard_env(kind, cluster)
-    env = dict(os.environ, **cluster, **shards, STACKWISE_JOB_DIR=str(work))
-    result = work / "result.json"
-    code = subprocess.call([sys.executable, "-m", f"stackwise.workloads.{kind}", "--spec", str(spec_path),
-                            "--result", str(result)], env=env)
     if shards and int(shards["STACKWISE_SHARD_COUNT"]) > 1:
         target = f"{job_uri}/shards/{shards['STACKWISE_SHARD_INDEX']}"
-    elif env["NODE_RANK"] == "0":
+    elif cluster["NODE_RANK"] == "0":
         target = job_uri
     else:
+        target = None
+    try:
+        spec, context = read_inputs(env, job_uri)
+    except BadJob as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        if target is not None:
+            _write(f"{target}/error.json", json.dumps({"error": str(exc), "exit_code": 2}).encode())
+        return 2
+    if json.loads(spec)["kind"] != kind:
+        print(f"error: the job runs kind {kind!r} but its spec is a {json.loads(spec)['kind']!r} spec\n"
+              "  where: $STACKWISE_JOB_KIND\n  fix: resubmit the job through stackwise", file=sys.stderr, flush=True)
+        return 2
+    (work / "spec.json").write_bytes(spec)
+    (work / "context.json").write_bytes(context)
+    child_env = dict(env, **cluster, **shards, STACKWISE_JOB_DIR=str(work))
+    result = work / "result.json"
+    code = subprocess.call([sys.executable, "-m", f"stackwise.workloads.{kind}", "--spec", str(work / "spec.json"),
+                            "--context", str(work / "context.json"), "--result", str(result)], env=child_env)
+    if target is None:
         return code
     for name in ("result.json", "error.json"):
         if (work / name).is_file():

@@ -109,6 +109,12 @@ class JobDB:
             )
         return row
 
+    def attempts(self, kind: str, digest: str) -> list[sqlite3.Row]:
+        """Every job of one identity, oldest first."""
+        with closing(self._connect()) as db:
+            return db.execute("SELECT * FROM jobs WHERE kind = ? AND digest = ? ORDER BY created_at, id",
+                              (kind, digest)).fetchall()
+
     def rows(self, limit: int) -> list[sqlite3.Row]:
         with closing(self._connect()) as db:
             return db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
@@ -132,43 +138,61 @@ class LocalCompute:
 
     def __init__(self, stack: Any = None, home: Path | None = None):
         self.stack_name = getattr(stack, "name", None) or "local"
+        self._stack_obj = stack
         self.db = JobDB(home)
 
     # -- submit --------------------------------------------------------------------------------
-    def submit(self, spec: Any, client_token: str | None = None) -> JobHandle:
-        """Start a job for `spec`. With `client_token`, a repeated call returns the first job
-        (the same guarantee as the cloud adapters: one job per spec and token)."""
-        from ._cloud import check_spec, job_name
+    def submit(self, spec: Any, *, new: bool = False, run_name: str | None = None) -> JobHandle:
+        """Run `spec` as job `<kind>-<digest>-<attempt>`. While the spec's latest job is PENDING or
+        RUNNING it is returned instead; once it ended, the next attempt starts (the same guarantee
+        as the cloud adapters). `new` (or another `run_name`) starts a fresh identity."""
+        import sqlite3
 
-        check_spec(spec)
+        from stackwise.contract import JobContext
+
+        from ._cloud import with_run
+
+        spec = with_run(spec, new, run_name)
         kind = spec.kind
-        job_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        if client_token is not None:
-            job_id = job_name(spec, client_token).removeprefix("sw-")
+        stack = self._stack()
+        context_outputs = stack.outputs  # resolved here, once: the job never looks its stack up
+        while True:
+            rows = self.db.attempts(kind, spec.digest())
+            if rows:
+                latest = self._reconcile(rows[-1])
+                if latest["state"] in _ACTIVE:
+                    return JobHandle(self, latest["id"])
+            attempt = len(rows) + 1
+            job_id = f"{spec.identity}-{attempt}"
+            spec_json = spec.model_dump_json(indent=2)
             try:
-                if self.db.get(job_id)["id"] == job_id:  # get() also accepts a prefix: want this exact job
-                    return JobHandle(self, job_id)
-            except JobNotFoundError:
-                pass
+                self.db.insert(
+                    {
+                        "id": job_id,
+                        "kind": kind,
+                        "stack": self.stack_name,
+                        "state": JobState.PENDING.value,
+                        "spec": spec_json,
+                        "digest": spec.digest(),
+                        "created_at": time.time(),
+                        "job_dir": str(self.db.home / "jobs" / job_id),
+                        "cwd": os.getcwd(),
+                    }
+                )
+                break
+            except sqlite3.IntegrityError:
+                continue  # another process submitted the same attempt meanwhile: look again
         job_dir = self.db.home / "jobs" / job_id
+        if job_dir.exists():  # a folder left by a job record since deleted: start clean
+            import shutil
+
+            shutil.rmtree(job_dir)
         job_dir.mkdir(parents=True)
-        spec_json = spec.model_dump_json(indent=2)
+        context = JobContext.from_outputs(self.stack_name, context_outputs, job_id=job_id, attempt=attempt)
         (job_dir / "spec.json").write_text(spec_json, encoding="utf-8")
+        (job_dir / "context.json").write_text(context.model_dump_json(indent=2), encoding="utf-8")
         (job_dir / "log.txt").touch()
-        self.db.insert(
-            {
-                "id": job_id,
-                "kind": kind,
-                "stack": self.stack_name,
-                "state": JobState.PENDING.value,
-                "spec": spec_json,
-                "digest": spec.digest(),
-                "created_at": time.time(),
-                "job_dir": str(job_dir),
-                "cwd": os.getcwd(),
-            }
-        )
-        env = dict(os.environ, STACKWISE_HOME=str(self.db.home), STACKWISE_STACK=self.stack_name)
+        env = dict(os.environ, STACKWISE_HOME=str(self.db.home))
         with open(job_dir / "supervisor.log", "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "stackwise.adapters.compute.local_supervisor", job_id],
@@ -188,6 +212,13 @@ class LocalCompute:
             started = None
         self.db.update(job_id, supervisor_pid=proc.pid, supervisor_started=started)
         return JobHandle(self, job_id)
+
+    def _stack(self) -> Any:
+        if self._stack_obj is None:
+            from stackwise.stack import load_stack
+
+            self._stack_obj = load_stack(self.stack_name)
+        return self._stack_obj
 
     def handle(self, job_id: str) -> JobHandle:
         return JobHandle(self, self.db.get(job_id)["id"])
@@ -223,6 +254,8 @@ class LocalCompute:
             spec=json.loads(row["spec"]),
             log_path=str(Path(row["job_dir"]) / "log.txt"),
             exit_code=row["exit_code"],
+            identity=f"{row['kind']}-{row['digest']}",
+            attempt=int(row["id"].rsplit("-", 1)[1]) if row["id"].rsplit("-", 1)[-1].isdigit() else None,
         )
 
     def info(self, job_id: str) -> JobInfo:

@@ -93,8 +93,8 @@ class _ShardLog:
 def _run_one(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, str]) -> tuple[int, str | None, Path]:
     with open(job_dir / "log.txt", "ab") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", f"stackwise.workloads.{row['kind']}",
-             "--spec", str(job_dir / "spec.json"), "--result", str(job_dir / "result.json")],
+            [sys.executable, "-m", f"stackwise.workloads.{row['kind']}", "--spec", str(job_dir / "spec.json"),
+             "--context", str(job_dir / "context.json"), "--result", str(job_dir / "result.json")],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=row["cwd"],
         )
     _on_stop(db, job_id, [child])
@@ -119,8 +119,8 @@ def _run_shards(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, 
             shard_dir = job_dir / "shards" / str(shard)
             shard_dir.mkdir(parents=True, exist_ok=True)
             child = subprocess.Popen(
-                [sys.executable, "-m", f"stackwise.workloads.{row['kind']}",
-                 "--spec", str(job_dir / "spec.json"), "--result", str(shard_dir / "result.json")],
+                [sys.executable, "-m", f"stackwise.workloads.{row['kind']}", "--spec", str(job_dir / "spec.json"),
+                 "--context", str(job_dir / "context.json"), "--result", str(shard_dir / "result.json")],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=row["cwd"],
                 env=dict(env, **{ENV_SHARD_INDEX: str(shard), ENV_SHARD_COUNT: str(count)}),
             )

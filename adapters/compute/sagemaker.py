@@ -1,9 +1,10 @@
 """AWS compute: each job is one SageMaker training job (boto3).
 
 `build_request(spec, stack)` is pure: it returns the CreateTrainingJob request as data (golden
-files in tests/golden/ pin it). `SageMakerCompute` uploads the spec to the job's folder in the
-artifact store (`s3://.../jobs/<name>/spec.json`, mounted as the `spec` input channel), sends
-the request, and follows the job.
+files in tests/golden/ pin it). `SageMakerCompute` uploads the spec and the job context to the
+job's folder in the artifact store (`s3://.../jobs/<name>/input/{spec,context}.json`, mounted as
+the `stackwise` input channel at /opt/ml/input/data/stackwise/), sends the request, and follows
+the job.
 
 What a request holds:
 - the stack's training image (its `training_image` output: the image the Pulumi program builds,
@@ -13,8 +14,11 @@ What a request holds:
 - `ResourceConfig`: the catalog's instance type for `gpu` x `count` (ml.m5.xlarge without a GPU),
   `InstanceCount` = nodes (index jobs: `workers`, one instance per shard, each node's shard its
   host's index in resourceconfig.json);
-- spot: `EnableManagedSpotTraining`, `MaxWaitTimeInSeconds` (twice the runtime) and a
-  `CheckpointConfig` under the job's folder, which fine-tuning resumes from;
+- spot: `EnableManagedSpotTraining`, `MaxWaitTimeInSeconds` (twice the runtime);
+- fine-tuning: a `CheckpointConfig` whose S3 URI is the identity's checkpoint folder
+  (`<store>/finetune/<model>-<digest>/checkpoints`, shared by every attempt) and whose local path
+  is /opt/ml/checkpoints (`STACKWISE_CHECKPOINT_DIR`): SageMaker restores it before the container
+  starts (a spot restart, or the next attempt) and uploads what the trainer saves there;
 - distribution: each host runs the workload, which starts `count` processes with torchrun and
   meets the others at algo-1 (the bootstrap derives MASTER_ADDR and NODE_RANK from SageMaker's
   resourceconfig.json); the strategy (ddp, fsdp, deepspeed-zero2/3) travels in the spec and
@@ -33,12 +37,14 @@ from stackwise.errors import ConfigError, JobNotFoundError
 from stackwise.jobs import JobInfo, JobState
 from stackwise.registry import require
 
-from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, job_environment,
-                     job_name, job_uri, node_count, processes_per_node, require_output, strategy)
+from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, identity_fields,
+                     job_context, job_environment, job_name, job_uri, node_count, parse_job_name,
+                     processes_per_node, require_output, strategy)
 
 CPU_INSTANCE = "ml.m5.xlarge"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
+CHANNEL = "stackwise"  # the input channel holding spec.json and context.json
 STATES = {
     "InProgress": JobState.RUNNING,
     "Completed": JobState.SUCCEEDED,
@@ -61,20 +67,21 @@ def instance_type(spec: Any, stack: Any) -> str:
     return catalog.offer(gpu, "aws", spec.compute.count).instance
 
 
-def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, Any]:
+def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int = 1) -> dict[str, Any]:
     """The CreateTrainingJob request for `spec` on `stack`, as data (no call, no credentials).
 
-    `name` is the job name `submit` derives from the spec and its client token (default token "0").
+    `name` is the job name of the attempt (default: `job_name(spec, attempt)`).
     """
-    name = name or job_name(spec, "0")
+    name = name or job_name(spec, attempt)
     outputs = stack.outputs
     role = require_output(outputs.job_role, "job_role", stack, "export the SageMaker job role ARN (the Pulumi program does)")
     image = require_output(outputs.training_image, "training_image", stack,
                            "export the training image URI (the Pulumi program pushes it to the stack's ECR repository)")
     root = job_uri(outputs.artifact_store, name)
     compute = spec.compute
-    env = job_environment(spec, name, outputs.artifact_store, inline_spec=False)
-    env.update(STACKWISE_STACK=stack.name, STACKWISE_CHECKPOINT_DIR=CHECKPOINT_PATH)
+    env = job_environment(spec, name, stack, attempt, inline=False)
+    if spec.kind == "finetune":
+        env["STACKWISE_CHECKPOINT_DIR"] = CHECKPOINT_PATH
     request: dict[str, Any] = {
         "TrainingJobName": name,
         "RoleArn": role,
@@ -92,8 +99,8 @@ def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, A
             "stackwise_processes_per_host": str(processes_per_node(spec)),
         },
         "InputDataConfig": [{
-            "ChannelName": "spec",
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"{root}/spec.json",
+            "ChannelName": CHANNEL,
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": f"{root}/input/",
                                             "S3DataDistributionType": "FullyReplicated"}},
             "InputMode": "File",
         }],
@@ -110,12 +117,16 @@ def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, A
             {"Key": "stackwise:stack", "Value": stack.name},
             {"Key": "stackwise:kind", "Value": spec.kind},
             {"Key": "stackwise:spec-digest", "Value": spec.digest()},
+            {"Key": "stackwise:identity", "Value": spec.identity},
+            {"Key": "stackwise:attempt", "Value": str(attempt)},
         ],
     }
     if compute.spot:
         request["StoppingCondition"]["MaxWaitTimeInSeconds"] = 2 * compute.max_runtime_s
-    if compute.spot or spec.kind == "finetune":
-        request["CheckpointConfig"] = {"S3Uri": f"{root}/checkpoints", "LocalPath": CHECKPOINT_PATH}
+    if spec.kind == "finetune":
+        store = outputs.artifact_store.rstrip("/")
+        request["CheckpointConfig"] = {"S3Uri": f"{store}/finetune/{spec.output_name}/checkpoints",
+                                       "LocalPath": CHECKPOINT_PATH}
     return request
 
 
@@ -194,18 +205,34 @@ class SageMakerCompute(CloudCompute):
         self._specs: dict[str, dict[str, Any]] = {}
 
     # -- requests ------------------------------------------------------------------------------
-    def build(self, spec: Any, name: str) -> dict[str, Any]:
-        return build_request(spec, self.stack, name)
+    def build(self, spec: Any, name: str, attempt: int = 1) -> dict[str, Any]:
+        return build_request(spec, self.stack, name, attempt)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """One API call; its errors become TransientError (retried) or a clear CloudError."""
         return call_aws(self.stack, what, fn, **kwargs)
 
     # -- the cloud calls -----------------------------------------------------------------------
-    def _prepare(self, spec: Any, name: str) -> None:
-        bucket, key = _split_s3(f"{job_uri(self.stack.outputs.artifact_store, name)}/spec.json")
-        self._call("upload the job spec", self.s3.put_object, Bucket=bucket, Key=key,
-                   Body=spec.model_dump_json(indent=2).encode(), ContentType="application/json")
+    def _prepare(self, spec: Any, name: str, attempt: int) -> None:
+        root = job_uri(self.stack.outputs.artifact_store, name)
+        context = job_context(self.stack, name, attempt)
+        for file, model in (("spec.json", spec), ("context.json", context)):
+            bucket, key = _split_s3(f"{root}/input/{file}")
+            self._call(f"upload the job's {file}", self.s3.put_object, Bucket=bucket, Key=key,
+                       Body=model.model_dump_json(indent=2).encode(), ContentType="application/json")
+
+    def _attempts(self, identity: str) -> list[tuple[int, str]]:
+        found: list[tuple[int, str]] = []
+        kwargs: dict[str, Any] = {"NameContains": f"sw-{identity}-", "MaxResults": 100}
+        while True:
+            page = self._call(f"ListTrainingJobs {identity}", self.sagemaker.list_training_jobs, **kwargs)
+            for item in page.get("TrainingJobSummaries", []):
+                parsed = parse_job_name(item["TrainingJobName"])
+                if parsed and parsed[0] == identity:
+                    found.append((parsed[1], item["TrainingJobName"]))
+            if not page.get("NextToken"):
+                return sorted(found)
+            kwargs["NextToken"] = page["NextToken"]
 
     def _create(self, request: dict[str, Any], name: str) -> str:
         try:
@@ -236,7 +263,7 @@ class SageMakerCompute(CloudCompute):
 
     def _spec_of(self, name: str) -> dict[str, Any]:
         if name not in self._specs:
-            bucket, key = _split_s3(f"{job_uri(self.stack.outputs.artifact_store, name)}/spec.json")
+            bucket, key = _split_s3(f"{job_uri(self.stack.outputs.artifact_store, name)}/input/spec.json")
             try:
                 body = self._call("read the job spec", self.s3.get_object, Bucket=bucket, Key=key)["Body"].read()
                 self._specs[name] = json.loads(body)
@@ -272,6 +299,7 @@ class SageMakerCompute(CloudCompute):
             outputs=self.outputs_for(spec or {"kind": hyper.get("stackwise_kind")}, name, state, extra),
             spec=spec,
             log_path=f"cloudwatch:{LOG_GROUP}/{name}",
+            **identity_fields(name),
         )
 
     def _list(self, limit: int) -> list[JobInfo]:

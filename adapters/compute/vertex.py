@@ -9,10 +9,11 @@ takes (golden files in tests/golden/ pin it). What it holds:
   NODE_RANK from Vertex's CLUSTER_SPEC;
 - `scheduling`: timeout = max runtime, strategy SPOT for `spot=True` (else STANDARD);
 - the job's service account, `base_output_directory` = the job's folder in the artifact store,
-  and labels naming the stack, kind and the stackwise job name (how a retried submit finds it:
-  Vertex assigns CustomJob ids itself, so `submit` lists by that label before creating).
-The spec travels in the container's environment (`STACKWISE_SPEC_B64`), so submitting needs no
-GCS upload. The handle id is the CustomJob's numeric id. `logs()` reads the job's entries from
+  and labels naming the stack, kind, the stackwise job name, its identity and attempt (how
+  `submit` finds a spec's jobs: Vertex assigns CustomJob ids itself, so `submit` lists by the
+  `stackwise-identity` label before creating).
+The spec and the job context travel in the container's environment (`STACKWISE_SPEC_B64`,
+`STACKWISE_CONTEXT_B64`), so submitting needs no GCS upload. The handle id is the CustomJob's numeric id. `logs()` reads the job's entries from
 Cloud Logging's REST `entries:list` with the same credentials.
 """
 
@@ -28,7 +29,8 @@ from stackwise.jobs import JobInfo, JobState
 from stackwise.registry import require
 
 from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, bootstrap_command,
-                     decode_spec, job_environment, job_name, job_uri, node_count, require_output, strategy)
+                     decode_spec, identity_fields, job_environment, job_name, job_uri, node_count, parse_job_name,
+                     require_output, strategy)
 
 CPU_MACHINE = "n1-standard-8"
 STATES = {
@@ -45,6 +47,7 @@ STATES = {
     "JOB_STATE_CANCELLED": JobState.CANCELLED,
 }
 LABEL = "stackwise-job"
+IDENTITY_LABEL = "stackwise-identity"
 LOGGING_ENDPOINT = "https://logging.googleapis.com"
 LOG_PAGE = 1000
 
@@ -61,14 +64,13 @@ def _label(value: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]
 
 
-def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, Any]:
+def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int = 1) -> dict[str, Any]:
     """The CustomJob for `spec` on `stack` (v1 REST JSON), as data: no call, no credentials."""
-    name = name or job_name(spec, "0")
+    name = name or job_name(spec, attempt)
     outputs = stack.outputs
     image = require_output(outputs.training_image, "training_image", stack,
                            "export the training image URI (the Pulumi program builds it in Artifact Registry)")
-    env = job_environment(spec, name, outputs.artifact_store, inline_spec=True)
-    env["STACKWISE_STACK"] = stack.name
+    env = job_environment(spec, name, stack, attempt, inline=True)
     container = {"imageUri": image, "command": bootstrap_command(),
                  "env": [{"name": k, "value": v} for k, v in sorted(env.items())]}
     pool = {
@@ -93,7 +95,8 @@ def build_request(spec: Any, stack: Any, name: str | None = None) -> dict[str, A
         "displayName": name,
         "jobSpec": job_spec,
         "labels": {LABEL: name, "stackwise-stack": _label(stack.name), "stackwise-kind": spec.kind,
-                   "stackwise-strategy": strategy(spec)},
+                   "stackwise-strategy": strategy(spec), IDENTITY_LABEL: spec.identity,
+                   "stackwise-attempt": str(attempt)},
     }
 
 
@@ -136,8 +139,8 @@ class VertexCompute(CloudCompute):
                 "to a service account key file",
             ) from None
 
-    def build(self, spec: Any, name: str) -> dict[str, Any]:
-        return build_request(spec, self.stack, name)
+    def build(self, spec: Any, name: str, attempt: int = 1) -> dict[str, Any]:
+        return build_request(spec, self.stack, name, attempt)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         exc = self._exceptions
@@ -189,6 +192,15 @@ class VertexCompute(CloudCompute):
             return job.name.rsplit("/", 1)[1]
         return None
 
+    def _attempts(self, identity: str) -> list[tuple[int, str]]:
+        request = self._types.ListCustomJobsRequest(parent=self.parent, filter=f'labels.{IDENTITY_LABEL}="{identity}"')
+        found = []
+        for job in self._call(f"list CustomJobs of {identity}", self.client.list_custom_jobs, request=request):
+            parsed = parse_job_name(job.labels.get(LABEL, ""))
+            if parsed and parsed[0] == identity:
+                found.append((parsed[1], job.name.rsplit("/", 1)[1]))
+        return sorted(found)
+
     def _to_info(self, job: Any) -> JobInfo:
         data = json.loads(type(job).to_json(job, use_integers_for_enums=False))
         job_id = data["name"].rsplit("/", 1)[1]
@@ -213,6 +225,7 @@ class VertexCompute(CloudCompute):
             outputs=self.outputs_for(spec, name, state, {"vertex_job": data["name"]}),
             spec=spec,
             log_path=f"cloud-logging:resource.labels.job_id={job_id}",
+            **identity_fields(name),
         )
 
     def _describe(self, job_id: str) -> JobInfo:

@@ -110,7 +110,9 @@ def threads() -> None:
         torch.set_num_threads(max(1, int(value)))
 
 
-def load(ref: str, max_len: int = 512, chat_template: bool = True) -> LM:
+def load(ref: str, max_len: int = 512, chat_template: bool = True, context: Any = None) -> LM:
+    """Load a model to evaluate or serve. A registry reference is read from the registry of
+    `context` (the job's JobContext)."""
     from ..registry import require
 
     require("torch", "train", "evaluating a model")
@@ -121,8 +123,9 @@ def load(ref: str, max_len: int = 512, chat_template: bool = True) -> LM:
 
     from ..training.models import resolve_base
 
-    pinned = pin(ref)
-    resolved = resolve_base(_in_place(pinned) or pinned)
+    pinned = pin(ref, context)
+    resolved = resolve_base(_in_place(pinned, context) or pinned,
+                            tracking_uri=getattr(context, "tracking_uri", None))
     where = resolved.location
     if resolved.is_local and (Path(where) / "adapter_config.json").is_file():
         adapter = Path(where) / "adapter_config.json"
@@ -145,17 +148,17 @@ def load(ref: str, max_len: int = 512, chat_template: bool = True) -> LM:
               max_len=min(max_len, int(limit)), chat_template=chat_template)
 
 
-def pin(ref: str) -> str:
+def pin(ref: str, context: Any = None) -> str:
     """models:/NAME@ALIAS -> models:/NAME/VERSION (the version the alias points at now)."""
     if ref.startswith("models:/") and "@" in ref:
         from ..model_registry import Registry
 
         name, alias = ref.removeprefix("models:/").split("@", 1)
-        return f"models:/{name}/{Registry().version_by_alias(name, alias).version}"
+        return f"models:/{name}/{Registry(context).version_by_alias(name, alias).version}"
     return ref
 
 
-def _in_place(ref: str) -> str | None:
+def _in_place(ref: str, context: Any = None) -> str | None:
     """A registered version whose source is a folder on this machine (a local artifact store, or
     a version registered without a copy) loads from there, not from a copy in the model cache."""
     if not ref.startswith("models:/"):
@@ -165,6 +168,6 @@ def _in_place(ref: str) -> str | None:
         return None
     from ..model_registry import Registry
 
-    source = Registry().version(name, version).source
+    source = Registry(context).version(name, version).source
     path = Path(source.removeprefix("file://")) if "://" not in source or source.startswith("file://") else None
     return str(path) if path is not None and path.is_dir() else None

@@ -9,8 +9,9 @@ A `ComputeDriver` gives the suite a backend, specs whose jobs end a chosen way, 
 move a job along: the local driver lets real processes run; a cloud driver moves the job's
 state in the emulator the way the cloud would. The suite checks behaviour only through
 `ComputeBackend` and `JobHandle`: submit, status, wait (with its timeout), outputs, failure,
-cancel (idempotent, and a no-op on an ended job), resubmission with the same client token
-(exactly one job), refused specs (nothing created) and unknown job ids.
+cancel (idempotent, and a no-op on an ended job), one job identity (a spec whose job runs
+returns that job; after it ended the next attempt starts under the same identity; `new=True`
+or another run name is a fresh identity), refused specs (nothing created) and unknown job ids.
 """
 
 from __future__ import annotations
@@ -113,19 +114,60 @@ class ComputeContract:
         assert handle.wait(timeout=driver.timeout, poll=0.05).state is JobState.SUCCEEDED
         assert handle.cancel().state is JobState.SUCCEEDED
 
-    def test_resubmit_with_the_same_client_token_creates_one_job(self, driver: ComputeDriver,
-                                                                 backend: ComputeBackend) -> None:
-        spec = driver.spec("succeed", 6)
+    def test_submitting_a_running_spec_returns_its_job(self, driver: ComputeDriver, backend: ComputeBackend) -> None:
+        spec = driver.spec("hold", 6)
         before = _ids(backend)
-        first = backend.submit(spec, client_token="retry1")  # type: ignore[call-arg]
-        again = backend.submit(spec, client_token="retry1")  # type: ignore[call-arg]
-        assert first.id == again.id
-        assert _ids(backend) - before == {first.id}
-        other = backend.submit(spec, client_token="retry2")  # type: ignore[call-arg]
-        assert other.id != first.id
-        for handle in (first, other):
-            driver.advance(handle, "succeed")
-            handle.wait(timeout=driver.timeout, poll=0.05)
+        first = backend.submit(spec)
+        driver.advance(first, "hold")
+        try:
+            again = backend.submit(spec)
+            assert again.id == first.id, "a second submit of a running spec must not start another job"
+            assert _ids(backend) - before == {first.id}
+            assert first.info().identity == spec.identity
+        finally:
+            first.cancel()
+        first.wait(timeout=driver.timeout, poll=0.05, max_poll=0.5)
+
+    def test_an_ended_job_is_followed_by_the_next_attempt(self, driver: ComputeDriver, backend: ComputeBackend) -> None:
+        spec = driver.spec("fail", 7)
+        first = backend.submit(spec)
+        driver.advance(first, "fail")
+        assert first.wait(timeout=driver.timeout, poll=0.05, max_poll=0.5).state is JobState.FAILED
+        second = backend.submit(spec)
+        assert second.id != first.id
+        info, before = second.info(), first.info()
+        assert info.identity == before.identity == spec.identity
+        assert info.attempt == before.attempt + 1
+        assert backend.submit(spec).id == second.id or second.status().terminal
+        driver.advance(second, "fail")
+        second.wait(timeout=driver.timeout, poll=0.05, max_poll=0.5)
+
+    def test_new_and_run_names_are_other_identities(self, driver: ComputeDriver, backend: ComputeBackend) -> None:
+        spec = driver.spec("hold", 8)
+        before = _ids(backend)
+        first = backend.submit(spec)
+        fresh = backend.submit(spec, new=True)
+        named = backend.submit(spec, run_name="exp-2")
+        named_again = backend.submit(spec, run_name="exp-2")
+        try:
+            assert len({first.id, fresh.id, named.id}) == 3
+            assert named_again.id == named.id
+            assert _ids(backend) - before == {first.id, fresh.id, named.id}
+            identities = {h.info().identity for h in (first, fresh, named)}
+            assert len(identities) == 3 and spec.identity in identities
+        finally:
+            for handle in (first, fresh, named):
+                driver.advance(handle, "hold")
+                handle.cancel()
+        for handle in (first, fresh, named):
+            handle.wait(timeout=driver.timeout, poll=0.05, max_poll=0.5)
+
+    def test_a_bad_run_name_is_refused_before_any_job_exists(self, driver: ComputeDriver,
+                                                             backend: ComputeBackend) -> None:
+        before = _ids(backend)
+        with pytest.raises(ValueError):
+            backend.submit(driver.spec("succeed", 9), run_name="Not Valid!")
+        assert _ids(backend) == before
 
     def test_a_bad_spec_is_refused_before_any_job_exists(self, driver: ComputeDriver, backend: ComputeBackend) -> None:
         before = _ids(backend)

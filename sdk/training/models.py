@@ -70,13 +70,16 @@ def check_base(name: str) -> str:
     return _local_or_hub(name)[1]
 
 
-def resolve_base(name: str) -> ResolvedBase:
-    """Resolve `name` to something `from_pretrained` can load, converting or downloading once."""
+def resolve_base(name: str, tracking_uri: str | None = None) -> ResolvedBase:
+    """Resolve `name` to something `from_pretrained` can load, converting or downloading once.
+
+    A registry reference (`models:/NAME/VERSION`) is fetched from the MLflow registry at
+    `tracking_uri` (the job context's)."""
     kind = check_base(name)
     if kind == "shipped":
         return ResolvedBase(name, str(_shipped(name, SHIPPED[name])), "shipped")
     if kind == "registry":
-        return ResolvedBase(name, str(_from_registry(name)), "registry")
+        return ResolvedBase(name, str(_from_registry(name, tracking_uri)), "registry")
     if kind == "uri":
         return ResolvedBase(name, str(_download(name)), "uri")
     location, kind = _local_or_hub(name)
@@ -155,14 +158,11 @@ def _download(uri: str) -> Path:
     return target
 
 
-def _from_registry(ref: str) -> Path:
-    """`models:/NAME/VERSION` from the stack's MLflow registry."""
+def _from_registry(ref: str, uri: str | None) -> Path:
+    """`models:/NAME/VERSION` from the MLflow registry at `uri` (the job context's tracking URI)."""
     _require("mlflow", "a registry reference")
     import mlflow
 
-    from ..stack import load_stack
-
-    uri = load_stack().outputs.tracking_uri
     if uri:
         mlflow.set_tracking_uri(uri)
     target = model_cache() / "registry" / hashlib.sha256(f"{uri}|{ref}".encode()).hexdigest()[:16]

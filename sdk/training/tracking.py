@@ -40,7 +40,6 @@ def log_run(plan: Any, report: Any, history: list[dict[str, Any]], output: Path,
     from mlflow.tracking import MlflowClient
 
     from ..model_registry import code_version
-    from .trainer import default_name
 
     spec = plan.spec
     if plan.tracking_uri:
@@ -49,7 +48,7 @@ def log_run(plan: Any, report: Any, history: list[dict[str, Any]], output: Path,
     experiment = client.get_experiment_by_name(EXPERIMENT)
     experiment_id = (experiment.experiment_id if experiment else
                      client.create_experiment(EXPERIMENT, artifact_location=artifact_location(plan.output_uri)))
-    name = spec.name or default_name(spec.base)
+    name = spec.model_name
     with mlflow.start_run(experiment_id=experiment_id, run_name=plan.output_uri.rsplit("/", 1)[-1]) as run:
         mlflow.log_params({k: v[:6000] for k, v in _flatten(spec.model_dump(mode="json")).items()})
         mlflow.set_tags({"stackwise.spec_digest": spec.digest(), "stackwise.output": plan.output_uri,

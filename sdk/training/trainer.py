@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..contract import JobContext
 from ..errors import InputError
 from ..specs import FineTuneSpec
 from .data import Collator, check_max_seq_length, read_dataset, tokenize
@@ -26,6 +27,7 @@ from .data import Collator, check_max_seq_length, read_dataset, tokenize
 CHECKPOINTS = "checkpoints"
 COMPLETE = "stackwise-complete"  # written into a checkpoint folder once everything in it is saved
 BASELINE = "baseline.json"
+ENV_CHECKPOINT_DIR = "STACKWISE_CHECKPOINT_DIR"
 
 
 class Plan(BaseModel):
@@ -37,6 +39,7 @@ class Plan(BaseModel):
     output_dir: str  # local folder the run writes into
     output_uri: str  # where outputs end up (the same folder, or a remote artifact-store URI)
     tracking_uri: str | None = None
+    artifact_store: str | None = None
     result_path: str
 
 
@@ -79,35 +82,38 @@ class FineTuneReport(BaseModel):
 
 
 # -- the main process ----------------------------------------------------------------------------
-def prepare(spec: FineTuneSpec, result_path: str) -> Plan:
-    """Validate input (errors exit 2 before any model loads) and decide where outputs go."""
-    from ..stack import load_stack
+def prepare(spec: FineTuneSpec, context: JobContext, result_path: str) -> Plan:
+    """Validate input (errors exit 2 before any model loads) and decide where outputs go.
+
+    Outputs and checkpoints live under `<artifact store>/finetune/<model name>-<digest>`: every
+    attempt of the same identity writes and resumes there."""
     from .models import resolve_base
 
     read_dataset(spec.data)
-    base = resolve_base(spec.base)
-    outputs = load_stack().outputs
-    name = spec.name or default_name(spec.base)
-    store = outputs.artifact_store.rstrip("/")
-    output_uri = f"{store}/finetune/{name}-{spec.digest()}"
+    base = resolve_base(spec.base, tracking_uri=context.tracking_uri)
+    store = context.artifact_store.rstrip("/")
+    output_uri = f"{store}/finetune/{spec.output_name}"
     if "://" in store and not store.startswith("file://"):
         from ..paths import state_dir
 
-        output_dir = str(state_dir() / "finetune-work" / f"{name}-{spec.digest()}")
+        output_dir = str(state_dir() / "finetune-work" / spec.output_name)
     else:
         output_dir = output_uri.removeprefix("file://")
     return Plan(spec=spec, base_location=base.location, base_source=base.source, output_dir=output_dir,
-                output_uri=output_uri, tracking_uri=outputs.tracking_uri, result_path=result_path)
-
-
-def default_name(base: str) -> str:
-    import re
-
-    tail = base.rstrip("/").rsplit("/", 1)[-1].lower()
-    return ("finetune-" + re.sub(r"[^a-z0-9_-]+", "-", tail).strip("-"))[:63] or "finetune"
+                output_uri=output_uri, tracking_uri=context.tracking_uri, artifact_store=context.artifact_store,
+                result_path=result_path)
 
 
 # -- every rank ----------------------------------------------------------------------------------
+def _checkpoint_dir(out: Path) -> Path:
+    """Where checkpoints are written: the folder the platform syncs to the identity's checkpoint URI
+    and restores before a restarted or later attempt starts (`$STACKWISE_CHECKPOINT_DIR`: SageMaker's
+    /opt/ml/checkpoints), else `<output>/checkpoints`, which `_sync_up`/`_sync_down` mirror to the
+    artifact store."""
+    platform = os.environ.get(ENV_CHECKPOINT_DIR)
+    return Path(platform) if platform else out / CHECKPOINTS
+
+
 def _threads() -> None:
     import torch
 
@@ -303,7 +309,8 @@ def _callbacks(plan: Plan, collator: Collator, is_main: bool, world: int) -> lis
                 folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
                 if folder.is_dir():
                     (folder / COMPLETE).write_text(str(state.global_step))
-                    _sync_up(plan, folder, f"{CHECKPOINTS}/{folder.name}")
+                    if not os.environ.get(ENV_CHECKPOINT_DIR):  # else the platform uploads the folder
+                        _sync_up(plan, folder, f"{CHECKPOINTS}/{folder.name}")
                 print(f"checkpoint saved at step {state.global_step}", flush=True)
 
     return [Progress()]
@@ -328,7 +335,7 @@ def train(plan: Plan) -> FineTuneReport | None:
     precision = _precision(spec, cuda)
     set_seed(cfg.seed)
     out = Path(plan.output_dir)
-    ckpt_dir = out / CHECKPOINTS
+    ckpt_dir = _checkpoint_dir(out)
     if is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _sync_down(plan, ckpt_dir)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from ..contract import JobContext
 from ..errors import SpecError, StackwiseError
 
 PROGRESS_PREFIX = "@@progress "
@@ -47,15 +48,42 @@ def _write_json(path: str, payload: dict[str, Any]) -> None:
     os.replace(tmp, target)
 
 
-def main(kind: str, model: type[S], run: Callable[[S], BaseModel]) -> None:
+ENV_CONTEXT = "STACKWISE_CONTEXT"
+
+
+def load_context(path: str | None) -> JobContext:
+    """The job context `submit` sent (`--context FILE`, else `$STACKWISE_CONTEXT`); exit 2 without one."""
+    path = path or os.environ.get(ENV_CONTEXT)
+    if not path:
+        raise SpecError("no job context: a workload reads its stack's artifact store, vector store and tracking "
+                        "URI from the context its job was submitted with", where="--context / $STACKWISE_CONTEXT",
+                        fix="submit the job through stackwise (platform.index/finetune/evaluate or the CLI), or pass "
+                        "--context FILE with a JobContext JSON (stackwise.contract.JobContext)")
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read the job context: {exc.strerror}", where=path,
+                        fix="pass --context FILE with the JobContext JSON the job was submitted with") from None
+    try:
+        return JobContext.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise SpecError(f"invalid job context at {key}: {first['msg']}", where=path,
+                        fix="resubmit the job with this version of stackwise (the context is written by submit)") from None
+
+
+def main(kind: str, model: type[S], run: Callable[[S, JobContext], BaseModel]) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m stackwise.workloads.{kind}")
     parser.add_argument("--spec", required=True, help="path to the job spec (JSON)")
+    parser.add_argument("--context", help="path to the job context (JSON; default: $STACKWISE_CONTEXT)")
     parser.add_argument("--result", help="where to write the result JSON (default: stdout only)")
     args = parser.parse_args()
     error_path = str(Path(args.result).with_name("error.json")) if args.result else None
     try:
         spec = load_spec(args.spec, model)
-        result = run(spec)
+        context = load_context(args.context)
+        result = run(spec, context)
     except StackwiseError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         if error_path:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..contract import JobContext
 from ..specs import EvaluateSpec
 from ._runtime import emit_progress, main
 
@@ -62,31 +63,34 @@ def _registered(ref: str | None) -> tuple[str, str] | None:
     return None
 
 
-def _output_folder(spec: EvaluateSpec) -> tuple[Path, str]:
+def _output_folder(spec: EvaluateSpec, context: JobContext) -> tuple[Path, str]:
     from ..paths import state_dir
-    from ..stack import load_stack
 
-    store = load_stack().outputs.artifact_store.rstrip("/")
+    store = context.artifact_store.rstrip("/")
     uri = f"{store}/evaluations/{spec.digest()}"
     if "://" in store and not store.startswith("file://"):
         return state_dir() / "evaluations" / spec.digest(), uri
     return Path(uri.removeprefix("file://")), uri
 
 
-def _search(spec: EvaluateSpec):
+def _search(spec: EvaluateSpec, context: JobContext):
+    """Search the job context's vector store with the index's own embedding model."""
     if not spec.index:
         return None
-    from ..platform import connect
+    from ..embeddings import load_embedder
+    from ..vectors import open_store
 
-    platform = connect()
+    store = open_store(context.vector_store)
+    embedder = load_embedder(store.describe(spec.index).model)
 
     def search(query: str, k: int) -> list[tuple[str, str]]:
-        return [(hit.doc_id, hit.text) for hit in platform.search(spec.index, query, k=k)]
+        vector = embedder.encode([query])[0]
+        return [(hit.doc_id, hit.text) for hit in store.query(spec.index, vector, k=k)]
 
     return search
 
 
-def _lineage_data(refs: list[str]) -> list[str]:
+def _lineage_data(refs: list[str], context: JobContext) -> list[str]:
     """Training datasets the registry's lineage names for these (pinned) references."""
     found = []
     for ref in refs:
@@ -95,13 +99,13 @@ def _lineage_data(refs: list[str]) -> list[str]:
             continue
         from ..model_registry import Registry
 
-        lineage = Registry().record_lineage(*reg)
+        lineage = Registry(context).record_lineage(*reg)
         if lineage.get("data"):
             found.append(lineage["data"])
     return found
 
 
-def run_evaluate(spec: EvaluateSpec) -> EvalReport:
+def run_evaluate(spec: EvaluateSpec, context: JobContext) -> EvalReport:
     from ..evaluation import leakage
     from ..evaluation.data import read_eval_data
     from ..evaluation.lm import pin
@@ -110,21 +114,21 @@ def run_evaluate(spec: EvaluateSpec) -> EvalReport:
     started = time.perf_counter()
     data = read_eval_data(spec.data)
     roles = [("candidate", spec.model), ("baseline", spec.baseline)]
-    pinned = {role: pin(ref) for role, ref in roles if ref}
+    pinned = {role: pin(ref, context) for role, ref in roles if ref}
     # The leakage guard, before any model loads.
-    train_uris = list(dict.fromkeys([*spec.train_data, *_lineage_data(list(pinned.values()))]))
+    train_uris = list(dict.fromkeys([*spec.train_data, *_lineage_data(list(pinned.values()), context)]))
     scored = [pair for suite in spec.suites if suite != "retrieval" for pair in data.for_suite(suite, spec.max_examples)]
     leak = leakage.check(scored, train_uris, spec.allow_leakage, spec.data) if train_uris else \
         {"training_data": [], "checked": len(scored), "leaked": 0, "allowed": spec.allow_leakage,
          "note": "no training data known: pass train_data, or evaluate a registered model"}
 
-    search = _search(spec)
+    search = _search(spec, context)
     shared: dict[str, float] = {}
     shared_rows: list[dict] = []
     if "retrieval" in spec.suites:
         shared, shared_rows = run_retrieval(spec, data, search)
 
-    folder, output_uri = _output_folder(spec)
+    folder, output_uri = _output_folder(spec, context)
     folder.mkdir(parents=True, exist_ok=True)
     results: dict[str, ModelResult] = {}
     for role, ref in roles:
@@ -135,7 +139,7 @@ def run_evaluate(spec: EvaluateSpec) -> EvalReport:
             from ..evaluation.lm import load
 
             emit_progress(f"{role}: load", 0, 1, model=ref)
-            lm = load(pinned[role], spec.max_seq_length, spec.generation.chat_template)
+            lm = load(pinned[role], spec.max_seq_length, spec.generation.chat_template, context)
             found, model_rows = run_model_suites(spec, data, lm, search, role)
             metrics.update(found)
             rows += model_rows
@@ -164,7 +168,7 @@ def run_evaluate(spec: EvaluateSpec) -> EvalReport:
         leakage=leak, report_html=str(html_path), report_md=str(md_path), output=output_uri, seconds=0.0,
     )
     try:
-        _track(spec, report, data, folder)
+        _track(spec, report, data, folder, context)
     except Exception as exc:  # results are saved; a tracking outage must not lose them
         report.tracking_error = f"{type(exc).__name__}: {exc}"
         print(f"warning: MLflow logging failed: {report.tracking_error}", flush=True)
@@ -177,13 +181,13 @@ def run_evaluate(spec: EvaluateSpec) -> EvalReport:
     return report
 
 
-def _track(spec: EvaluateSpec, report: EvalReport, data: Any, folder: Path) -> None:
+def _track(spec: EvaluateSpec, report: EvalReport, data: Any, folder: Path, context: JobContext) -> None:
     import mlflow
 
     from ..model_registry import EVAL_EXPERIMENT, Registry, code_version
     from ..training.tracking import _flatten
 
-    registry = Registry()
+    registry = Registry(context)
     experiment = registry.experiment_id(EVAL_EXPERIMENT)
     for result in (report.candidate, report.baseline):
         if result is None:

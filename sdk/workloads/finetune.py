@@ -20,6 +20,7 @@ import os
 import subprocess
 from pathlib import Path
 
+from ..contract import JobContext
 from ..errors import JobFailedError, StackwiseError
 from ..specs import FineTuneSpec
 from ..training.trainer import FineTuneReport, prepare, train
@@ -35,8 +36,8 @@ def _result_path() -> str:
     return str(Path(tempfile.mkdtemp(prefix="stackwise-finetune-")) / "finetune-report.json")
 
 
-def run_finetune(spec: FineTuneSpec) -> FineTuneReport:
-    plan = prepare(spec, _result_path())
+def run_finetune(spec: FineTuneSpec, context: JobContext) -> FineTuneReport:
+    plan = prepare(spec, context, _result_path())
     import torch
 
     from ..training.launch import check_runnable, torchrun_command

@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..contract import JobContext
 from ..documents import Document, Source, chunk_document, read_documents
 from ..embeddings import canonical_name, load_embedder
 from ..errors import InputError, SpecError, StoreError
@@ -189,17 +190,20 @@ class _CommitLock:
 
 def run_index(
     spec: IndexSpec,
+    context: JobContext | None = None,
     store: VectorStore | None = None,
     progress: Callable[..., None] = emit_progress,
     shard: Shard | None = None,
 ) -> IndexReport:
-    """Index the documents of `shard` (default: from the environment, else all) of `spec.source`."""
+    """Index the documents of `shard` (default: from the environment, else all) of `spec.source`
+    into `store`, or else the job context's vector store."""
     started = time.perf_counter()
     shard = shard or Shard.from_env(spec)
     if store is None:
-        from ..stack import load_stack
-
-        store = open_store(load_stack().outputs.vector_store)
+        if context is None:
+            raise SpecError("no vector store to index into", where="run_index(spec, context, store)",
+                            fix="pass the job's context (its vector store) or a store")
+        store = open_store(context.vector_store)
     commit = _CommitLock(store, spec.index)
     source = Source(spec.source)
     documents, skipped = _read_shard(source, shard)

@@ -187,8 +187,8 @@ def test_the_server_receives_the_request_and_the_environment(compute, azure_env)
     from stackwise.adapters.compute.azureml import build_request
 
     spec = finetune_spec()
-    handle = compute.submit(spec, client_token="golden")
-    name = f"sw-finetune-{spec.digest()}-golden"
+    handle = compute.submit(spec)
+    name = f"sw-finetune-{spec.digest()}-1"
     assert handle.id == name
     (path, body), = _job_puts(azure_env)
     assert path == f"{WS}/jobs/{name}"
@@ -209,7 +209,11 @@ def test_the_server_receives_the_request_and_the_environment(compute, azure_env)
     assert handle.info().spec["base"] == spec.base
     azure_env.move(name, "Completed")
     info = handle.wait(timeout=5, poll=0.05)
-    assert info.outputs["model"] == f"az://artifacts/jobs/{name}/model/"
+    assert info.outputs["checkpoints"] == f"az://artifacts/finetune/{spec.output_name}/checkpoints/"
+    env = sent["environmentVariables"]
+    context = json.loads(base64.b64decode(env["STACKWISE_CONTEXT_B64"]))
+    assert (context["artifact_store"], context["job_id"], context["attempt"]) == ("az://artifacts", name, 1)
+    assert "STACKWISE_STACK" not in env, "a job must not look its stack up by name"
     assert info.outputs["azureml_job"] == f"{WS}/jobs/{name}"
     # A second job reuses the registered environment.
     compute.submit(index_spec(1))
@@ -237,13 +241,13 @@ def test_state_mapping(compute, azure_env):
 
 def test_a_lost_answer_or_a_conflict_makes_one_job(compute, azure_env):
     azure_env.faults.append("lost-answer")
-    first = compute.submit(index_spec(3), client_token="lost1")
+    first = compute.submit(index_spec(3))
     assert azure_env.create_calls == 1 and list(azure_env.jobs) == [first.id]
     # Another process created the same name between our GET and PUT: the PUT answers 409.
     azure_env.faults.append("race")
-    second = compute.submit(index_spec(4), client_token="race1")
+    second = compute.submit(index_spec(4))
     assert second.id in azure_env.jobs and len(azure_env.jobs) == 2
-    assert compute.submit(index_spec(4), client_token="race1").id == second.id
+    assert compute.submit(index_spec(4)).id == second.id
     assert len(azure_env.jobs) == 2 and azure_env.create_calls == 2
 
 

@@ -69,8 +69,62 @@ def test_a_shard_node_runs_the_workload_and_uploads_under_its_shard(tmp_path, mo
     monkeypatch.setenv("STACKWISE_JOB_KIND", "index")
     monkeypatch.setenv("STACKWISE_JOB_URI", f"file://{job}")
     monkeypatch.setenv("STACKWISE_SPEC_B64", base64.b64encode(spec.model_dump_json().encode()).decode())
+    monkeypatch.setenv("STACKWISE_CONTEXT_B64", base64.b64encode(_context(tmp_path).model_dump_json().encode()).decode())
     monkeypatch.setenv("CLUSTER_SPEC", json.dumps(cluster))
-    assert bootstrap.main() == 2
+    assert bootstrap.main(["train"]) == 2  # SageMaker's `train` argument is ignored
     error = json.loads((job / "shards" / "1" / "error.json").read_text())
     assert "shard 1 of 3" in error["error"] and "2 workers" in error["error"]
     assert not (job / "error.json").exists()
+
+
+def _context(tmp_path, **changes):
+    from stackwise.contract import JobContext, VectorStoreOutput
+
+    return JobContext(stack="local", cloud="local", region="local", artifact_store=str(tmp_path / "artifacts"),
+                      vector_store=VectorStoreOutput(kind="embedded", uri=str(tmp_path / "vectors")), **changes)
+
+
+def _single_node(monkeypatch, job):
+    for key in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "STACKWISE_NNODES", "STACKWISE_SHARD_INDEX",
+                "STACKWISE_SHARD_COUNT", "CLUSTER_SPEC", "STACKWISE_SPEC_B64", "STACKWISE_CONTEXT_B64"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("STACKWISE_JOB_KIND", "index")
+    monkeypatch.setenv("STACKWISE_JOB_URI", f"file://{job}")
+
+
+def test_a_job_without_or_with_a_bad_context_fails_with_exit_2_before_any_workload(tmp_path, monkeypatch, capsys):
+    """No context, a context missing a key, a spec of another kind: exit 2, error.json says what
+    and where, and no workload process starts (it would write result.json or its own error)."""
+    from stackwise.adapters.compute import bootstrap
+    from stackwise.specs import FineTuneSpec, IndexSpec
+
+    job = tmp_path / "job"
+    _single_node(monkeypatch, job)
+    spec = IndexSpec(source=str(tmp_path / "docs"), index="kb")
+    (job / "input").mkdir(parents=True)
+    (job / "input" / "spec.json").write_text(spec.model_dump_json())
+    assert bootstrap.main([]) == 2
+    error = json.loads((job / "error.json").read_text())["error"]
+    assert "no context.json" in error and "input/context.json" in error and error.count("fix:") == 1
+    # A context that lacks the vector store: named by its key.
+    broken = json.loads(_context(tmp_path).model_dump_json())
+    del broken["vector_store"]
+    (job / "input" / "context.json").write_text(json.dumps(broken))
+    assert bootstrap.main([]) == 2
+    error = json.loads((job / "error.json").read_text())["error"]
+    assert "context.json is invalid at vector_store" in error
+    # The spec of another kind than the job runs.
+    (job / "input" / "context.json").write_text(_context(tmp_path).model_dump_json())
+    (job / "input" / "spec.json").write_text(FineTuneSpec(base="smollm2-135m-instruct", data="d.jsonl").model_dump_json())
+    assert bootstrap.main([]) == 2
+    assert "kind 'index' but its spec is a 'finetune' spec" in capsys.readouterr().err
+    assert not (job / "result.json").exists()
+
+
+def test_the_image_without_job_variables_says_what_runs_it(monkeypatch, capsys):
+    from stackwise.adapters.compute import bootstrap
+
+    monkeypatch.delenv("STACKWISE_JOB_KIND", raising=False)
+    monkeypatch.delenv("STACKWISE_JOB_URI", raising=False)
+    assert bootstrap.main(["train"]) == 2
+    assert "$STACKWISE_JOB_KIND is not set" in capsys.readouterr().err

@@ -28,7 +28,7 @@ class LocalDriver(ComputeDriver):
 
     def spec(self, outcome, n=0):
         if outcome == "fail":
-            return IndexSpec(source=str(self.docs / "missing"), index="kb")
+            return IndexSpec(source=str(self.docs / "missing"), index=f"fail{n}")
         if outcome == "hold":
             return IndexSpec(source=str(self.docs), index=f"new{n}")
         # Same chunks as the warm index, another digest: the job embeds nothing.

@@ -113,7 +113,11 @@ def test_finetune_request_matches_golden():
     assert request["ResourceConfig"] == {"InstanceType": "ml.p4d.24xlarge", "InstanceCount": 2, "VolumeSizeInGB": 100}
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 21600, "MaxWaitTimeInSeconds": 43200}
-    assert request["CheckpointConfig"]["S3Uri"].startswith("s3://sw-dev-artifacts/jobs/sw-finetune-")
+    # checkpoints live under the identity, shared by every attempt, where the trainer resumes from
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://sw-dev-artifacts/finetune/{spec.output_name}/checkpoints",
+                                           "LocalPath": "/opt/ml/checkpoints"}
+    assert request["Environment"]["STACKWISE_CHECKPOINT_DIR"] == "/opt/ml/checkpoints"
+    assert "STACKWISE_STACK" not in request["Environment"], "a job must not look its stack up by name"
     assert request["HyperParameters"]["stackwise_strategy"] == "fsdp"
     check_golden("sagemaker_index", build_request(index_spec(0), stack))
 
@@ -122,14 +126,21 @@ def test_submit_uploads_the_spec_and_sends_the_request(compute, aws_env):
     import boto3
 
     spec = finetune_spec()
-    handle = compute.submit(spec, client_token="golden")
+    handle = compute.submit(spec)
     job = aws_env.job(handle.id)
-    assert handle.id == f"sw-finetune-{spec.digest()}-golden"
+    assert handle.id == f"sw-finetune-{spec.digest()}-1"
     assert job.resource_config["InstanceType"] == "ml.p4d.24xlarge"
     assert job.enable_managed_spot_training is True
-    assert job.checkpoint_config["S3Uri"] == f"s3://{BUCKET}/jobs/{handle.id}/checkpoints"
-    body = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/spec.json")["Body"].read()
+    assert job.checkpoint_config["S3Uri"] == f"s3://{BUCKET}/finetune/{spec.output_name}/checkpoints"
+    s3 = boto3.client("s3")
+    body = s3.get_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/input/spec.json")["Body"].read()
     assert json.loads(body) == json.loads(spec.model_dump_json())
+    context = json.loads(s3.get_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/input/context.json")["Body"].read())
+    assert context["artifact_store"] == f"s3://{BUCKET}" and context["vector_store"]["uri"] == f"s3://{BUCKET}/vectors"
+    assert (context["job_id"], context["attempt"], context["stack"]) == (handle.id, 1, "dev-aws")
+    channel = job.input_data_config[0]
+    assert channel["ChannelName"] == "stackwise"
+    assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{BUCKET}/jobs/{handle.id}/input/"
     assert handle.status() is JobState.PENDING
     aws_env.move(handle.id, "InProgress", secondary="Training")
     assert handle.status() is JobState.RUNNING

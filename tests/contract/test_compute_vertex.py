@@ -105,10 +105,11 @@ def test_finetune_request_matches_golden():
 
 def test_the_server_receives_the_request_and_the_spec(compute, server):
     spec = finetune_spec()
-    handle = compute.submit(spec, client_token="golden")
+    handle = compute.submit(spec)
     (method, path, body), = [r for r in server.requests if r[0] == "POST"]
     assert path == "/v1/projects/my-project/locations/us-central1/customJobs"
-    assert body["displayName"] == f"sw-finetune-{spec.digest()}-golden"
+    assert body["displayName"] == f"sw-finetune-{spec.digest()}-1"
+    assert body["labels"]["stackwise-identity"] == spec.identity and body["labels"]["stackwise-attempt"] == "1"
     from google.cloud import aiplatform_v1
 
     # The REST transport sends enums as integers.
@@ -118,11 +119,15 @@ def test_the_server_receives_the_request_and_the_spec(compute, server):
     assert [p["replicaCount"] for p in body["jobSpec"]["workerPoolSpecs"]] == ["1", "1"]
     env = {e["name"]: e["value"] for e in body["jobSpec"]["workerPoolSpecs"][0]["containerSpec"]["env"]}
     assert json.loads(base64.b64decode(env["STACKWISE_SPEC_B64"])) == json.loads(spec.model_dump_json())
+    context = json.loads(base64.b64decode(env["STACKWISE_CONTEXT_B64"]))
+    assert (context["artifact_store"], context["cloud"], context["attempt"]) == ("gs://sw-dev-artifacts", "gcp", 1)
+    assert "STACKWISE_STACK" not in env, "a job must not look its stack up by name"
     assert handle.status() is JobState.PENDING
     assert handle.info().spec["base"] == spec.base
     server.move(handle.id, "JOB_STATE_SUCCEEDED")
     outputs = handle.outputs
-    assert outputs["model"] == f"gs://sw-dev-artifacts/jobs/{body['displayName']}/model/"
+    assert outputs["artifacts"] == f"gs://sw-dev-artifacts/jobs/{body['displayName']}/"
+    assert outputs["checkpoints"] == f"gs://sw-dev-artifacts/finetune/{spec.output_name}/checkpoints/"
 
 
 def test_retries_and_a_lost_answer_make_one_job(compute, server):

@@ -59,13 +59,20 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "docs": docs, "spec": spec, "spec_path": spec_path}
 
 
-def _command(spec_path: Path) -> list[str]:
-    return [sys.executable, "-m", "stackwise.workloads.index", "--spec", str(spec_path)]
+def _command(spec_path: Path, home: Path) -> list[str]:
+    """The workload as a job runs it: its spec and the local stack's job context for `home`."""
+    from stackwise.contract import JobContext, VectorStoreOutput
+
+    context = home.parent / f"context-{home.name}.json"
+    context.write_text(JobContext(stack="local", cloud="local", region="local", artifact_store=str(home / "artifacts"),
+                                  vector_store=VectorStoreOutput(kind="embedded", uri=str(home / "vectors")))
+                       .model_dump_json(), encoding="utf-8")
+    return [sys.executable, "-m", "stackwise.workloads.index", "--spec", str(spec_path), "--context", str(context)]
 
 
 def run_workload(home: Path, spec_path: Path) -> dict:
     """Run the index workload to completion; return its report (the `@@result` line)."""
-    proc = subprocess.run(_command(spec_path), cwd=str(home.parent), env=stackwise_env(home),
+    proc = subprocess.run(_command(spec_path, home), cwd=str(home.parent), env=stackwise_env(home),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     results = [line[len(RESULT):] for line in proc.stdout.splitlines() if line.startswith(RESULT)]
@@ -79,7 +86,7 @@ def kill_workload_at(home: Path, spec_path: Path, committed: bool) -> int:
 
     Returns how many chunks its progress said were committed when it was killed.
     """
-    proc = subprocess.Popen(_command(spec_path), cwd=str(home.parent), env=stackwise_env(home),
+    proc = subprocess.Popen(_command(spec_path, home), cwd=str(home.parent), env=stackwise_env(home),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     # Never hang the suite on a workload that stops printing: kill it after the job timeout.

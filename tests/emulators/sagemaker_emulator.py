@@ -148,6 +148,8 @@ class SageMakerEmulator:
                 raise ResourceInUseException(f"Training job names must be unique within an AWS account and "
                                              f"region, and a training job with this name already exists ({name})")
             result = original_create(response)
+            # moto keeps no Environment; the container runner (sagemaker_runner.py) needs it
+            response.sagemaker_backend.training_jobs[name].environment = response._get_param("Environment") or {}
             if fault == "lost-answer":
                 raise Fault("InternalFailure", "An internal error occurred")
             return result

@@ -74,6 +74,15 @@ def test_perplexity_equals_transformers_loss(world):
     assert lm.loglik(ctx, cont) == pytest.approx(expected, abs=1e-4)
 
 
+def _context():
+    """The job context of the local stack (what `submit` would send the evaluation job)."""
+    from stackwise.contract import JobContext
+    from stackwise.stack import load_stack
+
+    stack = load_stack("local")
+    return JobContext.from_outputs(stack.name, stack.outputs)
+
+
 def test_evaluate_register_and_gate(world, home, tmp_path):
     from stackwise.evaluation.leakage import LeakageError
     from stackwise.model_registry import CANDIDATE, CHAMPION, GateFailed, Registry
@@ -93,7 +102,7 @@ def test_evaluate_register_and_gate(world, home, tmp_path):
     gate.write_text(f"data: {world['eval']}\nmetrics:\n  perplexity: {{min_delta: 1.0}}\n")
     spec = EvaluateSpec(model="models:/demo/2", baseline="models:/demo/1",
                         suites=["perplexity"], data=str(world["eval"]))
-    report = run_evaluate(spec)
+    report = run_evaluate(spec, _context())
     cand, base = report.candidate.metrics["perplexity"], report.baseline.metrics["perplexity"]
     assert cand < base - 1.0, (cand, base)
     assert report.deltas["perplexity"] == pytest.approx(cand - base, abs=1e-4)
@@ -131,9 +140,9 @@ def test_evaluate_register_and_gate(world, home, tmp_path):
     leaky.write_text(json.dumps({"text": world["train_texts"][3].upper() + "!!"}) + "\n"
                      + json.dumps({"text": world["held"][0]}) + "\n")
     with pytest.raises(LeakageError, match="1 of 2 evaluation records"):
-        run_evaluate(EvaluateSpec(model="models:/demo@champion", suites=["perplexity"], data=str(leaky)))
+        run_evaluate(EvaluateSpec(model="models:/demo@champion", suites=["perplexity"], data=str(leaky)), _context())
     allowed = run_evaluate(EvaluateSpec(model="models:/demo@champion", suites=["perplexity"], data=str(leaky),
-                                        allow_leakage=True))
+                                        allow_leakage=True), _context())
     assert allowed.leakage["leaked"] == 1 and allowed.candidate.pinned == "models:/demo/2"
 
 
