@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from stackwise.errors import ConfigError, StoreError
+from stackwise.secrets import redact as redact_resolved
+from stackwise.secrets import resolve_secret as resolve_reference
 from stackwise.vectors import Hit, Record
 
 T = TypeVar("T")
@@ -30,7 +32,7 @@ EXTRA_KEY = "stackwise_extra"
 
 
 def resolve_secret(ref: str | None, *, default_env: str, what: str) -> str:
-    """The value a secret reference names (`env://NAME`), else `$default_env`.
+    """The value a secret reference names (any scheme `stackwise.secrets` knows), else `$default_env`.
 
     The value is never put into a message: errors name the reference only.
     """
@@ -40,32 +42,20 @@ def resolve_secret(ref: str | None, *, default_env: str, what: str) -> str:
             raise ConfigError(
                 f"no API key for the {what}",
                 where=f"stack outputs vector_store.api_key_secret unset and ${default_env} unset",
-                fix=f"export {default_env}=..., or set the stack's vectorStore apiKeySecret to env://NAME",
+                fix=f"export {default_env}=..., or set the stack's vectorStore apiKeySecret to a secret reference "
+                    "(env://NAME, aws-sm://..., gcp-sm://..., azure-kv://...)",
             )
         return value
-    scheme, _, name = ref.partition("://")
-    if scheme != "env":
-        raise ConfigError(
-            f"the {what} API key reference {ref} cannot be resolved on this machine",
-            where="vector_store.api_key_secret",
-            fix="expose the secret to this process as an environment variable and reference it as env://NAME",
-        )
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(
-            f"the {what} API key is not set: ${name} is empty",
-            where=f"vector_store.api_key_secret = {ref}",
-            fix=f"export {name}=<your API key> before running stackwise",
-        )
-    return value
+    return resolve_reference(ref, what=f"{what} API key")
 
 
 def redact(text: str, *secrets: str | None) -> str:
-    """`text` with every secret replaced by '***' (for messages built from server replies)."""
+    """`text` with every secret, and every value `stackwise.secrets` resolved, replaced by '***'
+    (for messages built from server replies)."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")
-    return text
+    return redact_resolved(text)
 
 
 def check_index_name(name: str, where: str) -> str:

@@ -85,9 +85,12 @@ def main(kind: str, model: type[S], run: Callable[[S, JobContext], BaseModel]) -
         context = load_context(args.context)
         result = run(spec, context)
     except StackwiseError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        from ..secrets import redact
+
+        message = redact(str(exc))  # a secret resolved by the job never reaches its log or error.json
+        print(f"error: {message}", file=sys.stderr, flush=True)
         if error_path:
-            _write_json(error_path, {"error": str(exc), "exit_code": exc.exit_code})
+            _write_json(error_path, {"error": message, "exit_code": exc.exit_code})
         raise SystemExit(exc.exit_code) from None
     payload = result.model_dump(mode="json")
     if args.result:

@@ -61,19 +61,22 @@ def aws_moto_env(endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
 
 
-def azure_cli_login(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged_in: bool = True) -> None:
+def azure_cli_login(server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logged_in: bool = True,
+                    resource: str | None = None, token: str = "test-arm-token") -> None:
     """Point MLClient at the local ARM server (`STACKWISE_AZURE_ARM_ENDPOINT`, its TLS certificate)
     and sign in the way `az login` would: DefaultAzureCredential, limited to AzureCliCredential,
-    runs `az account get-access-token --output json --resource <ARM>` from a stub `az` on PATH
-    (none on PATH when `logged_in` is False)."""
+    runs `az account get-access-token --output json --resource <resource>` from a stub `az` on PATH
+    (none on PATH when `logged_in` is False). `resource` defaults to the server's endpoint (ARM);
+    the stub answers `token` for it and fails for any other resource."""
     bin_dir = tmp_path / "az-bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
     if logged_in:
         az = bin_dir / "az"
+        resource = (resource or server.endpoint).rstrip("/")
         az.write_text('#!/bin/sh\n'
-                      'case "$*" in *"get-access-token"*"--resource ' + server.endpoint.rstrip("/") + '"*) ;;\n'
+                      'case "$*" in *"get-access-token"*"--resource ' + resource + '"*) ;;\n'
                       '  *) echo "ERROR: unexpected az call: $*" >&2; exit 1;; esac\n'
-                      'echo \'{"accessToken": "test-arm-token", "expires_on": 4102444800, '
+                      'echo \'{"accessToken": "' + token + '", "expires_on": 4102444800, '
                       '"tokenType": "Bearer"}\'\n', encoding="utf-8")
         az.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin")
