@@ -50,7 +50,7 @@ class Platform:
         if self._compute is None:
             from .registry import COMPUTE, load
 
-            self._compute = load(COMPUTE, self.stack.cloud, "compute")(self.stack)
+            self._compute = load(COMPUTE, self.stack.compute_kind, "compute")(self.stack)
         return self._compute
 
     @property

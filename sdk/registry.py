@@ -26,6 +26,7 @@ class AdapterRef:
 
 COMPUTE: dict[str, AdapterRef] = {
     "local": AdapterRef("stackwise.adapters.compute.local:LocalCompute", "local"),
+    "container": AdapterRef("stackwise.adapters.compute.container:ContainerCompute", "local"),
     "aws": AdapterRef("stackwise.adapters.compute.sagemaker:SageMakerCompute", "aws"),
     "gcp": AdapterRef("stackwise.adapters.compute.vertex:VertexCompute", "gcp"),
     "azure": AdapterRef("stackwise.adapters.compute.azureml:AzureMLCompute", "azure"),

@@ -27,7 +27,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _NAMESPACE = "stackwise"
 # Keys the SDK reads from any stack file. The Pulumi program validates the rest of a
 # cloud stack's config; the local stack is wholly the SDK's, so its keys are checked here.
-_LOCAL_KEYS = {"cloud", "region", "artifactStore", "vectorStore", "embeddingModel", "trackingUri"}
+_LOCAL_KEYS = {"cloud", "region", "artifactStore", "vectorStore", "embeddingModel", "trackingUri", "compute"}
+# Compute backends a local stack may choose (`stackwise:compute: {kind: ...}`).
+LOCAL_COMPUTE = ("local", "container")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,14 @@ class Stack:
     @property
     def is_local(self) -> bool:
         return self.cloud == "local"
+
+    @property
+    def compute_kind(self) -> str:
+        """Which compute backend runs this stack's jobs: the cloud's, or on a local stack `local`
+        (processes) or `container` (the stack's training image, with podman or docker)."""
+        if not self.is_local:
+            return self.cloud
+        return str((self.config.get("compute") or {}).get("kind", "local"))
 
 
 def stack_name(name: str | None = None) -> str:
@@ -109,12 +119,31 @@ def load_stack(name: str | None = None) -> Stack:
                 where=source,
                 fix=f"remove it; the local stack reads: {', '.join(sorted(_LOCAL_KEYS))}",
             )
+    if cloud == "local":
+        _check_local_compute(config.get("compute"), source)
     region = config.get("region") or ("local" if cloud == "local" else None)
     if not isinstance(region, str):
         raise ConfigError(
             f"stack {chosen!r} has no region", where=f"{source}: config", fix="set stackwise:region"
         )
     return Stack(name=chosen, cloud=cloud, region=region, config=config, source=source)
+
+
+def _check_local_compute(compute: Any, source: str) -> None:
+    if compute is None:
+        return
+    where = f"{source}: config.stackwise:compute"
+    fix = ("set compute to {kind: local} (jobs as processes) or {kind: container, image: IMAGE} "
+           "(jobs in the training image: build it with `stackwise image build`), optional engine: podman|docker")
+    if not isinstance(compute, dict) or set(compute) - {"kind", "image", "engine"}:
+        raise ConfigError("stackwise:compute must be a mapping with kind, image and engine", where=where, fix=fix)
+    kind = compute.get("kind", "local")
+    if kind not in LOCAL_COMPUTE:
+        raise ConfigError(f"unknown compute kind {kind!r} for the local stack", where=where, fix=fix)
+    if kind == "container" and not (isinstance(compute.get("image"), str) and compute["image"].strip()):
+        raise ConfigError("a container compute stack names no image", where=where, fix=fix)
+    if compute.get("engine") not in (None, "podman", "docker"):
+        raise ConfigError(f"unknown container engine {compute.get('engine')!r}", where=where, fix=fix)
 
 
 def _read_config(text: str, where: str) -> dict[str, Any]:
@@ -171,6 +200,7 @@ def local_outputs(stack: Stack) -> StackOutputs:
         vector_store=_local_vector_store(stack, vector, under),
         embedding_model=str(stack.config.get("embeddingModel", "all-MiniLM-L6-v2")),
         tracking_uri=stack.config.get("trackingUri") or f"sqlite:///{base / 'mlflow.db'}",
+        training_image=(stack.config.get("compute") or {}).get("image"),
     )
 
 

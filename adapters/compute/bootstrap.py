@@ -29,6 +29,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -163,12 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the job runs kind {kind!r} but its spec is a {json.loads(spec)['kind']!r} spec\n"
               "  where: $STACKWISE_JOB_KIND\n  fix: resubmit the job through stackwise", file=sys.stderr, flush=True)
         return 2
+    print(f"stackwise bootstrap: {kind} job {job_uri} node {cluster['NODE_RANK']} of {cluster['NNODES']} "
+          f"(python {sys.executable}, host {socket.gethostname()})", flush=True)
     (work / "spec.json").write_bytes(spec)
     (work / "context.json").write_bytes(context)
     child_env = dict(env, **cluster, **shards, STACKWISE_JOB_DIR=str(work))
     result = work / "result.json"
-    code = subprocess.call([sys.executable, "-m", f"stackwise.workloads.{kind}", "--spec", str(work / "spec.json"),
-                            "--context", str(work / "context.json"), "--result", str(result)], env=child_env)
+    child = subprocess.Popen([sys.executable, "-m", f"stackwise.workloads.{kind}", "--spec", str(work / "spec.json"),
+                              "--context", str(work / "context.json"), "--result", str(result)], env=child_env)
+    # A platform stops a job with SIGTERM to the container's first process (this one, often PID 1,
+    # which ignores signals it has no handler for): pass it on so the workload stops cleanly.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda number, _frame: child.send_signal(number))
+    code = child.wait()
     if target is None:
         return code
     for name in ("result.json", "error.json"):

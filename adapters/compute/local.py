@@ -152,6 +152,7 @@ class LocalCompute:
         from ._cloud import with_run
 
         spec = with_run(spec, new, run_name)
+        self._preflight(spec)
         kind = spec.kind
         stack = self._stack()
         context_outputs = stack.outputs  # resolved here, once: the job never looks its stack up
@@ -191,6 +192,7 @@ class LocalCompute:
         (job_dir / "spec.json").write_text(spec_json, encoding="utf-8")
         (job_dir / "context.json").write_text(context.model_dump_json(indent=2), encoding="utf-8")
         (job_dir / "log.txt").touch()
+        self._prepare_job(job_dir, spec, context)
         env = dict(os.environ, STACKWISE_HOME=str(self.db.home))
         with open(job_dir / "supervisor.log", "ab") as out:
             proc = subprocess.Popen(
@@ -211,6 +213,12 @@ class LocalCompute:
             started = None
         self.db.update(job_id, supervisor_pid=proc.pid, supervisor_started=started)
         return JobHandle(self, job_id)
+
+    def _preflight(self, spec: Any) -> None:
+        """Refuse, before any job record exists, what a subclass cannot run (default: nothing)."""
+
+    def _prepare_job(self, job_dir: Path, spec: Any, context: Any) -> None:
+        """What a subclass writes into the job's folder before its supervisor starts (default: nothing)."""
 
     def _stack(self) -> Any:
         if self._stack_obj is None:

@@ -90,14 +90,29 @@ class _ShardLog:
         return summed
 
 
+def _in_container(job_dir: Path) -> bool:
+    from stackwise.adapters.compute.container import CONTAINER_FILE
+
+    return (job_dir / CONTAINER_FILE).is_file()
+
+
+def _workload(row: Any, job_dir: Path, result: Path, shard: int | None = None, count: int = 1) -> list[str]:
+    """The workload process of a job (or of one shard): Python here, or the image's bootstrap."""
+    if _in_container(job_dir):
+        from stackwise.adapters.compute.container import container_command
+
+        return container_command(job_dir, row["id"], shard, count)
+    return [sys.executable, "-m", f"stackwise.workloads.{row['kind']}", "--spec", str(job_dir / "spec.json"),
+            "--context", str(job_dir / "context.json"), "--result", str(result)]
+
+
 def _run_one(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, str]) -> tuple[int, str | None, Path]:
     with open(job_dir / "log.txt", "ab") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", f"stackwise.workloads.{row['kind']}", "--spec", str(job_dir / "spec.json"),
-             "--context", str(job_dir / "context.json"), "--result", str(job_dir / "result.json")],
+            _workload(row, job_dir, job_dir / "result.json"),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=row["cwd"],
         )
-    _on_stop(db, job_id, [child])
+    _on_stop(db, job_id, [child], job_dir, 1)
     db.update(job_id, only_if_active=True, state=JobState.RUNNING.value, started_at=time.time(),
               workload_pid=child.pid)
     code = child.wait()
@@ -119,8 +134,7 @@ def _run_shards(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, 
             shard_dir = job_dir / "shards" / str(shard)
             shard_dir.mkdir(parents=True, exist_ok=True)
             child = subprocess.Popen(
-                [sys.executable, "-m", f"stackwise.workloads.{row['kind']}", "--spec", str(job_dir / "spec.json"),
-                 "--context", str(job_dir / "context.json"), "--result", str(shard_dir / "result.json")],
+                _workload(row, job_dir, shard_dir / "result.json", shard, count),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=row["cwd"],
                 env=dict(env, **{ENV_SHARD_INDEX: str(shard), ENV_SHARD_COUNT: str(count)}),
             )
@@ -128,7 +142,7 @@ def _run_shards(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, 
             pump = threading.Thread(target=shard_log.pump, args=(shard, child.stdout), daemon=True)
             pump.start()
             pumps.append(pump)
-        _on_stop(db, job_id, children)
+        _on_stop(db, job_id, children, job_dir, count)
         db.update(job_id, only_if_active=True, state=JobState.RUNNING.value, started_at=time.time(),
                   workload_pid=children[0].pid)
         codes = [child.wait() for child in children]
@@ -148,9 +162,13 @@ def _run_shards(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, 
     return 0, None, result
 
 
-def _on_stop(db: JobDB, job_id: str, children: list[subprocess.Popen]) -> None:
+def _on_stop(db: JobDB, job_id: str, children: list[subprocess.Popen], job_dir: Path, count: int) -> None:
     def stop(signum, _frame):
         # Cancellation: pass it on, give the workloads time to stop, then leave.
+        if _in_container(job_dir):
+            from stackwise.adapters.compute.container import stop_containers
+
+            stop_containers(job_dir, job_id, count)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)

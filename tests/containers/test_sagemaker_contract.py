@@ -1,0 +1,147 @@
+"""SageMaker's training contract, for real: the adapter creates the job in moto, a runner plays
+SageMaker (tests/emulators/sagemaker_runner.py: /opt/ml laid out, the input channel downloaded
+from S3, one container per instance started as `<image> train`), and the training image built
+from this repository runs the bootstrap and the workload inside.
+
+adapter -> SageMaker API (moto) -> containers -> S3 (moto) -> adapter outputs -> `stackwise search`
+is one flow here: an index job on 2 instances (one shard each) reads documents from S3 and writes
+the embedded index to S3; the host then searches it with `stackwise search --stack dev-aws` and
+gets the same top 5 as the same documents indexed on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EMULATORS = Path(__file__).resolve().parents[1] / "emulators"
+sys.path.insert(0, str(EMULATORS))
+
+pytest.importorskip("boto3", reason="install stackwise[aws]")
+pytest.importorskip("moto", reason="install stackwise[dev]")
+pytest.importorskip("lancedb", reason="install stackwise[local]")
+
+from sagemaker_emulator import SageMakerEmulator  # noqa: E402
+from sagemaker_runner import SageMakerRunner  # noqa: E402
+
+BUCKET = "sw-dev-artifacts"
+ARTICLES = 12
+QUERY = "bushfires threaten homes near Sydney"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    server = SageMakerEmulator().start()
+    yield server
+    server.stop()
+
+
+def _aws_env(endpoint: str) -> dict[str, str]:
+    """What the containers and the host need to reach moto's S3 (LanceDB's object store included)."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1"}
+
+
+@pytest.fixture
+def aws(emulator, monkeypatch, tmp_path):
+    for key, value in _aws_env(emulator.endpoint).items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    emulator.reset()
+    import boto3
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+        s3.create_bucket(Bucket=BUCKET)
+    return emulator
+
+
+def _articles() -> list[str]:
+    gensim = pytest.importorskip("gensim")
+    path = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+    return [x.strip() for x in path.read_text(encoding="latin-1").splitlines() if x.strip()][:ARTICLES]
+
+
+def _outputs(tmp_path: Path, image: str) -> Path:
+    path = tmp_path / "dev-aws-outputs.json"
+    path.write_text(json.dumps({
+        "cloud": "aws", "region": "us-east-1", "artifact_store": f"s3://{BUCKET}",
+        "job_role": "arn:aws:iam::123456789012:role/sw-dev-jobs-role", "training_image": image,
+        "vector_store": {"kind": "embedded", "uri": f"s3://{BUCKET}/vectors"},
+    }), encoding="utf-8")
+    return path
+
+
+def test_a_sharded_index_job_runs_in_containers_and_the_host_searches_its_index(aws, images, engine, tmp_path,
+                                                                                 monkeypatch):
+    import boto3
+
+    import stackwise
+    from stackwise.jobs import JobState
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    texts = _articles()
+    for number, text in enumerate(texts):
+        s3.put_object(Bucket=BUCKET, Key=f"data/docs/lee-{number:03d}.txt", Body=(text + "\n").encode())
+    monkeypatch.setenv("STACKWISE_OUTPUTS", str(_outputs(tmp_path, images["train"]["image"])))
+    monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
+    platform = stackwise.connect("dev-aws")
+    handle = platform.index(source=f"s3://{BUCKET}/data/docs/", index="kb", workers=2)
+    assert handle.status() is JobState.PENDING
+
+    runner = SageMakerRunner(aws, engine, tmp_path / "sagemaker",
+                             {**_aws_env(aws.endpoint), "OMP_NUM_THREADS": "1", "STACKWISE_THREADS": "1"})
+    codes = runner.run(handle.id, timeout=900)
+    assert codes == [0, 0], runner.log(handle.id, "algo-1")[-3000:] + runner.log(handle.id, "algo-2")[-3000:]
+    for host in ("algo-1", "algo-2"):
+        log = runner.log(handle.id, host)
+        assert "Traceback" not in log, log[-3000:]
+    info = handle.wait(timeout=30, poll=0.1)
+    assert info.state is JobState.SUCCEEDED, info.error
+    report = info.outputs
+    assert (report["documents"], report["shards"]) == (ARTICLES, 2), report
+    assert report["added"] == report["chunks"] > ARTICLES
+    # Each instance read only its own shard's files and reported under shards/<rank>/.
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=f"jobs/{handle.id}/shards/")["Contents"]}
+    assert keys == {f"jobs/{handle.id}/shards/0/result.json", f"jobs/{handle.id}/shards/1/result.json"}
+    # Resubmitting the spec now that its job ended starts attempt 2 of the same identity.
+    again = platform.index(source=f"s3://{BUCKET}/data/docs/", index="kb", workers=2)
+    assert again.id.endswith("-2") and again.info().identity == info.identity
+
+    # The host searches the index the containers wrote to S3 ...
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKWISE_")}
+    env.update(STACKWISE_OUTPUTS=os.environ["STACKWISE_OUTPUTS"], STACKWISE_HOME=str(tmp_path / ".stackwise"),
+               STACKWISE_STACKS_DIR=str(Path(__file__).resolve().parents[2] / "stacks"),
+               HF_HUB_OFFLINE="1", STACKWISE_THREADS="2", OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", "search", QUERY, "--index", "kb", "-k", "5",
+                           "--stack", "dev-aws", "--json"], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cloud_hits = json.loads(proc.stdout)
+    # ... and gets the top 5 of the same documents indexed on this machine.
+    from stackwise.adapters.vectors.embedded import EmbeddedStore
+    from stackwise.embeddings import load_embedder
+    from stackwise.specs import IndexSpec
+    from stackwise.workloads.index import run_index
+
+    docs = tmp_path / "local-docs"
+    docs.mkdir()
+    for number, text in enumerate(texts):
+        (docs / f"lee-{number:03d}.txt").write_text(text + "\n", encoding="utf-8")
+    store = EmbeddedStore(str(tmp_path / "local-vectors"))
+    run_index(IndexSpec(source=str(docs), index="kb"), store=store, progress=lambda *a, **k: None)
+    vector = load_embedder("all-MiniLM-L6-v2").encode([QUERY])[0]
+    local_hits = store.query("kb", vector, k=5)
+    assert [Path(h["doc_id"]).name for h in cloud_hits] == [Path(h.doc_id).name for h in local_hits]
+    assert [h["text"] for h in cloud_hits] == [h.text for h in local_hits]
+    for cloud, local in zip(cloud_hits, local_hits):
+        assert cloud["score"] == pytest.approx(local.score, abs=1e-4)
