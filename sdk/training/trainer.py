@@ -337,6 +337,7 @@ def train(plan: Plan) -> FineTuneReport | None:
     out = Path(plan.output_dir)
     ckpt_dir = _checkpoint_dir(out)
     if is_main:
+        out.mkdir(parents=True, exist_ok=True)  # the checkpoints may live elsewhere (the platform's folder)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _sync_down(plan, ckpt_dir)
 

@@ -145,3 +145,58 @@ def test_a_sharded_index_job_runs_in_containers_and_the_host_searches_its_index(
     assert [h["text"] for h in cloud_hits] == [h.text for h in local_hits]
     for cloud, local in zip(cloud_hits, local_hits):
         assert cloud["score"] == pytest.approx(local.score, abs=1e-4)
+
+
+def test_a_finetune_killed_in_its_container_resumes_in_the_next_attempts_container(aws, images, engine, tmp_path,
+                                                                                   monkeypatch):
+    """Attempt 1 is SIGKILLed after its first checkpoint (what a spot interruption does); SageMaker
+    uploads /opt/ml/checkpoints to the job's CheckpointConfig, which lives under the spec's identity;
+    submitting the spec again starts attempt 2, whose container finds the checkpoint restored in
+    /opt/ml/checkpoints and resumes from it."""
+    import time
+
+    import boto3
+
+    import stackwise
+    from stackwise.jobs import JobState
+    from stackwise.specs import FineTuneSpec
+    from stackwise.training.tiny import build_tiny_model
+
+    texts = _articles() * 8
+    model = build_tiny_model(tmp_path / "tiny", texts, vocab_size=300)
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for path in model.iterdir():
+        s3.upload_file(str(path), BUCKET, f"models/tiny/{path.name}")
+    s3.put_object(Bucket=BUCKET, Key="data/train.jsonl",
+                  Body="".join(json.dumps({"text": t}) + "\n" for t in texts).encode())
+    monkeypatch.setenv("STACKWISE_OUTPUTS", str(_outputs(tmp_path, images["train"]["image"])))
+    monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
+    platform = stackwise.connect("dev-aws")
+    spec = FineTuneSpec(base=f"s3://{BUCKET}/models/tiny", data=f"s3://{BUCKET}/data/train.jsonl", name="tiny-chat",
+                        lora={"r": 4, "alpha": 8, "target_modules": "all-linear"},
+                        training={"max_steps": 300, "checkpoint_every": 50, "batch_size": 2, "max_seq_length": 48,
+                                  "logging_every": 5, "eval_max_examples": 8, "precision": "fp32"})
+    first = platform.finetune(spec)
+    runner = SageMakerRunner(aws, engine, tmp_path / "sagemaker",
+                             {**_aws_env(aws.endpoint), "OMP_NUM_THREADS": "2", "STACKWISE_THREADS": "2"})
+    running = runner.start(first.id)
+    marker = running[0][2] / "checkpoints" / "checkpoint-50" / "stackwise-complete"
+    deadline = time.monotonic() + 600
+    while not marker.is_file():
+        assert time.monotonic() < deadline, runner.log(first.id)[-3000:]
+        assert running[0][1].poll() is None, runner.log(first.id)[-3000:]
+        time.sleep(0.5)
+    runner.kill(first.id)
+    assert runner.finish(first.id, running, timeout=120) != [0]
+    assert first.wait(timeout=30, poll=0.1).state is JobState.FAILED
+    # SageMaker uploaded the checkpoint under the identity, not under attempt 1's job.
+    prefix = f"finetune/{spec.output_name}/checkpoints/checkpoint-50/"
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("KeyCount", 0) > 0
+
+    second = platform.finetune(spec)
+    assert second.id == f"sw-{spec.identity}-2"
+    assert runner.run(second.id, timeout=900) == [0], runner.log(second.id)[-3000:]
+    report = second.result(timeout=30)
+    assert report["resumed_from_step"] is not None and 50 <= report["resumed_from_step"] < 300, report
+    assert report["steps"] == 300
+    assert "resuming from checkpoint-" in runner.log(second.id)
