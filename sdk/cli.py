@@ -26,6 +26,9 @@ app = typer.Typer(
 )
 jobs_app = typer.Typer(help="List, follow, wait on and cancel jobs of the active stack.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+image_app = typer.Typer(help="Build (and push) the training and serving images every job and endpoint runs.",
+                        no_args_is_help=True)
+app.add_typer(image_app, name="image")
 
 StackOpt = Annotated[Optional[str], typer.Option("--stack", "-s", help="Stack name (default: $STACKWISE_STACK or local).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
@@ -669,15 +672,28 @@ def endpoints(
 
 @app.command()
 def serve(
-    port: Annotated[int, typer.Option("--port", "-p", help="TCP port on 127.0.0.1.")] = 8080,
+    port: Annotated[Optional[int], typer.Option("--port", "-p", help="TCP port (default: $AIP_HTTP_PORT, "
+                                                "$SAGEMAKER_BIND_TO_PORT or 8080).")] = None,
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     endpoint: Annotated[Optional[str], typer.Option("--endpoint", "-e", help="Local endpoint name.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Serve this one model folder or URI instead "
+                                                 "of the stack's deploy state (as inside a cloud container).")] = None,
     stack: StackOpt = None,
 ) -> None:
-    """Serve the local stack's deployed versions over HTTP (/v1/completions), split by their traffic."""
-    from .serving import serve as run_server
+    """Serve the local stack's deployed versions over HTTP (/v1/completions), split by their traffic;
+    or one model (--model, or the model folder a SageMaker, Vertex AI or Azure ML container is given)."""
+    from .errors import SpecError
+    from .serving import model_source, serve as run_server, serve_model
 
-    run_server(_platform(stack).stack, host=host, port=port, endpoint=endpoint)
+    if model and (endpoint or stack):
+        raise SpecError("--model serves one model folder; --endpoint and --stack serve a stack's deploy state",
+                        where="stackwise serve", fix="give --model, or --endpoint/--stack, not both")
+    # Explicit --endpoint/--stack mean the deploy state even where a platform's model variables are set.
+    source = None if (endpoint or stack) else model_source(model)
+    if source is not None:
+        serve_model(source, host=host, port=port)
+    else:
+        run_server(_platform(stack).stack, host=host, port=port, endpoint=endpoint)
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -763,6 +779,41 @@ def jobs_cancel(job_id: str, stack: StackOpt = None, as_json: JsonOpt = False) -
         _print_json(info.as_dict())
     else:
         _console().print(f"{info.id}: {info.state.value}")
+
+
+# -- images -----------------------------------------------------------------------------------
+@image_app.command("build")
+def image_build(
+    stack: StackOpt = None,
+    base_image: Annotated[Optional[str], typer.Option("--base-image", help="Base image (default: python:3.11-slim-bookworm; "
+                                                      "scripts/base-image.sh makes localhost/stackwise-base:bookworm without a registry).")] = None,
+    wheelhouse: Annotated[Optional[str], typer.Option("--wheelhouse", help="Wheelhouse folder (default: made with "
+                                                      "scripts/wheelhouse.sh under ~/.cache/stackwise/wheels).")] = None,
+    extras: Annotated[Optional[str], typer.Option("--extras", help="stackwise extras installed in the images.")] = None,
+    repository: Annotated[Optional[str], typer.Option("--repository", help="Where to tag the images: "
+                                                      "<repository>/train:<digest> (default: from the stack's training_image, "
+                                                      "or localhost/stackwise).")] = None,
+    push: Annotated[bool, typer.Option("--push", help="Push both images to the repository's registry (log in first).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the training and serving images from this checkout with podman or docker, tagged by
+    content digest (a rebuild of the same inputs is a cache hit)."""
+    from pathlib import Path
+
+    from .images import DEFAULT_BASE_IMAGE, DEFAULT_EXTRAS, build_images, image_repository, make_wheelhouse
+
+    chosen_extras = extras or DEFAULT_EXTRAS
+    repo = repository or image_repository(_platform(stack).stack)
+    wheels = Path(wheelhouse).expanduser() if wheelhouse else make_wheelhouse(chosen_extras)
+    result = build_images(repo, base_image or DEFAULT_BASE_IMAGE, wheels, chosen_extras, push=push)
+    if as_json:
+        _print_json(result)
+        return
+    console = _console()
+    for target, info in result.items():
+        state = "cached" if info["cached"] else f"built in {info['seconds']:.0f} s"
+        console.print(f"{target}: {info['image']} ({info['size_bytes'] / 1e9:.2f} GB, {state}"
+                      + (", pushed" if info.get("pushed") else "") + ")", markup=False)
 
 
 # -- plan --------------------------------------------------------------------------------------

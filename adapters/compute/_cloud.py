@@ -392,21 +392,39 @@ class CloudCompute:
         if workers > 1:
             result = self._merged_shard_results(root, workers)
         else:
-            result = self._read_result(f"{root}/result.json")
+            result = self._cached_result(f"{root}/result.json")
         if result:
             outputs.update({k: v for k, v in result.items() if k not in outputs})
         return outputs
 
+    def _cached_result(self, uri: str) -> dict[str, Any] | None:
+        """`_read_result`, remembered once read: a finished job's result never changes."""
+        cache = self.__dict__.setdefault("_results", {})
+        if uri not in cache:
+            found = self._read_result(uri)
+            if found is None:
+                return None
+            cache[uri] = found
+        return cache[uri]
+
     def _read_result(self, uri: str) -> dict[str, Any] | None:
-        """The workload's result JSON, if this client can read it (default: not read)."""
-        return None
+        """The workload's result JSON, read through fsspec with this machine's credentials for the
+        artifact store (gcsfs, adlfs); None while it is absent or unreadable (the outputs then hold
+        only the artifact URIs)."""
+        try:
+            import fsspec
+
+            with fsspec.open(uri, "rb") as handle:
+                return json.loads(handle.read())
+        except Exception:  # noqa: BLE001 - missing file, no credentials, no fsspec backend: not readable
+            return None
 
     def _merged_shard_results(self, root: str, workers: int) -> dict[str, Any] | None:
         """A sharded index job's report: each node wrote `shards/<i>/result.json`; their sum,
         or None while any is unreadable (the outputs then hold only the artifact URIs)."""
         reports = []
         for shard in range(workers):
-            report = self._read_result(f"{root}/shards/{shard}/result.json")
+            report = self._cached_result(f"{root}/shards/{shard}/result.json")
             if not report:
                 return None
             reports.append(report)

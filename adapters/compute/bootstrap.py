@@ -147,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
     job_uri = env["STACKWISE_JOB_URI"].rstrip("/")
     work = Path(tempfile.mkdtemp(prefix="stackwise-job-"))
     cluster = cluster_env(env)
+    ranked = os.path.isfile(SAGEMAKER_RESOURCE_CONFIG) or env.get("CLUSTER_SPEC") or env.get("NODE_RANK")
+    if int(cluster["NNODES"]) > 1 and not ranked:
+        # Every node would take rank 0: one shard indexed N times, the others never (and a job that "succeeds").
+        print(f"error: this job runs on {cluster['NNODES']} nodes but nothing tells this node its rank\n"
+              "  where: NODE_RANK, CLUSTER_SPEC and /opt/ml/input/config/resourceconfig.json are all unset\n"
+              "  fix: run the job through its platform's distribution (Azure ML: PyTorch distribution), "
+              "which sets them", file=sys.stderr, flush=True)
+        return 2
     shards = shard_env(kind, cluster)
     if shards and int(shards["STACKWISE_SHARD_COUNT"]) > 1:
         target = f"{job_uri}/shards/{shards['STACKWISE_SHARD_INDEX']}"

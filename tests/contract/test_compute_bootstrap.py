@@ -128,3 +128,13 @@ def test_the_image_without_job_variables_says_what_runs_it(monkeypatch, capsys):
     monkeypatch.delenv("STACKWISE_JOB_URI", raising=False)
     assert bootstrap.main(["train"]) == 2
     assert "$STACKWISE_JOB_KIND is not set" in capsys.readouterr().err
+
+
+def test_a_node_of_a_multi_node_job_that_knows_no_rank_refuses_to_run(tmp_path, monkeypatch, capsys):
+    """Without NODE_RANK, CLUSTER_SPEC or resourceconfig.json every node would be rank 0."""
+    from stackwise.adapters.compute import bootstrap
+
+    _single_node(monkeypatch, tmp_path / "job")
+    monkeypatch.setenv("STACKWISE_NNODES", "2")
+    assert bootstrap.main([]) == 2
+    assert "runs on 2 nodes but nothing tells this node its rank" in capsys.readouterr().err

@@ -35,8 +35,26 @@ def server():
     srv.stop()
 
 
+@pytest.fixture(scope="module")
+def gcs():
+    """gcp-storage-emulator (GCS's JSON API, which gcsfs speaks): where jobs leave result.json."""
+    pytest.importorskip("gcp_storage_emulator", reason="install stackwise[dev] (gcp-storage-emulator)")
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    srv = create_server("127.0.0.1", port, in_memory=True, default_bucket="sw-dev-artifacts")
+    srv.start()
+    yield f"http://127.0.0.1:{port}"
+    srv.stop()
+
+
 @pytest.fixture
-def platform(server, tmp_path, monkeypatch):
+def platform(server, gcs, tmp_path, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs)
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
     server.reset()
@@ -68,6 +86,12 @@ class VertexDriver(ComputeDriver):
         return index_spec(n)
 
     def advance(self, handle, outcome):
+        if outcome == "succeed":  # what the job's node 0 leaves in its folder (bootstrap)
+            import fsspec
+
+            name = self.server.jobs[handle.id]["displayName"]
+            with fsspec.open(f"gs://sw-dev-artifacts/jobs/{name}/result.json", "w") as out:
+                out.write(json.dumps({"index": "kb", "chunks": 3}))
         state = {"succeed": "JOB_STATE_SUCCEEDED", "fail": "JOB_STATE_FAILED", "hold": "JOB_STATE_RUNNING"}[outcome]
         self.server.move(handle.id, state, error="The replica workerpool0-0 exited with a non-zero status of 2."
                          if outcome == "fail" else None)
@@ -226,3 +250,11 @@ def test_logs_come_from_cloud_logging(platform, server, log_server):
     log_server.faults.append("denied")
     with pytest.raises(CredentialsError, match="Logs Viewer"):
         list(handle.logs())
+
+
+def test_a_succeeded_jobs_outputs_hold_the_report_its_node_wrote_to_gcs(compute, server):
+    handle = compute.submit(index_spec(40))
+    VertexDriver(compute, server).advance(handle, "succeed")
+    outputs = handle.wait(timeout=5, poll=0.05).outputs
+    assert (outputs["index"], outputs["chunks"]) == ("kb", 3)
+    assert outputs["result_uri"].startswith("gs://sw-dev-artifacts/jobs/sw-index-")

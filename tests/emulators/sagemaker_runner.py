@@ -35,7 +35,10 @@ class SageMakerRunner:
     def __init__(self, emulator: Any, engine: list[str], workdir: Path, env: dict[str, str]):
         import boto3
 
+        import secrets
+
         self.emulator, self.engine, self.workdir, self.env = emulator, engine, workdir, env
+        self.suffix = secrets.token_hex(3)  # container names stay unique across concurrent test sessions
         self.s3 = boto3.client("s3", region_name=emulator.region, endpoint_url=emulator.endpoint)
 
     # -- S3 <-> folders ----------------------------------------------------------------------------
@@ -82,6 +85,9 @@ class SageMakerRunner:
         checkpoint = job.checkpoint_config or {}
         if checkpoint.get("S3Uri"):
             self._download(checkpoint["S3Uri"], root / "checkpoints")
+        # SageMaker's host prepares /opt/ml for whichever user the image runs as (ours: uid 1000).
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o777 if path.is_dir() else 0o666)
         return root
 
     def start(self, name: str) -> list[tuple[str, subprocess.Popen, Path]]:
@@ -96,7 +102,7 @@ class SageMakerRunner:
         for host in hosts:
             root = self.prepare(name, host, hosts)
             env = {**(getattr(job, "environment", None) or {}), **self.env}
-            cmd = [*self.engine, "run", "--rm", "--network=host", "--name", f"{name}-{host}",
+            cmd = [*self.engine, "run", "--rm", "--network=host", "--name", f"{name}-{host}-{self.suffix}",
                    "--add-host", f"{host}:127.0.0.1", "-v", f"{root}:/opt/ml"]
             for key, value in sorted(env.items()):
                 cmd += ["-e", f"{key}={value}"]
@@ -135,7 +141,7 @@ class SageMakerRunner:
 
     def kill(self, name: str, host: str = "algo-1") -> None:
         """What a spot interruption or an instance failure does to one instance: SIGKILL."""
-        subprocess.run([*self.engine, "kill", "--signal", "KILL", f"{name}-{host}"], capture_output=True,
+        subprocess.run([*self.engine, "kill", "--signal", "KILL", f"{name}-{host}-{self.suffix}"], capture_output=True,
                        timeout=60)
 
     def run(self, name: str, timeout: float = 900) -> list[int]:
