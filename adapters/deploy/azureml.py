@@ -143,9 +143,10 @@ class AzureMLDeploy(DeployBackend):
     def _create(self, request: dict[str, Any]) -> None:
         from azure.ai.ml.entities import Environment, ManagedOnlineDeployment
 
-        route = {"port": PORT, "path": "/health"}
+        # Liveness must answer while the model loads (`GET /`), or Azure restarts a slow-loading
+        # container in a loop; readiness (`/health`) turns 200 once the model is loaded.
         environment = Environment(image=request["image"], inference_config={
-            "liveness_route": route, "readiness_route": route,
+            "liveness_route": {"port": PORT, "path": "/"}, "readiness_route": {"port": PORT, "path": "/health"},
             "scoring_route": {"port": PORT, "path": "/v1/completions"}})
         deployment = ManagedOnlineDeployment(
             name=request["name"], endpoint_name=request["endpoint"], environment=environment,

@@ -118,6 +118,9 @@ def test_deployment_requests(azure, tmp_path, monkeypatch):
     (env,) = [b for m, p, b in azure.requests if m == "PUT" and p == env_id.split("azureml:")[-1]][:1]
     assert env["properties"]["image"] == IMAGE
     assert env["properties"]["inferenceConfig"]["scoringRoute"] == {"port": 8080, "path": "/v1/completions"}
+    # Liveness answers while the model loads (else Azure restarts the container in a loop); readiness after.
+    assert env["properties"]["inferenceConfig"]["livenessRoute"] == {"port": 8080, "path": "/"}
+    assert env["properties"]["inferenceConfig"]["readinessRoute"] == {"port": 8080, "path": "/health"}
     assert azure.endpoints[ENDPOINT]["properties"]["traffic"] == {"chat-v1": 90, "chat-v2": 10}
     assert dep.traffic == {"chat:1": 90, "chat:2": 10} and dep.state == "ready"
 
