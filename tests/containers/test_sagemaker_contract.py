@@ -12,8 +12,6 @@ gets the same top 5 as the same documents indexed on this machine.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +24,7 @@ pytest.importorskip("boto3", reason="install stackwise[aws]")
 pytest.importorskip("moto", reason="install stackwise[dev]")
 pytest.importorskip("lancedb", reason="install stackwise[local]")
 
+from _compare import assert_same_top5_as_local, host_search  # noqa: E402
 from sagemaker_emulator import SageMakerEmulator  # noqa: E402
 from sagemaker_runner import SageMakerRunner  # noqa: E402
 
@@ -118,33 +117,9 @@ def test_a_sharded_index_job_runs_in_containers_and_the_host_searches_its_index(
     assert again.id.endswith("-2") and again.info().identity == info.identity
 
     # The host searches the index the containers wrote to S3 ...
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKWISE_")}
-    env.update(STACKWISE_OUTPUTS=os.environ["STACKWISE_OUTPUTS"], STACKWISE_HOME=str(tmp_path / ".stackwise"),
-               STACKWISE_STACKS_DIR=str(Path(__file__).resolve().parents[2] / "stacks"),
-               HF_HUB_OFFLINE="1", STACKWISE_THREADS="2", OMP_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", "search", QUERY, "--index", "kb", "-k", "5",
-                           "--stack", "dev-aws", "--json"], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cloud_hits = json.loads(proc.stdout)
+    cloud_hits = host_search("dev-aws", QUERY, "kb", tmp_path)
     # ... and gets the top 5 of the same documents indexed on this machine.
-    from stackwise.adapters.vectors.embedded import EmbeddedStore
-    from stackwise.embeddings import load_embedder
-    from stackwise.specs import IndexSpec
-    from stackwise.workloads.index import run_index
-
-    docs = tmp_path / "local-docs"
-    docs.mkdir()
-    for number, text in enumerate(texts):
-        (docs / f"lee-{number:03d}.txt").write_text(text + "\n", encoding="utf-8")
-    store = EmbeddedStore(str(tmp_path / "local-vectors"))
-    run_index(IndexSpec(source=str(docs), index="kb"), store=store, progress=lambda *a, **k: None)
-    vector = load_embedder("all-MiniLM-L6-v2").encode([QUERY])[0]
-    local_hits = store.query("kb", vector, k=5)
-    assert [Path(h["doc_id"]).name for h in cloud_hits] == [Path(h.doc_id).name for h in local_hits]
-    assert [h["text"] for h in cloud_hits] == [h.text for h in local_hits]
-    for cloud, local in zip(cloud_hits, local_hits):
-        assert cloud["score"] == pytest.approx(local.score, abs=1e-4)
+    assert_same_top5_as_local(cloud_hits, texts, QUERY, tmp_path)
 
 
 def test_a_finetune_killed_in_its_container_resumes_in_the_next_attempts_container(aws, images, engine, tmp_path,
