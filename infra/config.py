@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from stackwise import catalog
 from stackwise.errors import ConfigError
+from stackwise.images import DEFAULT_BASE_IMAGE, DEFAULT_EXTRAS
 
 REQUIRED_TAGS = ("project", "env", "owner", "cost-center")
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -100,6 +101,21 @@ class EndpointConfig(_Model):
         return self
 
 
+class ImagesConfig(_Model):
+    """The training and serving images: built from this checkout's Containerfile and pushed to the
+    stack's registry by `pulumi up` (pulumi-docker-build; Docker with BuildKit where it runs), the
+    outputs then pinned to their digests. `build: false`: `stackwise image build --push` provides
+    them and the outputs name tags."""
+
+    build: bool = Field(True, description="Build and push both images in `pulumi up`.")
+    base_image: str = Field(DEFAULT_BASE_IMAGE, min_length=1, description="BASE_IMAGE build argument.")
+    extras: str = Field(DEFAULT_EXTRAS, pattern=r"^[a-z0-9,-]+$", description="stackwise extras in the images.")
+    wheelhouse: str = Field("~/.cache/stackwise/wheels", min_length=1,
+                            description="The wheelhouse folder (scripts/wheelhouse.sh OUTDIR EXTRAS), the build "
+                                        "context `wheels`.")
+    platform: str = Field("linux/amd64", pattern=r"^linux/(amd64|arm64)$", description="Platform built for.")
+
+
 class AlarmsConfig(_Model):
     latency_ms: int = Field(2000, ge=1, description="Alarm when p90 model latency exceeds this.")
     error_rate_percent: float = Field(5.0, gt=0, le=100, description="Alarm when 5xx responses exceed this share.")
@@ -126,6 +142,7 @@ class InfraConfig(_Model):
     tracking_uri: str | None = None
     network: NetworkConfig = NetworkConfig()
     alarms: AlarmsConfig = AlarmsConfig()
+    images: ImagesConfig = ImagesConfig()
     max_endpoint_replicas: int = Field(10, ge=1, le=100, description="Policy bound on endpoint replicas.")
     gcp_project: str | None = Field(None, description="GCP project id (gcp stacks).")
     gcp_billing_account: str | None = Field(None, description="GCP billing account id for the budget (gcp stacks).")

@@ -120,6 +120,12 @@ class _Recorder(pulumi.runtime.Mocks):
                 state["properties"] = {**inputs.get("properties", {}),
                                        "scoringUri": f"https://{state['name']}.{region}.inference.ml.azure.com/score"}
             return rid, state
+        if typ == "docker-build:index:Image":
+            # What a push reports: the manifest digest, and the first tag pinned to it.
+            state["digest"] = "sha256:" + hashlib.sha256(f"{typ}/{name}".encode()).hexdigest()
+            tags = inputs.get("tags") or []
+            state["ref"] = f"{tags[0]}@{state['digest']}" if tags else ""
+            return f"{physical}-id", state
         if typ == "pinecone:index/index:Index":
             state["host"] = f"{physical}-{digest}.svc.pinecone.io"
         return f"{physical}-id", state
@@ -130,9 +136,14 @@ class _Recorder(pulumi.runtime.Mocks):
             return {"emailAddress": "service-123456789@gs-project-accounts.iam.gserviceaccount.com"}, []
         if token.endswith("getProject"):
             return {"number": "123456789", "projectId": self.config.gcp_project}, []
-        if token.endswith("getClientConfig"):
+        if token.endswith("getClientConfig"):  # azure-native's and gcp's (its access token)
             return {"subscriptionId": FAKE_SUBSCRIPTION, "tenantId": FAKE_TENANT, "clientId": "client",
-                    "objectId": "object"}, []
+                    "objectId": "object", "accessToken": PLAN_SECRET, "project": self.config.gcp_project,
+                    "region": self.config.region}, []
+        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {"userName": "AWS", "password": PLAN_SECRET, "authorizationToken": PLAN_SECRET,
+                    "proxyEndpoint": f"https://{FAKE_ACCOUNT}.dkr.ecr.{self.config.region}.amazonaws.com",
+                    "expiresAt": "2099-01-01T00:00:00Z", "id": self.config.region}, []
         return {}, []
 
 

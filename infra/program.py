@@ -99,6 +99,19 @@ def _endpoint_output(ep: EndpointConfig, served: Any, image: pulumi.Input[str]) 
         "gpu_count": ep.count, "min_replicas": ep.min_replicas})
 
 
+def _images(config: InfraConfig):
+    """What the platform needs to build and push the images, or None when `images.build` is off."""
+    from stackwise.images import repo_root
+
+    from .images import ImageBuildArgs
+
+    images = config.images
+    if not images.build:
+        return None
+    return ImageBuildArgs(context=str(repo_root()), wheelhouse=images.wheelhouse, base_image=images.base_image,
+                          extras=images.extras, platform=images.platform)
+
+
 def _aws_secret_arn(ref: str | None) -> str | None:
     return ref.removeprefix("aws-sm://") if ref and ref.startswith("aws-sm://") else None
 
@@ -110,11 +123,12 @@ def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
     platform = aws.TrainingPlatform(prefix, aws.TrainingPlatformArgs(
         region=config.region, cidr=config.network.cidr, tags=tags,
         pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
-        external_secret_arn=_aws_secret_arn(config.vector_store.api_key_secret)))
+        external_secret_arn=_aws_secret_arn(config.vector_store.api_key_secret), images=_images(config)))
     endpoint = None
     if config.endpoint is not None:
         ep = config.endpoint
-        image = ep.image or platform.repository.repository_url.apply(lambda url: f"{url}:serve")
+        image = ep.image or platform.serving_image or platform.repository.repository_url.apply(
+            lambda url: f"{url}:serve")
         served = aws.InferenceEndpoint(f"{prefix}-{ep.name}", aws.InferenceEndpointArgs(
             endpoint=ep, offer=catalog.offer(ep.gpu, "aws", ep.count), image=image,
             role_arn=platform.role.arn, kms_key_arn=platform.key.arn,
@@ -141,11 +155,12 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
     assert config.gcp_project and config.gcp_billing_account  # checked by InfraConfig
     platform = gcp.TrainingPlatform(prefix, gcp.TrainingPlatformArgs(
         project=config.gcp_project, region=config.region, cidr=config.network.cidr, labels=tags,
-        pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None))
+        pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
+        images=_images(config)))
     endpoint = None
     if config.endpoint is not None:
         ep = config.endpoint
-        image = ep.image or platform.repository.repository_id.apply(
+        image = ep.image or platform.serving_image or platform.repository.repository_id.apply(
             lambda repo: f"{config.region}-docker.pkg.dev/{config.gcp_project}/{repo}/serve:latest")
         served = gcp.InferenceEndpoint(f"{prefix}-{ep.name}", gcp.InferenceEndpointArgs(
             endpoint=ep, offer=catalog.offer(ep.gpu, "gcp", ep.count), project=config.gcp_project,
@@ -174,11 +189,13 @@ def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str
     training = catalog.offer(config.training.gpu, "azure", config.training.count)
     platform = azure.TrainingPlatform(prefix, azure.TrainingPlatformArgs(
         location=config.region, cidr=config.network.cidr, tags=tags, training=config.training, training_offer=training,
-        pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None))
+        pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
+        images=_images(config)))
     endpoint = None
     if config.endpoint is not None:
         ep = config.endpoint
-        image = ep.image or platform.registry.login_server.apply(lambda s: f"{s}/serve:latest")
+        image = ep.image or platform.serving_image or platform.registry.login_server.apply(
+            lambda s: f"{s}/serve:latest")
         served = azure.InferenceEndpoint(f"{prefix}-{ep.name}", azure.InferenceEndpointArgs(
             endpoint=ep, offer=catalog.offer(ep.gpu, "azure", ep.count), location=config.region,
             resource_group=platform.resource_group.name, workspace=platform.workspace.name, image=image,

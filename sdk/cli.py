@@ -793,7 +793,9 @@ def image_build(
     repository: Annotated[Optional[str], typer.Option("--repository", help="Where to tag the images: "
                                                       "<repository>/train:<digest> (default: from the stack's training_image, "
                                                       "or localhost/stackwise).")] = None,
-    push: Annotated[bool, typer.Option("--push", help="Push both images to the repository's registry (log in first).")] = False,
+    push: Annotated[bool, typer.Option("--push", help="Log in to the repository's registry with the cloud's own "
+                                       "credential (ECR, Artifact Registry, ACR; others: log in yourself) and push both "
+                                       "images; prints their digest-pinned references.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Build the training and serving images from this checkout with podman or docker, tagged by
@@ -803,17 +805,23 @@ def image_build(
     from .images import DEFAULT_BASE_IMAGE, DEFAULT_EXTRAS, build_images, image_repository, make_wheelhouse
 
     chosen_extras = extras or DEFAULT_EXTRAS
-    repo = repository or image_repository(_platform(stack).stack)
+    cloud = None  # --repository: the registry host's pattern says which cloud's login it takes
+    if repository:
+        repo = repository
+    else:
+        chosen = _platform(stack).stack
+        repo, cloud = image_repository(chosen), getattr(chosen, "cloud", None)
     wheels = Path(wheelhouse).expanduser() if wheelhouse else make_wheelhouse(chosen_extras)
-    result = build_images(repo, base_image or DEFAULT_BASE_IMAGE, wheels, chosen_extras, push=push)
+    result = build_images(repo, base_image or DEFAULT_BASE_IMAGE, wheels, chosen_extras, push=push, cloud=cloud)
     if as_json:
         _print_json(result)
         return
     console = _console()
     for target, info in result.items():
         state = "cached" if info["cached"] else f"built in {info['seconds']:.0f} s"
-        console.print(f"{target}: {info['image']} ({info['size_bytes'] / 1e9:.2f} GB, {state}"
-                      + (", pushed" if info.get("pushed") else "") + ")", markup=False)
+        console.print(f"{target}: {info['image']} ({info['size_bytes'] / 1e9:.2f} GB, {state})", markup=False)
+        if info.get("pushed_image"):
+            console.print(f"  pushed: {info['pushed_image']}", markup=False)
 
 
 # -- plan --------------------------------------------------------------------------------------

@@ -262,7 +262,12 @@ def _tail(path: Path, lines: int = LOG_LINES) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def _run_logged(cmd: list[str], log: Path, what: str, timeout: float, env: Mapping[str, str] | None = None) -> None:
+BUILD_FIX = ("see the log; a missing wheel means the wheelhouse does not match the extras "
+             "(rerun scripts/wheelhouse.sh OUTDIR EXTRAS)")
+
+
+def _run_logged(cmd: list[str], log: Path, what: str, timeout: float, env: Mapping[str, str] | None = None,
+                fix: str = BUILD_FIX) -> None:
     with open(log, "wb") as out:
         out.write(("$ " + " ".join(cmd) + "\n").encode())
         out.flush()
@@ -274,21 +279,34 @@ def _run_logged(cmd: list[str], log: Path, what: str, timeout: float, env: Mappi
                                  where=str(log)) from None
     if proc.returncode != 0:
         raise StackwiseError(f"{what} failed (exit status {proc.returncode}); last {LOG_LINES} lines:\n{_tail(log)}",
-                             where=f"full log: {log}",
-                             fix="see the log; a missing wheel means the wheelhouse does not match the extras "
-                                 "(rerun scripts/wheelhouse.sh OUTDIR EXTRAS)")
+                             where=f"full log: {log}", fix=fix)
+
+
+def image_reference(repository: str, target: str, tag: str | None) -> str:
+    """Where a target's image goes: `<repository>/<target>:<tag>` (`:latest` without a tag), except on
+    ECR, which holds one image name per repository (the stack's one repository): there the target is
+    part of the tag, `<repository>:<target>-<tag>`, and `<repository>:<target>` follows the last
+    build, the tags `pulumi up` pushes too (infra/images.py)."""
+    from .registry_login import _ECR
+
+    if _ECR.fullmatch(repository.split("/", 1)[0]):
+        return f"{repository}:{target}-{tag}" if tag else f"{repository}:{target}"
+    return f"{repository}/{target}:{tag or 'latest'}"
 
 
 def build_images(repository: str, base_image: str, wheelhouse: Path, extras: str = DEFAULT_EXTRAS,
                  engine: str | None = None, push: bool = False, *, root: Path | None = None,
-                 build_args: Mapping[str, str] | None = None, timeout: float = 3600) -> dict:
+                 build_args: Mapping[str, str] | None = None, timeout: float = 3600, cloud: str | None = None) -> dict:
     """Build the `train` and `serve` targets of the Containerfile, each tagged
     `<repository>/<target>:<digest>` (and `:latest`), skipping a target whose tag exists.
 
     `wheelhouse`: the folder scripts/wheelhouse.sh made for `extras`. `build_args`: more build
-    arguments (HF_HUB_OFFLINE, IMAGE_USER, VERSION, ...). `push`: push the digest tags to
-    `repository`'s registry (the engine must be logged in). Returns, per target, the image
-    reference, digest, image id, size in bytes, build seconds and whether it was a cache hit.
+    arguments (HF_HUB_OFFLINE, IMAGE_USER, VERSION, ...). `push`: log the engine in to
+    `repository`'s registry with the cloud's own credential (`stackwise.registry_login`; `cloud`
+    is the stack's, else the registry host decides; other registries need your own login) before
+    anything is built, then push the digest tags. Returns, per target, the image reference,
+    digest, image id, size in bytes, build seconds, whether it was a cache hit and, when pushed,
+    `pushed_image`: the digest-pinned reference in the registry (`<repository>/<target>@sha256:...`).
     """
     engine = engine or find_engine()
     root = Path(root) if root else repo_root()
@@ -301,6 +319,12 @@ def build_images(repository: str, base_image: str, wheelhouse: Path, extras: str
         raise ConfigError(f"{wheelhouse} is not a wheelhouse (it has no requirements.txt)", where=str(wheelhouse),
                           fix=f"make it with: scripts/wheelhouse.sh {wheelhouse} {extras}")
     repository = repository.rstrip("/")
+    if push:  # no credentials: fail now, not after a build of several minutes
+        from .registry_login import login, registry_host
+
+        host = registry_host(repository)
+        if host:
+            login(engine, host, cloud)
     args = {"BASE_IMAGE": base_image, "EXTRAS": extras, **dict(build_args or {})}
     identity = dict(args)
     if image_exists(engine, base_image):  # a rebuilt base image changes the digest too
@@ -310,14 +334,14 @@ def build_images(repository: str, base_image: str, wheelhouse: Path, extras: str
         context = stage_context(root, Path(tmp))
         digest = content_digest(context_files(context, wheelhouse), identity)
         for target in TARGETS:
-            image = f"{repository}/{target}:{digest}"
+            image = image_reference(repository, target, digest)
             started = time.monotonic()
             cached = image_exists(engine, image)
             if not cached:
                 log = Path(tempfile.gettempdir()) / f"stackwise-build-{target}-{digest}.log"
                 cmd = [engine, "build", "--file", str(context / CONTAINERFILE), "--target", target,
                        "--build-context", f"wheels={wheelhouse}",
-                       "--tag", image, "--tag", f"{repository}/{target}:latest"]
+                       "--tag", image, "--tag", image_reference(repository, target, None)]
                 env = None
                 if engine == "podman":
                     # Docker's manifest format: what every cloud registry and runtime accepts.
@@ -331,16 +355,71 @@ def build_images(repository: str, base_image: str, wheelhouse: Path, extras: str
                 cmd.append(str(context))
                 _run_logged(cmd, log, f"{engine} build of the {target} image ({image})", timeout, env)
             else:  # `:latest` follows the last build asked for, cached or not
-                _run([engine, "tag", image, f"{repository}/{target}:latest"])
+                _run([engine, "tag", image, image_reference(repository, target, None)])
             info = inspect_image(engine, image)
             results[target] = {"image": image, "digest": digest, "id": info["id"], "size_bytes": info["size_bytes"],
                                "seconds": round(time.monotonic() - started, 2), "cached": cached}
     if push:
-        for target, result in results.items():
-            log = Path(tempfile.gettempdir()) / f"stackwise-push-{target}-{digest}.log"
-            _run_logged([engine, "push", result["image"]], log, f"{engine} push of {result['image']}", timeout)
+        for result in results.values():
+            result["pushed_image"] = push_image(engine, result["image"], timeout)
             result["pushed"] = True
     return results
+
+
+def push_image(engine: str, image: str, timeout: float = 3600) -> str:
+    """Push a local `image` (`host/path:tag`, already logged in) and return its digest-pinned
+    reference in the registry, `host/path@sha256:...`. `$STACKWISE_REGISTRY_HOST` (tests,
+    mirrors) sends it to that host instead, under the same path.
+
+    The digest is the manifest the registry stored: podman writes it with `--digestfile`
+    (`image inspect {{.Digest}}` would give the local manifest's, which differs once podman
+    recompresses layers for the push); docker prints it as `<tag>: digest: sha256:... size: N`.
+    Raises StackwiseError with the engine's last lines when the registry refuses the push.
+    """
+    from .registry_login import redirected
+
+    dest = redirected(image)
+    if dest != image:
+        proc = _run([engine, "tag", image, dest])
+        if proc.returncode != 0:
+            raise StackwiseError(f"{engine} tag {image} {dest} failed: {proc.stderr.strip()[-500:]}")
+    name = dest.rsplit("@", 1)[0]
+    if ":" in name.rpartition("/")[2]:
+        name = name.rsplit(":", 1)[0]
+    safe = "".join(c if c.isalnum() else "-" for c in dest)[-80:]
+    log = Path(tempfile.gettempdir()) / f"stackwise-push-{safe}.log"
+    with tempfile.TemporaryDirectory(prefix="stackwise-push-") as tmp:
+        digestfile = Path(tmp) / "digest"
+        cmd = [engine, "push"] + (["--digestfile", str(digestfile)] if engine == "podman" else []) + [dest]
+        _run_logged(cmd, log, f"{engine} push of {dest}", timeout,
+                    fix="the registry refused the push: check the login (`stackwise image build --push` logs in with "
+                        "the stack's cloud credential; other registries need `<engine> login`), the identity's push "
+                        "rights, and that the repository exists (ECR needs one repository per image name)")
+        digest = digestfile.read_text().strip() if digestfile.is_file() else ""
+    if not digest.startswith("sha256:"):
+        digest = _pushed_digest(_tail(log, 1000)) or _repo_digest(engine, dest, name)
+    if not digest:
+        raise StackwiseError(f"{engine} pushed {dest} but reported no digest", where=f"full log: {log}")
+    return f"{name}@{digest}"
+
+
+def _pushed_digest(text: str) -> str:
+    import re
+
+    found = re.findall(r"digest: (sha256:[0-9a-f]{64})", text)
+    return found[-1] if found else ""
+
+
+def _repo_digest(engine: str, image: str, name: str) -> str:
+    proc = _run([engine, "image", "inspect", "--format", "{{json .RepoDigests}}", image])
+    try:
+        digests = json.loads(proc.stdout) if proc.returncode == 0 else []
+    except ValueError:
+        return ""
+    for ref in digests or []:
+        if ref.startswith(name + "@"):
+            return ref.split("@", 1)[1]
+    return ""
 
 
 if __name__ == "__main__":  # python -m stackwise.images REPOSITORY BASE_IMAGE WHEELHOUSE [EXTRAS]

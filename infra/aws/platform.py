@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pulumi
 
 from ..common import subnets
+from ..images import ImageBuildArgs, RegistryLogin, build_images
 from ._provider import aws
 
 
@@ -23,6 +24,9 @@ class TrainingPlatformArgs:
     """When set, stored in Secrets Manager (KMS-encrypted) for jobs to read."""
     external_secret_arn: str | None = None
     """A Secrets Manager secret made elsewhere (an existing Weaviate/Milvus cluster's key) jobs may read."""
+    images: ImageBuildArgs | None = None
+    """When set, the training and serving images are built and pushed to the registry (tags `:train`,
+    `:serve`: ECR holds one image name per repository) and exported digest-pinned."""
 
 
 class TrainingPlatform(pulumi.ComponentResource):
@@ -112,6 +116,18 @@ class TrainingPlatform(pulumi.ComponentResource):
 
         self.artifact_store = self.bucket.bucket.apply(lambda b: f"s3://{b}")
         self.training_image = self.repository.repository_url.apply(lambda url: f"{url}:latest")
+        self.serving_image: pulumi.Output[str] | None = None
+        self.images: dict[str, pulumi.Resource] = {}
+        if args.images is not None:
+            url = self.repository.repository_url
+            # The registry's own short-lived token (12 h), read when `pulumi up` runs.
+            token = aws.ecr.get_authorization_token_output(registry_id=self.repository.registry_id,
+                                                           opts=pulumi.InvokeOutputOptions(parent=self))
+            self.images, pinned = build_images(
+                name, args.images, {t: url.apply(lambda u, t=t: f"{u}:{t}") for t in ("train", "serve")},
+                RegistryLogin(address=url.apply(lambda u: u.split("/", 1)[0]), username=token.user_name,
+                              password=token.password), parent=self)
+            self.training_image, self.serving_image = pinned["train"], pinned["serve"]
         self.secret_refs = {"pinecone_api_key": self.secret.arn.apply(lambda a: f"aws-sm://{a}")} if self.secret else {}
         self.register_outputs({"artifact_store": self.artifact_store, "job_role": self.role.arn,
                                "training_image": self.training_image})

@@ -11,6 +11,7 @@ from stackwise.catalog import Offer
 
 from ..common import subnets
 from ..config import TrainingConfig
+from ..images import ImageBuildArgs, RegistryLogin, build_images
 from ._provider import azure
 
 ml = azure.machinelearningservices  # Azure Machine Learning, used throughout
@@ -35,6 +36,11 @@ class TrainingPlatformArgs:
     """The catalog entry: the cluster's VM size."""
     pinecone_api_key: pulumi.Input[str] | None = None
     """When set, stored in the stack's Key Vault for jobs to read."""
+    images: ImageBuildArgs | None = None
+    """When set, the training and serving images are built and pushed to the registry
+    (`<login server>/train:latest`, `/serve:latest`) and exported digest-pinned. ACR's admin user
+    stays off, so the push uses the docker login of the machine running `pulumi up` (`az acr login`
+    or `stackwise image build --push`), which must reach the registry's private endpoint."""
 
 
 class TrainingPlatform(pulumi.ComponentResource):
@@ -169,5 +175,13 @@ class TrainingPlatform(pulumi.ComponentResource):
         self.artifact_store = pulumi.Output.all(self.storage.name, self.container.name).apply(
             lambda v: f"az://{v[1]}@{v[0]}.dfs.core.windows.net")
         self.training_image = self.registry.login_server.apply(lambda s: f"{s}/train:latest")
+        self.serving_image: pulumi.Output[str] | None = None
+        self.images: dict[str, pulumi.Resource] = {}
+        if args.images is not None:
+            self.images, pinned = build_images(
+                name, args.images,
+                {t: self.registry.login_server.apply(lambda s, t=t: f"{s}/{t}:latest") for t in ("train", "serve")},
+                RegistryLogin(address=self.registry.login_server), parent=self)
+            self.training_image, self.serving_image = pinned["train"], pinned["serve"]
         self.register_outputs({"artifact_store": self.artifact_store, "job_role": self.identity.id,
                                "training_image": self.training_image})

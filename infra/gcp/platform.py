@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pulumi
 
+from ..images import ImageBuildArgs, RegistryLogin, build_images
 from ._provider import gcp
 
 # Google service agents that encrypt with the stack's key on its behalf.
@@ -24,6 +25,9 @@ class TrainingPlatformArgs:
     """Labels on every labelable resource."""
     pinecone_api_key: pulumi.Input[str] | None = None
     """When set, stored in Secret Manager (CMEK) for jobs to read."""
+    images: ImageBuildArgs | None = None
+    """When set, the training and serving images are built and pushed to the Docker repository
+    (`.../train:latest`, `.../serve:latest`) and exported digest-pinned."""
 
 
 class TrainingPlatform(pulumi.ComponentResource):
@@ -108,5 +112,17 @@ class TrainingPlatform(pulumi.ComponentResource):
         self.artifact_store = self.bucket.name.apply(lambda b: f"gs://{b}")
         self.training_image = self.repository.repository_id.apply(
             lambda repo: f"{region}-docker.pkg.dev/{project}/{repo}/train:latest")
+        self.serving_image: pulumi.Output[str] | None = None
+        self.images: dict[str, pulumi.Resource] = {}
+        if args.images is not None:
+            # The access token of the identity running `pulumi up` (user `oauth2accesstoken`, 1 h).
+            client = gcp.organizations.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
+            self.images, pinned = build_images(
+                name, args.images,
+                {t: self.repository.repository_id.apply(
+                    lambda repo, t=t: f"{region}-docker.pkg.dev/{project}/{repo}/{t}:latest") for t in ("train", "serve")},
+                RegistryLogin(address=f"{region}-docker.pkg.dev", username="oauth2accesstoken",
+                              password=client.access_token), parent=self)
+            self.training_image, self.serving_image = pinned["train"], pinned["serve"]
         self.register_outputs({"artifact_store": self.artifact_store, "job_role": self.service_account.email,
                                "training_image": self.training_image})

@@ -173,7 +173,10 @@ def test_endpoints_export_what_deploy_needs(name, offline_run):
         assert endpoint.serving_image == config["image"]
     else:  # the stack registry's serve image, next to the training image
         assert endpoint.serving_image.split("/")[0] == run.outputs.training_image.split("/")[0]
-        assert endpoint.serving_image.endswith((":serve", "/serve:latest")), endpoint.serving_image
+        if run.config.images.build:  # built by `pulumi up`: pinned to the digest it pushed
+            assert "@sha256:" in endpoint.serving_image and endpoint.serving_image != run.outputs.training_image
+        else:
+            assert endpoint.serving_image.endswith((":serve", "/serve:latest")), endpoint.serving_image
 
 
 def test_an_existing_weaviate_cluster_is_exported_not_created():

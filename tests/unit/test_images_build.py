@@ -48,6 +48,10 @@ if args[:1] == ["build"]:
     state.write_text(json.dumps(images))
     sys.exit(0)
 if args[:1] == ["push"]:
+    if "--digestfile" in args:  # podman writes the pushed manifest's digest
+        Path(args[args.index("--digestfile") + 1]).write_text("sha256:" + "ab" * 32)
+    else:  # docker prints it
+        print(f"{args[-1].rsplit(':', 1)[1]}: digest: sha256:{'cd' * 32} size: 529")
     sys.exit(0)
 sys.exit(0)
 '''
@@ -221,6 +225,30 @@ def test_push_pushes_both_digest_tags(tmp_path, fake_path):
     root, wheels = _checkout(tmp_path), _wheelhouse(tmp_path)
     result = build_images("registry.example/team", "b", wheels, "local", root=root, push=True)
     calls = [json.loads(x) for x in (tmp_path / "engine.calls").read_text().splitlines()]
-    pushes = [c for c in calls if c[0] == "push"]
-    assert pushes == [["push", result["train"]["image"]], ["push", result["serve"]["image"]]]
+    pushes = [[a for a in c if not a.startswith("/")] for c in calls if c[0] == "push"]
+    assert pushes == [["push", "--digestfile", result["train"]["image"]],
+                      ["push", "--digestfile", result["serve"]["image"]]]
     assert result["train"]["pushed"] and result["serve"]["pushed"]
+    # The digest-pinned reference in the registry; registry.example is no cloud's: no login.
+    assert result["train"]["pushed_image"] == "registry.example/team/train@sha256:" + "ab" * 32
+    assert not [c for c in calls if c[0] == "login"]
+
+
+def test_docker_push_reports_the_digest_it_prints(tmp_path, fake_path, monkeypatch):
+    from stackwise.images import push_image
+
+    _fake_engine(fake_path, "docker")
+    assert push_image("docker", "registry.example:5000/team/serve:abc") == \
+        "registry.example:5000/team/serve@sha256:" + "cd" * 32
+
+
+def test_cli_push_prints_the_digest_pinned_references(tmp_path, fake_path):
+    _fake_engine(fake_path, "podman")
+    wheels = _wheelhouse(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", "image", "build", "--push", "--repository",
+                           "registry.example/team", "--wheelhouse", str(wheels), "--base-image", "b"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, stdin=subprocess.DEVNULL,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    pinned = [line.split("pushed: ", 1)[1] for line in proc.stdout.splitlines() if "pushed: " in line]
+    assert pinned == ["registry.example/team/train@sha256:" + "ab" * 32, "registry.example/team/serve@sha256:" + "ab" * 32]

@@ -106,3 +106,19 @@ def test_no_container_engine_is_exit_2_for_image_build_and_for_container_jobs(tm
         import sqlite3
 
         assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("repository, target, tag, expected", [
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/sw-dev-images", "train", "abc",
+     "123456789012.dkr.ecr.us-east-1.amazonaws.com/sw-dev-images:train-abc"),
+    ("123456789012.dkr.ecr.us-east-1.amazonaws.com/sw-dev-images", "serve", None,
+     "123456789012.dkr.ecr.us-east-1.amazonaws.com/sw-dev-images:serve"),
+    ("us-central1-docker.pkg.dev/p/sw-dev-images", "train", "abc", "us-central1-docker.pkg.dev/p/sw-dev-images/train:abc"),
+    ("swdevimages.azurecr.io", "serve", None, "swdevimages.azurecr.io/serve:latest"),
+    ("localhost/stackwise", "train", "abc", "localhost/stackwise/train:abc"),
+])
+def test_image_references_fit_each_registry(repository, target, tag, expected):
+    """ECR has one repository per stack (infra/aws/platform.py): the target goes into the tag there."""
+    from stackwise.images import image_reference
+
+    assert image_reference(repository, target, tag) == expected
