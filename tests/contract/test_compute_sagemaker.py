@@ -310,3 +310,26 @@ def test_cli_refuses_a_local_source_on_a_cloud_stack(aws_env, tmp_path, monkeypa
     assert "cannot read" in proc.stderr and f"s3://{BUCKET}/data/" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert aws_env.backend.training_jobs == {}
+
+
+def test_a_stack_whose_outputs_lack_the_training_image_is_exit_2_and_no_job(aws_env, tmp_path, monkeypatch):
+    import os
+    import subprocess
+
+    from cloud_fixtures import OUTPUTS
+
+    import boto3
+
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="data/docs/a.txt", Body=b"hello cloud\n")
+    outputs = {k: v for k, v in OUTPUTS["dev-aws"].items() if k != "training_image"}
+    path = tmp_path / "no-image.json"
+    path.write_text(json.dumps(outputs))
+    env = dict(os.environ, COLUMNS="300", STACKWISE_OUTPUTS=str(path), STACKWISE_HOME=str(tmp_path / ".stackwise"))
+    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", "index", f"s3://{BUCKET}/data/docs/", "--index",
+                           "kb", "--stack", "dev-aws", "--detach"], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2, proc.stderr
+    assert "no training_image" in proc.stderr and "fix:" in proc.stderr and "Traceback" not in proc.stderr
+    assert aws_env.backend.training_jobs == {}
+    listed = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="jobs/")
+    assert listed.get("KeyCount", 0) == 0, "nothing uploaded for a job that cannot start"
