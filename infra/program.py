@@ -215,4 +215,5 @@ def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str
         "azure_subscription_id": platform.subscription_id,
         "azure_resource_group": platform.resource_group.name,
         "azure_workspace": platform.workspace.name,
+        "azure_identity_client_id": platform.identity.client_id,
     }

@@ -74,6 +74,9 @@ class StackOutputs(_Strict):
     azure_subscription_id: str | None = None
     azure_resource_group: str | None = None
     azure_workspace: str | None = None
+    azure_identity_client_id: str | None = Field(
+        None, description="Client id of the jobs' user-assigned identity (job_role): what DefaultAzureCredential "
+        "inside a job needs, as AZURE_CLIENT_ID, to pick that identity.")
 
     @field_validator("secrets")
     @classmethod

@@ -126,6 +126,8 @@ def build_request(spec: Any, stack: Any, name: str | None = None,
     count = instance_count(spec)
     env = job_environment(spec, name, stack, attempt, inline=True)
     env["STACKWISE_NNODES"] = str(count)
+    if outputs.azure_identity_client_id:  # DefaultAzureCredential in the job then uses the jobs' identity
+        env["AZURE_CLIENT_ID"] = outputs.azure_identity_client_id
     request: dict[str, Any] = {
         "jobType": "Command",
         "displayName": name,

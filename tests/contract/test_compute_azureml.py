@@ -214,6 +214,8 @@ def test_the_server_receives_the_request_and_the_environment(compute, azure_env)
     context = json.loads(base64.b64decode(env["STACKWISE_CONTEXT_B64"]))
     assert (context["artifact_store"], context["job_id"], context["attempt"]) == ("az://artifacts", name, 1)
     assert "STACKWISE_STACK" not in env, "a job must not look its stack up by name"
+    # The job's DefaultAzureCredential picks the stack's user-assigned identity by its client id.
+    assert env["AZURE_CLIENT_ID"] == "11111111-2222-3333-4444-555555555555"
     assert info.outputs["azureml_job"] == f"{WS}/jobs/{name}"
     # A second job reuses the registered environment.
     compute.submit(index_spec(1))

@@ -33,6 +33,7 @@ OUTPUTS: dict[str, dict[str, Any]] = {
         "default_gpu": "T4", "vector_store": {"kind": "embedded", "uri": "az://artifacts/vectors"},
         "azure_subscription_id": "00000000-0000-0000-0000-000000000000",
         "azure_resource_group": "sw-dev", "azure_workspace": "sw-dev-ws",
+        "azure_identity_client_id": "11111111-2222-3333-4444-555555555555",
     },
 }
 

@@ -35,7 +35,7 @@ def test_outputs_are_exactly_the_contract(name, offline_run):
         assert outputs.vector_store.uri == outputs.artifact_store + "/vectors"
     assert len(outputs.endpoints) == (1 if "endpoint" in raw else 0)
     coordinates = {"gcp_project": "gcp", "azure_subscription_id": "azure", "azure_resource_group": "azure",
-                   "azure_workspace": "azure"}
+                   "azure_workspace": "azure", "azure_identity_client_id": "azure"}
     for field, cloud in coordinates.items():
         assert (getattr(outputs, field) is not None) == (outputs.cloud == cloud), field
 
@@ -133,6 +133,8 @@ def test_azure_platform(offline_run):
     (endpoint,) = by_type(run, "OnlineEndpoint")
     assert endpoint.inputs["properties"]["publicNetworkAccess"] == "Disabled"
     assert run.outputs.azure_workspace and run.outputs.endpoints[0].url.endswith("/score")
+    (identity,) = by_type(run, "UserAssignedIdentity")
+    assert run.outputs.azure_identity_client_id == identity.state["clientId"]
 
 
 def test_the_pulumi_entry_point_reads_the_stack_file(offline_run):
