@@ -9,7 +9,7 @@ against the same model's own generation on this machine (greedy: equal, and equa
 Shown besides: readiness is 503 until the model is loaded; an adapter trained elsewhere loads
 onto $STACKWISE_BASE_MODEL; bad folders and bad bodies get error JSON with 400/422/503; the CLI
 (`stackwise serve --model`, or a Vertex environment with no flags) serves over a real socket.
-tests/containers/test_serving_contracts.py runs the same contracts in the serving image.
+tests/containers/test_serving_image.py runs the same contracts in the serving image.
 """
 
 from __future__ import annotations

@@ -151,3 +151,14 @@ def test_wheel_holds_only_the_stackwise_namespace(tmp_path):
         assert expected in names, expected
     packages = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
     assert packages == set(SETUPTOOLS["packages"])
+
+
+def test_test_modules_have_unique_basenames_outside_packages():
+    """pytest imports test folders without __init__.py by basename: two test_x.py there stop collection."""
+    tests = REPO / "tests"
+    seen: dict[str, Path] = {}
+    for path in sorted(tests.glob("*/test_*.py")):
+        if (path.parent / "__init__.py").exists():
+            continue
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
+        seen[path.name] = path
