@@ -321,6 +321,7 @@ def test_a_stack_whose_outputs_lack_the_training_image_is_exit_2_and_no_job(aws_
     import boto3
 
     boto3.client("s3").put_object(Bucket=BUCKET, Key="data/docs/a.txt", Body=b"hello cloud\n")
+    before = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="jobs/").get("Contents", [])}
     outputs = {k: v for k, v in OUTPUTS["dev-aws"].items() if k != "training_image"}
     path = tmp_path / "no-image.json"
     path.write_text(json.dumps(outputs))
@@ -331,5 +332,5 @@ def test_a_stack_whose_outputs_lack_the_training_image_is_exit_2_and_no_job(aws_
     assert proc.returncode == 2, proc.stderr
     assert "no training_image" in proc.stderr and "fix:" in proc.stderr and "Traceback" not in proc.stderr
     assert aws_env.backend.training_jobs == {}
-    listed = boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="jobs/")
-    assert listed.get("KeyCount", 0) == 0, "nothing uploaded for a job that cannot start"
+    after = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="jobs/").get("Contents", [])}
+    assert after == before, "nothing uploaded for a job that cannot start"
