@@ -20,7 +20,6 @@ calling user (`--user UID:GID`), so what it writes belongs to them; it shares th
 
 from __future__ import annotations
 
-import base64
 import glob
 import json
 import os
@@ -29,7 +28,7 @@ from typing import Any
 
 from stackwise.errors import ConfigError
 
-from ._cloud import _DATA_FIELDS, _MODEL_FIELDS, _is_local
+from ._cloud import _DATA_FIELDS, _MODEL_FIELDS, ENV_CONTEXT, ENV_JOB_URI, ENV_KIND, ENV_SPEC, _is_local, b64
 from .local import LocalCompute
 
 CONTAINER_FILE = "container.json"
@@ -62,16 +61,20 @@ class ContainerCompute(LocalCompute):
         compute = dict((getattr(stack, "config", None) or {}).get("compute") or {})
         self.image = compute.get("image")
         self.engine_name = compute.get("engine")
+        self._engine_found: str | None = None
         if not self.image:
             raise ConfigError("the container compute backend needs an image", where="stackwise:compute.image",
                               fix="build it with `stackwise image build` and set stackwise:compute.image to its tag")
 
     def _engine(self) -> str:
-        from stackwise.images import find_engine
+        """The engine to run jobs with, found once per backend (finding docker asks its daemon)."""
+        if self._engine_found is None:
+            from stackwise.images import find_engine
 
-        if self.engine_name:
-            os.environ.setdefault("STACKWISE_CONTAINER_ENGINE", self.engine_name)
-        return find_engine()
+            if self.engine_name:
+                os.environ.setdefault("STACKWISE_CONTAINER_ENGINE", self.engine_name)
+            self._engine_found = find_engine()
+        return self._engine_found
 
     def _preflight(self, spec: Any) -> None:
         from stackwise.images import image_exists
@@ -93,10 +96,9 @@ class ContainerCompute(LocalCompute):
         names = {ref.removeprefix("env://").split("#")[0] for ref in
                  [*context.secrets.values(), context.vector_store.api_key_secret or ""] if ref.startswith("env://")}
         env = {k: v for k, v in os.environ.items() if k.startswith(PASS_PREFIXES) or k in names}
-        env.update(STACKWISE_JOB_KIND=spec.kind, STACKWISE_JOB_URI=job_dir.resolve().as_uri(),
-                   STACKWISE_SPEC_B64=base64.b64encode(spec.model_dump_json().encode()).decode(),
-                   STACKWISE_CONTEXT_B64=base64.b64encode(context.model_dump_json().encode()).decode(),
-                   PYTHONUNBUFFERED="1", STACKWISE_MODEL_CACHE=str(Path(home) / "models"))
+        env.update({ENV_KIND: spec.kind, ENV_JOB_URI: job_dir.resolve().as_uri(), ENV_SPEC: b64(spec),
+                    ENV_CONTEXT: b64(context), "PYTHONUNBUFFERED": "1",
+                    "STACKWISE_MODEL_CACHE": str(Path(home) / "models")})
         (job_dir / CONTAINER_FILE).write_text(json.dumps({
             "engine": engine, "image": self.image, "mounts": mounts, "env": env, "workdir": cwd,
             "user": f"{os.getuid()}:{os.getgid()}"}, indent=2), encoding="utf-8")
