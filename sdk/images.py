@@ -46,6 +46,7 @@ CONTAINERFILE = "Containerfile"
 CONTEXT_PATHS = (CONTAINERFILE, ".containerignore", "pyproject.toml", "README.md", "sdk", "adapters", "infra",
                  "scripts/image")
 DIGEST_LENGTH = 16
+BUILD_INFO = "scripts/image/build-info.json"  # in the image: /opt/stackwise/build-info.json
 LOG_LINES = 20
 INSTALL_HINT = ("install podman (Debian/Ubuntu: `apt-get install -y podman runc`; other systems: "
                 "https://podman.io/docs/installation) or Docker (https://docs.docker.com/engine/install/) and "
@@ -333,6 +334,11 @@ def build_images(repository: str, base_image: str, wheelhouse: Path, extras: str
     with tempfile.TemporaryDirectory(prefix="stackwise-context-") as tmp:
         context = stage_context(root, Path(tmp))
         digest = content_digest(context_files(context, wheelhouse), identity)
+        # Written after the digest is taken; the Containerfile copies it ahead of every instruction
+        # that expands a build argument, so those layers are never reused from another build.
+        (context / BUILD_INFO).parent.mkdir(parents=True, exist_ok=True)
+        (context / BUILD_INFO).write_text(json.dumps({"content_digest": digest, "build_args": args},
+                                                     sort_keys=True) + "\n", encoding="utf-8")
         for target in TARGETS:
             image = image_reference(repository, target, digest)
             started = time.monotonic()
@@ -348,8 +354,8 @@ def build_images(repository: str, base_image: str, wheelhouse: Path, extras: str
                     cmd += ["--format", "docker"]
                 else:
                     env = {**os.environ, "DOCKER_BUILDKIT": "1"}  # named build contexts need BuildKit
-                # STACKWISE_DIGEST becomes the label io.stackwise.content-digest (a build argument, not
-                # --label: buildah 1.28 can reuse a cached final layer with an older --label).
+                # STACKWISE_DIGEST becomes the label io.stackwise.content-digest. Neither it nor
+                # --label busts buildah 1.28's layer cache; the copied build-info.json above does.
                 for key, value in sorted({**args, "STACKWISE_DIGEST": digest}.items()):
                     cmd += ["--build-arg", f"{key}={value}"]
                 cmd.append(str(context))

