@@ -1,7 +1,8 @@
 """The `stackwise` command line (Typer + Rich).
 
 Exit codes: 0 ok, 1 a job failed or was cancelled, 2 bad input or config, 3 over budget (plan),
-4 the promotion gate refused (promote), 130 interrupted.
+4 the promotion gate refused (promote), 70 an unexpected error inside stackwise (a bug: the message
+names the log file, under <state>/logs/, that holds the traceback), 130 interrupted.
 Every command that returns data takes `--json`. Heavy modules load inside commands only, so
 `stackwise --help` answers at once.
 """
@@ -14,7 +15,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .errors import JobFailedError, StackwiseError
+from .errors import StackwiseError
 
 app = typer.Typer(
     name="stackwise",
@@ -36,6 +37,25 @@ NewOpt = Annotated[bool, typer.Option("--new", help="Start a fresh run (a new jo
                                       "running job of this spec or resuming its checkpoints.")]
 RunNameOpt = Annotated[Optional[str], typer.Option("--run-name", help="Name a run of this spec (1-12 lowercase letters, "
                                                    "digits, '-'): another run name is another job identity.")]
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from .version import version_string
+
+        sys.stdout.write(version_string() + "\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_show_version, is_eager=True,
+                                                    help="Print stackwise's version (and git commit in a checkout) and exit.")] = None,
+) -> None:
+    """Run the lifecycle of an LLM project on any cloud, or embedded on this machine (the `local` stack)."""
+    from .userinput import env_threads
+
+    env_threads()  # a bad STACKWISE_THREADS fails here, not inside a job
 
 
 def _console(stderr: bool = False):
@@ -120,15 +140,8 @@ def _follow(handle, quiet: bool) -> dict[str, Any]:
         raise typer.Exit(130) from None
     info = handle.wait()
     if info.state.value != "SUCCEEDED":
-        # A workload that rejected its input exits 2 and says why: surface that as bad input.
-        error = JobFailedError(
-            f"job {handle.id} ended {info.state.value}: {info.error or 'no error recorded'}",
-            where=info.log_path,
-            fix=f"read the whole log with `stackwise jobs logs {handle.id}`",
-        )
-        if info.exit_code == 2:
-            error.exit_code = 2
-        raise error
+        # The workload's own what, where and fix; a workload that rejected its input exits 2: bad input.
+        raise info.failure()
     return info.outputs
 
 
@@ -161,6 +174,9 @@ def _run_job(handle, detach: bool, as_json: bool, print_report: Any, needs: str 
         print_report(report)
 
 
+SKIPPED_SHOWN = 20  # skipped files listed one per line; `--json` has them all
+
+
 def _print_index_report(report: dict[str, Any]) -> None:
     console = _console()
     console.print(
@@ -172,8 +188,16 @@ def _print_index_report(report: dict[str, Any]) -> None:
         f"  added {report['added']}  replaced {report['replaced']} (removed {report['removed']} stale)  "
         f"unchanged {report['unchanged']}  pruned {report['pruned']}"
     )
-    for item in report.get("skipped", []):
+    if report.get("recovered_version") is not None:
+        console.print(f"  the index was damaged: restored its last good version {report['recovered_version']} first")
+    if report.get("migrated"):
+        console.print(f"  re-keyed {report['migrated']} documents indexed under another spelling of their path")
+    skipped = report.get("skipped", [])
+    for item in skipped[:SKIPPED_SHOWN]:
         console.print(f"  skipped {item['path']}: {item['reason']}", markup=False)
+    if len(skipped) > SKIPPED_SHOWN:
+        console.print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more skipped files (`--json` lists them all)",
+                      markup=False)
 
 
 @app.command()
@@ -183,6 +207,7 @@ def index(
     stack: StackOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
     prune: Annotated[bool, typer.Option("--prune", help="Remove chunks of documents gone from SOURCE.")] = False,
+    follow_links: Annotated[bool, typer.Option("--follow-links", help="Also read symbolic links under SOURCE that lead outside it (skipped and reported by default).")] = False,
     chunk_size: Annotated[int, typer.Option(help="Chunk size in characters.")] = 1000,
     chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 150,
     model: Annotated[Optional[str], typer.Option(help="Embedding model (default: the stack's).")] = None,
@@ -215,7 +240,7 @@ def index(
     platform = _platform(stack)
     try:
         spec = IndexSpec(
-            source=source, index=index_name, prune=prune, workers=workers,
+            source=source, index=index_name, prune=prune, workers=workers, follow_links=follow_links,
             chunking={"size": chunk_size, "overlap": chunk_overlap},
             embedding={"model": model or platform.stack.outputs.embedding_model},
         )
@@ -278,6 +303,9 @@ def search(
     from .filters import parse_filter_json
     from .vectors import parse_filter_args
 
+    from .vectors import check_index_name
+
+    check_index_name(index_name, where="--index")
     flt = parse_filter_args(filters or [])
     if where_json is not None:
         where = parse_filter_json(where_json, where="--where-json")
@@ -296,19 +324,132 @@ def search(
         console.print(f"   {snippet[:240]}{'...' if len(snippet) > 240 else ''}", markup=False)
 
 
-@app.command()
-def indexes(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
-    """List the indexes in the active stack's vector store."""
-    infos = _platform(stack).indexes()
-    if as_json:
-        _print_json([vars(i) for i in infos])
-        return
-    from rich.table import Table
+indexes_app = typer.Typer(help="List the indexes of the active stack's vector store (no subcommand); drop or "
+                          "rebuild one.", invoke_without_command=True)
+app.add_typer(indexes_app, name="indexes")
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
-    table = Table("index", "chunks", "dim", "model")
-    for info in infos:
-        table.add_row(info.name, str(info.count), str(info.dim), info.model)
-    _console().print(table)
+
+@indexes_app.callback()
+def indexes(ctx: typer.Context, stack: StackOpt = None, as_json: JsonOpt = False) -> None:
+    """List the indexes in the active stack's vector store; a damaged one is listed with its error
+    (and the command exits 2)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    store = _platform(stack).vector_store
+    rows: list[dict[str, Any]] = []
+    damaged: list[StackwiseError] = []
+    for name in store.list_indexes():
+        try:
+            rows.append(vars(store.describe(name)))
+        except StackwiseError as exc:
+            damaged.append(exc)
+            rows.append({"name": name, "dim": None, "model": None, "count": None, "error": exc.what})
+    if as_json:
+        _print_json(rows)
+    else:
+        from rich.table import Table
+
+        table = Table("index", "chunks", "dim", "model")
+        for row in rows:
+            table.add_row(row["name"], "DAMAGED" if "error" in row else str(row["count"]), str(row["dim"] or "-"),
+                          row["model"] or "-")
+        _console().print(table)
+    for exc in damaged:
+        sys.stderr.write(f"error: {exc}\n")
+    if damaged:
+        raise typer.Exit(2)
+
+
+def _confirm(question: str, yes: bool) -> None:
+    from .errors import SpecError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise SpecError(f"{question} needs confirmation", where="stackwise indexes", fix="add --yes")
+    typer.confirm(question + "?", abort=True)
+
+
+@indexes_app.command("drop")
+def indexes_drop(name: str, stack: StackOpt = None, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Delete an index and all its chunks from the active stack's vector store.
+
+    On a hosted store (Pinecone, Weaviate, Milvus) this deletes the index's namespace or
+    collection, never the hosted index or cluster. An index name that breaks the name rule is
+    accepted only if such an index exists (left by an older stackwise), so it can be removed."""
+    from .errors import StoreError
+    from .vectors import check_index_name
+
+    platform = _platform(stack)
+    store = platform.vector_store
+    existing = store.list_indexes()
+    if name not in existing:
+        check_index_name(name, where="NAME")
+        raise StoreError(f"index {name!r} does not exist", where=f"stack {platform.stack.name}",
+                         fix="existing: " + (", ".join(existing) or "none"))
+    _confirm(f"drop index {name} from stack {platform.stack.name} (its chunks cannot be recovered)", yes)
+    store.drop_index(name)
+    if as_json:
+        _print_json({"dropped": name, "stack": platform.stack.name})
+    else:
+        _console().print(f"dropped index {name} from stack {platform.stack.name}", markup=False)
+
+
+@indexes_app.command("rebuild")
+def indexes_rebuild(name: str, stack: StackOpt = None, yes: YesOpt = False, as_json: JsonOpt = False) -> None:
+    """Drop an index and index it again from the sources its index jobs recorded on this stack.
+
+    Each source's latest successful index job is run again, with its chunking and model. Refused,
+    with nothing changed, when no such job is recorded or a recorded source is gone."""
+    from .vectors import check_index_name
+
+    check_index_name(name, where="NAME")
+    platform = _platform(stack)
+    specs = _rebuild_specs(platform, name)
+    _confirm(f"drop index {name} from stack {platform.stack.name} and index {len(specs)} source(s) again", yes)
+    platform.vector_store.drop_index(name)
+    reports = []
+    for spec in specs:
+        handle = platform.index(spec)
+        reports.append(_follow(handle, quiet=as_json))
+        if not as_json:
+            _print_index_report(reports[-1])
+    if as_json:
+        _print_json(reports)
+
+
+def _rebuild_specs(platform: Any, name: str) -> list[Any]:
+    """The spec of the latest successful index job of each source of index `name`, sources
+    canonical and checked to exist (InputError naming a gone one, StoreError if none is recorded)."""
+    from .documents import Source, canonical_source
+    from .errors import InputError, StoreError
+    from .specs import IndexSpec
+
+    latest: dict[str, Any] = {}
+    for job in sorted(platform.compute.list(limit=1_000_000), key=lambda j: j.created_at):
+        if job.kind != "index" or job.spec.get("index") != name or job.state.value != "SUCCEEDED":
+            continue
+        # The job's report names the source as the job resolved it (a relative path needs its cwd).
+        source = canonical_source(str((job.outputs or {}).get("source") or job.spec["source"]))
+        latest[source] = IndexSpec.model_validate({**job.spec, "source": source, "run_name": None})
+    if not latest:
+        raise StoreError(
+            f"cannot rebuild index {name!r}: no successful index job for it is recorded on stack {platform.stack.name}",
+            where=f"the jobs of stack {platform.stack.name}",
+            fix=f"it was built elsewhere (another stack, `index copy`) or its jobs were removed: run "
+                f"`stackwise indexes drop {name}`, then `stackwise index SOURCE --index {name}`",
+        )
+    for source in latest:
+        try:
+            Source(source)
+        except InputError:
+            raise InputError(
+                f"cannot rebuild index {name!r}: its source {source} is gone (nothing was changed)",
+                where=f"the index jobs of {name!r}",
+                fix=f"restore the source, or run `stackwise indexes drop {name}` and index what you have",
+            ) from None
+    return [latest[s] for s in sorted(latest)]
 
 
 # -- fine-tuning -------------------------------------------------------------------------------
@@ -348,8 +489,9 @@ def _print_finetune_report(report: dict[str, Any]) -> None:
 
 @app.command()
 def finetune(
-    base: Annotated[str, typer.Option("--base", "-b", help="Base model: smollm2-135m-instruct, a Hugging Face id, a path or URI, or models:/NAME/VERSION.")],
-    data: Annotated[str, typer.Option("--data", help="JSONL dataset (text, prompt/completion or messages); a path or fsspec URI.")],
+    ctx: typer.Context,
+    base: Annotated[Optional[str], typer.Option("--base", "-b", help="Base model: smollm2-135m-instruct, a Hugging Face id, a path or URI, or models:/NAME/VERSION (required without --spec).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="JSONL dataset (text, prompt/completion or messages); a path or fsspec URI (required without --spec).")] = None,
     method: Annotated[str, typer.Option(help="lora, qlora or full.")] = "lora",
     gpu: Annotated[Optional[str], typer.Option("--gpu", help="Portable GPU name and count per node, e.g. A100:8 (default: CPU).")] = None,
     count: Annotated[Optional[int], typer.Option("--count", min=1, help="Devices per node: GPUs, or CPU processes without --gpu.")] = None,
@@ -368,7 +510,7 @@ def finetune(
     checkpoint_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.")] = 50,
     merge: Annotated[bool, typer.Option("--merge", help="Also save the base with the adapter merged in.")] = False,
     name: Annotated[Optional[str], typer.Option(help="Registered model name (default: finetune-<base>).")] = None,
-    spec_file: Annotated[Optional[str], typer.Option("--spec", help="A FineTuneSpec as JSON or YAML; other options are ignored.")] = None,
+    spec_file: Annotated[Optional[str], typer.Option("--spec", help="A whole FineTuneSpec as YAML (JSON with a .json suffix) instead of the options that describe the job; relative paths in it are read from its folder.")] = None,
     new: NewOpt = False,
     run_name: RunNameOpt = None,
     stack: StackOpt = None,
@@ -385,13 +527,21 @@ def finetune(
     from .errors import SpecError
     from .specs import FineTuneSpec
 
+    if spec_file:
+        given = [p.opts[0] for p in ctx.command.params if p.name in _FINETUNE_SPEC_OPTIONS
+                 and getattr(ctx.get_parameter_source(p.name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")]
+        if given:
+            raise SpecError(f"--spec holds the whole spec, so {', '.join(given)} cannot be given with it",
+                            where=f"--spec {spec_file}", fix="set those fields in the spec file, or leave out --spec")
+    elif base is None or data is None:
+        raise SpecError("stackwise finetune needs --base and --data, or --spec FILE", where="stackwise finetune options",
+                        fix="e.g. stackwise finetune --base smollm2-135m-instruct --data train.jsonl, "
+                            "or stackwise finetune --spec finetune.yaml")
     try:
         if spec_file:
-            from pathlib import Path
+            from .specs import read_spec_file
 
-            import yaml
-
-            spec = FineTuneSpec.model_validate(yaml.safe_load(Path(spec_file).read_text(encoding="utf-8")))
+            spec = read_spec_file(spec_file, FineTuneSpec)
         else:
             gpu_name, gpu_count = _parse_gpu(gpu)
             # Absolute local paths: the job may run in another folder, and the same file keeps the
@@ -421,10 +571,14 @@ def finetune(
         key = ".".join(str(p) for p in first["loc"])
         raise SpecError(f"{key}: " + first["msg"].removeprefix("Value error, "), where=spec_file or "stackwise finetune options",
                         fix="see `stackwise finetune --help`") from None
-    except OSError as exc:
-        raise SpecError(f"cannot read the spec file: {exc.strerror}", where=spec_file, fix="check the path") from None
     _check_finetune_input(spec)
     _run_job(_platform(stack).finetune(spec, new=new, run_name=run_name), detach, as_json, _print_finetune_report)
+
+
+# The options that describe the job: with --spec the file describes it instead.
+_FINETUNE_SPEC_OPTIONS = ("base", "data", "method", "gpu", "count", "nodes", "strategy", "spot", "epochs", "max_steps",
+                          "learning_rate", "batch_size", "grad_accum", "max_seq_length", "packing", "rank", "alpha",
+                          "checkpoint_every", "merge", "name")
 
 
 def _check_finetune_input(spec: Any) -> None:
@@ -593,20 +747,24 @@ def models_register(
     name: Annotated[str, typer.Option("--name", help="Registered model name.")],
     base: Annotated[Optional[str], typer.Option(help="Lineage: the base model it derives from.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Lineage: the training dataset (enables the leakage guard).")] = None,
-    alias: Annotated[Optional[str], typer.Option(help="Also point this alias (e.g. candidate) at the new version.")] = None,
+    alias: Annotated[Optional[str], typer.Option(help="Also point this alias (e.g. candidate) at the new version "
+                                                 "(never champion: it moves only through `stackwise promote`).")] = None,
     stack: StackOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a saved model or adapter as a new version (copied into the stack's artifact store)."""
+    from .model_registry import check_alias, check_model_name
+
+    check_model_name(name)  # before anything is logged or copied
+    if alias is not None:
+        check_alias(alias)
     registry = _platform(stack).models
     lineage = {"base": base or "", "data": data or ""}
     if data and ("://" not in data or data.startswith("file://")):
         from .training.data import read_dataset
 
         lineage["dataset_sha256"] = read_dataset(data).sha256
-    version = registry.register(path, name, {k: v for k, v in lineage.items() if v})
-    if alias:
-        registry.set_alias(name, alias, version)
+    version = registry.register(path, name, {k: v for k, v in lineage.items() if v}, alias=alias)
     if as_json:
         _print_json({"model": name, "version": version, "alias": alias})
     else:
@@ -616,12 +774,11 @@ def models_register(
 @models_app.command("alias")
 def models_alias(name: str, version: str, alias: str, stack: StackOpt = None) -> None:
     """Point ALIAS (e.g. candidate) at VERSION. The champion alias moves only through `stackwise promote`."""
-    from .errors import SpecError
-    from .model_registry import CHAMPION
+    from .model_registry import check_alias, check_model_name, check_version
 
-    if alias == CHAMPION:
-        raise SpecError("the champion alias moves only through the gate", where=f"alias {alias}",
-                        fix=f"stackwise promote {name} --version {version} --gate gates.yaml")
+    check_model_name(name)
+    check_alias(alias)
+    check_version(version)
     _platform(stack).models.set_alias(name, alias, version)
     _console().print(f"{name}@{alias} -> version {version}", markup=False)
 
@@ -679,21 +836,114 @@ def serve(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Serve this one model folder or URI instead "
                                                  "of the stack's deploy state (as inside a cloud container).")] = None,
     stack: StackOpt = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow a --host beyond loopback with no API key "
+                                           "(something in front authenticates callers: a cloud endpoint, a "
+                                           "gateway). Keys that exist are still checked.")] = False,
+    docs: Annotated[bool, typer.Option("--docs", help="Serve the API's /docs page and /openapi.json "
+                                       "(off by default).")] = False,
 ) -> None:
     """Serve the local stack's deployed versions over HTTP (/v1/completions), split by their traffic;
-    or one model (--model, or the model folder a SageMaker, Vertex AI or Azure ML container is given)."""
+    or one model (--model, or the model folder a SageMaker, Vertex AI or Azure ML container is given).
+    With API keys (`stackwise keys create NAME`), predictions need 'Authorization: Bearer KEY'."""
     from .errors import SpecError
     from .serving import model_source, serve as run_server, serve_model
 
     if model and (endpoint or stack):
         raise SpecError("--model serves one model folder; --endpoint and --stack serve a stack's deploy state",
                         where="stackwise serve", fix="give --model, or --endpoint/--stack, not both")
+    if port is not None and not 1 <= port <= 65535:
+        raise SpecError(f"--port {port} is not a TCP port", where="stackwise serve --port",
+                        fix="give a port from 1 to 65535, e.g. --port 8080")
     # Explicit --endpoint/--stack mean the deploy state even where a platform's model variables are set.
     source = None if (endpoint or stack) else model_source(model)
-    if source is not None:
-        serve_model(source, host=host, port=port)
-    else:
-        run_server(_platform(stack).stack, host=host, port=port, endpoint=endpoint)
+    _check_port_free(host, port)
+    try:
+        if source is not None:
+            serve_model(source, host=host, port=port, insecure=insecure, docs=docs)
+        else:
+            run_server(_platform(stack).stack, host=host, port=port, endpoint=endpoint, insecure=insecure, docs=docs)
+    except SystemExit as exc:
+        if exc.code != 3:  # uvicorn's "startup failed": it has logged why (a port taken since the check)
+            raise
+        raise SpecError(f"the server could not start on {host}:{port or 'its default port'} (see the line above)",
+                        where="stackwise serve --host/--port",
+                        fix="free the port or choose another with --port") from None
+
+
+def _check_port_free(host: str, port: int | None) -> None:
+    """Refuse, before any model loads, a port another process listens on (exit 2, not uvicorn's 3)."""
+    import errno
+    import socket
+
+    from .errors import SpecError
+    from .serving import listen_port
+
+    port = listen_port(port)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise SpecError(f"cannot listen on {host!r}: {exc}", where="stackwise serve --host",
+                        fix="give an address of this machine, e.g. 127.0.0.1 or 0.0.0.0") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            busy = exc.errno == errno.EADDRINUSE
+            raise SpecError(f"port {port} on {host} is already in use" if busy else
+                            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                            where="stackwise serve --host/--port",
+                            fix="stop the process listening there (`ss -ltnp` or `lsof -i :PORT` names it), "
+                                "or serve on another port with --port" if busy else
+                                "give an address of this machine and a port you may use") from None
+
+
+# -- API keys of `stackwise serve` -------------------------------------------------------------
+keys_app = typer.Typer(help="Create, list and revoke the API keys `stackwise serve` checks (Authorization: Bearer KEY).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Argument(help="A name for the key (who or what uses it).")],
+                as_json: JsonOpt = False) -> None:
+    """Create a key and print it once: only a salted hash of it is kept (in the state folder, mode 0600)."""
+    from .keys import create_key
+
+    key, record = create_key(name)
+    if as_json:
+        _print_json({**record.public(), "key": key})
+        return
+    sys.stdout.write(key + "\n")
+    _console(stderr=True).print(f"key {record.name!r} created: store it now, it is not shown again. Clients send "
+                                "'Authorization: Bearer KEY'.", markup=False)
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOpt = False) -> None:
+    """List the keys: name, creation time and last 4 characters (never the key)."""
+    from .keys import read_keys
+
+    records = [r.public() for r in read_keys()]
+    if as_json:
+        _print_json(records)
+        return
+    from rich.table import Table
+
+    table = Table("name", "created", "key")
+    for r in records:
+        table.add_row(str(r["name"]), _fmt_time(float(r["created"])), f"...{r['last4']}")
+    _console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name (see `stackwise keys list`).")]) -> None:
+    """Revoke a key: a running server refuses it from its next request on."""
+    from .keys import revoke_key
+
+    revoke_key(name)
+    _console(stderr=True).print(f"key {name!r} revoked", markup=False)
 
 
 # -- jobs --------------------------------------------------------------------------------------
@@ -704,18 +954,29 @@ def _fmt_time(ts: float | None) -> str:
 
 
 @jobs_app.command("list")
-def jobs_list(stack: StackOpt = None, limit: int = 50, as_json: JsonOpt = False) -> None:
-    """List recent jobs, newest first."""
+def jobs_list(
+    stack: StackOpt = None,
+    limit: Annotated[int, typer.Option(min=1, help="How many of the newest jobs to list (1 or more).")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List recent jobs, newest first. Job ids are printed whole, whatever the terminal's width."""
     infos = _platform(stack).jobs.list(limit=limit)
     if as_json:
         _print_json([i.as_dict() for i in infos])
         return
     from rich.table import Table
 
-    table = Table("job", "kind", "state", "created", "ended", "error")
+    table = Table()
+    # An id is copied into other commands: never cut or wrapped; the error column gives way instead.
+    table.add_column("job", no_wrap=True, min_width=max((len(i.id) for i in infos), default=3))
+    table.add_column("kind", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("created")
+    table.add_column("ended")
+    table.add_column("error", overflow="fold")
     for i in infos:
         table.add_row(i.id, i.kind, i.state.value, _fmt_time(i.created_at), _fmt_time(i.ended_at),
-                      (i.error or "")[:80])
+                      (i.error or "").split("\n", 1)[0][:80])
     _console().print(table)
 
 
@@ -757,7 +1018,15 @@ def jobs_wait(
     stack: StackOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Wait for a job to end; exit 0 if it succeeded, 1 otherwise."""
+    """Wait for a job to end; exit 0 if it succeeded, 1 otherwise (with the job's error: what,
+    where and how to fix it)."""
+    import math
+
+    from .errors import SpecError
+
+    if timeout is not None and (math.isnan(timeout) or timeout < 0):
+        raise SpecError(f"--timeout {timeout} is not a number of seconds", where="stackwise jobs wait --timeout",
+                        fix="give 0 or more seconds, or leave --timeout out to wait until the job ends")
     handle = _platform(stack).jobs.get(job_id)
     try:
         info = handle.wait(timeout=timeout)
@@ -767,13 +1036,21 @@ def jobs_wait(
     if as_json:
         _print_json(info.as_dict())
     else:
-        _console().print(f"{info.id}: {info.state.value}" + (f" ({info.error})" if info.error else ""))
+        _console().print(f"{info.id}: {info.state.value}", markup=False, highlight=False)
+        if info.state.value != "SUCCEEDED":
+            from .jobs import split_error
+
+            failure = info.failure()
+            lines = [("error", split_error(info.error)[0]), ("where", failure.where), ("fix", failure.fix)]
+            _console().print("\n".join(f"  {label}: {text}" for label, text in lines if text),
+                             markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(0 if info.state.value == "SUCCEEDED" else 1)
 
 
 @jobs_app.command("cancel")
 def jobs_cancel(job_id: str, stack: StackOpt = None, as_json: JsonOpt = False) -> None:
-    """Cancel a job (a job that already ended is left as it is)."""
+    """Cancel a job. A job that already ended keeps its state, but any process of it still running
+    (its supervisor was killed) is stopped too."""
     info = _platform(stack).jobs.get(job_id).cancel()
     if as_json:
         _print_json(info.as_dict())
@@ -896,8 +1173,52 @@ def quickstart(
     run(stack=stack, as_json=as_json, follow=_follow, print_report=_print_index_report, skip_finetune=skip_finetune)
 
 
+EXIT_INTERNAL = 70  # sysexits' EX_SOFTWARE: an unexpected error inside stackwise (a bug); the traceback is in a log file
+
+
+def _crash_log(exc: BaseException) -> str:
+    """Write `exc`'s traceback (secrets masked) to `<state>/logs/crash-<time>-<pid>.log`, else to
+    the temporary folder when the state folder cannot be written; return the file's path."""
+    import os
+    import tempfile
+    import time
+    import traceback
+    from pathlib import Path
+
+    from .secrets import redact
+
+    text = redact("".join(traceback.format_exception(exc)))
+    header = f"stackwise {' '.join(sys.argv[1:])[:2000]}\n{time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n\n"
+    name = f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    folders = []
+    try:
+        from .paths import state_dir
+
+        folders.append(state_dir() / "logs")
+    except Exception:  # noqa: BLE001 - a broken state folder setting must not hide the crash
+        pass
+    folders.append(Path(tempfile.gettempdir()))
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(redact(header) + text, encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    return "(no writable folder for a log: the state folder and the temporary folder both refused)"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 def main() -> None:
-    """Console entry point: StackwiseError becomes a message and an exit code, never a traceback."""
+    """Console entry point: StackwiseError becomes a message and an exit code, never a traceback.
+
+    Anything else is a bug: one line naming the error and the log file that holds its traceback,
+    exit code 70 (EXIT_INTERNAL)."""
     try:
         app()
     except StackwiseError as exc:
@@ -907,6 +1228,15 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one top-level handler
+        from .secrets import redact
+
+        log = _crash_log(exc)
+        sys.stderr.write(f"error: unexpected {type(exc).__name__} inside stackwise: "
+                         f"{_one_line(redact(str(exc)))}\n  the traceback is in {log}\n"
+                         "  fix: this is a bug in stackwise; please report it with that file "
+                         f"(exit code {EXIT_INTERNAL})\n")
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

@@ -33,11 +33,13 @@ def canonical_name(model: str) -> str:
 
 def set_torch_threads() -> None:
     """Honour STACKWISE_THREADS (tests cap it: two processes fighting over 2 cores stall OpenMP)."""
-    threads = os.environ.get("STACKWISE_THREADS")
+    from .userinput import env_threads
+
+    threads = env_threads()
     if threads:
         import torch
 
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(threads)
 
 
 @dataclass
@@ -74,6 +76,9 @@ def load_embedder(model: str, device: str = "cpu") -> Embedder:
         # The files are on disk: never let the hub client reach for the network.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .quantization import keep_bitsandbytes_out
+
+    keep_bitsandbytes_out()  # sentence-transformers imports peft, which imports bitsandbytes: see there
     require("sentence_transformers", "local", "embedding")
     set_torch_threads()
     from sentence_transformers import SentenceTransformer

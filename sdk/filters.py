@@ -8,6 +8,10 @@ Syntax (a dict, as in MongoDB and Pinecone):
     {"lang": {"$ne": "de"}}, {"lang": {"$in": [...]}}, {"lang": {"$nin": [...]}}, {"x": {"$eq": 1}}
     {"$and": [f, ...]}, {"$or": [f, ...]}      nesting; several top-level keys are ANDed
 
+`$and`/`$or` nest at most `MAX_DEPTH` (16) levels: below what every store's filter parser
+takes (LanceDB's SQL parser refuses about 45 levels of parentheses; Pinecone, Weaviate and
+Milvus have their own limits), and far below Python's recursion limit.
+
 Keys are `doc_id`, `source` or a metadata field (letters, digits, '_', '.', '-'); `id`, `text`,
 `vector` and `chunk` are not filterable. Values are strings, numbers or booleans.
 
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
 from .errors import SpecError
+from .userinput import shorten
 
 if TYPE_CHECKING:
     from weaviate.collections.classes.filters import _Filters
@@ -49,6 +54,7 @@ NOT_FILTERABLE = ("id", "text", "vector", "chunk")
 COLUMN_KEYS = ("doc_id", "source")
 OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
 RANGE_OPS = ("gt", "gte", "lt", "lte")
+MAX_DEPTH = 16  # levels of $and/$or (see the module docstring)
 _FIX_SYNTAX = ('write {"key": value}, {"key": [a, b]}, {"key": {"$gte": 1, "$lt": 5}}, '
                '{"$and": [...]} or {"$or": [...]}; operators: ' + " ".join(OPERATORS))
 
@@ -87,24 +93,24 @@ def _kind(value: Any) -> str:
 
 def check_key(key: Any, where: str = "filter") -> str:
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key) or key in NOT_FILTERABLE:
-        raise _fail(f"filter key {key!r} is not filterable", where,
+        raise _fail(f"filter key {shorten(key)} is not filterable", where,
                     "filter on doc_id, source or a metadata field (letters, digits, '_', '.', '-'); "
                     "id, text, vector and chunk are not filterable")
     return key
 
 def _scalar(key: str, op: str, value: Any, where: str) -> Scalar:
     if not _is_scalar(value):
-        raise _fail(f"filter {key!r} {op} has an unsupported value {value!r}", where,
+        raise _fail(f"filter {key!r} {op} has an unsupported value {shorten(value)}", where,
                     "use a string, a number (not NaN or infinity) or true/false")
     return value
 
 def _values(key: str, op: str, value: Any, where: str) -> tuple[Scalar, ...]:
     if not isinstance(value, (list, tuple, set, frozenset)):
-        raise _fail(f"filter {key!r} {op} needs a list of values, got {value!r}", where,
+        raise _fail(f"filter {key!r} {op} needs a list of values, got {shorten(value)}", where,
                     f'write {{"{key}": {{"{op}": [a, b]}}}}')
     values = list(value)
     if not values or not all(_is_scalar(v) for v in values):
-        raise _fail(f"filter {key!r} {op} needs a non-empty list of scalars, got {value!r}", where,
+        raise _fail(f"filter {key!r} {op} needs a non-empty list of scalars, got {shorten(value)}", where,
                     "list at least one string, number or boolean")
     return tuple(values)
 
@@ -115,7 +121,7 @@ def _key_conds(key: str, spec: Any, where: str) -> list[Cond]:
         conds = []
         for op, value in spec.items():
             if op not in OPERATORS:
-                raise _fail(f"filter {key!r} has an unknown operator {op!r}", where)
+                raise _fail(f"filter {key!r} has an unknown operator {shorten(op)}", where)
             name = op[1:]
             if name in ("in", "nin"):
                 conds.append(Cond(key, name, _values(key, op, value, where)))
@@ -140,18 +146,22 @@ def _all(items: list[Expr]) -> Expr:
         flat.extend(item.items if isinstance(item, And) else (item,))
     return flat[0] if len(flat) == 1 else And(tuple(flat))
 
-def _parse(obj: Any, where: str) -> Expr:
+def _parse(obj: Any, where: str, depth: int = 0) -> Expr:
     if not isinstance(obj, Mapping) or not obj:
-        raise _fail(f"a filter must be a non-empty object, got {obj!r}", where)
+        raise _fail(f"a filter must be a non-empty object, got {shorten(obj)}", where)
     parts: list[Expr] = []
     for key, spec in obj.items():
         if key in ("$and", "$or"):
             if not isinstance(spec, (list, tuple)) or not spec:
-                raise _fail(f"{key} needs a non-empty list of filters, got {spec!r}", where)
-            subs = [_parse(sub, where) for sub in spec]
+                raise _fail(f"{key} needs a non-empty list of filters, got {shorten(spec)}", where)
+            if depth >= MAX_DEPTH:
+                raise _fail(f"the filter nests $and/$or more than {MAX_DEPTH} levels deep", where,
+                            f"nest at most {MAX_DEPTH} levels (every store's filter parser takes that many): "
+                            "list more conditions in one $and/$or instead of nesting them")
+            subs = [_parse(sub, where, depth + 1) for sub in spec]
             parts.append(_all(subs) if key == "$and" else (subs[0] if len(subs) == 1 else Or(tuple(subs))))
         elif isinstance(key, str) and key.startswith("$"):
-            raise _fail(f"unknown filter operator {key!r} at the top level", where)
+            raise _fail(f"unknown filter operator {shorten(key)} at the top level", where)
         else:
             parts.extend(_key_conds(check_key(key, where), spec, where))
     return _all(parts)
@@ -204,11 +214,11 @@ def parse_filter_args(items: Iterable[str], where: str = "--filter") -> dict[str
     for item in items:
         match = _ARG.match(item)
         if not match or not match["key"]:
-            raise _fail(f"bad filter {item!r}", where,
+            raise _fail(f"bad filter {shorten(item)}", where,
                         "write --filter key=value (or key=a,b for any of; key!=v, key>v, key>=v, key<v, key<=v)")
         key, op, raw = match["key"], _ARG_OPS[match["op"]], match["raw"]
         if op not in ("$eq", "$ne") and ("," in raw or not raw.strip()):
-            raise _fail(f"bad filter {item!r}: {match['op']} takes one value", where,
+            raise _fail(f"bad filter {shorten(item)}: {match['op']} takes one value", where,
                         f"write e.g. --filter '{key}{match['op']}2020'")
         many = "," in raw and op in ("$eq", "$ne")
         value: Any = [typed(p) for p in raw.split(",")] if many else typed(raw)
@@ -234,7 +244,7 @@ def parse_filter_args(items: Iterable[str], where: str = "--filter") -> dict[str
 
 # -- translations ---------------------------------------------------------------------------------
 def _bad_for(store: str, cond: Cond, why: str, fix: str) -> SpecError:
-    return SpecError(f"{store} cannot apply filter {cond.key!r} ${cond.op} {cond.value!r}: {why}",
+    return SpecError(f"{store} cannot apply filter {cond.key!r} ${cond.op} {shorten(cond.value)}: {why}",
                      where="filter", fix=fix)
 
 PINECONE_MAX_IN = 10_000  # values in one $in / $nin (Pinecone's documented limit)
@@ -441,6 +451,9 @@ def parse_filter_json(text: str, where: str = "--where-json") -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise _fail(f"the filter is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", where,
                     'quote it for the shell, e.g. --where-json \'{"year": {"$gte": 2020}}\'') from None
+    except RecursionError:  # JSON nested hundreds of levels deep
+        raise _fail(f"the filter nests more than {MAX_DEPTH} levels deep", where,
+                    f"nest $and/$or at most {MAX_DEPTH} levels") from None
     if not isinstance(obj, dict):
         raise _fail(f"the filter must be a JSON object, got {type(obj).__name__}", where)
     parse_filter(obj, where)

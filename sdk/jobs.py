@@ -6,13 +6,35 @@ Every backend maps its own states onto `JobState`; `JobHandle` offers `status()`
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
-from .errors import JobFailedError
+from .errors import JobFailedError, SpecError, StackwiseError
+
+
+class JobConflictError(StackwiseError, RuntimeError):
+    """A job's processes still run where none may (its supervisor is gone): a new attempt of its
+    spec is refused until they are stopped (`stackwise jobs cancel ID`)."""
+
+
+def split_error(text: str | None) -> tuple[str, str | None, str | None]:
+    """A recorded job error as (what, where, fix). A workload that failed with a StackwiseError
+    records it as that error prints (`what`, then `  where: ...` and `  fix: ...` lines)."""
+    what, where, fix = [], None, None
+    for line in (text or "").splitlines():
+        if line.startswith("  where: ") and fix is None:
+            where = line[len("  where: "):]
+        elif line.startswith("  fix: "):
+            fix = line[len("  fix: "):]
+        elif fix is not None:
+            fix += "\n" + line
+        else:
+            what.append(line)
+    return "\n".join(what), where, fix
 
 
 class JobState(str, Enum):
@@ -45,6 +67,19 @@ class JobInfo:
     exit_code: int | None = None
     identity: str | None = None  # `<kind>-<digest>`: the same for every attempt of a spec
     attempt: int | None = None  # 1, 2, ... within the identity
+
+    def failure(self) -> JobFailedError:
+        """The error of a job that did not succeed: what the workload said (with its own `where`
+        and `fix` when it failed with a StackwiseError), else where to read why."""
+        what, where, fix = split_error(self.error)
+        error = JobFailedError(
+            f"job {self.id} ended {self.state.value}" + (f": {what}" if what else ""),
+            where=where or self.log_path or self.id,
+            fix=fix or f"read the log with `stackwise jobs logs {self.id}`",
+        )
+        if self.exit_code == 2:  # the workload refused its input: bad input, as the CLI says it
+            error.exit_code = 2
+        return error
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,8 +135,12 @@ class JobHandle:
     def wait(self, timeout: float | None = None, poll: float = 0.2, max_poll: float = 5.0) -> JobInfo:
         """Block until the job ends (polling with backoff) and return its final info.
 
-        Raises TimeoutError if `timeout` seconds pass first; the job keeps running.
+        Raises TimeoutError if `timeout` seconds pass first; the job keeps running. A negative
+        or NaN `timeout` is a SpecError (an infinite one waits as None does).
         """
+        if timeout is not None and (math.isnan(timeout) or timeout < 0):
+            raise SpecError(f"timeout {timeout} is not a number of seconds", where="wait(timeout=...)",
+                            fix="give 0 or more seconds, or no timeout to wait until the job ends")
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = poll
         while True:
@@ -130,9 +169,5 @@ class JobHandle:
         """Wait, then return the outputs; raise JobFailedError if the job did not succeed."""
         info = self.wait(timeout=timeout)
         if info.state is not JobState.SUCCEEDED:
-            raise JobFailedError(
-                f"job {self.id} ended {info.state.value}" + (f": {info.error}" if info.error else ""),
-                where=info.log_path or self.id,
-                fix=f"read the log with `stackwise jobs logs {self.id}`",
-            )
+            raise info.failure()
         return info.outputs

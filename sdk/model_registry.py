@@ -2,7 +2,10 @@
 an evaluation gate.
 
 - Aliases: `candidate` names the version under review, `champion` the one in service. They move
-  only through `set_alias` and `promote`; `promote` moves `champion` only when the gate passes.
+  only through `set_alias` and `promote`; `promote` alone moves `champion` and
+  `previous-champion` (reserved, in any case), and only when the gate passes.
+- Names and aliases are checked (`check_model_name`, `check_alias`) before anything is written:
+  MLflow's own rules plus the grammar of model references (`chat:3`, `chat@champion`).
 - Lineage: every version carries tags `lineage.base`, `lineage.dataset_sha256`, `lineage.data`,
   `lineage.adapter` (the artifact it serves), `lineage.code_version` and
   `lineage.evaluation_runs` (MLflow run ids of its evaluations, appended by each evaluation).
@@ -13,18 +16,26 @@ an evaluation gate.
 
 from __future__ import annotations
 
-import subprocess
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from .errors import InputError, StackwiseError
+from .errors import InputError, SpecError, StackwiseError
+from .userinput import shorten
 
 EVAL_EXPERIMENT = "stackwise-evaluate"
 MODELS_EXPERIMENT = "stackwise-models"
-CANDIDATE, CHAMPION = "candidate", "champion"
+CANDIDATE, CHAMPION, PREVIOUS_CHAMPION = "candidate", "champion", "previous-champion"
+#: Aliases only `promote` moves (compared case-insensitively).
+RESERVED_ALIASES = (CHAMPION, PREVIOUS_CHAMPION)
+# The grammar of model references (stackwise.deploy.ModelRef: NAME:VERSION, NAME@ALIAS), which
+# is also inside MLflow's rules (no '/', ':', '..' or leading '/' in names; \w and '-' in aliases).
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ALIAS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+VERSION = re.compile(r"[1-9][0-9]{0,9}")
 
 
 class GateFailed(StackwiseError, RuntimeError):
@@ -46,14 +57,72 @@ class PromotionResult(BaseModel):
 
 def code_version() -> str:
     """stackwise's version, plus the git commit of its source tree when it runs from a checkout."""
-    from . import __version__
+    from .version import version_string
 
+    return version_string()
+
+
+def _mlflow_refuses(check: str, value: str) -> str | None:
+    """MLflow's own verdict on a name or alias (its validation module), None when it accepts it
+    or MLflow is not installed."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, text=True,
-                             capture_output=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"stackwise {__version__}" + (f" ({sha})" if sha else "")
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils import validation
+    except ImportError:
+        return None
+    try:
+        for name in (check, *(("_validate_model_alias_name_reserved",) if "alias" in check else ())):
+            getattr(validation, name, lambda _v: None)(value)
+    except MlflowException as exc:
+        return exc.message
+    return None
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is a valid registered model name, else `SpecError` (nothing is written)."""
+    fix = ("use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit "
+           "(e.g. chat-support); names appear in references like chat:3 and chat@champion")
+    if not isinstance(name, str) or not MODEL_NAME.fullmatch(name):
+        raise SpecError(f"invalid model name {shorten(name)}", where="model name", fix=fix)
+    refused = _mlflow_refuses("_validate_model_name", name)
+    if refused:
+        raise SpecError(f"invalid model name {shorten(name)}: MLflow says: {shorten(refused, 200)}",
+                        where="model name", fix=fix)
+    return name
+
+
+def check_alias(alias: str, allow_reserved: bool = False) -> str:
+    """`alias` if stackwise may set it, else `SpecError` (nothing is written).
+
+    Refused: what MLflow refuses (empty, characters other than letters, digits, '_', '-',
+    `latest`, `v1`-style version names), an alias not starting with a letter (it could not be
+    written in a reference `NAME@ALIAS`), `champion` and `previous-champion` in any case unless
+    `allow_reserved` (only `promote` moves them), and case variants of stackwise's aliases."""
+    fix = "use 1-63 letters, digits, '_' or '-', starting with a letter (e.g. candidate, staging)"
+    if not isinstance(alias, str) or not ALIAS_NAME.fullmatch(alias):
+        raise SpecError(f"invalid alias {shorten(alias)}", where="alias", fix=fix)
+    lowered = alias.lower()
+    if lowered in RESERVED_ALIASES and not allow_reserved:
+        raise SpecError(f"the {lowered} alias moves only through the promotion gate", where=f"alias {alias}",
+                        fix="stackwise promote NAME --version N --gate gates.yaml")
+    if lowered in (CANDIDATE, *RESERVED_ALIASES) and alias != lowered:
+        raise SpecError(f"alias {alias!r} differs from stackwise's {lowered!r} only in case", where=f"alias {alias}",
+                        fix=f"write {lowered}" + ("" if lowered == CANDIDATE else
+                                                  " (and move it with `stackwise promote`)"))
+    refused = _mlflow_refuses("_validate_model_alias_name", alias)
+    if refused:
+        raise SpecError(f"invalid alias {alias!r}: MLflow says: {shorten(refused, 200)}", where=f"alias {alias}",
+                        fix=fix + "; not latest or v<number>, which MLflow reserves")
+    return alias
+
+
+def check_version(version: Any) -> str:
+    """`version` as text if it is a model version number (1, 2, ...), else `SpecError`."""
+    text = str(version).strip() if isinstance(version, (str, int)) and not isinstance(version, bool) else ""
+    if not VERSION.fullmatch(text):
+        raise SpecError(f"invalid model version {shorten(version)}", where="version",
+                        fix="give a version number, e.g. 3 (see `stackwise models show NAME`)")
+    return text
 
 
 def _artifact_root(store: str) -> str:
@@ -120,18 +189,28 @@ class Registry:
             return None
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
+        """Point `alias` at an existing version. `champion` and `previous-champion` are refused
+        (they move only through `promote`), as is any alias `check_alias` refuses."""
+        check_model_name(name)
+        check_alias(alias)
+        version = check_version(version)
         self.version(name, version)
-        self.client.set_registered_model_alias(name, alias, str(version))
+        self.client.set_registered_model_alias(name, alias, version)
 
     def register(self, folder: str, name: str, lineage: dict[str, str] | None = None,
-                 description: str = "", copy: bool = True) -> str:
+                 description: str = "", copy: bool = True, alias: str | None = None) -> str:
         """Make `folder` (a saved model or adapter) a new version of `name`; returns the version.
         With `copy` (the default) the folder is logged as a run's artifact, so the version outlives
         it; without, the version points at the folder in place (a large base model on this
-        machine). Lineage tags are recorded on the version."""
+        machine). Lineage tags are recorded on the version; `alias` (never champion) is pointed at
+        it. The name, alias and folder are checked before anything is logged: a refusal leaves no
+        run and no copied artifact."""
         import mlflow
         from mlflow.exceptions import MlflowException
 
+        check_model_name(name)
+        if alias is not None:
+            check_alias(alias)
         path = Path(folder).resolve()
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise InputError(f"{folder} is not a saved model or adapter (no config.json)", where=folder,
@@ -152,6 +231,8 @@ class Registry:
                 raise
         mv = self.client.create_model_version(name, source=source, run_id=run_id, description=description)
         self.record_lineage(name, str(mv.version), {"adapter": source, **(lineage or {})})
+        if alias is not None:
+            self.client.set_registered_model_alias(name, alias, str(mv.version))
         return str(mv.version)
 
     def record_lineage(self, name: str, version: str, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -294,7 +375,7 @@ class Registry:
         previous = self.alias_version(name, CHAMPION)
         self.client.set_registered_model_alias(name, CHAMPION, candidate)
         if previous and previous != candidate:
-            self.client.set_registered_model_alias(name, "previous-champion", previous)
+            self.client.set_registered_model_alias(name, PREVIOUS_CHAMPION, previous)
         self.client.set_model_version_tag(name, candidate, "promoted_at", time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                         time.gmtime()))
         try:

@@ -7,9 +7,20 @@ from pathlib import Path
 
 
 def state_dir() -> Path:
-    """The state folder (not created here)."""
+    """The state folder (not created here). Raises `ConfigError` when the path exists and is
+    not a folder (STACKWISE_HOME naming a file), before anything tries to write under it."""
     home = os.environ.get("STACKWISE_HOME")
-    return Path(home).expanduser().resolve() if home else (Path.cwd() / ".stackwise").resolve()
+    folder = Path(home).expanduser().resolve() if home else (Path.cwd() / ".stackwise").resolve()
+    if folder.exists() and not folder.is_dir():
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"the state folder {folder} is a file, not a folder",
+            where="STACKWISE_HOME" if home else "the working directory's .stackwise",
+            fix="point STACKWISE_HOME at a folder (it is created if missing), or unset it"
+            if home else "move the file .stackwise away, or set STACKWISE_HOME to a folder",
+        )
+    return folder
 
 
 def stacks_dir() -> Path | None:

@@ -26,17 +26,35 @@ The predict handler answers in the shape it was asked in (`parse_predict`):
 `{"predictions": [...]}` (Vertex AI). Decoding is greedy (deterministic; sampling parameters such
 as `temperature` are accepted and ignored). The answer names the version in the
 `X-Stackwise-Version` header (and in `model` for the OpenAI shape). Errors are JSON
-`{"error": {"message", "type"}}`: 400 for a body that is not JSON or pins an unknown version, 422
-for JSON of the wrong shape, 503 while nothing can answer (no traffic, model loading or failed).
+`{"error": {"message", "type"}}`: 400 for a body that is not JSON, pins an unknown version or has a
+prompt over the length cap, 401 for a missing or wrong API key, 413 for a body over the size cap,
+422 for JSON of the wrong shape, 503 while nothing can answer (no traffic, model loading or
+failed). Answers never carry a path of this machine (`public_text`); the server's log does.
 A foreground server, rather than a process that `deploy` starts in the background, leaves no
 orphan process to find and stop, and is what a container or a process supervisor runs.
+
+**Limits.** A body over `$STACKWISE_SERVE_MAX_BODY_BYTES` (1 MiB) is refused with 413 as soon as
+its Content-Length (or, chunked, its bytes so far) says so, without reading the rest; a prompt over
+`$STACKWISE_SERVE_MAX_PROMPT_CHARS` (32,768 characters), or more than `MAX_PROMPTS` prompts, gets
+400. A prompt within the cap is cut to the model's context before it is tokenized
+(`LM.prepare`). Tokenizing runs without any lock; only the forward passes of one model are taken
+one at a time, so a long request never holds up another's preprocessing, nor a health probe.
+
+**API keys** (`stackwise.keys`). When the state folder holds keys (`stackwise keys create NAME`),
+the predict routes and `/v1/models` need `Authorization: Bearer KEY` (401 otherwise); the
+readiness and liveness routes (`/health`, `/ping`, `/`, `$AIP_HEALTH_ROUTE`) never do, because
+platforms probe them without credentials. `serve` refuses to listen beyond loopback with no key
+unless `insecure` (a cloud endpoint or gateway in front authenticates; the serving image's
+entrypoint passes it). `/docs` and `/openapi.json` are off unless `docs`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -71,9 +89,22 @@ def read_state(endpoint: str) -> Deployment:
     path = state_path(endpoint)
     if not path.is_file():
         return Deployment(endpoint=endpoint, cloud="local", state="absent", url=None)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return Deployment(endpoint=data["endpoint"], cloud="local", state=data["state"], url=data.get("url"),
-                      variants=[Variant(**v) for v in data["variants"]])
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        dep = Deployment(endpoint=data["endpoint"], cloud="local", state=data["state"], url=data.get("url"),
+                         variants=[Variant(**v) for v in data["variants"]])
+        if not all(isinstance(v.traffic, int) and isinstance(v.model, str) and isinstance(v.version, str)
+                   for v in dep.variants):
+            raise TypeError("a variant's model, version or traffic has the wrong type")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        from .errors import ConfigError
+
+        # Left as it is: it is the only record of what the endpoint serves.
+        raise ConfigError(f"the endpoint's deploy state is unreadable or corrupt ({type(exc).__name__}: {exc})",
+                          where=str(path),
+                          fix=f"move it aside (`mv {path} {path}.corrupt`) and deploy the versions again "
+                              "(`stackwise deploy NAME:VERSION`), or restore it from a backup") from None
+    return dep
 
 
 def write_state(dep: Deployment) -> None:
@@ -174,13 +205,41 @@ class Router:
 # -- requests and answers: one predict handler, three body shapes -------------------------------
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 256
+MAX_BODY_BYTES = 1 << 20  # a few thousand tokens of JSON is far below; 30 MB bodies are what this stops
+MAX_PROMPT_CHARS = 32_768  # beyond a small model's context many times over: the tail is all it would read
+MAX_PROMPTS = 64  # prompts in one request; each is a generation
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on one request: the body's bytes (413 over it), each prompt's characters and the
+    number of prompts (400 over them)."""
+
+    body_bytes: int = MAX_BODY_BYTES
+    prompt_chars: int = MAX_PROMPT_CHARS
+    prompts: int = MAX_PROMPTS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        """$STACKWISE_SERVE_MAX_BODY_BYTES and $STACKWISE_SERVE_MAX_PROMPT_CHARS, else the defaults."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for field_name, variable in (("body_bytes", "STACKWISE_SERVE_MAX_BODY_BYTES"),
+                                     ("prompt_chars", "STACKWISE_SERVE_MAX_PROMPT_CHARS")):
+            raw = (env.get(variable) or "").strip()
+            if raw:
+                if not raw.isdigit() or int(raw) < 1:
+                    raise InputError(f"${variable} is {raw!r}, not a positive whole number", where=f"${variable}",
+                                     fix=f"set it to a number, e.g. {getattr(cls, field_name)}, or unset it")
+                values[field_name] = int(raw)
+        return cls(**values)
 ACCEPTED = ('{"prompt": "...", "max_tokens": 16} (OpenAI), {"inputs": "...", "parameters": {"max_new_tokens": 16}} '
             '(Hugging Face, SageMaker) or {"instances": ["..."], "parameters": {"max_tokens": 16}} (Vertex AI)')
 
 
 class RequestError(InputError):
-    """A request the server cannot answer as sent: 400 when the body is not JSON, 422 when it is
-    JSON of the wrong shape."""
+    """A request the server cannot answer as sent: 400 when the body is not JSON or a prompt is too
+    long, 413 when the body is too large, 422 when it is JSON of the wrong shape."""
 
     def __init__(self, what: str, *, status: int = 422, where: str | None = "the request body", fix: str | None = None):
         self.status = status
@@ -244,8 +303,11 @@ def _prompts(value: Any, name: str) -> list[str]:
                        where=f"request field {name!r}")
 
 
-def parse_predict(raw: bytes | str) -> PredictRequest:
+def parse_predict(raw: bytes | str, limits: Limits | None = None) -> PredictRequest:
     """A request body (bytes of JSON) -> PredictRequest. Raises RequestError (400 or 422).
+
+    Prompts are checked against `limits` (default `Limits()`): more prompts than `limits.prompts`,
+    or one longer than `limits.prompt_chars` characters, is a 400.
 
     - `{"prompt": str | [str], "max_tokens": n, "user": ..., "model": ...}`: OpenAI completions;
     - `{"inputs": str | [str], "parameters": {"max_new_tokens": n}}`: Hugging Face DLCs (SageMaker);
@@ -253,6 +315,21 @@ def parse_predict(raw: bytes | str) -> PredictRequest:
       "max_new_tokens": n}}`: Vertex AI.
     Other parameters (temperature, top_p, ...) are accepted and ignored: decoding is greedy.
     """
+    request = _parse(raw)
+    limits = limits or Limits()
+    if len(request.prompts) > limits.prompts:
+        raise RequestError(f"the request has {len(request.prompts)} prompts; at most {limits.prompts} are answered "
+                           "in one request", status=400, fix="split it into several requests")
+    for i, prompt in enumerate(request.prompts):
+        if len(prompt) > limits.prompt_chars:
+            raise RequestError(f"prompt {i} is {len(prompt):,} characters long; at most {limits.prompt_chars:,} are "
+                               "accepted", status=400, where=f"prompt {i} of the request",
+                               fix="send the end of the text only: the model reads no more than its context "
+                                   "(the server's $STACKWISE_SERVE_MAX_PROMPT_CHARS sets the cap)")
+    return request
+
+
+def _parse(raw: bytes | str) -> PredictRequest:
     try:
         body = json.loads(raw or b"")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -304,8 +381,39 @@ def render(request: PredictRequest, gen: Generation) -> Any:
             "stackwise": {"endpoint": gen.endpoint, "version": gen.version, "latency_ms": gen.latency_ms, **gen.extra}}
 
 
+# An absolute path (or file:// URI) not inside another URI; it is this machine's when its first
+# folder exists here. Routes (/v1/completions) and remote URIs (gs://b/x) are left as they are.
+_PATH = re.compile(r"(?<![\w.~:/-])(?:file://)?(/[^\s'\"`,;()<>\[\]{}]+)")
+
+
+def _redact(match: re.Match[str]) -> str:
+    path = match.group(1)
+    trail = path[len(path.rstrip(".")):]
+    top = path.split("/")[1]
+    try:
+        local = bool(top) and Path("/", top).is_dir()
+    except OSError:
+        local = False
+    return "<local path>" + trail if local else match.group(0)
+
+
+def public_text(text: str) -> str:
+    """`text` without paths of this machine (each becomes `<local path>`): what HTTP answers say.
+    Folders and files are the server's business; its log names them."""
+    return _PATH.sub(_redact, text)
+
+
 def error_body(exc: BaseException) -> dict[str, Any]:
-    return {"error": {"message": str(exc), "type": type(exc).__name__}}
+    return {"error": {"message": public_text(str(exc)), "type": type(exc).__name__}}
+
+
+def generate_texts(lm: Any, lock: threading.Lock, prompts: list[str], max_tokens: int) -> list[str]:
+    """Each prompt's greedy generation: prepared (cut to the context, then tokenized) with no lock
+    held, so requests are preprocessed side by side; then the forward passes under `lock`, this
+    model's own, one request's at a time (two at once would only share the same cores)."""
+    prepared = [lm.prepare(prompt, max_tokens) for prompt in prompts]
+    with lock:
+        return [lm.generate_ids(ids, max_tokens) for ids in prepared]
 
 
 def _log(message: str) -> None:
@@ -325,8 +433,9 @@ class Server:
         self.deployment = Deployment(endpoint=endpoint, cloud="local", state="absent")
         self.router = Router({})
         self._models: dict[str, Any] = {}
+        self._model_locks: dict[str, threading.Lock] = {}  # per loaded model: its forward passes
         self._lock = threading.Lock()
-        self._generate_lock = threading.Lock()
+        self._load_lock = threading.Lock()  # loads only: a loaded model is read without it
 
     def refresh(self) -> Deployment:
         path = state_path(self.endpoint)
@@ -338,9 +447,12 @@ class Server:
                 self._mtime = mtime
             return self.deployment
 
-    def model(self, variant: Variant) -> Any:
+    def model(self, variant: Variant) -> tuple[Any, threading.Lock]:
+        """The version's model (loaded on first use) and the lock of its forward passes."""
         cache_key = f"{variant.key}|{variant.artifact_uri}"
-        with self._generate_lock:
+        if cache_key in self._models:
+            return self._models[cache_key], self._model_locks[cache_key]
+        with self._load_lock:
             if cache_key not in self._models:
                 from .evaluation.lm import load
 
@@ -348,8 +460,9 @@ class Server:
                 if folder is None or not folder.is_dir():
                     raise InputError(f"{variant.key}'s artifact {variant.artifact_uri} is gone", where=str(folder),
                                      fix=f"deploy another version: stackwise deploy {variant.model}:VERSION")
+                self._model_locks[cache_key] = threading.Lock()
                 self._models[cache_key] = load(str(folder), chat_template=False)
-            return self._models[cache_key]
+            return self._models[cache_key], self._model_locks[cache_key]
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """200 once a version carries traffic, else 503."""
@@ -361,7 +474,8 @@ class Server:
     def models(self) -> dict[str, Any]:
         dep = self.refresh()
         return {"object": "list", "data": [{"id": v.key, "object": "model", "owned_by": "stackwise",
-                                             "traffic": v.traffic, "base_model": v.base_model} for v in dep.variants]}
+                                             "traffic": v.traffic, "base_model": v.base_model and public_text(v.base_model)}
+                                            for v in dep.variants]}
 
     def generate(self, prompts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS, user: str | None = None,
                  model: str | None = None) -> Generation:
@@ -380,11 +494,10 @@ class Server:
             key = self.router.pick(user)
         variant = dep.variant(key)
         assert variant is not None
-        lm = self.model(variant)
+        lm, lock = self.model(variant)
         n = max(1, min(int(max_tokens), self.max_tokens_limit))
         started = time.perf_counter()
-        with self._generate_lock:
-            texts = [lm.generate(prompt, n) for prompt in prompts]
+        texts = generate_texts(lm, lock, prompts, n)
         return Generation(key=key, version=variant.version, texts=texts, endpoint=self.endpoint,
                           latency_ms=round(1000 * (time.perf_counter() - started), 1))
 
@@ -568,15 +681,16 @@ class ModelServer:
             self._done.set()
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
-        body: dict[str, Any] = {"status": self.state, "model": self.key, "source": self.source.uri,
-                                "origin": self.source.origin}
+        body: dict[str, Any] = {"status": self.state, "model": self.key, "source": public_text(self.source.uri),
+                                "origin": public_text(self.source.origin)}
         if self.error is not None:
             body.update(error_body(self.error))
         return (200 if self.state == "ready" else 503), body
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.key, "object": "model", "owned_by": "stackwise", "traffic": 100,
-                                             "base_model": self.base_model, "state": self.state}]}
+                                             "base_model": self.base_model and public_text(self.base_model),
+                                             "state": self.state}]}
 
     def generate(self, prompts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS, user: str | None = None,
                  model: str | None = None) -> Generation:
@@ -589,8 +703,7 @@ class ModelServer:
                                 fix="retry once GET /ping (or /health) answers 200")
         n = max(1, min(int(max_tokens), self.max_tokens_limit))
         started = time.perf_counter()
-        with self._generate_lock:
-            texts = [self._lm.generate(prompt, n) for prompt in prompts]
+        texts = generate_texts(self._lm, self._generate_lock, prompts, n)
         return Generation(key=self.key, version=self.version, texts=texts, endpoint=self.key,
                           latency_ms=round(1000 * (time.perf_counter() - started), 1),
                           extra={"source": self.source.origin})
@@ -601,14 +714,52 @@ HEALTH_ROUTES = ("/health", "/ping")  # stackwise's; SageMaker's
 PREDICT_ROUTES = ("/v1/completions", "/invocations", "/score")  # OpenAI's; SageMaker's; the Azure ML inference server's
 
 
+class AuthError(StackwiseError, PermissionError):
+    """A predict request without a valid API key: answered 401."""
+
+
+def bearer(header: str | None) -> str | None:
+    """The key of an `Authorization: Bearer KEY` header, else None."""
+    scheme, _, value = (header or "").strip().partition(" ")
+    return (value.strip() or None) if scheme.lower() == "bearer" else None
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """The request's body, refused (RequestError 413) once it is over `limit` bytes: at once by its
+    Content-Length, else (chunked) as soon as the bytes received pass it; the rest is never read."""
+    too_large = RequestError(f"the request body is over the server's limit of {limit:,} bytes", status=413,
+                             fix="send a shorter prompt (the model reads only the end of a long one; the "
+                                 "server's $STACKWISE_SERVE_MAX_BODY_BYTES sets the limit)")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise RequestError(f"Content-Length {declared!r} is not a number", status=400,
+                               where="the Content-Length header", fix="send a valid Content-Length")
+        if int(declared) > limit:
+            raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
 def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None = None,
-               environ: Mapping[str, str] | None = None) -> Any:
+               environ: Mapping[str, str] | None = None, keys: Any = None, require_keys: bool = False,
+               docs: bool = False) -> Any:
     """The FastAPI app: `endpoint`'s deployed versions, or (with `source`) the one model there.
 
     `environ` (default `os.environ`) gives Vertex AI's `AIP_HEALTH_ROUTE` and `AIP_PREDICT_ROUTE`
-    (added to the routes) and, with a source, `STACKWISE_MODEL`, `STACKWISE_MODEL_VERSION` (the
-    name the answers carry) and `STACKWISE_BASE_MODEL` (an adapter's base). With a source, the
-    model starts loading when the app starts (its lifespan).
+    (added to the routes), the request limits (`Limits.from_env`) and, with a source,
+    `STACKWISE_MODEL`, `STACKWISE_MODEL_VERSION` (the name the answers carry) and
+    `STACKWISE_BASE_MODEL` (an adapter's base). With a source, the model starts loading when the
+    app starts (its lifespan).
+
+    `keys` (a `stackwise.keys.KeyRing`; default: the state folder's) are checked on the predict
+    routes and `/v1/models` whenever one exists, or always with `require_keys` (then no key means
+    no access: a server listening beyond loopback must not open up when its last key is revoked).
+    The readiness and liveness routes answer without a key. `docs` serves /docs and /openapi.json.
     """
     from contextlib import asynccontextmanager
 
@@ -619,7 +770,11 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
+    from .keys import KeyRing
+
     env = os.environ if environ is None else environ
+    limits = Limits.from_env(env)
+    ring: KeyRing = keys if keys is not None else KeyRing()
     backend: Server | ModelServer
     if source is None:
         backend = Server(endpoint)
@@ -636,11 +791,26 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
             backend.start()
         yield
 
-    app = FastAPI(title=title, lifespan=lifespan)
+    app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs" if docs else None, redoc_url=None,
+                  openapi_url="/openapi.json" if docs else None)
     app.state.server = backend
+    app.state.limits = limits
 
     def error(exc: BaseException, status: int, headers: dict[str, str] | None = None) -> Any:
         return JSONResponse(error_body(exc), status_code=status, headers=headers)
+
+    async def refused(request: Any) -> Any | None:
+        """None when the request may go on, else the 401 answer."""
+        if not (require_keys or ring.enabled()):
+            return None
+        key = bearer(request.headers.get("authorization"))
+        # A key seen before is known without hashing; a new one is hashed off the event loop.
+        if key and (ring.cached(key) or await run_in_threadpool(ring.check, key)):
+            return None
+        what = "a valid API key is needed" if key else "an API key is needed"
+        return error(AuthError(f"{what}: send the header 'Authorization: Bearer KEY'", where="the request headers",
+                               fix="ask the endpoint's operator for a key (stackwise keys create NAME)"),
+                     401, {"WWW-Authenticate": "Bearer"})
 
     # Health routes are async: they run on the event loop, so a queue of generations (in the thread
     # pool) never delays them past a platform's probe timeout (SageMaker: 2 s).
@@ -651,14 +821,19 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
     async def alive() -> Any:
         return {"status": "alive"}
 
-    async def models() -> Any:
-        return backend.models()
+    async def models(request: Request) -> Any:
+        denied = await refused(request)
+        return denied if denied is not None else backend.models()
 
     async def predict(request: Request) -> Any:
+        denied = await refused(request)
+        if denied is not None:
+            return denied
         try:
-            parsed = parse_predict(await request.body())
+            parsed = parse_predict(await read_body(request, limits.body_bytes), limits)
         except RequestError as exc:
-            return error(exc, exc.status)
+            # Close the connection on a 413: the client may still be sending the body nobody reads.
+            return error(exc, exc.status, {"Connection": "close"} if exc.status == 413 else None)
         try:
             gen = await run_in_threadpool(backend.generate, parsed.prompts, parsed.max_tokens, parsed.user,
                                           parsed.model)
@@ -667,15 +842,18 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
         except SpecError as exc:  # a pinned version that is not there: the caller's mistake; no traffic: ours
             return error(exc, 400 if parsed.model else 503)
         except InputError as exc:
+            _log(f"error: {exc}")
             return error(exc, 503)
         return JSONResponse(render(parsed, gen), headers={"X-Stackwise-Version": gen.key})
 
     # Under `from __future__ import annotations` the annotation is a string FastAPI would look up in
     # this module's globals, where fastapi (an optional extra) is not imported.
     predict.__annotations__["request"] = Request
+    models.__annotations__["request"] = Request
 
     async def internal(request: Request, exc: Exception) -> Any:
-        return JSONResponse({"error": {"message": f"internal error: {type(exc).__name__}: {exc}",
+        _log(f"internal error: {type(exc).__name__}: {exc}")
+        return JSONResponse({"error": {"message": public_text(f"internal error: {type(exc).__name__}: {exc}"),
                                        "type": "InternalError"}}, status_code=500)
 
     app.add_exception_handler(Exception, internal)
@@ -688,6 +866,32 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
     for path in dict.fromkeys(predicts):
         app.add_api_route(path, predict, methods=["POST"], name=f"predict {path}")
     return app
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` listens on this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def guard_exposure(host: str, insecure: bool = False, keys: Any = None) -> bool:
+    """Refuse (SpecError) to listen on `host` beyond loopback with no API key, unless `insecure`.
+    Returns whether the server must require keys (beyond loopback, not insecure)."""
+    if is_loopback(host) or insecure:
+        return False
+    from .keys import KeyRing
+
+    if not (keys if keys is not None else KeyRing()).enabled():
+        raise SpecError(f"--host {host} listens beyond this machine, and no API key exists: anyone who reaches "
+                        "the port could use the model", where="stackwise serve --host",
+                        fix="create a key first (`stackwise keys create NAME`; clients send 'Authorization: "
+                            "Bearer KEY'), or pass --insecure when something in front authenticates callers "
+                            "(a cloud endpoint, an API gateway)")
+    return True
 
 
 def listen_port(port: int | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -705,8 +909,10 @@ def listen_port(port: int | None = None, environ: Mapping[str, str] | None = Non
     return DEFAULT_PORT
 
 
-def serve(stack: Any, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT, endpoint: str | None = None) -> None:
-    """Run the local endpoint in the foreground until interrupted."""
+def serve(stack: Any, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT, endpoint: str | None = None,
+          insecure: bool = False, docs: bool = False) -> None:
+    """Run the local endpoint in the foreground until interrupted. Beyond loopback it needs an API
+    key to exist, unless `insecure` (`guard_exposure`)."""
     from .errors import ConfigError
     from .registry import require
 
@@ -715,23 +921,27 @@ def serve(stack: Any, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT, 
                           where=f"stack {stack.name}", fix="use `stackwise endpoints --stack NAME` to see a cloud endpoint")
     name = LocalDeploy(stack).endpoint_name(endpoint)
     require("uvicorn", "serve", "stackwise serve")
+    require_keys = guard_exposure(host, insecure)
     import uvicorn
 
-    uvicorn.run(create_app(name), host=host, port=listen_port(port), log_level="warning")
+    uvicorn.run(create_app(name, require_keys=require_keys, docs=docs), host=host, port=listen_port(port),
+                log_level="warning")
 
 
-def serve_model(source: ModelSource, host: str = "127.0.0.1", port: int | None = None) -> None:
+def serve_model(source: ModelSource, host: str = "127.0.0.1", port: int | None = None, insecure: bool = False,
+                docs: bool = False) -> None:
     """Serve the one model at `source` in the foreground until interrupted (model source mode).
 
     A local folder is checked before the server starts (a missing folder, or one with no model,
     raises InputError: the container exits with the message, which the platform reports at
     once); a URI is fetched after it starts, in the background, because platforms probe the port
     long before a large model has been copied (Vertex AI restarts a container whose port is closed
-    after about 40 s).
+    after about 40 s). Beyond loopback it needs an API key to exist, unless `insecure`.
     """
     from .registry import require
 
     require("uvicorn", "serve", "stackwise serve")
+    require_keys = guard_exposure(host, insecure)
     folder = local_folder(source.uri)
     if folder is not None:
         find_model_folder(folder, source.origin)
@@ -739,4 +949,5 @@ def serve_model(source: ModelSource, host: str = "127.0.0.1", port: int | None =
 
     port = listen_port(port)
     _log(f"serving the model at {source.uri} ({source.origin}) on http://{host}:{port}")
-    uvicorn.run(create_app(source=source), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(source=source, require_keys=require_keys, docs=docs), host=host, port=port,
+                log_level="warning")

@@ -7,7 +7,7 @@ import hashlib
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
@@ -92,6 +92,8 @@ class IndexSpec(_JobSpec):
     chunking: Chunking = Chunking()
     embedding: Embedding = Embedding()
     prune: bool = Field(False, description="Remove chunks of documents under `source` that are gone.")
+    follow_links: bool = Field(False, description="Under a folder or glob, also read symbolic links that "
+                               "lead outside it (by default they are skipped and reported).")
     workers: Annotated[int, Field(ge=1, le=256, description="Processes (local) or instances (cloud) that "
                                   "index the source in parallel, each the documents of one shard.")] = 1
     compute: Compute = Compute()
@@ -110,6 +112,13 @@ class IndexSpec(_JobSpec):
             )
         return self
 
+    @model_serializer(mode="wrap")
+    def _omit_unset_follow_links(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out while False, so a spec that does not set it keeps its JSON, digest and identity.
+        data = handler(self)
+        if not self.follow_links:
+            data.pop("follow_links", None)
+        return data
 
 
 # -- fine-tuning -------------------------------------------------------------------------------
@@ -321,3 +330,54 @@ def parse_job_spec(data: Any) -> IndexSpec | FineTuneSpec | EvaluateSpec:
     if isinstance(data, (str, bytes)):
         return _JOB_SPEC_ADAPTER.validate_json(data)
     return _JOB_SPEC_ADAPTER.validate_python(data)
+
+
+_SPEC_DOCS = {"finetune": "docs/finetune.md", "evaluate": "docs/evaluation.md", "index": "docs/vector-store.md"}
+
+
+def read_spec_file(path: str, spec_type: type[_JobSpec]) -> Any:
+    """A job spec from a file a user wrote: JSON when it ends in `.json`, else YAML (the project's
+    bounded loader, `stackwise.userinput`), validated as `spec_type`.
+
+    A relative local `data` path, and a relative `base` path that exists, are read relative to the
+    spec file's folder (as a gate file's `data` is) and made absolute, so the job finds them and
+    the spec keeps one digest wherever it is submitted from. Any problem (unreadable, not UTF-8,
+    bad syntax, not a mapping, an invalid field) raises `SpecError` naming the file (and the key or
+    line)."""
+    import json
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from .errors import SpecError
+    from .userinput import load_yaml, read_text, shorten
+
+    kind = spec_type.model_fields["kind"].default
+    text = read_text(path, error=SpecError, what="spec file", fix="check the path given to --spec")
+    if str(path).lower().endswith(".json"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SpecError(f"spec file is not valid JSON: {exc.msg}", where=f"{path} line {exc.lineno}",
+                            fix="fix the JSON syntax") from None
+        except RecursionError:
+            raise SpecError("spec file nests too deep to read", where=str(path), fix="fix the file") from None
+    else:
+        raw = load_yaml(text, str(path), SpecError, what="spec file")
+    if not isinstance(raw, dict):
+        raise SpecError(f"a {kind} spec file must be a mapping of fields, got {shorten(raw)}", where=str(path),
+                        fix=f"write one field per line, e.g. data: train.jsonl (the fields: {_SPEC_DOCS[kind]})")
+    folder = Path(path).expanduser().resolve().parent
+    for key, must_exist in (("data", False), ("base", True)):
+        value = raw.get(key)
+        if isinstance(value, str) and value.strip() and "://" not in value:
+            local = (folder / Path(value).expanduser()).resolve()
+            if not must_exist or local.exists():
+                raw[key] = str(local)
+    try:
+        return spec_type.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(spec)"
+        raise SpecError(f"{key[:80]}: " + first["msg"].removeprefix("Value error, "), where=f"{path}: {key[:80]}",
+                        fix=f"correct that field (the fields: {_SPEC_DOCS[kind]})") from None

@@ -22,6 +22,7 @@ from typing import Any
 from .contract import CLOUDS, StackOutputs, VectorStoreOutput
 from .errors import ConfigError
 from .paths import stacks_dir, state_dir
+from .userinput import load_yaml, read_text, shorten
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _NAMESPACE = "stackwise"
@@ -69,7 +70,7 @@ def stack_name(name: str | None = None) -> str:
     chosen = name or os.environ.get("STACKWISE_STACK") or "local"
     if not _NAME.fullmatch(chosen):
         raise ConfigError(
-            f"invalid stack name {chosen!r}",
+            f"invalid stack name {shorten(chosen)}",
             where="--stack / STACKWISE_STACK",
             fix="use letters, digits, '-', '_' or '.', e.g. dev-aws",
         )
@@ -90,7 +91,7 @@ def load_stack(name: str | None = None) -> Stack:
     files = stack_files()
     if chosen in files:
         path = files[chosen]
-        config = _read_config(path.read_text(encoding="utf-8"), str(path))
+        config = _read_config(read_text(path, what="stack file"), str(path))
         source = str(path)
     elif chosen == "local":
         text = resources.files("stackwise").joinpath("defaults/Pulumi.local.yaml").read_text("utf-8")
@@ -100,14 +101,14 @@ def load_stack(name: str | None = None) -> Stack:
         known = ", ".join(sorted({"local", *files})) or "local"
         where = str(stacks_dir() / f"Pulumi.{chosen}.yaml") if stacks_dir() else "no stacks/ folder found"
         raise ConfigError(
-            f"unknown stack {chosen!r}",
+            f"unknown stack {shorten(chosen)}",
             where=where,
             fix=f"choose one of: {known}; or create stacks/Pulumi.{chosen}.yaml",
         )
     cloud = config.get("cloud")
     if cloud not in CLOUDS:
         raise ConfigError(
-            f"stack {chosen!r} names an unknown cloud {cloud!r}",
+            f"stack {chosen!r} names an unknown cloud {shorten(cloud)}",
             where=f"{source}: config.stackwise:cloud",
             fix=f"set stackwise:cloud to one of: {', '.join(CLOUDS)}",
         )
@@ -139,26 +140,15 @@ def _check_local_compute(compute: Any, source: str) -> None:
         raise ConfigError("stackwise:compute must be a mapping with kind, image and engine", where=where, fix=fix)
     kind = compute.get("kind", "local")
     if kind not in LOCAL_COMPUTE:
-        raise ConfigError(f"unknown compute kind {kind!r} for the local stack", where=where, fix=fix)
+        raise ConfigError(f"unknown compute kind {shorten(kind)} for the local stack", where=where, fix=fix)
     if kind == "container" and not (isinstance(compute.get("image"), str) and compute["image"].strip()):
         raise ConfigError("a container compute stack names no image", where=where, fix=fix)
     if compute.get("engine") not in (None, "podman", "docker"):
-        raise ConfigError(f"unknown container engine {compute.get('engine')!r}", where=where, fix=fix)
+        raise ConfigError(f"unknown container engine {shorten(compute.get('engine'))}", where=where, fix=fix)
 
 
 def _read_config(text: str, where: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"stack file is not valid YAML: {getattr(exc, 'problem', exc)}",
-            where=f"{where}{line}",
-            fix="fix the YAML syntax (indentation, a missing ':' or quote)",
-        ) from None
+    document = load_yaml(text, where, ConfigError, what="stack file")
     if not isinstance(document, dict) or not isinstance(document.get("config", {}), dict):
         raise ConfigError(
             "stack file must be a mapping with a 'config:' mapping",
@@ -250,20 +240,20 @@ def _validate_outputs(data: Any, stack: Stack, where: str) -> StackOutputs:
 
 
 def _outputs_from_file(path: Path, stack: Stack, origin: str) -> StackOutputs:
+    fix = ("point STACKWISE_OUTPUTS at the stack's output JSON file, or unset it" if origin == "STACKWISE_OUTPUTS"
+           else "regenerate it with `stackwise sync`")
+    if not path.exists():
+        raise ConfigError(f"stack outputs file not found: {path}", where=origin, fix=fix)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"stack outputs file not found: {path}",
-            where=origin,
-            fix="point STACKWISE_OUTPUTS at an existing JSON file, or unset it",
-        ) from None
+        data = json.loads(read_text(path, where=f"{path} ({origin})", what="the stack outputs file", fix=fix))
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"stack outputs file is not valid JSON: {exc.msg}",
             where=f"{path} line {exc.lineno}",
             fix="regenerate it with `stackwise sync`",
         ) from None
+    except RecursionError:
+        raise ConfigError("stack outputs file nests too deep to read", where=str(path), fix=fix) from None
     return _validate_outputs(data, stack, str(path))
 
 

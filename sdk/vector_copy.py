@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from .errors import StoreError
-from .vectors import VectorStore
+from .vectors import VectorStore, check_index_name
 
 BATCH_CHUNKS = 500
 
@@ -39,6 +39,7 @@ def copy_index(
     """Copy `index` of `source` into `to_index` (default: the same name) of `target`."""
     started = time.perf_counter()
     to_index = to_index or index
+    check_index_name(to_index, where="the target index (--to-index)")  # the rule `index` applies, before any read
     info = source.describe(index)
     target.create_index(to_index, info.dim, info.model)  # refuses another model or dimension
     docs = source.chunk_ids(index)

@@ -9,7 +9,9 @@ Behaviour every implementation guarantees (checked by `stackwise.testing.vector_
   version), others converge when the same call is repeated after a crash;
 - queries return at most `k` hits, best first, with scores in [-1, 1] (cosine similarity),
   and apply the filter before ranking, never after;
-- deletes are idempotent; data persists across processes.
+- deletes are idempotent; data persists across processes;
+- index names follow one rule everywhere (`check_index_name`, the rule of `IndexSpec.index`):
+  every adapter's `create_index` refuses another name before the store sees it.
 """
 
 from __future__ import annotations
@@ -77,6 +79,25 @@ def check_filter(filter: Filter | None) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, (list, tuple, set, frozenset)) else v for k, v in filter.items()}
 
 
+def check_index_name(name: str, where: str) -> str:
+    """Refuse an index name that breaks the one rule of index names (StoreError): 1-63 lowercase
+    letters, digits, '-' or '_', starting with a letter or digit (`stackwise.specs.INDEX_NAME`).
+
+    `index`, `index copy`, `search`, `indexes drop`/`rebuild` and every adapter's `create_index`
+    check it, so a name one command accepts is a name every command accepts."""
+    from .errors import StoreError
+    from .specs import INDEX_NAME
+    from .userinput import shorten
+
+    if not isinstance(name, str) or not INDEX_NAME.fullmatch(name):
+        raise StoreError(
+            f"index name {shorten(name)} is invalid",
+            where=where,
+            fix="use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit (e.g. 'kb-2024')",
+        )
+    return name
+
+
 def check_same_model(info: IndexInfo, dim: int, model: str, where: str) -> None:
     """Refuse to reuse an index built for another dimension or embedding model (StoreError)."""
     from .errors import StoreError
@@ -113,6 +134,21 @@ def parse_filter_args(items: Iterable[str]) -> dict[str, Any]:
 
 class VectorStore(ABC):
     """A vector store holding named indexes (tables, namespaces or collections)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every adapter's create_index checks the one name rule first, whatever the store accepts.
+        super().__init_subclass__(**kwargs)
+        create = cls.__dict__.get("create_index")
+        if create is not None and not getattr(create, "_checks_name", False):
+            import functools
+
+            @functools.wraps(create)
+            def create_index(self: "VectorStore", name: str, *args: Any, **kwargs: Any) -> IndexInfo:
+                check_index_name(name, where=f"{type(self).__name__}.create_index")
+                return create(self, name, *args, **kwargs)
+
+            create_index._checks_name = True  # type: ignore[attr-defined]
+            cls.create_index = create_index  # type: ignore[method-assign]
 
     @abstractmethod
     def list_indexes(self) -> list[str]: ...
@@ -166,6 +202,15 @@ class VectorStore(ABC):
 
     def optimize(self, name: str) -> None:
         """Compact and (re)build search indexes where the engine needs it; a no-op by default."""
+
+    def recover(self, name: str) -> int | None:
+        """Bring a damaged index (a data file deleted or corrupt) back to its last good version;
+        return that version, or None when the index was not damaged. StoreError naming the index
+        and `stackwise indexes rebuild` when no good version is left.
+
+        Default: None. Hosted stores keep their own replicas; only stores whose files stackwise
+        writes (the embedded store) can be damaged under it."""
+        return None
 
 
 def open_store(config: "VectorStoreOutput") -> VectorStore:

@@ -10,12 +10,22 @@ An index job with `workers: N` runs N workload processes at once under the one s
 one per shard (see local_supervisor.py): one job, one handle, one log with each line prefixed
 by its shard; `cancel` stops them all (they share the supervisor's process group).
 
+A job's processes never outlive its supervisor for long. On Linux the kernel SIGKILLs each
+workload the moment its supervisor dies (`PR_SET_PDEATHSIG`, what an OOM kill or `kill -9` of the
+supervisor needs). Everywhere, whoever first finds the supervisor dead (`status`, `wait`, `list`,
+`submit`, `cancel`) SIGKILLs what is left in the job's process group (and stops its containers)
+and waits until it is gone before recording FAILED; `cancel` of a job that has already ended
+does the same, and a new attempt of a spec is refused while a process of an earlier one still
+runs. A process is taken for the job's only if its environment names the job
+(`STACKWISE_JOB_ID`), so a reused pid or group id is never signalled.
+
 State lives under the state folder (`.stackwise/` or `$STACKWISE_HOME`): `jobs.db` and
 `jobs/<id>/{spec.json, log.txt, result.json, error.json}` (sharded: also `shards/<i>/result.json`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -24,15 +34,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import closing
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from stackwise.errors import JobNotFoundError
-from stackwise.jobs import JobHandle, JobInfo, JobState
+from stackwise.errors import ConfigError, JobNotFoundError
+from stackwise.jobs import JobConflictError, JobHandle, JobInfo, JobState
 from stackwise.paths import state_dir
 
 _SCHEMA = """
@@ -58,16 +68,67 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 _ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
 CANCEL_GRACE_S = 10.0
+KILL_WAIT_S = 10.0  # how long a SIGKILLed process may take to be gone (it only has to be scheduled)
+ENV_JOB_ID = "STACKWISE_JOB_ID"  # in every process of a job: how its leftovers are recognised
+_SQLITE_MAX = 2**63 - 1
+
+
+def state_error(exc: BaseException, path: Path, home: Path) -> ConfigError:
+    """What a failed read or write of the state folder means, and how to fix it (never a raw
+    sqlite3 or OS error). Nothing is deleted or rewritten to get past it."""
+    text = str(exc)
+    low = text.lower()
+    code = getattr(exc, "errno", None)
+    move = f"mv {path} {path}.corrupt"
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return ConfigError(
+            f"the job table is corrupt or truncated ({text}); stackwise leaves it as it is",
+            where=str(path),
+            fix=f"move it aside (`{move}`) and run the command again: a new, empty job table is made "
+                "(the jobs' folders and logs under jobs/ are kept), or restore it from a backup",
+        )
+    if code == errno.ENOSPC or "disk is full" in low or "disk full" in low or code == errno.EFBIG:
+        return ConfigError(
+            f"no space left to write the state folder ({text})",
+            where=str(home),
+            fix="free space on its disk, or point STACKWISE_HOME at a folder on a disk with room",
+        )
+    if (code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in low or "read-only" in low
+            or "unable to open database" in low or (home.is_dir() and not os.access(home, os.W_OK))):
+        return ConfigError(
+            f"the state folder cannot be written ({text})",
+            where=str(home),
+            fix="make it writable (a read-only mount or another user's folder cannot hold job state), "
+                "or point STACKWISE_HOME at a writable folder",
+        )
+    if "locked" in low or "busy" in low:
+        return ConfigError(
+            f"the job table stayed locked by another process ({text})",
+            where=str(path),
+            fix="wait for the other stackwise command to finish, then run this one again",
+        )
+    return ConfigError(f"the job table cannot be used ({text})", where=str(path),
+                       fix=f"check the state folder's disk; if the table is damaged, move it aside (`{move}`)")
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class JobDB:
-    """The SQLite job table. Each call opens its own connection: safe across processes."""
+    """The SQLite job table. Each call opens its own connection: safe across processes.
+
+    A table that cannot be read or written (corrupt or truncated, a read-only or full disk)
+    raises `ConfigError` saying so; it is never recreated or overwritten."""
 
     def __init__(self, home: Path | None = None):
         self.home = home or state_dir()
-        self.home.mkdir(parents=True, exist_ok=True)
         self.path = self.home / "jobs.db"
-        with closing(self._connect()) as db, db:
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise state_error(exc, self.path, self.home) from None
+        with self._db(write=True) as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
 
@@ -76,10 +137,26 @@ class JobDB:
         db.row_factory = sqlite3.Row
         return db
 
+    @contextmanager
+    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """One connection (one transaction when `write`), its failures said as `ConfigError`.
+        IntegrityError passes through: `submit` relies on it."""
+        try:
+            with closing(self._connect()) as db:
+                if write:
+                    with db:
+                        yield db
+                else:
+                    yield db
+        except sqlite3.IntegrityError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise state_error(exc, self.path, self.home) from None
+
     def insert(self, row: dict[str, Any]) -> None:
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
-        with closing(self._connect()) as db, db:
+        with self._db(write=True) as db:
             db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(row.values()))
 
     def update(self, job_id: str, only_if_active: bool = False, **values: Any) -> bool:
@@ -90,16 +167,27 @@ class JobDB:
         if only_if_active:
             sql += " AND state IN (?, ?)"
             params += _ACTIVE
-        with closing(self._connect()) as db, db:
+        with self._db(write=True) as db:
             return db.execute(sql, params).rowcount == 1
 
     def get(self, job_id: str) -> sqlite3.Row:
-        with closing(self._connect()) as db:
+        """The job with this id, or the one job whose id starts with it (as `docker` and `git` do).
+        The prefix is matched literally (`%` and `_` are no wildcards); one shared by several jobs
+        is refused with their ids."""
+        rows: list[sqlite3.Row] = []
+        with self._db() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None:
-                # Accept a unique prefix, as `docker` and `git` do.
-                rows = db.execute("SELECT * FROM jobs WHERE id LIKE ?", (job_id + "%",)).fetchall()
+            if row is None and job_id.strip():
+                rows = db.execute("SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\' ORDER BY created_at DESC, id "
+                                  "LIMIT 6", (_like_escape(job_id) + "%",)).fetchall()
                 row = rows[0] if len(rows) == 1 else None
+        if row is None and len(rows) > 1:
+            shown = ", ".join(r["id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise JobNotFoundError(
+                f"{job_id!r} is the start of more than one job id ({shown})",
+                where=str(self.path),
+                fix="give more of the id (or all of it: `stackwise jobs list` shows them whole)",
+            )
         if row is None:
             raise JobNotFoundError(
                 f"no job {job_id!r}",
@@ -110,13 +198,15 @@ class JobDB:
 
     def attempts(self, kind: str, digest: str) -> list[sqlite3.Row]:
         """Every job of one identity, oldest first."""
-        with closing(self._connect()) as db:
+        with self._db() as db:
             return db.execute("SELECT * FROM jobs WHERE kind = ? AND digest = ? ORDER BY created_at, id",
                               (kind, digest)).fetchall()
 
     def rows(self, limit: int) -> list[sqlite3.Row]:
-        with closing(self._connect()) as db:
-            return db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
+        """The `limit` newest jobs (any larger limit than SQLite can hold means all of them)."""
+        with self._db() as db:
+            return db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?",
+                              (max(0, min(int(limit), _SQLITE_MAX)),)).fetchall()
 
 
 def _alive(pid: int | None, started: float | None) -> bool:
@@ -132,6 +222,98 @@ def _alive(pid: int | None, started: float | None) -> bool:
         return False
 
 
+def _leftovers(rows: Iterable[sqlite3.Row]) -> dict[str, list[psutil.Process]]:
+    """The processes still running of jobs whose supervisor is gone, by job id: members of the
+    process group the supervisor led, and the recorded workload. Each must carry the job's id
+    in its environment: a pid or group id whose processes all ended may be reused."""
+    wanted: dict[int, sqlite3.Row] = {}
+    workloads: dict[int, sqlite3.Row] = {}
+    for row in rows:
+        if _alive(row["supervisor_pid"], row["supervisor_started"]):
+            continue  # still supervised: cancel is how to stop it
+        if row["supervisor_pid"]:
+            wanted[row["supervisor_pid"]] = row
+        if row["workload_pid"]:
+            workloads[row["workload_pid"]] = row
+    found: dict[str, list[psutil.Process]] = {}
+    if not wanted and not workloads:
+        return found
+    for proc in psutil.process_iter():
+        try:
+            row = workloads.get(proc.pid) or wanted.get(os.getpgid(proc.pid))
+            if row is None or proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if proc.environ().get(ENV_JOB_ID) != row["id"]:
+                continue
+        except (psutil.Error, OSError):
+            continue
+        found.setdefault(row["id"], []).append(proc)
+    return found
+
+
+def _workers(row: sqlite3.Row) -> int:
+    if row["kind"] != "index":
+        return 1
+    try:
+        return max(1, int(json.loads(row["spec"]).get("workers") or 1))
+    except (ValueError, TypeError, AttributeError):
+        return 1
+
+
+def stop_leftovers(row: sqlite3.Row) -> list[int]:
+    """SIGKILL what still runs of a job whose supervisor is gone (and stop its containers); wait
+    until it is gone. Returns the pids that outlived the wait (none, unless the kernel holds them)."""
+    procs = _leftovers([row]).get(row["id"], [])
+    group = row["supervisor_pid"]
+    if procs and group and any(_pgid(p) == group for p in procs):
+        try:
+            # The group is the job's: it holds a process carrying the job's id, and a group id
+            # is not reused while the group has a member. One signal reaches every member.
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    _stop_job_containers(row)
+    deadline = time.monotonic() + KILL_WAIT_S
+    while procs and time.monotonic() < deadline:
+        procs = [p for p in procs if _running(p)]
+        if procs:
+            time.sleep(0.05)
+    return [p.pid for p in procs]
+
+
+def _pgid(proc: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(proc.pid)
+    except OSError:
+        return None
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _stop_job_containers(row: sqlite3.Row) -> None:
+    """A container job's containers outlive the engine client the workload runs (killing
+    `podman run` leaves its container running): stop them by name."""
+    job_dir = Path(row["job_dir"])
+    from .container import CONTAINER_FILE, stop_containers
+
+    if not (job_dir / CONTAINER_FILE).is_file():
+        return
+    try:
+        stop_containers(job_dir, row["id"], _workers(row))
+    except (OSError, ValueError, KeyError, subprocess.SubprocessError):
+        pass  # no engine, or it refused: nothing more can be done here
+
+
 class LocalCompute:
     """Runs jobs as local processes; see the module docstring."""
 
@@ -145,10 +327,6 @@ class LocalCompute:
         """Run `spec` as job `<kind>-<digest>-<attempt>`. While the spec's latest job is PENDING or
         RUNNING it is returned instead; once it ended, the next attempt starts (the same guarantee
         as the cloud adapters). `new` (or another `run_name`) starts a fresh identity."""
-        import sqlite3
-
-        from stackwise.contract import JobContext
-
         from ._cloud import with_run
 
         spec = with_run(spec, new, run_name)
@@ -162,6 +340,7 @@ class LocalCompute:
                 latest = self._reconcile(rows[-1])
                 if latest["state"] in _ACTIVE:
                     return JobHandle(self, latest["id"])
+                self._refuse_leftovers([*rows[:-1], latest])
             attempt = len(rows) + 1
             job_id = f"{spec.identity}-{attempt}"
             spec_json = spec.model_dump_json(indent=2)
@@ -182,6 +361,34 @@ class LocalCompute:
                 break
             except sqlite3.IntegrityError:
                 continue  # another process submitted the same attempt meanwhile: look again
+        try:
+            proc = self._start(job_id, attempt, spec, spec_json, context_outputs)
+        except BaseException as exc:
+            # Never leave a PENDING record that no supervisor will ever run: later submits would
+            # return it instead of starting the spec.
+            error = state_error(exc, self.db.home / "jobs" / job_id, self.db.home) if isinstance(exc, OSError) else exc
+            try:
+                self.db.update(job_id, only_if_active=True, state=JobState.FAILED.value, ended_at=time.time(),
+                               error=f"the job could not be started: {error}")
+            except ConfigError:
+                pass  # the table cannot be written either: the first error is the one to show
+            if error is not exc:
+                raise error from None
+            raise
+        # The supervisor stays our child while this process lives (a service, a notebook): reap it
+        # when it ends, so it never lingers as a zombie. A daemon thread never delays our exit.
+        threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
+        try:
+            started = psutil.Process(proc.pid).create_time()
+        except psutil.Error:
+            started = None
+        self.db.update(job_id, supervisor_pid=proc.pid, supervisor_started=started)
+        return JobHandle(self, job_id)
+
+    def _start(self, job_id: str, attempt: int, spec: Any, spec_json: str, context_outputs: Any) -> subprocess.Popen:
+        """Write the job's folder and start its supervisor."""
+        from stackwise.contract import JobContext
+
         job_dir = self.db.home / "jobs" / job_id
         if job_dir.exists():  # a folder left by a job record since deleted: start clean
             import shutil
@@ -195,7 +402,7 @@ class LocalCompute:
         self._prepare_job(job_dir, spec, context)
         env = dict(os.environ, STACKWISE_HOME=str(self.db.home))
         with open(job_dir / "supervisor.log", "ab") as out:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 [sys.executable, "-m", "stackwise.adapters.compute.local_supervisor", job_id],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -204,15 +411,6 @@ class LocalCompute:
                 start_new_session=True,  # its own process group: survives the CLI, cancellable as a group
                 close_fds=True,
             )
-        # The supervisor stays our child while this process lives (a service, a notebook): reap it
-        # when it ends, so it never lingers as a zombie. A daemon thread never delays our exit.
-        threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
-        try:
-            started = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            started = None
-        self.db.update(job_id, supervisor_pid=proc.pid, supervisor_started=started)
-        return JobHandle(self, job_id)
 
     def _preflight(self, spec: Any) -> None:
         """Refuse, before any job record exists, what a subclass cannot run (default: nothing)."""
@@ -232,19 +430,32 @@ class LocalCompute:
 
     # -- follow --------------------------------------------------------------------------------
     def _reconcile(self, row: sqlite3.Row) -> sqlite3.Row:
-        """A job whose supervisor died without recording an end is FAILED, not RUNNING forever."""
+        """A job whose supervisor died without recording an end is FAILED, not RUNNING forever;
+        what is left of its processes is stopped first, so a FAILED job writes nothing more."""
         if row["state"] in _ACTIVE and row["supervisor_pid"] and not _alive(
             row["supervisor_pid"], row["supervisor_started"]
         ):
-            self.db.update(
-                row["id"],
-                only_if_active=True,
-                state=JobState.FAILED.value,
-                ended_at=time.time(),
-                error=f"the job's supervisor process (pid {row['supervisor_pid']}) ended without recording a result",
-            )
+            survivors = stop_leftovers(row)
+            error = f"the job's supervisor process (pid {row['supervisor_pid']}) ended without recording a result"
+            if survivors:
+                error += (f"; processes {', '.join(map(str, survivors))} of the job still run after SIGKILL "
+                          f"(`stackwise jobs cancel {row['id']}` tries again)")
+            self.db.update(row["id"], only_if_active=True, state=JobState.FAILED.value, ended_at=time.time(),
+                           error=error)
             return self.db.get(row["id"])
         return row
+
+    def _refuse_leftovers(self, rows: list[sqlite3.Row]) -> None:
+        """A new attempt must not race an earlier one that still runs without its supervisor."""
+        ended = [row for row in rows if row["state"] not in _ACTIVE]
+        for job_id, procs in _leftovers(ended).items():
+            pids = ", ".join(str(p.pid) for p in procs)
+            raise JobConflictError(
+                f"job {job_id} has ended, but its processes ({pids}) still run: a new attempt would write "
+                "alongside them",
+                where=f"job {job_id}",
+                fix=f"stop them with `stackwise jobs cancel {job_id}`, then submit again",
+            )
 
     def _info(self, row: sqlite3.Row) -> JobInfo:
         row = self._reconcile(row)
@@ -269,6 +480,10 @@ class LocalCompute:
         return self._info(self.db.get(job_id))
 
     def list(self, limit: int = 50) -> list[JobInfo]:
+        if limit < 0:
+            from stackwise.errors import SpecError
+
+            raise SpecError(f"limit {limit} is negative", where="list(limit=...)", fix="give 0 or more jobs to list")
         return [self._info(row) for row in self.db.rows(limit)]
 
     def logs(self, job_id: str, follow: bool = False) -> Iterator[str]:
@@ -292,14 +507,17 @@ class LocalCompute:
 
     # -- cancel --------------------------------------------------------------------------------
     def cancel(self, job_id: str) -> JobInfo:
+        """Stop the job. A job that has ended keeps its state, but any process of it still
+        running (its supervisor was killed) is stopped too: when this returns, none runs."""
         row = self.db.get(job_id)
+        pid, started = row["supervisor_pid"], row["supervisor_started"]
         if row["state"] not in _ACTIVE:
+            self._stop_or_raise(row)
             return self._info(row)
         self.db.update(
             row["id"], only_if_active=True, state=JobState.CANCELLED.value, ended_at=time.time(),
             error="cancelled by user",
         )
-        pid, started = row["supervisor_pid"], row["supervisor_started"]
         if _alive(pid, started):
             try:
                 os.killpg(pid, signal.SIGTERM)  # the supervisor leads its own process group
@@ -313,4 +531,20 @@ class LocalCompute:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                deadline = time.monotonic() + KILL_WAIT_S
+                while time.monotonic() < deadline and _alive(pid, started):
+                    time.sleep(0.05)
+        self._stop_or_raise(row)
         return self.info(row["id"])
+
+    def _stop_or_raise(self, row: sqlite3.Row) -> None:
+        if _alive(row["supervisor_pid"], row["supervisor_started"]):
+            return
+        survivors = stop_leftovers(row)
+        if survivors:
+            raise JobConflictError(
+                f"processes {', '.join(map(str, survivors))} of job {row['id']} still run after SIGKILL",
+                where=f"job {row['id']}",
+                fix="the kernel has not let them end yet (a process stuck in a disk or network wait): "
+                    "check them with `ps`, then cancel again",
+            )

@@ -8,6 +8,16 @@ and their progress events are summed into one `@@progress` line per event. The j
 when every shard does, its result being the shards' reports summed (`merge_reports`); it FAILS
 when any shard fails (the others run to the end: what they committed is kept, and a rerun
 does only what is left), with the first failed shard's error and exit code.
+
+Each workload dies with its supervisor: on Linux the kernel SIGKILLs it the moment the
+supervisor dies (`PR_SET_PDEATHSIG`, set between fork and exec), so an OOM kill or `kill -9` of
+the supervisor leaves no workload writing behind it. Elsewhere, and for anything a workload
+started itself, the process group the supervisor leads is killed by whoever finds the supervisor
+dead (see local.py).
+
+A failed job's error is what its workload recorded (error.json: a StackwiseError's what, where
+and fix, or one line for a bug), else one line: how it ended, its last line of output and the
+log that holds the rest.
 """
 
 from __future__ import annotations
@@ -20,32 +30,61 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from stackwise.adapters.compute.local import JobDB
+from stackwise.adapters.compute.local import ENV_JOB_ID, JobDB, _workers
 from stackwise.jobs import JobState
 from stackwise.workloads._runtime import PROGRESS_PREFIX
 
 
-def _error_text(job_dir: Path, code: int, tail: list[str] | None = None) -> str:
-    error_file = job_dir / "error.json"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel SIGKILL the child when this process dies (Linux), or
+    None where the kernel offers no such thing (then the process group is killed on detection)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        prctl.restype = ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:  # runs in the child between fork and exec: nothing but two system calls
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the supervisor died before the request took effect
+            os._exit(137)
+
+    return hook
+
+
+def _error_text(error_dir: Path, code: int, log_path: Path, tail: list[str] | None = None) -> str:
+    """The job's error: what the workload recorded in error.json, else one line saying how it
+    ended, with its last line of output and where the whole log is."""
+    error_file = error_dir / "error.json"
     if error_file.is_file():
         try:
             return json.loads(error_file.read_text(encoding="utf-8"))["error"]
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, TypeError, OSError):
             pass
     if code < 0:
-        return f"the workload was killed by signal {signal.Signals(-code).name}"
+        return f"the workload was killed by signal {signal.Signals(-code).name} (its log: {log_path})"
     if tail is None:
-        tail = (job_dir / "log.txt").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-    return f"the workload exited with code {code}" + (": " + " | ".join(tail) if tail else "")
-
-
-def _workers(row: Any) -> int:
-    if row["kind"] != "index":
-        return 1
-    return int(json.loads(row["spec"]).get("workers", 1))
+        try:
+            tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        except OSError:
+            tail = []
+    last = next((line.strip() for line in reversed(tail) if line.strip()), "")
+    if len(last) > 200:
+        last = last[:197] + "..."
+    return f"the workload exited with code {code}" + (f": {last}" if last else "") + f" (its log: {log_path})"
 
 
 class _ShardLog:
@@ -111,6 +150,7 @@ def _run_one(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, str
         child = subprocess.Popen(
             _workload(row, job_dir, job_dir / "result.json"),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=row["cwd"],
+            preexec_fn=die_with_parent(),
         )
     _on_stop(db, job_id, [child], job_dir, 1)
     db.update(job_id, only_if_active=True, state=JobState.RUNNING.value, started_at=time.time(),
@@ -119,7 +159,7 @@ def _run_one(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, str
     result = job_dir / "result.json"
     if code == 0 and result.is_file():
         return 0, None, result
-    return code, _error_text(job_dir, code), result
+    return code, _error_text(job_dir, code, job_dir / "log.txt"), result
 
 
 def _run_shards(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, str],
@@ -137,8 +177,11 @@ def _run_shards(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, 
                 _workload(row, job_dir, shard_dir / "result.json", shard, count),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=row["cwd"],
                 env=dict(env, **{ENV_SHARD_INDEX: str(shard), ENV_SHARD_COUNT: str(count)}),
+                preexec_fn=die_with_parent(),
             )
             children.append(child)
+        # The pumps start once every child is forked: a preexec_fn is only safe with no other thread.
+        for shard, child in enumerate(children):
             pump = threading.Thread(target=shard_log.pump, args=(shard, child.stdout), daemon=True)
             pump.start()
             pumps.append(pump)
@@ -151,7 +194,7 @@ def _run_shards(db: JobDB, job_id: str, row: Any, job_dir: Path, env: dict[str, 
     for shard, code in enumerate(codes):
         shard_dir = job_dir / "shards" / str(shard)
         if code != 0 or not (shard_dir / "result.json").is_file():
-            error = _error_text(shard_dir, code, list(shard_log.tails[shard]))
+            error = _error_text(shard_dir, code, job_dir / "log.txt", list(shard_log.tails[shard]))
             return code or 1, f"shard {shard} of {count}: {error}", job_dir / "result.json"
     reports = [json.loads((job_dir / "shards" / str(s) / "result.json").read_text(encoding="utf-8"))
                for s in range(count)]
@@ -190,7 +233,7 @@ def main(job_id: str) -> int:
     db = JobDB()
     row = db.get(job_id)
     job_dir = Path(row["job_dir"])
-    env = dict(os.environ, PYTHONUNBUFFERED="1", STACKWISE_JOB_ID=job_id, STACKWISE_JOB_DIR=str(job_dir))
+    env = dict(os.environ, PYTHONUNBUFFERED="1", STACKWISE_JOB_DIR=str(job_dir), **{ENV_JOB_ID: job_id})
     workers = _workers(row)
     if workers > 1:
         code, error, result = _run_shards(db, job_id, row, job_dir, env, workers)

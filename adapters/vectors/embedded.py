@@ -18,12 +18,20 @@ column. Readers that know nothing of promotion still read every record unchanged
 
 Each write is one Lance commit, so a crash leaves the table at the previous or the next
 version, never in between.
+
+A data file deleted or corrupted under the store (a disk fault, a stray `rm`) is detected the
+first time a process opens that version of the table (a scan of the id and promoted columns,
+which opens every data file), and by any read that then fails in Lance: a StoreError names the
+index, the damage, the last good version (Lance keeps versions: `checkout`) and the fix.
+`recover` restores the last good version (Lance's `restore`: a new version equal to it); the
+index workload calls it before indexing, so `stackwise index` heals a damaged index.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import timedelta
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -34,7 +42,15 @@ import pyarrow as pa
 
 from stackwise.errors import StoreError
 from stackwise.filters import COLUMN_KEYS, KEY_PATTERN, NOT_FILTERABLE, Expr, LanceColumn, parse_filter, sql_quote, to_lance
-from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_same_model
+from stackwise.vectors import (
+    Filter,
+    Hit,
+    IndexInfo,
+    Record,
+    VectorStore,
+    check_dimensions,
+    check_same_model,
+)
 
 # Below this many rows an exact (flat) scan is fast enough and needs no index build.
 ANN_THRESHOLD = 50_000
@@ -152,6 +168,34 @@ def _in_list(column: str, values: Sequence[str]) -> str:
     return f"{column} IN ({', '.join(_quote(v) for v in values)})"
 
 
+# What Lance says when a file of the table is missing, truncated or not a Lance file.
+_DAMAGE_MARKS = ("Not found", "not appear to be a Lance file", "LanceError(IO)", "fill whole buffer", "corrupt",
+                 "No such file", "invalid magic")
+
+
+def _is_damage(exc: BaseException) -> bool:
+    return isinstance(exc, (OSError, RuntimeError, ValueError)) and any(m in str(exc) for m in _DAMAGE_MARKS)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    missing = re.search(r"Not found: (?:Wrapped error: Not found: )?(\S+\.lance)\b", text)
+    return f"missing file {missing.group(1)}" if missing else text.split(", /rustc/")[0][:300]
+
+
+def _probe(table) -> str | None:
+    """None when every data file of the table's checked-out version opens and its id and promoted
+    columns read; else what Lance said. Reads two small columns, not the vectors or the text."""
+    columns = ["id", *(column for column, _, _ in _promoted(table).values())]
+    try:
+        table.search().select(columns).limit(max(table.count_rows(), 1)).to_arrow()
+    except (OSError, RuntimeError, ValueError) as exc:
+        if not _is_damage(exc):
+            raise
+        return _first_line(exc)
+    return None
+
+
 class EmbeddedStore(VectorStore):
     """LanceDB-backed store rooted at a folder or object-store URI."""
 
@@ -160,11 +204,29 @@ class EmbeddedStore(VectorStore):
         before promotion existed (the old path, kept for comparison in bench/filters.py)."""
         self.uri = uri
         self.promote = promote
-        self._db = lancedb.connect(uri)
+        self._connection = None
+        # index -> the table version this store found (or made) intact: each version is probed once.
+        self._intact: dict[str, int] = {}
 
     # -- indexes -----------------------------------------------------------------------------
     def list_indexes(self) -> list[str]:
+        if self._connection is None and self._missing_folder():
+            return []
         return sorted(self._db.list_tables().tables)
+
+    def _missing_folder(self) -> bool:
+        """A local store whose folder does not exist yet: reads find nothing and create nothing."""
+        import os
+
+        path = self.uri.removeprefix("file://")
+        return ("://" not in path) and not os.path.exists(path)
+
+    @property
+    def _db(self):
+        # Connected on first use: connecting creates the folder, which only a write should do.
+        if self._connection is None:
+            self._connection = lancedb.connect(self.uri)
+        return self._connection
 
     def _schema(self, dim: int, model: str) -> pa.Schema:
         return pa.schema(
@@ -180,9 +242,12 @@ class EmbeddedStore(VectorStore):
             metadata={_MODEL_KEY: model.encode(), _DIM_KEY: str(dim).encode()},
         )
 
-    def _table(self, name: str):
+    def _table(self, name: str, check: bool = True):
+        """The index's table at its latest version; with `check`, StoreError if that version is damaged."""
         try:
-            return self._db.open_table(name)
+            if self._connection is None and self._missing_folder():
+                raise FileNotFoundError(name)
+            table = self._db.open_table(name)
         except (ValueError, FileNotFoundError):
             raise StoreError(
                 f"index {name!r} does not exist",
@@ -190,18 +255,93 @@ class EmbeddedStore(VectorStore):
                 fix=f"create it with `stackwise index SOURCE --index {name}`; existing: "
                 + (", ".join(self.list_indexes()) or "none"),
             ) from None
+        if check and self._intact.get(name) != table.version:
+            problem = _probe(table)
+            if problem is not None:
+                raise self._damaged(name, table, problem)
+            self._intact[name] = table.version
+        return table
+
+    def _wrote(self, name: str, table) -> None:
+        """After a write on an intact version: the version it made is intact too (no second probe)."""
+        self._intact[name] = table.version
+
+    def _last_good(self, table) -> tuple[int, int] | None:
+        """(version, rows) of the newest version older than the checked-out one whose files all read."""
+        current = table.version
+        try:
+            for version in sorted((v["version"] for v in table.list_versions()), reverse=True):
+                if version >= current:
+                    continue
+                table.checkout(version)
+                if _probe(table) is None:
+                    return version, table.count_rows()
+            return None
+        finally:
+            table.checkout_latest()
+
+    def _damaged(self, name: str, table, problem: str) -> StoreError:
+        """The error for a damaged index: what Lance said, the last good version, how to fix it."""
+        good = self._last_good(table)
+        if good is None:
+            fix = (f"run `stackwise indexes rebuild {name}` (re-indexes it from the sources its index jobs "
+                   f"recorded), or `stackwise indexes drop {name}` and index again")
+            last = "no earlier version is intact"
+        else:
+            fix = (f"run `stackwise index SOURCE --index {name}` (it restores version {good[0]} and re-indexes "
+                   f"what that version lacks) or `stackwise indexes rebuild {name}`")
+            last = f"the last good version is {good[0]} ({good[1]} chunks)"
+        return StoreError(
+            f"index {name!r} is damaged at version {table.version}: a data file is missing or corrupt "
+            f"({problem}); {last}",
+            where=f"embedded store at {self.uri}",
+            fix=fix,
+        )
+
+    def _reading(self, name: str, table, read):
+        """`read()`, with Lance's error for a damaged file turned into the StoreError for the index."""
+        try:
+            return read()
+        except (OSError, RuntimeError, ValueError) as exc:
+            if not _is_damage(exc):
+                raise
+            self._intact.pop(name, None)
+            raise self._damaged(name, table, _first_line(exc)) from None
+
+    def recover(self, name: str) -> int | None:
+        """Restore a damaged index's last good version (Lance `restore`: a new version equal to it)
+        and return it; None when it is intact. StoreError when no version is intact."""
+        table = self._table(name, check=False)
+        problem = _probe(table)
+        if problem is None:
+            self._intact[name] = table.version
+            return None
+        good = self._last_good(table)
+        if good is None:
+            raise self._damaged(name, table, problem)
+        table.restore(good[0])
+        self._intact[name] = table.version
+        return good[0]
 
     def create_index(self, name: str, dim: int, model: str) -> IndexInfo:
-        if name in self.list_indexes():
-            info = self.describe(name)
-            check_same_model(info, dim, model, where=f"embedded store at {self.uri}")
-            return info
-        try:
-            self._db.create_table(name, schema=self._schema(dim, model))
-        except ValueError:
-            # Another process created it first; validate what it created.
-            return self.create_index(name, dim, model)
-        return IndexInfo(name=name, dim=dim, model=model, count=0)
+        # The name rule is checked first by the VectorStore base class (`check_index_name`).
+        for attempt in range(2):
+            if name in self.list_indexes():
+                info = self.describe(name)
+                check_same_model(info, dim, model, where=f"embedded store at {self.uri}")
+                return info
+            if attempt:
+                break
+            try:
+                self._db.create_table(name, schema=self._schema(dim, model))
+                return IndexInfo(name=name, dim=dim, model=model, count=0)
+            except ValueError:
+                continue  # another process created it first: validate what it created
+        raise StoreError(
+            f"LanceDB refused to create index {name!r}",
+            where=f"embedded store at {self.uri}",
+            fix="check that the store's folder is writable and the name follows the index name rule",
+        )
 
     def describe(self, name: str) -> IndexInfo:
         table = self._table(name)
@@ -214,6 +354,8 @@ class EmbeddedStore(VectorStore):
         )
 
     def drop_index(self, name: str) -> None:
+        """Remove the table and all its versions (a damaged one too)."""
+        self._intact.pop(name, None)
         if name in self.list_indexes():
             self._db.drop_table(name)
 
@@ -273,6 +415,7 @@ class EmbeddedStore(VectorStore):
         table = self._writable(name, records)
         data = self._arrow(table, records)
         table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all().execute(data)
+        self._wrote(name, table)
 
     def replace_documents(self, name: str, doc_ids: Sequence[str], records: Sequence[Record]) -> None:
         """One Lance commit: upsert `records` and delete every other chunk of `doc_ids`."""
@@ -282,6 +425,7 @@ class EmbeddedStore(VectorStore):
         scope = _in_list("doc_id", sorted(set(doc_ids)))
         if not records:
             table.delete(scope)
+            self._wrote(name, table)
             return None
         table = self._writable(name, records)
         data = self._arrow(table, records)
@@ -292,6 +436,7 @@ class EmbeddedStore(VectorStore):
             .when_not_matched_by_source_delete(scope)
             .execute(data)
         )
+        self._wrote(name, table)
         return None
 
     def delete(self, name: str, ids: Sequence[str] = (), doc_ids: Sequence[str] = ()) -> int:
@@ -304,9 +449,10 @@ class EmbeddedStore(VectorStore):
         if not clauses:
             return 0
         where = " OR ".join(clauses)
-        doomed = table.count_rows(where)
+        doomed = self._reading(name, table, lambda: table.count_rows(where))
         if doomed:
             table.delete(where)
+            self._wrote(name, table)
         return doomed
 
     # -- reads -------------------------------------------------------------------------------
@@ -319,7 +465,7 @@ class EmbeddedStore(VectorStore):
             search = search.nprobes(NPROBES).refine_factor(REFINE_FACTOR)
         if where:
             search = search.where(where, prefilter=True)
-        rows = search.select([*_COLUMNS, "_distance"]).limit(k).to_arrow().to_pylist()
+        rows = self._reading(name, table, lambda: search.select([*_COLUMNS, "_distance"]).limit(k).to_arrow().to_pylist())
         return [
             Hit(
                 id=row["id"],
@@ -337,7 +483,7 @@ class EmbeddedStore(VectorStore):
     def count(self, name: str, filter: Filter | None = None) -> int:
         expr = parse_filter(filter)
         table = self._table(name)
-        return table.count_rows(to_lance(expr, filter_columns(table)))
+        return self._reading(name, table, lambda: table.count_rows(to_lance(expr, filter_columns(table))))
 
     def _scan(self, table, columns: list[str], where: str | None) -> pa.Table:
         query = table.search().select(columns)
@@ -349,7 +495,7 @@ class EmbeddedStore(VectorStore):
         if not ids:
             return []
         table = self._table(name)
-        rows = self._scan(table, [*_COLUMNS, "vector"], _in_list("id", list(ids))).to_pylist()
+        rows = self._reading(name, table, lambda: self._scan(table, [*_COLUMNS, "vector"], _in_list("id", list(ids)))).to_pylist()
         return [
             Record(
                 id=r["id"],
@@ -366,7 +512,7 @@ class EmbeddedStore(VectorStore):
     def chunk_ids(self, name: str, source: str | None = None) -> dict[str, set[str]]:
         table = self._table(name)
         where = f"source = {_quote(source)}" if source is not None else None
-        data = self._scan(table, ["id", "doc_id"], where)
+        data = self._reading(name, table, lambda: self._scan(table, ["id", "doc_id"], where))
         result: dict[str, set[str]] = {}
         for chunk_id, doc_id in zip(data["id"].to_pylist(), data["doc_id"].to_pylist()):
             result.setdefault(doc_id, set()).add(chunk_id)

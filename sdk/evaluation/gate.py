@@ -59,29 +59,41 @@ class GateRow(BaseModel):
 
 
 def read_gate(path: str) -> Gate:
-    import yaml
+    """Read and validate a gate file (the project's bounded YAML loader: no alias bombs).
 
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SpecError(f"cannot read gate file: {exc.strerror}", where=path, fix="pass --gate FILE") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"gate file is not valid YAML: {exc}", where=path, fix="fix the YAML") from None
+    Raises `SpecError` naming the file (and line, for bad YAML) on anything invalid."""
+    from ..userinput import read_yaml, shorten
+
+    raw = read_yaml(path, SpecError, what="gate file", fix="pass --gate FILE")
     if not isinstance(raw, dict) or not isinstance(raw.get("metrics"), dict) or not raw["metrics"]:
         raise SpecError("the gate file needs a `metrics:` mapping of metric -> {min_delta, direction}", where=path,
                         fix="e.g. metrics: {perplexity: {min_delta: 0.5}}")
-    unknown = sorted(set(raw) - {"data", "metrics"})
+    unknown = sorted((k for k in raw if k not in ("data", "metrics")), key=str)
     if unknown:
-        raise SpecError(f"unknown gate key {unknown[0]!r}", where=path, fix="use `data` and `metrics`")
-    try:
-        rules = [GateRule(metric=name, **(opts or {})) for name, opts in raw["metrics"].items()]
-        data = raw.get("data")
-        if data and not ("://" in str(data) or Path(str(data)).is_absolute()):
-            data = str((Path(path).parent / str(data)).resolve())  # relative to the gate file
-        return Gate(data=data, rules=rules)
-    except (ValidationError, TypeError) as exc:
-        raise SpecError(f"invalid gate rule: {exc}", where=path, fix="each metric takes min_delta (>= 0) and "
-                        "direction (higher or lower)") from None
+        raise SpecError(f"unknown gate key {shorten(unknown[0])}", where=path, fix="use `data` and `metrics`")
+    data = raw.get("data")
+    if data is not None and not (isinstance(data, str) and data.strip()):
+        raise SpecError(f"gate `data` must be a path or URI, got {shorten(data)}", where=f"{path}: data",
+                        fix="e.g. data: eval.jsonl (relative to the gate file), or remove the key")
+    rules = []
+    for name, opts in raw["metrics"].items():
+        where = f"{path}: metrics.{shorten(name, 60)}"
+        fix = "each metric takes min_delta (>= 0) and direction (higher or lower)"
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError(f"gate metric name {shorten(name)} is not a metric name", where=where,
+                            fix="name metrics as stackwise reports them, e.g. perplexity or rouge.rougeL")
+        if opts is not None and (not isinstance(opts, dict) or "metric" in opts):
+            raise SpecError(f"gate rule for {name} must be a mapping, got {shorten(opts)}", where=where, fix=fix)
+        try:
+            rules.append(GateRule.model_validate({"metric": name, **(opts or {})}))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"]) or "(rule)"
+            raise SpecError(f"invalid gate rule for {name}: {shorten(key, 60)}: {first['msg']}", where=where,
+                            fix=fix) from None
+    if data and not ("://" in data or Path(data).is_absolute()):
+        data = str((Path(path).parent / data).resolve())  # relative to the gate file
+    return Gate(data=data, rules=rules)
 
 
 def compare(gate: Gate, candidate: dict[str, float], champion: dict[str, float]) -> list[GateRow]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+
+# Characters of a prompt kept per token of context: a token of a byte-level BPE vocabulary spans a
+# few characters (rarely more than 16), so the cut text still fills the context; a long run of
+# whitespace that one token would cover is the rare case where it falls a little short.
+CHARS_PER_TOKEN_BOUND = 16
 
 
 @dataclass
@@ -74,16 +78,29 @@ class LM:
 
     # -- generation ----------------------------------------------------------------------------
     def generate(self, prompt: str, max_new_tokens: int) -> str:
-        import torch
+        """The greedy continuation of `prompt` (its last tokens that fit the context)."""
+        return self.generate_ids(self.prepare(prompt, max_new_tokens), max_new_tokens)
 
+    def prepare(self, prompt: str, max_new_tokens: int) -> list[int]:
+        """The token ids `generate` feeds the model: the end of `prompt` that fits the context with
+        `max_new_tokens` after it. The text is cut before it is tokenized (to CHARS_PER_TOKEN_BOUND
+        characters per kept token), so a huge prompt costs no more than one that fills the context."""
         tok = self.tokenizer
+        keep = max(1, self.max_len - max_new_tokens)
+        prompt = prompt[-keep * CHARS_PER_TOKEN_BOUND:]
         if self.chat_template and getattr(tok, "chat_template", None):
             text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                            add_generation_prompt=True)
             ids = tok(text, add_special_tokens=False)["input_ids"]
         else:
             ids = self._encode(prompt, bos=True)
-        ids = ids[-max(1, self.max_len - max_new_tokens):]
+        return list(ids[-keep:])
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int) -> str:
+        """The greedy continuation of prepared token ids (`prepare`), decoded."""
+        import torch
+
+        tok = self.tokenizer
         with torch.no_grad():
             out = self.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                       max_new_tokens=max_new_tokens, do_sample=False,
@@ -105,16 +122,20 @@ def perplexity(nlls: list[tuple[float, int]]) -> float:
 def threads() -> None:
     import torch
 
-    value = os.environ.get("STACKWISE_THREADS")
+    from ..userinput import env_threads
+
+    value = env_threads()
     if value:
-        torch.set_num_threads(max(1, int(value)))
+        torch.set_num_threads(value)
 
 
 def load(ref: str, max_len: int = 512, chat_template: bool = True, context: Any = None) -> LM:
     """Load a model to evaluate or serve. A registry reference is read from the registry of
     `context` (the job's JobContext)."""
+    from ..quantization import keep_bitsandbytes_out
     from ..registry import require
 
+    keep_bitsandbytes_out()  # nothing here is quantized: no bitsandbytes, no hub kernel fetch at import
     require("torch", "train", "evaluating a model")
     require("transformers", "train", "evaluating a model")
     threads()

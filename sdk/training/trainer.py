@@ -117,9 +117,11 @@ def _checkpoint_dir(out: Path) -> Path:
 def _threads() -> None:
     import torch
 
-    threads = os.environ.get("STACKWISE_THREADS")
+    from ..userinput import env_threads
+
+    threads = env_threads()
     if threads:
-        torch.set_num_threads(max(1, int(threads)))
+        torch.set_num_threads(threads)
 
 
 def _precision(spec: FineTuneSpec, cuda: bool) -> str:
@@ -161,6 +163,10 @@ def load_model(plan: Plan, cuda: bool, precision: str, for_training: bool = True
 
     spec = plan.spec
     location = plan.base_location
+    if spec.method != "qlora":
+        from ..quantization import keep_bitsandbytes_out
+
+        keep_bitsandbytes_out()  # nothing to quantize: no bitsandbytes import, no hub kernel fetch
     tokenizer = AutoTokenizer.from_pretrained(location)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -169,9 +175,11 @@ def load_model(plan: Plan, cuda: bool, precision: str, for_training: bool = True
     if spec.method == "qlora":
         from transformers import BitsAndBytesConfig
 
+        from ..quantization import import_bitsandbytes
         from ..registry import require
 
         require("bitsandbytes", "train", "qlora")
+        import_bitsandbytes()  # before peft does, without the hub kernel fetch (stackwise.quantization)
         q = spec.quantization
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,

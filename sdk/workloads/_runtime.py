@@ -1,5 +1,10 @@
 """What every workload entrypoint shares: argument parsing, spec loading, progress events,
-and writing the result (or the error) where the compute backend collects it."""
+and writing the result (or the error) where the compute backend collects it.
+
+A workload fails as the CLI does: a StackwiseError is printed and recorded (`error.json`) with
+its what, where and fix, exit code 2 (or the error's own); anything else is a bug, recorded as
+one line naming the log that holds its traceback, exit code 1.
+"""
 
 from __future__ import annotations
 
@@ -73,6 +78,26 @@ def load_context(path: str | None) -> JobContext:
                         fix="resubmit the job with this version of stackwise (the context is written by submit)") from None
 
 
+def log_location() -> str:
+    """Where this job's output (and so a traceback) is kept, in words."""
+    job_dir, job_id = os.environ.get("STACKWISE_JOB_DIR"), os.environ.get("STACKWISE_JOB_ID")
+    if job_dir:
+        return str(Path(job_dir) / "log.txt")
+    return f"the job's log (`stackwise jobs logs {job_id}`)" if job_id else "this process's standard error"
+
+
+def unexpected_error(kind: str, exc: BaseException) -> str:
+    """One line for an exception no workload raises on purpose (a bug), naming the log that holds
+    its traceback."""
+    from ..secrets import redact
+
+    detail = " ".join(redact(str(exc)).split())
+    if len(detail) > 200:
+        detail = detail[:197] + "..."
+    return (f"unexpected {type(exc).__name__} in the {kind} workload" + (f": {detail}" if detail else "")
+            + f" (a bug in stackwise: the traceback is in {log_location()})")
+
+
 def main(kind: str, model: type[S], run: Callable[[S, JobContext], BaseModel]) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m stackwise.workloads.{kind}")
     parser.add_argument("--spec", required=True, help="path to the job spec (JSON)")
@@ -90,8 +115,21 @@ def main(kind: str, model: type[S], run: Callable[[S, JobContext], BaseModel]) -
         message = redact(str(exc))  # a secret resolved by the job never reaches its log or error.json
         print(f"error: {message}", file=sys.stderr, flush=True)
         if error_path:
-            _write_json(error_path, {"error": message, "exit_code": exc.exit_code})
+            _write_json(error_path, {"error": message, "what": redact(exc.what), "where": redact(exc.where or ""),
+                                     "fix": redact(exc.fix or ""), "exit_code": exc.exit_code})
         raise SystemExit(exc.exit_code) from None
+    except Exception as exc:  # noqa: BLE001 - a bug: its traceback goes to the log, one line to the record
+        import traceback
+
+        from ..secrets import redact
+
+        sys.stderr.write(redact("".join(traceback.format_exception(exc))))
+        sys.stderr.flush()
+        message = unexpected_error(kind, exc)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        if error_path:
+            _write_json(error_path, {"error": message, "exit_code": 1})
+        raise SystemExit(1) from None
     payload = result.model_dump(mode="json")
     if args.result:
         _write_json(args.result, payload)

@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..contract import JobContext
-from ..documents import Document, Source, chunk_document, read_documents
+from ..documents import Document, Source, canonical_doc_id, canonical_source, chunk_document, chunk_id, read_documents
 from ..embeddings import canonical_name, load_embedder
 from ..errors import InputError, SpecError, StoreError
 from ..specs import IndexSpec
@@ -58,7 +58,10 @@ class IndexReport(BaseModel):
     new chunks of changed documents, `removed` the stale chunks those replaced, `unchanged`
     chunks already stored, `pruned` chunks of documents gone from the source (with --prune),
     `embedded` chunks whose vectors were computed (the chunks a changed document keeps reuse
-    their stored vectors)."""
+    their stored vectors), `migrated` stored documents whose ids came from another spelling of
+    their file (re-keyed to the canonical id without re-embedding, or dropped where the canonical
+    copy was stored too), `recovered_version` the last good version a damaged index was restored
+    to before indexing."""
 
     index: str
     source: str
@@ -71,6 +74,8 @@ class IndexReport(BaseModel):
     unchanged: int = 0
     pruned: int = 0
     embedded: int = 0
+    migrated: int = 0
+    recovered_version: int | None = None
     skipped: list[SkippedFile] = Field(default_factory=list)
     seconds: float = 0.0
     shards: int = Field(1, description="How many workers' reports this one sums.")
@@ -156,8 +161,10 @@ def merge_reports(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
     for raw in reports[1:]:
         report = IndexReport.model_validate(raw)
         for name in ("documents", "chunks", "added", "replaced", "removed", "unchanged", "pruned", "embedded",
-                     "shards"):
+                     "migrated", "shards"):
             merged[name] += getattr(report, name)
+        if report.recovered_version is not None:  # the shard that restored it (under the commit lock)
+            merged["recovered_version"] = report.recovered_version
         merged["skipped"] += [s.model_dump() for s in report.skipped]
         merged["seconds"] = max(merged["seconds"], report.seconds)
     merged["skipped"].sort(key=lambda s: s["path"])
@@ -188,6 +195,59 @@ class _CommitLock:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _migrate_ids(store: VectorStore, index: str, stored: dict[str, set[str]], shard: Shard, commit: "_CommitLock") -> int:
+    """Re-key the documents of `index` whose ids came from another spelling of their file (an
+    index built before ids were canonical: `D/./x/../x/a.txt`, a symlinked folder, `s3://b//k`).
+
+    Each such document gets its canonical id, with chunk ids and `path` metadata recomputed as
+    `chunk_document` computes them and its stored vectors kept (nothing re-embedded); where the
+    canonical document is stored too, the other spellings are duplicates and are deleted. Each
+    batch is one `replace_documents` commit. Returns how many stored documents were migrated.
+    """
+    moves: dict[str, list[str]] = {}
+    for doc_id in stored:
+        canonical = canonical_doc_id(doc_id)
+        if canonical != doc_id and shard.owns(canonical):
+            moves.setdefault(canonical, []).append(doc_id)
+    duplicates = sorted(old for canonical, olds in moves.items() if canonical in stored for old in olds)
+    if duplicates:
+        with commit():
+            store.delete(index, doc_ids=duplicates)
+    batch_docs: list[str] = []
+    batch: list[Record] = []
+    for canonical, olds in sorted(moves.items()):
+        if canonical in stored:
+            continue
+        # Several old spellings of one file: one copy is kept (they were cut from the same file; the
+        # plan below replaces it if the file changed since), the others are deleted with it.
+        old = sorted(olds)[0]
+        batch_docs += [*olds, canonical]
+        batch += _rekeyed(store.fetch(index, sorted(stored[old])), canonical)
+        if len(batch) >= BATCH_CHUNKS:
+            with commit():
+                store.replace_documents(index, batch_docs, batch)
+            batch_docs, batch = [], []
+    if batch_docs:
+        with commit():
+            store.replace_documents(index, batch_docs, batch)
+    return sum(len(olds) for olds in moves.values())
+
+
+def _rekeyed(records: list[Record], doc_id: str) -> list[Record]:
+    """`records` (one document's chunks) under the canonical `doc_id`: ids as `chunk_document` gives them."""
+    out, seen = [], {}
+    for record in sorted(records, key=lambda r: r.chunk):
+        metadata = dict(record.metadata)
+        if isinstance(metadata.get("path"), str):
+            metadata["path"] = canonical_doc_id(metadata["path"])
+        occurrence = seen.get(record.text, 0)
+        seen[record.text] = occurrence + 1
+        out.append(Record(id=chunk_id(doc_id, record.text, occurrence, metadata), vector=record.vector,
+                          text=record.text, doc_id=doc_id, source=canonical_source(record.source) if record.source
+                          else record.source, chunk=record.chunk, metadata=metadata))
+    return out
+
+
 def run_index(
     spec: IndexSpec,
     context: JobContext | None = None,
@@ -205,13 +265,16 @@ def run_index(
                             fix="pass the job's context (its vector store) or a store")
         store = open_store(context.vector_store)
     commit = _CommitLock(store, spec.index)
-    source = Source(spec.source)
+    source = Source(spec.source, follow_links=spec.follow_links)
     documents, skipped = _read_shard(source, shard)
     model_name = canonical_name(spec.embedding.model)
 
     exists = spec.index in store.list_indexes()
     embedder = None
+    recovered = None
     if exists:
+        with commit():  # a damaged index goes back to its last good version (StoreError if none)
+            recovered = store.recover(spec.index)
         info = store.describe(spec.index)
         if info.model != model_name:
             raise StoreError(
@@ -220,7 +283,11 @@ def run_index(
                 fix="index with the same embedding model, or choose another --index name",
             )
         stored = store.chunk_ids(spec.index)
+        migrated = _migrate_ids(store, spec.index, stored, shard, commit)
+        if migrated:
+            stored = store.chunk_ids(spec.index)
     else:
+        migrated = 0
         embedder = load_embedder(spec.embedding.model, spec.embedding.device)
         with commit():  # another worker may be creating it too: create_index then checks its model
             store.create_index(spec.index, embedder.dim, model_name)
@@ -233,6 +300,8 @@ def run_index(
         documents=len(documents),
         chunks=0,
         skipped=skipped,
+        migrated=migrated,
+        recovered_version=recovered,
     )
     # Plan: compare each document's chunk ids with what the store holds.
     pending = []  # (doc_id, chunks) of documents to (re)write
@@ -292,14 +361,15 @@ def run_index(
         flush()
 
     if spec.prune:
-        # Only documents of this shard: the other shards' documents are not in `documents`.
+        # By document identity, not by the `source` string a run recorded: every stored document
+        # whose file this source covers (however it was spelled when indexed), and this shard's only.
         seen = {doc.doc_id for doc in documents}
-        gone = sorted(doc for doc in store.chunk_ids(spec.index, source=source.uri)
-                      if doc not in seen and shard.owns(doc))
+        gone = sorted(doc for doc in store.chunk_ids(spec.index)
+                      if doc not in seen and shard.owns(doc) and source.covers(doc))
         if gone:
             with commit():
                 report.pruned = store.delete(spec.index, doc_ids=gone)
-    if total or report.pruned:
+    if total or report.pruned or report.migrated:
         with commit():
             store.optimize(spec.index)
     report.seconds = round(time.perf_counter() - started, 3)
