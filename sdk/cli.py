@@ -104,11 +104,14 @@ def stacks(as_json: JsonOpt = False) -> None:
 
 
 @app.command()
-def sync(stack: StackOpt = None) -> None:
+def sync(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
     """Save the stack's Pulumi outputs to .stackwise/outputs/<stack>.json (later reads need no Pulumi)."""
     from .stack import load_stack, sync_outputs
 
     path = sync_outputs(load_stack(stack))
+    if as_json:
+        _print_json({"path": str(path)})
+        return
     _console().print(f"wrote {path}")
 
 
@@ -772,7 +775,7 @@ def models_register(
 
 
 @models_app.command("alias")
-def models_alias(name: str, version: str, alias: str, stack: StackOpt = None) -> None:
+def models_alias(name: str, version: str, alias: str, stack: StackOpt = None, as_json: JsonOpt = False) -> None:
     """Point ALIAS (e.g. candidate) at VERSION. The champion alias moves only through `stackwise promote`."""
     from .model_registry import check_alias, check_model_name, check_version
 
@@ -780,6 +783,9 @@ def models_alias(name: str, version: str, alias: str, stack: StackOpt = None) ->
     check_alias(alias)
     check_version(version)
     _platform(stack).models.set_alias(name, alias, version)
+    if as_json:
+        _print_json({"model": name, "alias": alias, "version": version})
+        return
     _console().print(f"{name}@{alias} -> version {version}", markup=False)
 
 
@@ -938,11 +944,15 @@ def keys_list(as_json: JsonOpt = False) -> None:
 
 
 @keys_app.command("revoke")
-def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name (see `stackwise keys list`).")]) -> None:
+def keys_revoke(name: Annotated[str, typer.Argument(help="The key's name (see `stackwise keys list`).")],
+                as_json: JsonOpt = False) -> None:
     """Revoke a key: a running server refuses it from its next request on."""
     from .keys import revoke_key
 
     revoke_key(name)
+    if as_json:
+        _print_json({"name": name, "revoked": True})
+        return
     _console(stderr=True).print(f"key {name!r} revoked", markup=False)
 
 

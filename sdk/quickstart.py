@@ -1,8 +1,10 @@
 """`stackwise quickstart`: the local lifecycle on real data, in a few minutes on 2 cores.
 
-Today: index gensim's Lee news corpus (300 Australian news articles from 2001, shipped on PyPI)
-into the embedded vector store through a real local job, search it, and show that a rerun is
-incremental. Later stages (fine-tune, evaluate, promote) join here as they land.
+Index gensim's Lee news corpus (300 Australian news articles from 2001, shipped on PyPI) into
+the embedded vector store through a real local job, search it (once with a metadata filter that
+narrows the same query to a third of the articles), and show that a rerun is incremental; then
+LoRA-fine-tune SmolLM2-135M on the articles, evaluate base and fine-tuned model and let the
+promotion gate decide (`--skip-finetune` leaves those out).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from .paths import state_dir
 from .registry import require
 
 INDEX = "quickstart-lee"
-QUERIES = [
-    ("bushfires threatening homes near Sydney", None),
-    ("peace talks in the Middle East", None),
-    ("cricket match result", {"corpus": "lee-background"}),
+# (query, metadata filter, how the filter is printed). The last repeats the third with a filter
+# on the `article` number each record carries (1-300), so its hits differ from the unfiltered ones.
+QUERIES: list[tuple[str, dict[str, Any] | None, str]] = [
+    ("bushfires threatening homes near Sydney", None, ""),
+    ("peace talks in the Middle East", None, ""),
+    ("cricket match result", None, ""),
+    ("cricket match result", {"article": {"$lte": 100}}, "article <= 100: only the first 100 articles"),
 ]
 
 
@@ -70,11 +75,11 @@ def run(stack: str | None, as_json: bool, follow: Callable[..., dict[str, Any]],
 
     console.print("3. searches:")
     searches = []
-    for query, flt in QUERIES:
+    for query, flt, label in QUERIES:
         hits = platform.search(INDEX, query, k=3, filter=flt)
         searches.append({"query": query, "filter": flt,
                          "hits": [{"doc_id": h.doc_id, "score": round(h.score, 4), "text": h.text[:200]} for h in hits]})
-        console.print(f"   [bold]{query}[/bold]" + (f"  (filter {flt})" if flt else ""))
+        console.print(f"   [bold]{query}[/bold]" + (f"  (filter {label})" if flt else ""))
         for hit in hits:
             console.print(f"     {hit.score:.3f}  {hit.doc_id.rsplit('#', 1)[-1]}  {' '.join(hit.text.split())[:110]}",
                           markup=False)

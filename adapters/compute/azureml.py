@@ -121,7 +121,8 @@ def build_request(spec: Any, stack: Any, name: str | None = None,
     outputs = stack.outputs
     ws = workspace_id(stack)
     image = require_output(outputs.training_image, "training_image", stack,
-                           "export the training image URI (the Pulumi program pushes it to the stack's registry)")
+                           "export the training image URI (`pulumi up` pushes it to the stack's registry; with "
+                           "stackwise:images build: false, run `stackwise image build --push`)")
     size = vm_size(spec, stack)
     count = instance_count(spec)
     env = job_environment(spec, name, stack, attempt, inline=True)

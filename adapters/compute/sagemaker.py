@@ -7,8 +7,8 @@ the `stackwise` input channel at /opt/ml/input/data/stackwise/), sends the reque
 the job.
 
 What a request holds:
-- the stack's training image (its `training_image` output: the image the Pulumi program builds,
-  with stackwise installed) running the bootstrap `python -m stackwise.adapters.compute.bootstrap`;
+- the stack's training image (its `training_image` output: the image `pulumi up` builds, or
+  `stackwise image build --push` with `stackwise:images: {build: false}`) running the bootstrap `python -m stackwise.adapters.compute.bootstrap`;
   the `sagemaker` SDK's image_uris are not used, because its Deep Learning Containers do not
   contain stackwise and jobs run in private subnets without a route to PyPI;
 - `ResourceConfig`: the catalog's instance type for `gpu` x `count` (ml.m5.xlarge without a GPU),
@@ -76,7 +76,8 @@ def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int =
     outputs = stack.outputs
     role = require_output(outputs.job_role, "job_role", stack, "export the SageMaker job role ARN (the Pulumi program does)")
     image = require_output(outputs.training_image, "training_image", stack,
-                           "export the training image URI (the Pulumi program pushes it to the stack's ECR repository)")
+                           "export the training image URI (`pulumi up` pushes it to the stack's ECR repository; with "
+                           "stackwise:images build: false, run `stackwise image build --push`)")
     root = job_uri(outputs.artifact_store, name)
     compute = spec.compute
     env = job_environment(spec, name, stack, attempt, inline=False)

@@ -69,7 +69,8 @@ def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int =
     name = name or job_name(spec, attempt)
     outputs = stack.outputs
     image = require_output(outputs.training_image, "training_image", stack,
-                           "export the training image URI (the Pulumi program builds it in Artifact Registry)")
+                           "export the training image URI (`pulumi up` builds and pushes it to Artifact Registry; "
+                           "with stackwise:images build: false, run `stackwise image build --push`)")
     env = job_environment(spec, name, stack, attempt, inline=True)
     container = {"imageUri": image, "command": bootstrap_command(),
                  "env": [{"name": k, "value": v} for k, v in sorted(env.items())]}

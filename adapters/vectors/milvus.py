@@ -64,6 +64,20 @@ def _quoted_list(values: Sequence[str]) -> str:
     return "[" + ", ".join(_literal(v) for v in values) + "]"
 
 
+def _public_uri(uri: str, token: str) -> str:
+    """`uri` without user information (`http://root:TOKEN@host` -> `http://***@host`) and with the
+    token masked wherever else it appears."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+        if "@" in parts.netloc:
+            uri = urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+    except ValueError:
+        uri = "(the stack's Milvus host)"
+    return redact(uri, token)
+
+
 class MilvusStore(VectorStore):
     """One Milvus collection per index (see the module docstring)."""
 
@@ -75,6 +89,7 @@ class MilvusStore(VectorStore):
         self.host = config.host
         self._token = (resolve_secret(config.api_key_secret, default_env="MILVUS_TOKEN", what="Milvus store")
                        if config.api_key_secret else "")
+        self._shown = _public_uri(self.host, self._token)  # the host as messages show it: no credentials
         self._mod = pymilvus
         try:
             self._client = pymilvus.MilvusClient(uri=self.host, token=self._token, timeout=timeout)
@@ -83,7 +98,7 @@ class MilvusStore(VectorStore):
         self._infos: dict[str, IndexInfo] = {}
 
     def __repr__(self) -> str:
-        return f"MilvusStore(host={self.host!r})"
+        return f"MilvusStore(host={self._shown!r})"
 
     def _error(self, what: str, exc: BaseException) -> StoreError:
         detail = redact(str(getattr(exc, "message", None) or exc), self._token)[:500]
@@ -92,7 +107,7 @@ class MilvusStore(VectorStore):
         fix = ("check that the Milvus proxy is reachable and healthy" if unreachable else
                "Milvus refused the request: correct what its message names (filter, field or index), "
                "or report it if stackwise built it")
-        return StoreError(f"Milvus {what} failed: {detail}", where=f"Milvus at {self.host}", fix=fix)
+        return StoreError(f"Milvus {what} failed: {detail}", where=f"Milvus at {self._shown}", fix=fix)
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
@@ -103,7 +118,7 @@ class MilvusStore(VectorStore):
             raise self._error(what, exc) from None
 
     def _where(self, name: str) -> str:
-        return f"collection {collection_name(name)} in Milvus at {self.host}"
+        return f"collection {collection_name(name)} in Milvus at {self._shown}"
 
     # -- indexes -----------------------------------------------------------------------------
     def list_indexes(self) -> list[str]:
@@ -114,11 +129,11 @@ class MilvusStore(VectorStore):
         cached = self._infos.get(name)
         if cached is not None:
             return cached
-        coll = collection_name(check_index_name(name, f"Milvus at {self.host}"))
+        coll = collection_name(check_index_name(name, f"Milvus at {self._shown}"))
         if not self._call("has_collection", self._client.has_collection, coll):
             raise StoreError(
                 f"index {name!r} does not exist",
-                where=f"Milvus at {self.host}",
+                where=f"Milvus at {self._shown}",
                 fix=f"create it with `stackwise index SOURCE --index {name}`; existing: "
                 + (", ".join(self.list_indexes()) or "none"),
             )
@@ -135,7 +150,7 @@ class MilvusStore(VectorStore):
         return info
 
     def create_index(self, name: str, dim: int, model: str) -> IndexInfo:
-        check_index_name(name, f"Milvus at {self.host}")
+        check_index_name(name, f"Milvus at {self._shown}")
         if name in self.list_indexes():
             info = self._info(name)
             check_same_model(info, dim, model, where=self._where(name))
@@ -166,7 +181,7 @@ class MilvusStore(VectorStore):
         return IndexInfo(name=name, dim=info.dim, model=info.model, count=self.count(name))
 
     def drop_index(self, name: str) -> None:
-        check_index_name(name, f"Milvus at {self.host}")
+        check_index_name(name, f"Milvus at {self._shown}")
         coll = collection_name(name)
         if self._call("has_collection", self._client.has_collection, coll):
             self._call("drop_collection", self._client.drop_collection, coll)

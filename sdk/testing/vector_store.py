@@ -15,9 +15,11 @@ only through the `VectorStore` interface.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 
+import numpy as np
 import pytest
 
 from stackwise.errors import SpecError, StoreError
@@ -40,11 +42,30 @@ def _vector(seed: int, axis: int) -> list[float]:
     return _unit([b + rng.uniform(-0.05, 0.05) for b in base])
 
 
+def _seed(doc: str, i: int) -> int:
+    """A seed from (doc, i) that is the same in every process (Python's `hash` of a str is salted)."""
+    return int.from_bytes(hashlib.sha256(f"{doc}\0{i}".encode()).digest()[:4], "big")
+
+
+def assert_vectors(actual, expected, what: str = "") -> None:
+    """Stored vectors equal the written ones by value (float32 storage: within 1e-5)."""
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
+                               rtol=0, atol=1e-5, err_msg=f"stored vector differs from the one written {what}")
+
+
+def assert_fetched(store: VectorStore, index: str, records: list[Record]) -> None:
+    """Every record is stored with its own vector (compared by value, matched by id)."""
+    fetched = {r.id: r for r in store.fetch(index, [r.id for r in records])}
+    assert set(fetched) == {r.id for r in records}
+    for record in records:
+        assert_vectors(fetched[record.id].vector, record.vector, record.id)
+
+
 def make_records(doc: str, n: int, axis: int, **metadata) -> list[Record]:
     return [
         Record(
             id=f"{doc}-c{i}",
-            vector=_vector(hash((doc, i)) & 0xFFFF, axis),
+            vector=_vector(_seed(doc, i), axis),
             text=f"chunk {i} of {doc}",
             doc_id=doc,
             source="contract://src",
@@ -107,9 +128,11 @@ class VectorStoreContract:
         assert filled.describe(self.index).count == 9
 
     def test_reupsert_is_idempotent(self, filled: VectorStore) -> None:
-        filled.upsert(self.index, make_records("alpha", 4, axis=0, lang="en", year=2001, draft=False))
+        alpha = make_records("alpha", 4, axis=0, lang="en", year=2001, draft=False)
+        filled.upsert(self.index, alpha)
         assert filled.count(self.index) == 9
         assert filled.chunk_ids(self.index)["alpha"] == {f"alpha-c{i}" for i in range(4)}
+        assert_fetched(filled, self.index, alpha + make_records("beta", 3, axis=1) + make_records("gamma", 2, axis=2))
 
     def test_upsert_updates_existing_ids(self, filled: VectorStore) -> None:
         changed = Record(id="alpha-c0", vector=_vector(1, 3), text="rewritten", doc_id="alpha",
@@ -118,7 +141,9 @@ class VectorStoreContract:
         [stored] = filled.fetch(self.index, ["alpha-c0"])
         assert stored.text == "rewritten"
         assert stored.metadata["lang"] == "fr"
+        assert_vectors(stored.vector, changed.vector, "after an update")
         assert filled.count(self.index) == 9
+        assert [h.id for h in filled.query(self.index, _vector(2, 3), k=1)] == ["alpha-c0"]  # found by the new vector
 
     def test_replace_documents_leaves_exactly_the_new_chunks(self, filled: VectorStore) -> None:
         new = make_records("alpha", 2, axis=0, lang="en")
@@ -129,6 +154,7 @@ class VectorStoreContract:
         assert ids["alpha"] == {"alpha-new0", "alpha-new1"}
         assert ids["beta"] == {f"beta-c{i}" for i in range(3)}  # other documents untouched
         assert filled.count(self.index) == 7
+        assert_fetched(filled, self.index, new + make_records("beta", 3, axis=1))
 
     def test_replace_documents_with_no_records_removes_the_documents(self, filled: VectorStore) -> None:
         filled.replace_documents(self.index, ["beta"], [])
@@ -246,6 +272,7 @@ class VectorStoreContract:
         [record] = filled.fetch(self.index, ["gamma-c1", "missing"])
         assert record.id == "gamma-c1" and record.doc_id == "gamma" and record.chunk == 1
         assert len(record.vector) == DIM
+        assert_vectors(record.vector, make_records("gamma", 2, axis=2)[1].vector, "gamma-c1")
         assert record.metadata == {"doc": "gamma", "lang": "en", "year": 2010, "draft": False, "score": 0.5}
 
     def test_chunk_ids_by_source(self, filled: VectorStore) -> None:
@@ -257,8 +284,11 @@ class VectorStoreContract:
         assert other.count(self.index) == 9
         assert other.describe(self.index).model == MODEL
         assert [h.doc_id for h in other.query(self.index, _vector(7, 2), k=1)] == ["gamma"]
+        assert_fetched(other, self.index, make_records("alpha", 4, axis=0) + make_records("gamma", 2, axis=2))
 
     def test_optimize_keeps_contents(self, filled: VectorStore) -> None:
         before = filled.chunk_ids(self.index)
         filled.optimize(self.index)
         assert filled.chunk_ids(self.index) == before
+        assert_fetched(filled, self.index, make_records("alpha", 4, axis=0) + make_records("beta", 3, axis=1)
+                       + make_records("gamma", 2, axis=2))

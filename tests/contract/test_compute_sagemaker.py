@@ -153,8 +153,13 @@ def test_throttling_is_retried_and_a_lost_answer_never_makes_a_second_job(comput
     assert aws_env.create_calls == 3
     aws_env.faults.append("lost-answer")
     second = compute.submit(index_spec(2))
-    assert second.id in aws_env.backend.training_jobs
-    assert len(aws_env.backend.training_jobs) == 2 and first.id != second.id
+    # Exactly one more CreateTrainingJob call: the one whose answer was lost. The job exists, so
+    # the retry finds it by name instead of creating again.
+    assert aws_env.create_calls == 4
+    assert set(aws_env.backend.training_jobs) == {first.id, second.id} and first.id != second.id
+    assert second.info().attempt == 1
+    assert compute.submit(index_spec(2)).id == second.id  # the running job, no new create
+    assert aws_env.create_calls == 4
 
 
 def test_quota_and_instance_type_errors_say_how_to_fix(compute, aws_env):

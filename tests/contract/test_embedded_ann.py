@@ -1,4 +1,5 @@
-"""The embedded store's ANN path: above the threshold `optimize` builds an IVF_PQ index, and
+"""The embedded store's ANN path: above the threshold `optimize` builds an IVF_SQ index
+(adapters/vectors/embedded.py: scalar-quantized, re-ranked exactly), and
 queries through it keep high recall against exact search and still apply filters first."""
 
 import numpy as np
@@ -21,7 +22,7 @@ def clustered():
     return vectors.astype(np.float32), labels
 
 
-def test_ivf_pq_index_keeps_recall_and_filters(tmp_path, monkeypatch, clustered):
+def test_ivf_sq_index_keeps_recall_and_filters(tmp_path, monkeypatch, clustered):
     vectors, labels = clustered
     monkeypatch.setattr(embedded, "ANN_THRESHOLD", 1000)
     store = EmbeddedStore(str(tmp_path))
@@ -35,6 +36,8 @@ def test_ivf_pq_index_keeps_recall_and_filters(tmp_path, monkeypatch, clustered)
     store.optimize("ann")
     table = store._table("ann")
     assert EmbeddedStore._has_ann(table), "optimize above the threshold must build a vector index"
+    vector_indexes = [i for i in table.list_indices() if "vector" in i.columns]
+    assert [i.index_type for i in vector_indexes] == ["IvfSq"], vector_indexes  # IVF_SQ
 
     rng = np.random.default_rng(11)
     queries = vectors[rng.choice(len(vectors), 30, replace=False)] + 0.05 * rng.normal(size=(30, DIM))

@@ -14,6 +14,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("pinecone", reason="install stackwise[pinecone]")
@@ -115,7 +116,7 @@ def test_index_copy_moves_vectors_without_re_embedding(indexed, pinecone384):
         twin = copied[original.id]
         assert (twin.text, twin.doc_id, twin.source, twin.chunk, dict(twin.metadata)) == \
                (original.text, original.doc_id, original.source, original.chunk, dict(original.metadata))
-        assert max(abs(a - b) for a, b in zip(twin.vector, original.vector)) < 1e-6
+        np.testing.assert_allclose(twin.vector, original.vector, rtol=0, atol=1e-6)
     # Copying again changes nothing (same ids, same documents).
     again = json.loads(cli(indexed, "index", "copy", "--from-stack", "local", "--index", "kb",
                            "--to-stack", "pc", "--to-index", "kb-copy", "--json").stdout)

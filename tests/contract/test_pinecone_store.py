@@ -185,3 +185,51 @@ def test_the_key_never_appears_in_logs_or_errors(pinecone, caplog, monkeypatch):
     assert PINECONE_TEST_KEY not in repr(store)
     for message in errors:
         assert PINECONE_TEST_KEY not in message
+
+
+# -- a key the server echoes back --------------------------------------------------------------
+# The test server quotes the Api-Key it received in every error body (`echo_key`), as services
+# and proxies sometimes do: the adapter must mask it in everything the user sees.
+def _seen_by_user(exc: BaseException) -> str:
+    """Everything a user (or a log) can see of an error: message, parts, repr, traceback."""
+    import traceback
+
+    return "\n".join([str(exc), repr(exc), str(getattr(exc, "where", "")), str(getattr(exc, "fix", "")),
+                      "".join(traceback.format_exception(exc))])
+
+
+def _raw_error_body(server, key: str) -> str:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{server.url}/describe_index_stats", data=b"{}", method="POST",
+                                     headers={"Api-Key": key, "Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    return caught.value.read().decode()
+
+
+def test_the_server_really_echoes_the_key_it_received(pinecone):
+    # Without this the redaction tests below would prove nothing.
+    assert "pcsk_WRONG_echo_987" in _raw_error_body(pinecone, "pcsk_WRONG_echo_987")
+    pinecone.fail("/describe_index_stats", 500, times=1)
+    assert PINECONE_TEST_KEY in _raw_error_body(pinecone, PINECONE_TEST_KEY)
+
+
+@pytest.mark.parametrize("fault", ["wrong key", "bad request", "server error", "throttled"])
+def test_a_key_echoed_in_an_error_body_never_reaches_the_user(pinecone, monkeypatch, caplog, fault):
+    key = "pcsk_WRONG_echo_987" if fault == "wrong key" else PINECONE_TEST_KEY
+    monkeypatch.setenv("PINECONE_TEST_KEY", key)
+    caplog.set_level(logging.DEBUG)
+    store = _store(pinecone, attempts=2)
+    if fault != "wrong key":
+        store.create_index("kb", DIM, MODEL)
+    status = {"bad request": 400, "server error": 500, "throttled": 429}.get(fault)
+    if status:
+        pinecone.fail("/query", status, times=1000)
+    with pytest.raises(StoreError) as caught:
+        store.query("kb", [1.0] + [0.0] * (DIM - 1), k=1)
+    shown = _seen_by_user(caught.value)
+    assert key not in shown and key not in caplog.text
+    if fault != "wrong key":  # the server's own words still come through, the key masked
+        assert "***" in str(caught.value)

@@ -389,6 +389,66 @@ def test_the_key_never_appears_in_logs_or_errors(weaviate, caplog):
         assert WEAVIATE_TEST_KEY not in message
 
 
+
+# -- a key the server echoes back --------------------------------------------------------------
+# The test server quotes the Authorization it received in every REST error message and gRPC
+# error detail (`echo_key`), as services and proxies sometimes do: the adapter must mask it in
+# everything the user sees.
+def _seen_by_user(exc: BaseException) -> str:
+    """Everything a user (or a log) can see of an error: message, parts, repr, traceback."""
+    import traceback
+
+    return "\n".join([str(exc), repr(exc), str(getattr(exc, "where", "")), str(getattr(exc, "fix", "")),
+                      "".join(traceback.format_exception(exc))])
+
+
+def test_the_server_really_echoes_the_key_it_received(weaviate):
+    # Without this the redaction tests below would prove nothing.
+    import urllib.error
+    import urllib.request
+
+    for key, fault in (("wv_WRONG_echo_987", None), (WEAVIATE_TEST_KEY, 500)):
+        if fault:
+            weaviate.fail("GET /v1/schema", fault, times=1)
+        request = urllib.request.Request(f"{weaviate.url}/v1/schema", headers={"Authorization": f"Bearer {key}"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert key in caught.value.read().decode()
+
+
+@pytest.mark.parametrize("fault", ["wrong key on REST", "wrong key on gRPC", "REST refusal", "REST server error",
+                                   "gRPC refusal", "gRPC server error"])
+def test_a_key_echoed_in_an_error_body_never_reaches_the_user(weaviate, monkeypatch, caplog, fault):
+    caplog.set_level(logging.DEBUG)
+    key = WEAVIATE_TEST_KEY
+    store = _store(weaviate, attempts=2)
+    store.create_index("kb", DIM, MODEL)
+    store.upsert("kb", make_records("alpha", 2, axis=0))
+    if fault == "wrong key on REST":
+        key = "wv_WRONG_echo_987"
+        monkeypatch.setenv("WEAVIATE_TEST_KEY", key)
+    fresh = _store(weaviate, attempts=2)  # looks the collection up again (REST), then queries (gRPC)
+    if fault == "wrong key on gRPC":
+        weaviate.api_key = "wv_rotated_key"  # the server now refuses the key the store holds
+    try:
+        if fault == "REST refusal":
+            weaviate.fail("GET /v1/schema/Stackwise_kb", 422, times=1000)
+        elif fault == "REST server error":
+            weaviate.fail("GET /v1/schema/Stackwise_kb", 503, times=1000)
+        elif fault == "gRPC refusal":
+            weaviate.fail("Search", "INVALID_ARGUMENT", times=1000)
+        elif fault == "gRPC server error":
+            weaviate.fail("Search", "INTERNAL", times=1000)
+        with pytest.raises(StoreError) as caught:
+            (store if fault == "wrong key on gRPC" else fresh).query("kb", [1.0] + [0.0] * (DIM - 1), k=1)
+    finally:
+        weaviate.api_key = WEAVIATE_TEST_KEY
+    shown = _seen_by_user(caught.value)
+    assert key not in shown and key not in caplog.text
+    if not fault.startswith("wrong key"):  # the server's own words still come through, the key masked
+        assert "***" in str(caught.value)
+
+
 # -- end to end through the CLI ----------------------------------------------------------------
 # `stackwise index` / `search` / `index copy` in subprocesses (`python -m stackwise.cli`), with the
 # shipped all-MiniLM-L6-v2 model, on a local stack whose vector store is the Weaviate server, and

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .conftest import (
@@ -20,6 +21,7 @@ from .conftest import (
     lee_articles,
     run_cli,
     store_rows,
+    vectors_uri,
     write_txt_corpus,
 )
 
@@ -56,6 +58,21 @@ class KB:
 
     def rows(self) -> dict[str, tuple[str, str, int]]:
         return store_rows(self.home, INDEX)
+
+    def vectors(self) -> dict[str, np.ndarray]:
+        """Every stored chunk's vector, by chunk id."""
+        from stackwise.adapters.vectors.embedded import EmbeddedStore
+
+        store = EmbeddedStore(vectors_uri(self.home))
+        ids = sorted(i for chunk_ids in store.chunk_ids(INDEX).values() for i in chunk_ids)
+        return {r.id: np.asarray(r.vector, dtype=np.float64) for r in store.fetch(INDEX, ids)}
+
+
+def assert_same_vectors(after: dict[str, np.ndarray], before: dict[str, np.ndarray], ids) -> None:
+    """The chunks `ids` have the same vectors after as before, by value (float32 storage)."""
+    for chunk_id in sorted(ids):
+        np.testing.assert_allclose(after[chunk_id], before[chunk_id], rtol=0, atol=1e-6,
+                                   err_msg=f"the vector of chunk {chunk_id} changed")
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +141,17 @@ def test_search_filter_narrows_to_the_named_documents(kb: KB) -> None:
 
 # -- incremental reruns ------------------------------------------------------------------------
 def test_rerun_embeds_and_writes_nothing(kb: KB) -> None:
-    before = kb.rows()
+    before, vectors_before = kb.rows(), kb.vectors()
     report = kb.index()
     assert report["chunks"] == len(before)
     assert report["unchanged"] == report["chunks"]
     assert report["added"] == report["replaced"] == report["removed"] == report["embedded"] == 0
     assert kb.rows() == before
+    assert_same_vectors(kb.vectors(), vectors_before, before)
 
 
 def test_modified_file_replaces_only_its_own_chunks(kb: KB) -> None:
-    before = kb.rows()
+    before, vectors_before = kb.rows(), kb.vectors()
     per_doc = doc_chunks(before)
     # The article with the most chunks (not the one the prune test deletes).
     number = max((n for n in kb.files if n != PRUNED and kb.files[n].exists()),
@@ -159,6 +177,15 @@ def test_modified_file_replaces_only_its_own_chunks(kb: KB) -> None:
     others_before = {k: v for k, v in before.items() if v[1] != file_uri(path)}
     others_after = {k: v for k, v in after.items() if v[1] != file_uri(path)}
     assert others_after == others_before
+    # By value: the chunks the edited document keeps reuse their own stored vectors (each its
+    # own, not another's), and no other document's vector moved.
+    vectors_after = kb.vectors()
+    kept = old_ids & new_ids
+    assert len(kept) >= 1
+    assert_same_vectors(vectors_after, vectors_before, kept | set(others_before))
+    # The new chunks got fresh vectors of their own, unlike any the document had before.
+    for chunk_id in new_ids - old_ids:
+        assert all(np.abs(vectors_after[chunk_id] - vectors_before[k]).max() > 1e-3 for k in old_ids)
 
 
 def test_deleted_file_is_pruned(kb: KB) -> None:

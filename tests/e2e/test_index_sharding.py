@@ -196,6 +196,16 @@ def test_three_workers_build_exactly_the_index_one_worker_builds(corpus: Corpus)
     one, three = _all_rows(corpus.homes[1]), _all_rows(corpus.homes[3])
     assert len(one) == corpus.reports[1]["chunks"] > N_FILES + N_RECORDS - 1
     assert one == three  # ids, texts, doc ids, chunk numbers, metadata and float32 vectors
+    # ... and those vectors are the chunks' own embeddings, by value (not merely equal to each
+    # other: a store that returned every vector altered would pass the comparison above).
+    from stackwise.embeddings import load_embedder
+
+    embedder = load_embedder(corpus.reports[1]["model"])
+    sample = sorted(one)[:: max(1, len(one) // 12)]
+    for chunk_id in sample:
+        [fresh] = embedder.encode([one[chunk_id][0]], batch_size=1)
+        np.testing.assert_allclose(np.asarray(three[chunk_id][4]), fresh, rtol=0, atol=1e-4,
+                                   err_msg=f"stored vector of chunk {chunk_id} is not its text's embedding")
     expected_docs = {file_uri(p) for p in corpus.files.values()} | {
         f"{file_uri(corpus.jsonl)}#{k}" for k in corpus.records}
     assert set(doc_chunks({k: v[:3] for k, v in three.items()})) == expected_docs

@@ -82,5 +82,25 @@ def test_plan_help_loads_no_pulumi(tmp_path):
     assert "stackwise" in loaded and not {"pulumi", "pulumi_aws", "pulumi_gcp", "pulumi_azure_native"} & loaded
 
 
-def test_every_stack_is_planned():
+def test_every_stack_is_planned(tmp_path, monkeypatch):
+    """Every cloud stack file in stacks/ plans through the CLI (in-process): exit 0, and its plan
+    lists the stack's components and their cloud resources, outputs and a cost."""
+    from typer.testing import CliRunner
+
+    from stackwise.cli import app
+
     assert {"dev-aws", "prod-aws", "dev-gcp", "dev-azure"} <= set(CLOUD_STACKS)
+    monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
+    monkeypatch.chdir(tmp_path)
+    for name in CLOUD_STACKS:
+        result = CliRunner().invoke(app, ["plan", "--stack", name, "--json"])
+        assert result.exit_code == 0, (name, result.output[-3000:], result.exception)
+        planned = json.loads(result.stdout)
+        assert planned["stack"] == name
+        resources = planned["resources"]
+        assert any(r["type"].startswith("stackwise:") and r["component"] for r in resources), name
+        children = [r for r in resources if not r["component"]]
+        assert children and all(r["type"] and r["name"] for r in children), name
+        provider = {"aws": "aws:", "gcp": "gcp:", "azure": "azure-native:"}[planned["cloud"]]
+        assert sum(r["type"].startswith(provider) for r in children) >= 3, (name, [r["type"] for r in children])
+        assert planned["outputs"] and planned["cost"]["monthly_usd"] > 0, name

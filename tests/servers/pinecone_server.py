@@ -16,6 +16,9 @@ Covers what the stackwise adapter uses, checked as Pinecone documents it:
   must not).
 Fault injection for tests: `server.fail(path, status, times, when=pred)` answers the next
 `times` matching requests with `status`. Every request is recorded in `server.requests`.
+Credential echo: like services (and proxies) that quote the request back, every error body's
+message ends with the `Api-Key` the request carried (`server.echo_key`, on by default), so
+tests see whether the adapter keeps a key a server sends back out of what the user sees.
 
 Run alone: `python tests/servers/pinecone_server.py --dimension 384 --api-key KEY`.
 """
@@ -155,6 +158,7 @@ class PineconeServer:
     def __init__(self, dimension: int, api_key: str, port: int = 0):
         self.state = PineconeState(dimension)
         self.api_key = api_key
+        self.echo_key = True  # error messages quote the Api-Key received (see the module docstring)
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
@@ -327,6 +331,11 @@ def _handler(server: PineconeServer):
             self.end_headers()
             self.wfile.write(data)
 
+        def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+            if server.echo_key:
+                message = f"{message} (request Api-Key: {self.headers.get('Api-Key')!s})"
+            self._send(status, {"error": {"code": code, "message": message}, "status": status}, headers)
+
         def _serve(self, method: str) -> None:
             url = urlparse(self.path)
             length = int(self.headers.get("Content-Length") or 0)
@@ -344,15 +353,13 @@ def _handler(server: PineconeServer):
                 if fault is not None:
                     # Retry-After: 0 keeps the SDK's own backoff (up to seconds) out of test time.
                     headers = {"Retry-After": "0"}
-                    raise_status = ApiError(fault, "INJECTED", f"injected fault {fault}")
-                    self._send(fault, {"error": {"code": raise_status.code, "message": raise_status.message},
-                                       "status": fault}, headers)
+                    self._error(fault, "INJECTED", f"injected fault {fault}", headers)
                     return
                 self._send(200, server.handle(method, url.path, parse_qs(url.query), body))
             except ApiError as exc:
-                self._send(exc.status, {"error": {"code": exc.code, "message": exc.message}, "status": exc.status})
+                self._error(exc.status, exc.code, exc.message)
             except (ValueError, KeyError, TypeError) as exc:
-                self._send(400, {"error": {"code": "INVALID_ARGUMENT", "message": str(exc)}, "status": 400})
+                self._error(400, "INVALID_ARGUMENT", str(exc))
 
         def do_GET(self) -> None:  # noqa: N802
             self._serve("GET")

@@ -31,6 +31,10 @@ Covered, checked as Weaviate does it:
   `server.fail_objects(when, message, times)` makes the objects whose properties satisfy
   `when` fail inside the next `times` BatchObjects replies. Requests are recorded in
   `server.requests`.
+- Credential echo: like services (and proxies) that quote the request back, every REST error
+  message and gRPC error detail ends with the `Authorization` value the request carried
+  (`server.echo_key`, on by default), so tests see whether the adapter keeps a key a server
+  sends back out of what the user sees.
 
 Not covered: auto-schema (an unknown property is refused, as with AUTOSCHEMA_ENABLED=false),
 vectorizer modules, GraphQL, the REST object endpoints, references, BatchStream, hybrid/BM25,
@@ -196,6 +200,7 @@ class WeaviateServer:
 
     def __init__(self, api_key: str | None = None, version: str = "1.32.0", max_results: int = QUERY_MAXIMUM_RESULTS):
         self.api_key = api_key
+        self.echo_key = True  # error messages quote the Authorization received (see the module docstring)
         self.version = version
         self.max_results = max_results
         self.classes: dict[str, WeaviateClass] = {}
@@ -257,6 +262,9 @@ class WeaviateServer:
 
     def _authorized(self, header: str | None) -> bool:
         return self.api_key is None or header == f"Bearer {self.api_key}"
+
+    def _echo(self, message: str, header: str | None) -> str:
+        return f"{message} (request Authorization: {header})" if self.echo_key else message
 
     # -- schema (REST) -----------------------------------------------------------------------
     def _class(self, name: str) -> WeaviateClass:
@@ -607,15 +615,16 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
     def _serve(self, method: str, request: Any, context: grpc.ServicerContext, handler: Callable[[Any], Any]) -> Any:
         metadata = dict(context.invocation_metadata())
         self.server.requests.append(("gRPC", method, metadata))
-        if not self.server._authorized(metadata.get("authorization")):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated: invalid api key")
+        auth = metadata.get("authorization")
+        if not self.server._authorized(auth):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, self.server._echo("unauthenticated: invalid api key", auth))
         fault = self.server._fault(method, request)
         if fault is not None:
-            context.abort(getattr(grpc.StatusCode, fault), f"injected fault {fault}")
+            context.abort(getattr(grpc.StatusCode, fault), self.server._echo(f"injected fault {fault}", auth))
         try:
             return handler(request)
         except WeaviateError as exc:
-            context.abort(exc.code, exc.message)
+            context.abort(exc.code, self.server._echo(exc.message, auth))
 
     def Search(self, request, context):  # noqa: N802
         return self._serve("Search", request, context, self.server.search)
@@ -657,21 +666,27 @@ def _rest_handler(server: WeaviateServer):
                 status = 200 if url.path.endswith(("/ready", "/live")) else 404
                 self._send(status, None if status == 200 else {"error": [{"message": "not found"}]})
                 return
-            if not server._authorized(self.headers.get("Authorization")):
-                self._send(401, {"code": 401, "message": "anonymous access not enabled, please provide an auth scheme"})
+            auth = self.headers.get("Authorization")
+            if not server._authorized(auth):
+                message = ("anonymous access not enabled, please provide an auth scheme" if auth is None else
+                           "unauthorized: invalid api key")
+                self._send(401, {"code": 401, "message": server._echo(message, auth)})
                 return
             fault = server._fault(f"{method} {url.path}", raw)
             if fault is not None:
-                self._send(int(fault), {"error": [{"message": f"injected fault {fault}"}]})
+                self._send(int(fault), {"error": [{"message": server._echo(f"injected fault {fault}", auth)}]})
                 return
             try:
                 body = json.loads(raw) if raw else None
                 status, payload = server.rest(method, url.path, body)
+                if status >= 400 and isinstance(payload, dict) and isinstance(payload.get("error"), list):
+                    payload = {**payload, "error": [{**e, "message": server._echo(str(e.get("message", "")), auth)}
+                                                    for e in payload["error"]]}
                 self._send(status, payload)
             except WeaviateError as exc:
-                self._send(exc.status, {"error": [{"message": exc.message}]})
+                self._send(exc.status, {"error": [{"message": server._echo(exc.message, auth)}]})
             except (ValueError, KeyError, TypeError) as exc:
-                self._send(422, {"error": [{"message": f"invalid request: {exc}"}]})
+                self._send(422, {"error": [{"message": server._echo(f"invalid request: {exc}", auth)}]})
 
         def do_GET(self) -> None:  # noqa: N802
             self._serve("GET")

@@ -306,6 +306,38 @@ def test_repeated_identical_paragraphs_get_distinct_ids():
     assert len({c.id for c in footers}) == 5
 
 
+
+def _expected_id(doc_id: str, text: str, occurrence: int, metadata: dict) -> str:
+    """The documented chunk-id formula (stackwise.documents.chunk_id), written out here: the first
+    32 hex digits of SHA-256 over doc id, text, occurrence and the metadata's sorted JSON, NUL-joined."""
+    import hashlib
+    import json
+
+    key = "\x00".join([doc_id, text, str(occurrence), json.dumps(metadata, sort_keys=True)])
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+def test_chunk_ids_follow_the_documented_formula():
+    # One chunk: the whole (trimmed) text; its id by hand.
+    meta = {"path": "file:///kb/a.txt", "lang": "en"}
+    single = chunk_document(Document("file:///kb/a.txt", "  Short note.\n\nSecond line.  ", meta), size=500, overlap=0)
+    assert [c.text for c in single] == ["Short note.\n\nSecond line."]
+    assert single[0].id == _expected_id("file:///kb/a.txt", "Short note.\n\nSecond line.", 0, meta)
+    assert single[0].id == _expected_id("file:///kb/a.txt", single[0].text, 0, {"lang": "en", "path": "file:///kb/a.txt"})
+    # Many chunks, repeated texts counted by occurrence: every id by the formula.
+    repeated = ["The same boilerplate footer line, again."] * 3
+    for document, size, overlap in ((doc(), 300, 50), (doc(["Intro.", *repeated, "Outro."]), 45, 0)):
+        chunks = chunk_document(document, size=size, overlap=overlap)
+        seen: dict[str, int] = {}
+        expected = []
+        for c in chunks:
+            expected.append(_expected_id(document.doc_id, c.text, seen.get(c.text, 0), document.metadata))
+            seen[c.text] = seen.get(c.text, 0) + 1
+        assert [c.id for c in chunks] == expected
+    footers = [c.id for c in chunks if c.text == repeated[0]]
+    assert footers == [_expected_id("file:///kb/a.txt", repeated[0], n, {"path": "file:///kb/a.txt"}) for n in range(3)]
+
+
 def test_blank_document_has_no_chunks():
     assert chunk_document(doc(["   ", "\n"]), size=100, overlap=0) == []
 

@@ -40,6 +40,44 @@ def test_bleu_and_chrf_match_sacrebleu():
     assert generation.chrf(["same text"], ["same text"])[0] == pytest.approx(100.0)
 
 
+
+def test_the_runners_rouge_and_qa_metrics_match_references(tmp_path):
+    """The suites as `run_model_suites` aggregates them (precomputed predictions, no model),
+    against rouge-score directly and SQuAD exact match / token F1 counted by hand: nothing
+    here calls stackwise's metric functions for the expected values."""
+    import json
+
+    rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+    from stackwise.evaluation.data import read_eval_data
+    from stackwise.evaluation.runner import run_model_suites
+    from stackwise.specs import EvaluateSpec
+
+    generated = [("the cat sat", "the cat sat on the mat"),
+                 ("police arrested two men in Sydney", "two men were arrested by police in Sydney on Sunday"),
+                 ("fires burned all night", "bushfires burned through the night")]
+    answered = [("Sydney", ["Sydney"]),                    # EM 1, F1 1
+                ("The Eiffel Tower!", ["eiffel tower"]),   # normalised: EM 1, F1 1
+                ("in the city of Paris", ["Paris France"]),  # EM 0; 1 shared of 4 and 2 -> F1 1/3
+                ("London", ["Paris"])]                     # EM 0, F1 0
+    records = ([{"prediction": p, "reference": r} for p, r in generated]
+               + [{"question": f"q{i}?", "answers": a, "prediction": p} for i, (p, a) in enumerate(answered)])
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec = EvaluateSpec(model="never-loaded", suites=["rouge", "qa"], data=str(data))  # lm=None below: predictions are given
+    metrics, rows = run_model_suites(spec, read_eval_data(str(data)), None, None, "t")
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    for kind in ("rouge1", "rouge2", "rougeL"):
+        expected = [scorer.score(r, p)[kind].fmeasure for p, r in generated]
+        assert metrics[f"rouge.{kind}"] == pytest.approx(sum(expected) / len(expected))
+        assert [row[kind] for row in rows if row["suite"] == "rouge"] == pytest.approx(expected, abs=1e-4)
+    rouge_rows = [row for row in rows if row["suite"] == "rouge"]
+    assert rouge_rows[0]["rouge1"] == pytest.approx(2 / 3, abs=1e-4)  # by hand: P 3/3, R 3/6
+    assert metrics["qa.exact_match"] == pytest.approx(2 / 4)
+    assert metrics["qa.f1"] == pytest.approx((1 + 1 + 1 / 3 + 0) / 4, abs=1e-4)
+    assert [row["exact_match"] for row in rows if row["suite"] == "qa"] == [1.0, 1.0, 0.0, 0.0]
+
+
 # -- factual accuracy --------------------------------------------------------------------------
 def test_squad_exact_match_and_f1_by_hand():
     assert qa.normalize_answer("The  Eiffel Tower!") == "eiffel tower"

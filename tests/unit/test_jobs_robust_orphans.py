@@ -57,6 +57,9 @@ class FakeJob:
             [sys.executable, "-c", SUPERVISOR, job_id, "tagged" if tagged else "untagged", str(self.out)],
             stdout=subprocess.PIPE, text=True, start_new_session=True)
         self.workload = int(self.supervisor.stdout.readline())
+        deadline = time.monotonic() + 60  # the workload has written once: it runs (a loaded machine starts slowly)
+        while not self.out.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         self.db = JobDB(home)
         self.db.insert({
             "id": job_id, "kind": kind, "stack": "local", "state": state, "spec": '{"kind": "index"}',

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
-# The extras DESIGN.md promises, plus those the README and CI install.
+# The extras the README and docs/ promise, plus those CI installs.
 DOCUMENTED_EXTRAS = {"aws", "gcp", "azure", "pinecone", "weaviate", "train", "serve", "all", "local", "dev"}
 
 
