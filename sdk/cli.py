@@ -304,9 +304,7 @@ def search(
 ) -> None:
     """Semantic search over an index of the active stack."""
     from .filters import parse_filter_json
-    from .vectors import parse_filter_args
-
-    from .vectors import check_index_name
+    from .vectors import check_index_name, parse_filter_args
 
     check_index_name(index_name, where="--index")
     flt = parse_filter_args(filters or [])
