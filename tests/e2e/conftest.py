@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -245,3 +246,38 @@ def cleanup_pids() -> Iterator[list[int]]:
     for pid in pids:
         if not gone(pid):
             kill_hard(pid)
+
+
+# -- `stackwise serve` in a subprocess (tests/e2e/test_serving_contracts.py, test_serve_security_limits.py)
+SERVE_LOAD_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_serve(home: Path, args: list[str], cleanup_pids: list[int],
+                extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`stackwise serve ARGS` in `home`, output captured; its pid is killed at teardown."""
+    proc = subprocess.Popen([sys.executable, "-m", "stackwise.cli", "serve", *args], cwd=str(home),
+                            env={**stackwise_env(home), **(extra_env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    cleanup_pids.append(proc.pid)
+    return proc
+
+
+def wait_serve_ready(proc: subprocess.Popen, url: str) -> None:
+    """Wait until `url` answers 200; fail with the server's output if it exits first."""
+    import httpx
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"stackwise serve exited: {proc.stdout.read()}")
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, timeout=SERVE_LOAD_TIMEOUT_S, what=f"{url} answering 200")

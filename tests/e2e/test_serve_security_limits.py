@@ -32,6 +32,7 @@ pytest.importorskip("fastapi", reason="install stackwise[serve]")
 pytest.importorskip("uvicorn", reason="install stackwise[serve]")
 
 from .conftest import lee_articles, stackwise_env, wait_for  # noqa: E402
+from .conftest import free_port as _free_port, start_serve as _serve, wait_serve_ready as _wait_ready  # noqa: E402
 
 BODY_BYTES = 30 * 1024 * 1024
 LOAD_TIMEOUT_S = 120
@@ -55,33 +56,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
     peft_model.save_pretrained(adapter)
     AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
     return {"base": Path(base), "adapter": adapter}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(home: Path, args: list[str], cleanup_pids: list[int]) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "stackwise.cli", "serve", *args], cwd=str(home),
-                            env=stackwise_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    cleanup_pids.append(proc.pid)
-    return proc
-
-
-def _wait_ready(proc: subprocess.Popen, url: str) -> None:
-    import httpx
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"stackwise serve exited: {proc.stdout.read()}")
-        try:
-            return httpx.get(url, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(ready, timeout=LOAD_TIMEOUT_S, what=f"{url} answering 200")
 
 
 def _stop(proc: subprocess.Popen) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,7 +34,8 @@ from stackwise.contract import EndpointOutput  # noqa: E402
 from stackwise.deploy import DeployTarget  # noqa: E402
 from stackwise.serving import create_app, model_source  # noqa: E402
 
-from .conftest import lee_articles, stackwise_env, wait_for  # noqa: E402
+from .conftest import lee_articles, stackwise_env  # noqa: E402
+from .conftest import free_port as _free_port, start_serve as _serve, wait_serve_ready as _wait_ready  # noqa: E402
 
 PROMPT = "The Australian government said"
 PROMPT2 = "Fire crews in Sydney"
@@ -286,39 +286,11 @@ def test_malformed_requests_get_400_or_422(models):
 
 
 # -- the CLI over a real socket ------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(home: Path, args: list[str], extra_env: dict[str, str], cleanup_pids) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "stackwise.cli", "serve", *args], cwd=str(home),
-                            env={**stackwise_env(home), **extra_env}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    cleanup_pids.append(proc.pid)
-    return proc
-
-
-def _wait_ready(proc: subprocess.Popen, url: str) -> None:
-    import httpx
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"stackwise serve exited: {proc.stdout.read()}")
-        try:
-            return httpx.get(url, timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_for(ready, timeout=LOAD_TIMEOUT_S, what=f"{url} answering 200")
-
-
 def test_cli_serves_a_model_folder_and_a_vertex_environment(models, sw_home, cleanup_pids):
     import httpx
 
     port = _free_port()
-    proc = _serve(sw_home, ["--model", str(models["base"]), "--port", str(port)], {}, cleanup_pids)
+    proc = _serve(sw_home, ["--model", str(models["base"]), "--port", str(port)], cleanup_pids)
     _wait_ready(proc, f"http://127.0.0.1:{port}/ping")
     answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": PROMPT, "parameters": {
         "max_new_tokens": TOKENS}}, timeout=60).json()
@@ -330,7 +302,7 @@ def test_cli_serves_a_model_folder_and_a_vertex_environment(models, sw_home, cle
     port = _free_port()
     env = vertex_env(models["base"].as_uri(), {"AIP_HEALTH_ROUTE": VERTEX_HEALTH, "AIP_PREDICT_ROUTE": VERTEX_PREDICT})
     env["AIP_HTTP_PORT"] = str(port)
-    proc = _serve(sw_home, [], env, cleanup_pids)
+    proc = _serve(sw_home, [], cleanup_pids, env)
     _wait_ready(proc, f"http://127.0.0.1:{port}{VERTEX_HEALTH}")
     answer = httpx.post(f"http://127.0.0.1:{port}{VERTEX_PREDICT}", json={"instances": [PROMPT], "parameters": {
         "max_tokens": TOKENS}}, timeout=60).json()
