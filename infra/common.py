@@ -26,3 +26,17 @@ def subnets(cidr: str, count: int, prefix: int = 20) -> list[str]:
 def is_hf_model(model: str) -> bool:
     """A Hugging Face model id (`org/name`), as opposed to an artifact URI (`s3://...`)."""
     return "://" not in model
+
+
+# SageMaker instance families with local NVMe instance storage. That storage is encrypted by a
+# hardware module on the instance, and CreateEndpointConfig *fails* when a KmsKeyId is given for
+# such an instance (SageMaker API reference, CreateEndpointConfig.KmsKeyId); the KMS key encrypts
+# only the EBS volumes of the other families.
+_LOCAL_NVME_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en", "trn1", "trn1n",
+                        "m5d", "c5d", "r5d", "m6id", "c6id", "r6id")
+
+
+def has_local_nvme(instance_type: str) -> bool:
+    """Whether a SageMaker instance type (`ml.g5.xlarge`) stores on local NVMe (hardware-encrypted)."""
+    parts = instance_type.split(".")
+    return len(parts) == 3 and parts[0] == "ml" and parts[1] in _LOCAL_NVME_FAMILIES

@@ -82,6 +82,10 @@ class VectorStoreConfig(_Model):
         return self
 
 
+# The SDK's shorthand for a model version registered in the stack's Azure ML workspace.
+_AZUREML_MODEL = re.compile(r"azureml:[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9._-]+")
+
+
 class EndpointConfig(_Model):
     """One real-time inference endpoint with autoscaling between min and max replicas."""
 
@@ -98,6 +102,10 @@ class EndpointConfig(_Model):
     def _bounds(self) -> "EndpointConfig":
         if self.max_replicas < self.min_replicas:
             raise ValueError(f"maxReplicas ({self.max_replicas}) is below minReplicas ({self.min_replicas})")
+        if self.model.startswith("azureml:") and not (self.model.startswith("azureml://")
+                                                      or _AZUREML_MODEL.fullmatch(self.model)):
+            raise ValueError(f"model {self.model!r} is not an Azure ML model version: write "
+                             "azureml:<name>:<version>, e.g. azureml:chat-model:1")
         return self
 
 
@@ -123,6 +131,8 @@ class AlarmsConfig(_Model):
 
 class NetworkConfig(_Model):
     cidr: str = Field("10.42.0.0/16", pattern=r"^\d+\.\d+\.\d+\.\d+/\d+$", description="Private network range.")
+    internet_egress: bool = Field(False, description="AWS: a NAT gateway, so jobs and endpoints reach the internet over "
+                                  "HTTPS (Hugging Face models by id); off, models come from the artifact store.")
 
 
 class InfraConfig(_Model):
@@ -185,6 +195,9 @@ class InfraConfig(_Model):
             if name not in self.allowed_gpus:
                 raise ValueError(f"{key} {name} is not in allowedGpus ({', '.join(self.allowed_gpus)})")
             _from_catalog(catalog.offer, name, self.cloud, count)  # lists what the cloud offers
+        if self.endpoint is not None and self.endpoint.model.startswith("azureml:") and self.cloud != "azure":
+            raise ValueError(f"endpoint.model {self.endpoint.model!r} names an Azure ML model, which only azure "
+                             "stacks can serve; use a Hugging Face id or an artifact URI of this stack")
         if self.cloud == "gcp" and not (self.gcp_project and self.gcp_billing_account):
             raise ValueError("gcp stacks need gcpProject and gcpBillingAccount")
         if self.cloud != "gcp" and (self.gcp_project or self.gcp_billing_account):

@@ -31,7 +31,8 @@ FAKE_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 FAKE_TENANT = "11111111-1111-1111-1111-111111111111"
 # Azure resources whose name the program sets through a type-specific input.
 _AZURE_NAME_KEYS = {"BlobContainer": "containerName", "OnlineEndpoint": "endpointName", "OnlineDeployment":
-                    "deploymentName", "Compute": "computeName", "Secret": "secretName"}
+                    "deploymentName", "Compute": "computeName", "Secret": "secretName", "Vault": "vaultName",
+                    "StorageAccount": "accountName", "Registry": "registryName"}
 PLAN_SECRET = "offline-placeholder-not-a-key"
 
 
@@ -90,6 +91,8 @@ class _Recorder(pulumi.runtime.Mocks):
                 return physical, state
             if typ == "aws:ecr/repository:Repository":
                 state["repositoryUrl"] = f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}"
+            if typ == "aws:ec2/vpcEndpoint:VpcEndpoint" and inputs.get("vpcEndpointType", "Gateway") == "Gateway":
+                state["prefixListId"] = f"pl-{digest}"  # what AWS answers for a gateway endpoint
             return f"{physical}-id", state
         if typ.startswith("gcp:"):
             if typ == "gcp:serviceaccount/account:Account":
@@ -114,6 +117,13 @@ class _Recorder(pulumi.runtime.Mocks):
                     i: {"principalId": "principal", "clientId": "client"} for i in identity["userAssignedIdentities"]}}
             if typ == "azure-native:managedidentity:UserAssignedIdentity":
                 state.update(principalId=f"{digest}-principal", clientId=f"{digest}-client")
+            if typ == "azure-native:keyvault:Vault":
+                state["properties"] = {**(inputs.get("properties") or {}),
+                                       "vaultUri": f"https://{state['name']}.vault.azure.net/"}
+            if typ == "azure-native:keyvault:Key":
+                # What Key Vault answers: the key's URI, and the same pinned to its first version.
+                state["keyUri"] = f"https://{inputs.get('vaultName', 'vault')}.vault.azure.net/keys/{state['name']}"
+                state["keyUriWithVersion"] = f"{state['keyUri']}/{hashlib.sha1(rid.encode()).hexdigest()[:32]}"
             if typ == "azure-native:containerregistry:Registry":
                 state["loginServer"] = f"{state['name']}.azurecr.io"
             if typ == "azure-native:machinelearningservices:OnlineEndpoint":

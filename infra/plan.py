@@ -9,6 +9,7 @@ are usage-based and not in the estimate.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -38,26 +39,88 @@ def run(stack: Stack) -> OfflineRun:
 
 
 def plan(stack: Stack) -> dict[str, Any]:
-    """The plan as plain data: resources, outputs, cost, budget, seconds taken."""
+    """The plan as plain data: resources (with their full inputs, secrets masked), the same as
+    `pulumi preview --json` steps, outputs, cost, budget, seconds taken."""
     started = time.perf_counter()
     result = run(stack)
     cost = estimate(result.resources, result.config.cloud)
     budget = result.config.monthly_budget_usd
+    steps = preview_steps(result)
     return {
         "stack": stack.name,
         "cloud": result.config.cloud,
         "region": result.config.region,
         "resources": [
             {"type": r.type, "name": r.name, "parent": r.parent, "component": not r.custom,
-             "settings": key_settings(r.inputs)}
+             "urn": r.urn, "settings": key_settings(r.inputs), "inputs": mask_secrets(r.inputs)}
             for r in result.resources
         ],
+        "steps": steps,
+        "changeSummary": {"create": len(steps)},
         "outputs": result.outputs.model_dump(mode="json"),
         "cost": cost,
         "budget_usd": budget,
         "over_budget": cost["monthly_usd"] > budget,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def preview_steps(result: OfflineRun) -> list[dict[str, Any]]:
+    """The plan in `pulumi preview --json`'s shape: one "create" step per resource, the root
+    stack first, each with its URN and `newState` (type, custom, parent URN, full inputs with
+    secrets masked), so a reviewer or a policy tool reads it without running the program."""
+    root = f"urn:pulumi:{result.stack}::stackwise::pulumi:pulumi:Stack::stackwise-{result.stack}"
+    steps = [{"op": "create", "urn": root,
+              "newState": {"urn": root, "custom": False, "type": "pulumi:pulumi:Stack", "inputs": {}}}]
+    for r in result.resources:
+        steps.append({"op": "create", "urn": r.urn, "newState": {
+            "urn": r.urn, "custom": r.custom, "type": r.type, "parent": r.parent_urn or root,
+            "inputs": mask_secrets(r.inputs)}})
+    return steps
+
+
+# What the engine sends for a secret (`pulumi.Output.secret`, a `require_secret` config value):
+# the value wrapped in a map tagged with this signature.
+_SECRET_SIG = "4dabf18193072939515e22adb298388d"
+_SECRET_VALUE = "1b47061264138c4ac30d75fd1eb44270"
+MASK = "[secret]"
+# Key names that hold a credential, not a reference to one (`secretName`, `kmsKeyId` stay shown).
+_CREDENTIAL_WORDS = {"password", "passwd", "passphrase", "token", "secret", "secrets", "credential",
+                     "credentials", "connectionstring"}
+_CREDENTIAL_KEYS = {("key",), ("api", "key"), ("access", "key"), ("secret", "key"), ("private", "key"),
+                    ("shared", "key"), ("account", "key"), ("master", "key"), ("primary", "key"),
+                    ("secondary", "key"), ("auth", "key"), ("sas", "key"), ("signing", "key")}
+_REFERENCE_WORDS = {"id", "ids", "arn", "arns", "name", "names", "ref", "refs", "uri", "url", "version",
+                    "versions", "type", "enabled", "rotation", "policy", "count", "length", "ttl", "expiry"}
+
+
+def _words(key: str) -> tuple[str, ...]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", key).replace("_", " ").replace("-", " ").lower()
+    return tuple(spaced.split())
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether an input's name says it holds a credential (password, token, secret, an API key)."""
+    words = _words(str(key))
+    if not words or words[-1] in _REFERENCE_WORDS:
+        return False
+    joined = {"".join(words[i:i + 2]) for i in range(len(words))}  # connection string, pass phrase
+    return bool(_CREDENTIAL_WORDS & (set(words) | joined)) or words[-2:] in _CREDENTIAL_KEYS or words[-1:] in _CREDENTIAL_KEYS
+
+
+def mask_secrets(value: Any, key: str | None = None) -> Any:
+    """A copy of recorded inputs with every secret replaced by "[secret]": values the engine
+    received as secrets (at any depth), and any value under a credential-like key name."""
+    if isinstance(value, dict) and value.get(_SECRET_SIG) == _SECRET_VALUE:
+        return MASK
+    if key is not None and is_secret_key(key) and value not in (None, "", [], {}):
+        if not isinstance(value, (dict, list)):
+            return MASK
+    if isinstance(value, dict):
+        return {k: mask_secrets(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, key) for v in value]
+    return value
 
 
 def key_settings(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +177,18 @@ def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
             props = (inputs.get("properties") or {}).get("properties") or {}
             nodes = float((props.get("scaleSettings") or {}).get("minNodeCount") or 0)
             gpu(r, props.get("vmSize"), nodes, "idle cluster nodes")
+        elif r.type == "aws:ec2/vpcEndpoint:VpcEndpoint":
+            if inputs.get("vpcEndpointType") == "Interface" and (fixed := catalog.fixed_monthly(f"{r.type}#Interface")):
+                zones = len(inputs.get("subnetIds") or []) or 1  # one network interface per zone's subnet
+                add(r, fixed.usd * zones, f"{zones} zone(s) x ${fixed.usd:.2f}: {fixed.source}")
+        elif r.type == "azure-native:machinelearningservices:Workspace":
+            network = inputs.get("managedNetwork") or {}
+            rules = (network.get("outboundRules") or {}).values()
+            # FQDN outbound rules run on an Azure Firewall the workspace provisions and bills.
+            if any(rule.get("type") == "FQDN" for rule in rules):
+                sku = network.get("firewallSku") or "Standard"
+                if fixed := catalog.fixed_monthly(f"{r.type}#firewall-{sku}"):
+                    add(r, fixed.usd, fixed.source)
         else:
             fixed = catalog.fixed_monthly(r.type)
             if fixed is not None:

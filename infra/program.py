@@ -116,14 +116,40 @@ def _aws_secret_arn(ref: str | None) -> str | None:
     return ref.removeprefix("aws-sm://") if ref and ref.startswith("aws-sm://") else None
 
 
+def _internet_egress(config: InfraConfig) -> bool:
+    """`stackwise:network: {internetEgress: true}`: a NAT gateway gives the private network a route
+    to the internet (AWS)."""
+    return config.network.internet_egress
+
+
+def _check_model_reachable(config: InfraConfig) -> None:
+    """An AWS endpoint serving a Hugging Face id downloads it at start, from inside the private
+    network: without a route to the internet it would never become InService."""
+    from stackwise.errors import ConfigError
+
+    from .common import is_hf_model
+
+    ep = config.endpoint
+    if ep is not None and is_hf_model(ep.model) and not _internet_egress(config):
+        raise ConfigError(
+            f"endpoint.model {ep.model!r} is a Hugging Face id, but the endpoint runs in the stack's private "
+            "network, which has no route to the internet",
+            where=f"{stack_file(pulumi.get_stack())}: stackwise:endpoint.model",
+            fix="mirror the model to the artifact store (`huggingface-cli download` it, tar it as model.tar.gz, "
+            "`aws s3 cp` it) and set endpoint.model to its s3:// URI, or set stackwise:network.internetEgress: "
+            "true (a NAT gateway)")
+
+
 def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, Any]:
     from . import aws
 
+    _check_model_reachable(config)
     tags = config.all_tags
     platform = aws.TrainingPlatform(prefix, aws.TrainingPlatformArgs(
         region=config.region, cidr=config.network.cidr, tags=tags,
         pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
-        external_secret_arn=_aws_secret_arn(config.vector_store.api_key_secret), images=_images(config)))
+        external_secret_arn=_aws_secret_arn(config.vector_store.api_key_secret), images=_images(config),
+        internet_egress=_internet_egress(config)))
     endpoint = None
     if config.endpoint is not None:
         ep = config.endpoint
@@ -145,6 +171,7 @@ def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
                                       platform.secret_refs.get("pinecone_api_key")),
         "endpoints": pulumi.Output.all(*_endpoints(endpoint)),
         "secrets": _refs(platform.secret_refs),
+        "network": platform.network,
     }
 
 
@@ -165,11 +192,12 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
         served = gcp.InferenceEndpoint(f"{prefix}-{ep.name}", gcp.InferenceEndpointArgs(
             endpoint=ep, offer=catalog.offer(ep.gpu, "gcp", ep.count), project=config.gcp_project,
             region=config.region, kms_key_id=platform.key.id, alarms=config.alarms,
-            alert_emails=config.budget_alert_emails, labels=tags))
+            alert_emails=config.budget_alert_emails, labels=tags, after=list(platform.apis.values())))
         endpoint = _endpoint_output(ep, served, image)
     gcp.Budget(f"{prefix}-budget", gcp.BudgetArgs(
         amount_usd=config.monthly_budget_usd, billing_account=config.gcp_billing_account,
-        project=config.gcp_project, emails=config.budget_alert_emails, labels=tags))
+        project=config.gcp_project, emails=config.budget_alert_emails, labels=tags,
+        after=list(platform.apis.values())))
     return {
         "artifact_store": platform.artifact_store,
         "job_role": platform.service_account.email,
@@ -178,6 +206,7 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
                                       platform.secret_refs.get("pinecone_api_key")),
         "endpoints": pulumi.Output.all(*_endpoints(endpoint)),
         "secrets": _refs(platform.secret_refs),
+        "network": platform.network_output,
         "gcp_project": config.gcp_project,
     }
 

@@ -1114,8 +1114,9 @@ def image_build(
 def plan(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
     """Show what `pulumi up` would create for a cloud stack, its outputs and monthly cost (offline).
 
-    Runs the Pulumi program under mocks: no Pulumi CLI, no credentials. Exits 3 when the
-    estimate exceeds the stack's monthlyBudgetUsd.
+    Runs the Pulumi program under mocks: no Pulumi CLI, no credentials. With --json, every
+    resource's full inputs are listed too (as `pulumi preview --json` steps, secrets shown as
+    "[secret]"). Exits 3 when the estimate exceeds the stack's monthlyBudgetUsd.
     """
     import os
 

@@ -17,6 +17,17 @@ CLOUDS: tuple[str, ...] = ("local", "aws", "gcp", "azure")
 
 _SECRET_REF = re.compile(r"^(env|file|aws-sm|gcp-sm|azure-kv)://\S+$")
 
+#: Top-level folder of the artifact store that holds every fine-tuning identity's checkpoints
+#: (`checkpoints/<model>-<digest>/checkpoint-N/...`). Object-store lifecycle rules match only
+#: key prefixes (S3 cannot wildcard; GCS matches a prefix or a suffix), so the folder that the
+#: rules target must come first in the key: infra/ and the adapters share this constant.
+CHECKPOINTS_PREFIX = "checkpoints/"
+
+
+def checkpoint_uri(artifact_store: str, output_name: str) -> str:
+    """Where a fine-tuning identity's checkpoints live: `<store>/checkpoints/<output_name>`."""
+    return f"{artifact_store.rstrip('/')}/{CHECKPOINTS_PREFIX}{output_name}"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -55,6 +66,21 @@ class EndpointOutput(_Strict):
     min_replicas: int = Field(1, ge=1, description="Replicas each deployed version starts with.")
 
 
+class NetworkOutput(_Strict):
+    """The stack's private network, where cloud jobs and endpoints run (AWS and GCP stacks).
+
+    AWS: the private subnets and the security group every training job and endpoint model gets
+    as its `VpcConfig`. GCP: the VPC network a Vertex AI CustomJob is peered with (`network`,
+    by project number, as Vertex requires) and the reserved range of the peering.
+    """
+
+    subnets: list[str] = Field(default_factory=list, description="AWS: private subnet ids.")
+    security_groups: list[str] = Field(default_factory=list, description="AWS: security group ids.")
+    network: str | None = Field(None, description="GCP: `projects/<number>/global/networks/<name>`.")
+    reserved_ip_ranges: list[str] = Field(
+        default_factory=list, description="GCP: names of the ranges reserved for Vertex AI's peering.")
+
+
 class StackOutputs(_Strict):
     """Everything an adapter may know about a stack; exported by infra/ for every stack."""
 
@@ -69,6 +95,8 @@ class StackOutputs(_Strict):
     endpoints: list[EndpointOutput] = Field(default_factory=list)
     tracking_uri: str | None = Field(None, description="MLflow tracking URI.")
     secrets: dict[str, str] = Field(default_factory=dict, description="Named secret references.")
+    network: NetworkOutput | None = Field(
+        None, description="The private network jobs and endpoints run in (absent: the cloud's default).")
     # Cloud-specific coordinates: only the active cloud's are set.
     gcp_project: str | None = None
     azure_subscription_id: str | None = None

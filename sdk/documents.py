@@ -31,6 +31,8 @@ MAX_METADATA_BYTES = 32 * 2**10
 # Document ids derive from canonical URIs only: `index D`, `index D/./x/../x`, `index ../D` from a
 # subfolder, `index LINK_TO_D` and `index file://D/` are one source with one set of ids.
 _LOCAL = ("file", "local")
+# Other names fsspec gives one filesystem: one spelling of an object, one document id.
+_SCHEME_ALIASES = {"gcs": "gs", "s3a": "s3", "abfs": "az", "abfss": "az"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", re.S)
 
 
@@ -41,8 +43,9 @@ def canonical_source(source: str) -> str:
     path with `.`, `..` and symbolic links resolved in every folder of it: the folder named, the
     fixed folders before a glob's pattern, the folder of a file named directly (a file that is
     itself a link keeps its own name, as it does when its folder is listed). Object-store URIs
-    (`s3://b//k/`) lose empty and `.` segments and a trailing slash (`s3://b/k`). Chained fsspec
-    URLs (`a::b`) are left as given.
+    (`s3://b//k/`) lose empty and `.` segments and a trailing slash (`s3://b/k`), and take one
+    scheme per filesystem (`gcs://` is `gs://`, `s3a://` is `s3://`, `abfs://` and `abfss://` are
+    `az://`). Chained fsspec URLs (`a::b`) are left as given.
     """
     return _canonical(source, glob=True)
 
@@ -72,7 +75,8 @@ def _canonical(source: str, glob: bool) -> str:
     match = _SCHEME.match(source)
     if match and match.group(1).lower() not in _LOCAL:
         segments = [s for s in match.group(2).split("/") if s not in ("", ".")]
-        return f"{match.group(1).lower()}://" + "/".join(segments)
+        scheme = match.group(1).lower()
+        return f"{_SCHEME_ALIASES.get(scheme, scheme)}://" + "/".join(segments)
     path = match.group(2) if match else source.removeprefix("file:") if source.startswith("file:") else source
     # Joined, not normalized: `LINK/..` must climb from where the link leads, as the OS does.
     path = os.path.join(os.getcwd(), os.path.expanduser(path))
@@ -127,9 +131,10 @@ class Source:
         # unless `follow_links`; a file named directly is read wherever it leads.
         self.follow_links = follow_links
         self.root: str | None = None
+        canonical = canonical_source(source)
         try:
             # The canonical spelling, so every spelling of one source gives the same document ids.
-            self.fs, path = url_to_fs(canonical_source(source))
+            self.fs, path = url_to_fs(canonical)
         except (ImportError, ValueError) as exc:
             raise InputError(
                 f"cannot open source {source!r}: {exc}",
@@ -137,7 +142,10 @@ class Source:
                 fix="use a local path or an fsspec URI whose filesystem is installed (s3fs, gcsfs, adlfs)",
             ) from None
         self.path = path
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        protocols = (self.fs.protocol,) if isinstance(self.fs.protocol, str) else tuple(self.fs.protocol)
+        written = _SCHEME.match(canonical)
+        # The canonical scheme where the filesystem answers to it (adlfs names `abfs` first, ids say `az`).
+        protocol = written.group(1) if written and written.group(1) in protocols else protocols[0]
         self.protocol = protocol
         self.uri = f"{protocol}://{path}" if protocol not in ("file", "local") else f"file://{path}"
         self.direct = False

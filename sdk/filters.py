@@ -177,16 +177,6 @@ def parse_filter(obj: Any, where: str = "filter") -> Expr | None:
         return None
     return _parse(obj, where)
 
-def conditions(expr: Expr | None) -> Iterable[Cond]:
-    """Every condition in the tree, depth first."""
-    if expr is None:
-        return
-    if isinstance(expr, Cond):
-        yield expr
-    else:
-        for item in expr.items:
-            yield from conditions(item)
-
 # -- CLI ------------------------------------------------------------------------------------------
 _ARG = re.compile(r"^\s*(?P<key>[^\s=!<>]+)\s*(?P<op>>=|<=|!=|=|>|<)(?P<raw>.*)$", re.S)
 _ARG_OPS = {"=": "$eq", "!=": "$ne", ">": "$gt", ">=": "$gte", "<": "$lt", "<=": "$lte"}

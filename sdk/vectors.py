@@ -203,6 +203,12 @@ class VectorStore(ABC):
     def optimize(self, name: str) -> None:
         """Compact and (re)build search indexes where the engine needs it; a no-op by default."""
 
+    def needs_optimize(self, name: str) -> bool:
+        """Whether `optimize` has work left on `name` (a run killed before or inside it left
+        small commits uncompacted or indexes unbuilt): the index workload then optimizes even
+        when it has nothing to write. Read-only; False by default (stores that index themselves)."""
+        return False
+
     def recover(self, name: str) -> int | None:
         """Bring a damaged index (a data file deleted or corrupt) back to its last good version;
         return that version, or None when the index was not damaged. StoreError naming the index

@@ -235,6 +235,31 @@ def check_paths(spec: Any, stack: Any) -> None:
             )
 
 
+# The longest run each cloud accepts for one job, in seconds: SageMaker's MaxRuntimeInSeconds
+# (28 days, CreateTrainingJob API reference) and Azure ML's job lifetime on AmlCompute (21 days;
+# 7 days on low-priority nodes: Azure ML service limits). Vertex AI documents a default timeout
+# of 7 days and no maximum, so GCP has no bound here (see docs/cloud-adapters.md).
+MAX_RUNTIME_S = {"aws": 28 * 86400, "azure": 21 * 86400}
+MAX_RUNTIME_LOW_PRIORITY_S = {"azure": 7 * 86400}
+
+
+def check_max_runtime(spec: Any, cloud: str, low_priority: bool = False) -> None:
+    """Refuse, before any cloud call, a `compute.max_runtime_s` beyond what `cloud` runs."""
+    limits = MAX_RUNTIME_LOW_PRIORITY_S if low_priority else MAX_RUNTIME_S
+    limit = limits.get(cloud) or MAX_RUNTIME_S.get(cloud)
+    asked = int(spec.compute.max_runtime_s)
+    if limit is None or asked <= limit:
+        return
+    service = {"aws": "SageMaker training jobs run", "azure": "Azure ML command jobs run"}[cloud]
+    kind = " on low-priority (spot) nodes" if low_priority and cloud in MAX_RUNTIME_LOW_PRIORITY_S else ""
+    raise SpecError(
+        f"compute.max_runtime_s {asked} is more than {service}{kind}: at most {limit} s ({limit // 86400} days)",
+        where="spec.compute.max_runtime_s",
+        fix=f"set max_runtime_s to {limit} or less; a longer fine-tune resumes from its checkpoints when "
+        "submitted again (the next attempt of the same spec)",
+    )
+
+
 def processes_per_node(spec: Any) -> int:
     return int(getattr(spec.compute, "count", 1))
 
@@ -371,6 +396,12 @@ class CloudCompute:
             time.sleep(delay)
 
     # -- helpers for subclasses ----------------------------------------------------------------
+    def checkpoints_uri(self, output_name: str) -> str:
+        """Where a fine-tuning identity's checkpoints are kept: by default where the trainer mirrors
+        them (`<store>/finetune/<output_name>/checkpoints`); clouds whose job writes them to the
+        top-level checkpoint prefix (`stackwise.contract.checkpoint_uri`) say so."""
+        return f"{self.stack.outputs.artifact_store.rstrip('/')}/finetune/{output_name}/checkpoints"
+
     def map_state(self, state: str) -> JobState:
         return self.states.get(state, JobState.PENDING)
 
@@ -386,7 +417,7 @@ class CloudCompute:
             except SpecError:
                 folder = None
             if folder:  # shared by every attempt of the identity
-                outputs["checkpoints"] = f"{self.stack.outputs.artifact_store.rstrip('/')}/finetune/{folder}/checkpoints/"
+                outputs["checkpoints"] = self.checkpoints_uri(folder) + "/"
         outputs.update(extra or {})
         workers = int(spec.get("workers") or 1) if spec.get("kind") == "index" else 1
         if workers > 1:
@@ -411,13 +442,21 @@ class CloudCompute:
         """The workload's result JSON, read through fsspec with this machine's credentials for the
         artifact store (gcsfs, adlfs); None while it is absent or unreadable (the outputs then hold
         only the artifact URIs)."""
-        try:
-            import fsspec
+        def read() -> dict[str, Any] | None:
+            try:
+                import fsspec
 
-            with fsspec.open(uri, "rb") as handle:
-                return json.loads(handle.read())
-        except Exception:  # noqa: BLE001 - missing file, no credentials, no fsspec backend: not readable
-            return None
+                with fsspec.open(uri, "rb") as handle:
+                    return json.loads(handle.read())
+            except Exception:  # noqa: BLE001 - missing file, no credentials, no fsspec backend: not readable
+                return None
+
+        # In a thread of its own: adlfs makes fsspec's I/O loop the calling thread's event loop,
+        # which would break the caller's own asyncio use (Pulumi's engine, a notebook's loop).
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="stackwise-result") as pool:
+            return pool.submit(read).result()
 
     def _merged_shard_results(self, root: str, workers: int) -> dict[str, Any] | None:
         """A sharded index job's report: each node wrote `shards/<i>/result.json`; their sum,

@@ -44,8 +44,8 @@ from stackwise.jobs import JobInfo, JobState
 from stackwise.registry import require
 
 from ._cloud import (ENV_SPEC, CloudCompute, CloudError, CredentialsError, QuotaError, TransientError,
-                     bootstrap_command, decode_spec, identity_fields, job_environment, job_name, job_uri,
-                     processes_per_node, require_output, strategy, with_retries)
+                     bootstrap_command, check_max_runtime, decode_spec, identity_fields, job_environment, job_name,
+                     job_uri, processes_per_node, require_output, strategy, with_retries)
 
 #: the AmlCompute cluster infra/azure/platform.py creates (`compute_name`); a test checks they agree
 CLUSTER = "gpu"
@@ -118,6 +118,8 @@ def build_request(spec: Any, stack: Any, name: str | None = None,
     or absent) the job runs serverless.
     """
     name = name or job_name(spec, attempt)
+    # Azure ML ends a job after 21 days (7 on low-priority nodes): refuse a longer max runtime now
+    check_max_runtime(spec, "azure", low_priority=bool(spec.compute.spot))
     outputs = stack.outputs
     ws = workspace_id(stack)
     image = require_output(outputs.training_image, "training_image", stack,

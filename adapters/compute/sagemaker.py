@@ -16,13 +16,19 @@ What a request holds:
   host's index in resourceconfig.json);
 - spot: `EnableManagedSpotTraining`, `MaxWaitTimeInSeconds` (twice the runtime);
 - fine-tuning: a `CheckpointConfig` whose S3 URI is the identity's checkpoint folder
-  (`<store>/finetune/<model>-<digest>/checkpoints`, shared by every attempt) and whose local path
+  (`<store>/checkpoints/<model>-<digest>`, shared by every attempt, under the top-level prefix the
+  bucket's lifecycle rule moves to infrequent access) and whose local path
   is /opt/ml/checkpoints (`STACKWISE_CHECKPOINT_DIR`): SageMaker restores it before the container
   starts (a spot restart, or the next attempt) and uploads what the trainer saves there;
 - distribution: each host runs the workload, which starts `count` processes with torchrun and
   meets the others at algo-1 (the bootstrap derives MASTER_ADDR and NODE_RANK from SageMaker's
   resourceconfig.json); the strategy (ddp, fsdp, deepspeed-zero2/3) travels in the spec and
   is shown as hyperparameters;
+- `VpcConfig`: the stack's private subnets and security group (its `network` output), so the
+  job runs in the private network the stack made (S3 through its gateway endpoint, ECR, logs,
+  STS and Secrets Manager through interface endpoints; no internet unless the stack has a NAT
+  gateway);
+- `StoppingCondition.MaxRuntimeInSeconds` = `max_runtime_s`, refused above SageMaker's 28 days;
 - environment variables and tags naming the stack, kind and spec digest.
 """
 
@@ -33,12 +39,13 @@ from datetime import datetime
 from typing import Any
 
 from stackwise import catalog
+from stackwise.contract import checkpoint_uri
 from stackwise.errors import ConfigError, JobNotFoundError
 from stackwise.jobs import JobInfo, JobState
 from stackwise.registry import require
 
-from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, identity_fields,
-                     job_context, job_environment, job_name, job_uri, node_count, parse_job_name,
+from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, check_max_runtime,
+                     identity_fields, job_context, job_environment, job_name, job_uri, node_count, parse_job_name,
                      processes_per_node, require_output, strategy)
 
 CPU_INSTANCE = "ml.m5.xlarge"
@@ -51,6 +58,9 @@ STATES = {
     "Failed": JobState.FAILED,
     "Stopping": JobState.RUNNING,  # not ended yet: wait() keeps polling until Stopped
     "Stopped": JobState.CANCELLED,
+    # DeleteTrainingJob was called: the job ended (it could not be deleted otherwise) and is going
+    # away; waiting on it must end, not poll a job that is about to vanish.
+    "Deleting": JobState.CANCELLED,
 }
 # Secondary statuses before the container runs.
 _PENDING_SECONDARY = {"Starting", "Pending", "Downloading", "LaunchingMLInstances", "PreparingTrainingStack",
@@ -73,6 +83,7 @@ def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int =
     `name` is the job name of the attempt (default: `job_name(spec, attempt)`).
     """
     name = name or job_name(spec, attempt)
+    check_max_runtime(spec, "aws")
     outputs = stack.outputs
     role = require_output(outputs.job_role, "job_role", stack, "export the SageMaker job role ARN (the Pulumi program does)")
     image = require_output(outputs.training_image, "training_image", stack,
@@ -125,10 +136,25 @@ def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int =
     if compute.spot:
         request["StoppingCondition"]["MaxWaitTimeInSeconds"] = 2 * compute.max_runtime_s
     if spec.kind == "finetune":
-        store = outputs.artifact_store.rstrip("/")
-        request["CheckpointConfig"] = {"S3Uri": f"{store}/finetune/{spec.output_name}/checkpoints",
+        request["CheckpointConfig"] = {"S3Uri": checkpoint_uri(outputs.artifact_store, spec.output_name),
                                        "LocalPath": CHECKPOINT_PATH}
+    vpc = vpc_config(stack)
+    if vpc:
+        request["VpcConfig"] = vpc
     return request
+
+
+def vpc_config(stack: Any) -> dict[str, list[str]] | None:
+    """The `VpcConfig` of the stack's private network (jobs and endpoint models), or None for a
+    stack that exports no network (outputs synced before it existed: SageMaker's own network)."""
+    network = stack.outputs.network
+    if network is None or not network.subnets:
+        return None
+    if not network.security_groups:
+        raise ConfigError(f"stack {stack.name!r} exports subnets but no security group",
+                          where="stack outputs: network.security_groups",
+                          fix="export the jobs' security group id (the Pulumi program does); run `stackwise sync`")
+    return {"SecurityGroupIds": list(network.security_groups), "Subnets": list(network.subnets)}
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -208,6 +234,9 @@ class SageMakerCompute(CloudCompute):
     # -- requests ------------------------------------------------------------------------------
     def build(self, spec: Any, name: str, attempt: int = 1) -> dict[str, Any]:
         return build_request(spec, self.stack, name, attempt)
+
+    def checkpoints_uri(self, output_name: str) -> str:
+        return checkpoint_uri(self.stack.outputs.artifact_store, output_name)
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """One API call; its errors become TransientError (retried) or a clear CloudError."""
@@ -296,7 +325,8 @@ class SageMakerCompute(CloudCompute):
             started_at=_ts(job.get("TrainingStartTime")),
             ended_at=_ts(job.get("TrainingEndTime")) if state.terminal else None,
             error=job.get("FailureReason") if state is JobState.FAILED else
-            ("stopped" if state is JobState.CANCELLED else None),
+            ("deleted (DeleteTrainingJob)" if status == "Deleting" else
+             "stopped" if state is JobState.CANCELLED else None),
             outputs=self.outputs_for(spec or {"kind": hyper.get("stackwise_kind")}, name, state, extra),
             spec=spec,
             log_path=f"cloudwatch:{LOG_GROUP}/{name}",

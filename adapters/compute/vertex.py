@@ -8,6 +8,14 @@ takes (golden files in tests/golden/ pin it). What it holds:
   the stack's training image running the bootstrap; the bootstrap derives MASTER_ADDR and
   NODE_RANK from Vertex's CLUSTER_SPEC;
 - `scheduling`: timeout = max runtime, strategy SPOT for `spot=True` (else STANDARD);
+- `network` (and `reservedIpRanges`): the stack's VPC network, peered with Vertex AI through
+  private services access (infra/gcp/platform.py), from the stack's `network` output, so the job
+  reaches the stack's private addresses; Google APIs (GCS, Artifact Registry, Logging) are
+  reached as without it;
+- fine-tuning: `STACKWISE_CHECKPOINT_DIR` = the identity's checkpoint folder through Vertex's
+  Cloud Storage FUSE mount (`/gcs/<bucket>/checkpoints/<model>-<digest>`), so the trainer writes
+  checkpoints straight under the top-level prefix the bucket's lifecycle rule targets, and every
+  attempt (a spot restart, a resubmit) finds them there;
 - the job's service account, `base_output_directory` = the job's folder in the artifact store,
   and labels naming the stack, kind, the stackwise job name, its identity and attempt (how
   `submit` finds a spec's jobs: Vertex assigns CustomJob ids itself, so `submit` lists by the
@@ -24,15 +32,17 @@ import os
 from typing import Any
 
 from stackwise import catalog
+from stackwise.contract import checkpoint_uri
 from stackwise.errors import ConfigError, JobNotFoundError
 from stackwise.jobs import JobInfo, JobState
 from stackwise.registry import require
 
 from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, bootstrap_command,
-                     decode_spec, identity_fields, job_environment, job_name, job_uri, node_count, parse_job_name,
-                     require_output, strategy)
+                     check_max_runtime, decode_spec, identity_fields, job_environment, job_name, job_uri, node_count,
+                     parse_job_name, require_output, strategy)
 
 CPU_MACHINE = "n1-standard-8"
+ENV_CHECKPOINT_DIR = "STACKWISE_CHECKPOINT_DIR"  # read by stackwise.training.trainer
 STATES = {
     "JOB_STATE_QUEUED": JobState.PENDING,
     "JOB_STATE_PENDING": JobState.PENDING,
@@ -60,6 +70,12 @@ def machine_spec(spec: Any, stack: Any) -> dict[str, Any]:
     return {"machineType": offer.instance, "acceleratorType": offer.accelerator, "acceleratorCount": offer.count}
 
 
+def fuse_path(uri: str) -> str:
+    """The path of a gs:// URI inside a Vertex AI job, where Cloud Storage FUSE mounts every bucket
+    the job's service account can read under /gcs/."""
+    return "/gcs/" + uri.removeprefix("gs://")
+
+
 def _label(value: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]
 
@@ -71,7 +87,10 @@ def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int =
     image = require_output(outputs.training_image, "training_image", stack,
                            "export the training image URI (`pulumi up` builds and pushes it to Artifact Registry; "
                            "with stackwise:images build: false, run `stackwise image build --push`)")
+    check_max_runtime(spec, "gcp")
     env = job_environment(spec, name, stack, attempt, inline=True)
+    if spec.kind == "finetune":
+        env[ENV_CHECKPOINT_DIR] = fuse_path(checkpoint_uri(outputs.artifact_store, spec.output_name))
     container = {"imageUri": image, "command": bootstrap_command(),
                  "env": [{"name": k, "value": v} for k, v in sorted(env.items())]}
     pool = {
@@ -92,6 +111,11 @@ def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int =
     }
     if outputs.job_role:
         job_spec["serviceAccount"] = outputs.job_role
+    network = outputs.network
+    if network is not None and network.network:
+        job_spec["network"] = network.network
+        if network.reserved_ip_ranges:
+            job_spec["reservedIpRanges"] = list(network.reserved_ip_ranges)
     return {
         "displayName": name,
         "jobSpec": job_spec,
@@ -142,6 +166,9 @@ class VertexCompute(CloudCompute):
 
     def build(self, spec: Any, name: str, attempt: int = 1) -> dict[str, Any]:
         return build_request(spec, self.stack, name, attempt)
+
+    def checkpoints_uri(self, output_name: str) -> str:
+        return checkpoint_uri(self.stack.outputs.artifact_store, output_name)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         exc = self._exceptions

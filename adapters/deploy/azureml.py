@@ -3,7 +3,7 @@
 adapter's client: same credentials, same error mapping, same custom-cloud endpoint for tests).
 
 The Pulumi program creates the endpoint (`endpoints[].name` is its name); `deploy` fills it:
-- a version added: one `ManagedOnlineDeployment` named `variant_name(model, version)` with the
+- a version added: one `ManagedOnlineDeployment` named `deployment_name(model, version)` with the
   stack's serving image (as an environment with its routes), the catalog's VM size for the
   endpoint's GPU, `min_replicas` instances, tags naming the model and version, and environment
   variables naming the version's artifact (`az://...`, read by the serving image through fsspec
@@ -20,7 +20,9 @@ Long-running operations are awaited (`.result()`).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from typing import Any
 
 from stackwise import catalog
@@ -30,6 +32,40 @@ from stackwise.errors import ConfigError, JobNotFoundError, SpecError
 CPU_SIZE = "Standard_DS3_v2"
 TAG_MODEL, TAG_VERSION = "stackwise-model", "stackwise-version"
 PORT = 8080
+# The serving image's routes, for every Azure ML environment that runs it (this adapter's and the
+# Pulumi program's, infra/azure/endpoint.py). Liveness must answer while the model loads (`GET /`),
+# or Azure restarts a slow-loading container in a loop; readiness (`/health`) turns 200 once the
+# model is loaded.
+INFERENCE_ROUTES = {"liveness_route": "/", "readiness_route": "/health", "scoring_route": "/v1/completions"}
+# Azure ML's rule for endpoint and deployment names (azure-ai-ml's
+# `validate_endpoint_or_deployment_name`): 3-32 characters, a letter first, letters, digits and
+# hyphens, a letter or digit last.
+NAME_MAX = 32
+_VALID_NAME = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+
+
+def inference_config() -> dict[str, dict[str, Any]]:
+    """The environment's `inference_config`: port and path of each route."""
+    return {route: {"port": PORT, "path": path} for route, path in INFERENCE_ROUTES.items()}
+
+
+def deployment_name(model: str, version: str) -> str:
+    """The Azure deployment name of one model version: `variant_name` (`chat-v3`) when that is
+    already a valid Azure name and says the model exactly; otherwise a letter-first, hyphenated
+    head cut to fit 32 characters, then `-v<version>` and 6 hex digits hashed from the model name and
+    version, so two versions (or two models cut to the same head) never share a name. The same
+    inputs give the same name on every run."""
+    plain = variant_name(model, version)
+    if len(plain) <= NAME_MAX and _VALID_NAME.match(plain) and plain == plain.lower() \
+            and re.fullmatch(r"[a-z][a-z0-9-]*", model) and re.fullmatch(r"[0-9]+", version):
+        return plain
+    digest = hashlib.sha256(f"{model}\0{version}".encode()).hexdigest()[:6]
+    head = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
+    if not head[:1].isalpha():
+        head = f"m-{head}".rstrip("-")
+    tail = "-v" + re.sub(r"[^a-z0-9]+", "-", version.lower()).strip("-")
+    tail = f"{tail}-{digest}" if len(tail) <= 10 else f"-{digest}"
+    return head[:NAME_MAX - len(tail)].rstrip("-") + tail
 
 
 def serving_image(stack: Any, endpoint_output: Any) -> str:
@@ -58,7 +94,7 @@ def deployment_request(stack: Any, endpoint_output: Any, target: DeployTarget) -
                         where=f"model registry, {target.key} source",
                         fix=f"register the version in the stack's artifact store ({stack.outputs.artifact_store})")
     return {
-        "name": variant_name(target.model, target.version).lower(),
+        "name": deployment_name(target.model, target.version),
         "endpoint": endpoint_output.name,
         "image": serving_image(stack, endpoint_output),
         "instance_type": instance_type(stack, endpoint_output),
@@ -143,11 +179,7 @@ class AzureMLDeploy(DeployBackend):
     def _create(self, request: dict[str, Any]) -> None:
         from azure.ai.ml.entities import Environment, ManagedOnlineDeployment
 
-        # Liveness must answer while the model loads (`GET /`), or Azure restarts a slow-loading
-        # container in a loop; readiness (`/health`) turns 200 once the model is loaded.
-        environment = Environment(image=request["image"], inference_config={
-            "liveness_route": {"port": PORT, "path": "/"}, "readiness_route": {"port": PORT, "path": "/health"},
-            "scoring_route": {"port": PORT, "path": "/v1/completions"}})
+        environment = Environment(image=request["image"], inference_config=inference_config())
         deployment = ManagedOnlineDeployment(
             name=request["name"], endpoint_name=request["endpoint"], environment=environment,
             instance_type=request["instance_type"], instance_count=request["instance_count"],

@@ -10,6 +10,10 @@ weighted by its traffic percent, on the catalog's instance type for the endpoint
 - a version added: a new EndpointConfig, then UpdateEndpoint (SageMaker's blue/green swap);
 - weights only: UpdateEndpointWeightsAndCapacities (no new model, config or instances).
 
+Each Model gets the stack's `VpcConfig` (private subnets and security group, from the stack's
+`network` output), as the model the Pulumi program made has: the serving container then reads
+its artifact from S3 through the VPC's gateway endpoint and has no internet route.
+
 Names derive from the endpoint, the version and a digest of what it runs, so a retried or
 repeated deploy finds what it made and creates nothing twice. Requests are pure functions
 (`model_request`, `endpoint_config_request`); they never hold credentials.
@@ -23,13 +27,18 @@ import time
 from typing import Any
 
 from stackwise import catalog
+from stackwise.adapters.compute.sagemaker import vpc_config
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
 from stackwise.errors import ConfigError, SpecError
 from stackwise.registry import require
 
 CPU_INSTANCE = "ml.m5.xlarge"
 STATES = {"Creating": "creating", "Updating": "updating", "SystemUpdating": "updating", "RollingBack": "updating",
-          "InService": "ready", "Deleting": "updating", "Failed": "failed", "UpdateRollbackFailed": "failed"}
+          "InService": "ready", "Deleting": "updating", "Failed": "failed", "UpdateRollbackFailed": "failed",
+          # takes no requests (SageMaker's own words); no deploy brings it back by waiting
+          "OutOfService": "failed"}
+#: EndpointStatus values in which the endpoint will not become InService by waiting
+_STUCK = ("Failed", "UpdateRollbackFailed", "OutOfService")
 ENV_MODEL, ENV_VERSION, ENV_BASE = "STACKWISE_MODEL", "STACKWISE_MODEL_VERSION", "STACKWISE_BASE_MODEL"
 
 
@@ -79,9 +88,13 @@ def model_request(stack: Any, endpoint_output: Any, target: DeployTarget) -> dic
     else:  # a save_pretrained folder: served as is, no tarball
         container["ModelDataSource"] = {"S3DataSource": {"S3Uri": target.artifact_uri.rstrip("/") + "/",
                                                          "S3DataType": "S3Prefix", "CompressionType": "None"}}
-    return {"ModelName": model_name(endpoint_output.name, target, image), "ExecutionRoleArn": role,
-            "PrimaryContainer": container,
-            "Tags": [{"Key": "stackwise-stack", "Value": stack.name}, {"Key": "stackwise-model", "Value": target.key}]}
+    request = {"ModelName": model_name(endpoint_output.name, target, image), "ExecutionRoleArn": role,
+               "PrimaryContainer": container,
+               "Tags": [{"Key": "stackwise-stack", "Value": stack.name}, {"Key": "stackwise-model", "Value": target.key}]}
+    vpc = vpc_config(stack)
+    if vpc:  # the same private network the Pulumi-made model runs in
+        request["VpcConfig"] = vpc
+    return request
 
 
 def endpoint_config_request(stack: Any, endpoint_output: Any, variants: list[dict[str, Any]]) -> dict[str, Any]:
@@ -173,7 +186,7 @@ class SageMakerDeploy(DeployBackend):
             status = (raw or {}).get("EndpointStatus")
             if status in (None, "InService"):
                 return
-            if status in ("Failed", "UpdateRollbackFailed"):
+            if status in _STUCK:
                 raise SpecError(f"endpoint {name} is {status}: {raw.get('FailureReason', '')}",
                                 where=f"SageMaker endpoint {name}",
                                 fix="see its CloudWatch logs; fix the model and deploy again")

@@ -175,7 +175,10 @@ class VertexDeploy(DeployBackend):
             labels = self._model_labels(dm["model"])
             variants.append(Variant(model=labels.get(LABEL_MODEL, dm["model"]), version=labels.get(LABEL_VERSION, "?"),
                                     traffic=split.get(dm["id"], 0), state="ready", name=dm["id"]))
-        url = out.url or f"https://{self.stack.region}-aiplatform.googleapis.com/v1/{resource}"
+        # A Private Service Connect endpoint answers only at a PSC forwarding rule in a consumer
+        # network, never on the public REST host: no URL to give for it.
+        private = bool((raw.get("privateServiceConnectConfig") or {}).get("enablePrivateServiceConnect"))
+        url = out.url or (None if private else f"https://{self.stack.region}-aiplatform.googleapis.com/v1/{resource}")
         return Deployment(endpoint=out.name, cloud=self.cloud, state="ready" if variants else "absent", url=url,
                           variants=variants)
 

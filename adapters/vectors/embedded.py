@@ -564,6 +564,24 @@ class EmbeddedStore(VectorStore):
                     config = Bitmap()
             table.create_index(column, config=config, replace=True)  # with a config, the first argument is the column
 
+    def needs_optimize(self, name: str) -> bool:
+        """True when `optimize` left indexing undone: a promoted metadata column without its scalar
+        index, an index missing rows, or no vector index from ANN_THRESHOLD rows (a run killed
+        before or inside `optimize` leaves one of these). Small commits left uncompacted are not
+        counted: Lance keeps some small fragments after a clean compaction too (next to an index's
+        coverage), so they are compacted by the next run that writes."""
+        table = self._table(name)
+        rows = table.count_rows()
+        if rows == 0:
+            return False
+        indices = table.list_indices()
+        if any(getattr(index, "num_unindexed_rows", 0) for index in indices):
+            return True
+        indexed = {c for index in indices for c in (index.columns or [])}
+        if self.promote and any(column not in indexed for column, _, _ in _promoted(table).values()):
+            return True
+        return rows >= ANN_THRESHOLD and self._vector_index(table) is None
+
     def optimize(self, name: str) -> None:
         """Promote metadata columns of an older index (once), give promoted columns a scalar
         index, compact small commits, fold new rows into the indexes, drop versions older than

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from stackwise.errors import StoreError
+from stackwise.errors import SpecError, StoreError
 from stackwise.registry import require
 from stackwise.filters import Expr, parse_filter, to_pinecone
 from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_same_model
@@ -50,17 +51,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CATALOG = "__stackwise_catalog__"
-# Pinecone's data-plane limits (docs.pinecone.io, "Limits"): per upsert request at most
-# 1,000 vectors and 2 MB; ids per fetch are bounded by the URL length; 10,000 per page of
-# fetch_by_metadata; top_k at most 10,000; 1,000 ids per delete request.
+# Pinecone's data-plane limits (docs.pinecone.io, "Operation limits"): per upsert request at
+# most 1,000 vectors and 2 MB; ids per fetch are bounded by the URL length; 10,000 per page of
+# fetch_by_metadata; top_k at most 10,000 and a query response of at most 4 MB; 1,000 ids per
+# delete request; 40 KB of metadata per record.
 MAX_UPSERT_VECTORS = 1000
 MAX_UPSERT_BYTES = 2 * 1024 * 1024
 FETCH_IDS = 100
 DELETE_IDS = 1000
 PAGE = 1000
 MAX_TOP_K = 10_000
+MAX_QUERY_RESPONSE_BYTES = 4 * 1024 * 1024
+# Every query includes metadata (the chunk text), so each match carries up to a few KB: 1,000
+# matches of 4 KB chunks already fill the 4 MB response. Larger k is refused before any request
+# (a clear error, not Pinecone's 400 or a silent clamp); a response that still exceeds 4 MB
+# (chunks of tens of KB) is reported with the same fix.
+MAX_TOP_K_WITH_METADATA = 1000
 PARALLEL_UPSERTS = 4
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_TOO_LARGE = re.compile(r"4\s*MB|response size|too large|exceeds", re.IGNORECASE)
 
 
 def to_pinecone_filter(filter: Filter | Expr | None) -> dict[str, Any] | None:
@@ -338,10 +347,26 @@ class PineconeStore(VectorStore):
                 where=self._where(name),
                 fix=f"embed the query with {info.model!r}",
             )
-        result = self._call(
-            "query", self._index.query, top_k=max(1, min(k, MAX_TOP_K)), vector=[float(v) for v in vector],
-            namespace=name, filter=to_pinecone_filter(filter), include_metadata=True,
-        )
+        if k > MAX_TOP_K_WITH_METADATA:
+            raise SpecError(
+                f"k={k} hits asked of Pinecone index {name!r}: every hit carries its chunk text (metadata), "
+                f"so at most {MAX_TOP_K_WITH_METADATA:,} are asked for, to stay within Pinecone's "
+                f"{MAX_QUERY_RESPONSE_BYTES // (1024 * 1024)} MB query response limit",
+                where=self._where(name),
+                fix=f"ask for k <= {MAX_TOP_K_WITH_METADATA:,}, or narrow the query with a filter")
+        try:
+            result = self._call(
+                "query", self._index.query, top_k=max(1, k), vector=[float(v) for v in vector],
+                namespace=name, filter=to_pinecone_filter(filter), include_metadata=True,
+            )
+        except StoreError as exc:
+            if "HTTP 400" in str(exc) and _TOO_LARGE.search(str(exc)):
+                raise StoreError(
+                    f"Pinecone's answer to a k={k} query of index {name!r} exceeds its "
+                    f"{MAX_QUERY_RESPONSE_BYTES // (1024 * 1024)} MB query response limit (the chunk text of "
+                    f"every hit is included)", where=self._where(name),
+                    fix="ask for fewer hits (a smaller k), or index smaller chunks") from None
+            raise
         return [hit_from_flat(m.id, m.score, m.metadata or {}) for m in result.matches[:k]]
 
     def count(self, name: str, filter: Filter | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import pulumi
@@ -9,7 +10,7 @@ import pulumi
 from stackwise.catalog import Offer
 
 from ..config import AlarmsConfig, EndpointConfig
-from ..common import is_hf_model
+from ..common import has_local_nvme, is_hf_model
 from ._provider import aws
 
 
@@ -24,7 +25,9 @@ class InferenceEndpointArgs:
     role_arn: pulumi.Input[str]
     """Execution role (the stack's job role: it can read the artifact bucket)."""
     kms_key_arn: pulumi.Input[str]
-    """Encrypts the endpoint's ML storage volumes."""
+    """Encrypts the endpoint's ML storage volumes (EBS; instance types with local NVMe storage
+    encrypt that storage with a hardware key instead, and SageMaker refuses a KMS key for them:
+    see docs/stacks.md)."""
     subnet_ids: list[pulumi.Input[str]]
     security_group_id: pulumi.Input[str]
     alarms: AlarmsConfig
@@ -32,6 +35,17 @@ class InferenceEndpointArgs:
     region: str
     """The stack's region (the endpoint's invocation URL)."""
     tags: dict[str, str]
+
+
+def alerts_key_policy(account_id: str) -> str:
+    """The alert topic key's policy: the account administers it (through IAM), CloudWatch (the
+    alarms) may generate data keys and decrypt, as SNS encryption requires of a publishing service."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "AccountAdministers", "Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{account_id}:root"},
+         "Action": "kms:*", "Resource": "*"},
+        {"Sid": "CloudWatchAlarmsPublish", "Effect": "Allow", "Principal": {"Service": "cloudwatch.amazonaws.com"},
+         "Action": ["kms:Decrypt", "kms:GenerateDataKey*"], "Resource": "*"},
+    ]})
 
 
 class InferenceEndpoint(pulumi.ComponentResource):
@@ -55,8 +69,10 @@ class InferenceEndpoint(pulumi.ComponentResource):
                                     vpc_config={"subnets": args.subnet_ids,
                                                 "security_group_ids": [args.security_group_id]},
                                     tags=tags, opts=child)
+        # Instances with local NVMe storage encrypt it in hardware and refuse a KMS key (see
+        # has_local_nvme); the policy pack accepts the missing key only for them.
         config = aws.sagemaker.EndpointConfiguration(
-            f"{name}-config", kms_key_arn=args.kms_key_arn,
+            f"{name}-config", kms_key_arn=None if has_local_nvme(args.offer.instance) else args.kms_key_arn,
             production_variants=[{"variant_name": "primary", "model_name": model.name,
                                   "instance_type": args.offer.instance,
                                   "initial_instance_count": ep.min_replicas}],
@@ -77,7 +93,14 @@ class InferenceEndpoint(pulumi.ComponentResource):
                 "scale_in_cooldown": 300, "scale_out_cooldown": 60},
             opts=child)
 
-        topic = aws.sns.Topic(f"{name}-alerts", kms_master_key_id="alias/aws/sns", tags=tags, opts=child)
+        # CloudWatch alarms cannot publish to a topic encrypted with the AWS-managed key
+        # (alias/aws/sns: its policy admits no other service), so the alerts have a key of their own
+        # whose policy lets CloudWatch encrypt the messages it publishes.
+        account = pulumi.Output.from_input(args.kms_key_arn).apply(lambda arn: arn.split(":")[4])
+        self.alerts_key = aws.kms.Key(
+            f"{name}-alerts-key", description=f"{name}: alarm notifications (SNS)", enable_key_rotation=True,
+            deletion_window_in_days=30, policy=account.apply(alerts_key_policy), tags=tags, opts=child)
+        topic = aws.sns.Topic(f"{name}-alerts", kms_master_key_id=self.alerts_key.arn, tags=tags, opts=child)
         for i, email in enumerate(args.alert_emails):
             aws.sns.TopicSubscription(f"{name}-alerts-{i}", topic=topic.arn, protocol="email", endpoint=email, opts=child)
         dims = {"EndpointName": self.endpoint.name, "VariantName": "primary"}

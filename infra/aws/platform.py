@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import pulumi
 
+from stackwise.contract import CHECKPOINTS_PREFIX
+
 from ..common import subnets
 from ..images import ImageBuildArgs, RegistryLogin, build_images
 from ._provider import aws
@@ -17,7 +19,8 @@ class TrainingPlatformArgs:
     region: str
     """AWS region; subnets go to its zones a and b."""
     cidr: str
-    """The private network's range (two /20 subnets are carved from it)."""
+    """The private network's range (/20 subnets are carved from it: two private, one public with
+    `internet_egress`)."""
     tags: dict[str, str]
     """Tags on every taggable resource."""
     pinecone_api_key: pulumi.Input[str] | None = None
@@ -27,6 +30,17 @@ class TrainingPlatformArgs:
     images: ImageBuildArgs | None = None
     """When set, the training and serving images are built and pushed to the registry (tags `:train`,
     `:serve`: ECR holds one image name per repository) and exported digest-pinned."""
+    internet_egress: bool = False
+    """When set, a NAT gateway in a public subnet gives jobs and endpoints a route to the internet
+    (HTTPS only: Hugging Face, PyPI, a hosted vector store). Off: the network reaches only AWS
+    services through VPC endpoints, and models must come from S3."""
+
+
+# AWS services jobs and endpoints reach through interface endpoints (PrivateLink), with private
+# DNS so the SDKs' default host names resolve to them: image layers (ECR API and registry),
+# container logs, STS (regional credentials), and the vector store key (Secrets Manager).
+INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "logs", "sts", "secretsmanager")
+HTTPS = 443
 
 
 class TrainingPlatform(pulumi.ComponentResource):
@@ -34,7 +48,8 @@ class TrainingPlatform(pulumi.ComponentResource):
 
     The bucket is KMS-encrypted with the stack's own key, versioned, closed to the public and
     expires stale versions; the job role can reach only that bucket, that key, its registry and
-    its secret.
+    its secret. Jobs and endpoint models run in the private subnets (`network`, exported in the
+    stack contract, is their `VpcConfig`); see docs/stacks.md, "AWS network".
     """
 
     def __init__(self, name: str, args: TrainingPlatformArgs, opts: pulumi.ResourceOptions | None = None):
@@ -63,8 +78,10 @@ class TrainingPlatform(pulumi.ComponentResource):
                  "abort_incomplete_multipart_upload": {"days_after_initiation": 7}},
                 {"id": "expire-old-versions", "status": "Enabled", "filter": {},
                  "noncurrent_version_expiration": {"noncurrent_days": 30}},
+                # Checkpoints are written under this top-level prefix (the SageMaker adapter's
+                # CheckpointConfig): an S3 prefix filter cannot match `<anything>/checkpoints/`.
                 {"id": "checkpoints-to-infrequent-access", "status": "Enabled",
-                 "filter": {"prefix": "checkpoints/"},
+                 "filter": {"prefix": CHECKPOINTS_PREFIX},
                  "transitions": [{"days": 30, "storage_class": "STANDARD_IA"}]},
             ],
             opts=child)
@@ -74,27 +91,7 @@ class TrainingPlatform(pulumi.ComponentResource):
             encryption_configurations=[{"encryption_type": "KMS", "kms_key": self.key.arn}],
             image_scanning_configuration={"scan_on_push": True}, tags=tags, opts=child)
 
-        # Jobs and endpoints run in private subnets with no route to the internet; S3 is
-        # reached through a gateway endpoint (free), SageMaker pulls images on its own side.
-        self.vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=args.cidr, enable_dns_hostnames=True,
-                               enable_dns_support=True, tags=tags, opts=child)
-        self.subnets = [
-            aws.ec2.Subnet(f"{name}-private-{zone}", vpc_id=self.vpc.id, cidr_block=block,
-                           availability_zone=f"{args.region}{zone}", map_public_ip_on_launch=False,
-                           tags=tags, opts=child)
-            for zone, block in zip("ab", subnets(args.cidr, 2))
-        ]
-        routes = aws.ec2.RouteTable(f"{name}-private-routes", vpc_id=self.vpc.id, tags=tags, opts=child)
-        for subnet, zone in zip(self.subnets, "ab"):
-            aws.ec2.RouteTableAssociation(f"{name}-private-routes-{zone}", subnet_id=subnet.id,
-                                          route_table_id=routes.id, opts=child)
-        aws.ec2.VpcEndpoint(f"{name}-s3-endpoint", vpc_id=self.vpc.id, service_name=f"com.amazonaws.{args.region}.s3",
-                            vpc_endpoint_type="Gateway", route_table_ids=[routes.id], tags=tags, opts=child)
-        self.security_group = aws.ec2.SecurityGroup(
-            f"{name}-jobs-sg", vpc_id=self.vpc.id, description="stackwise jobs and endpoints: traffic within the VPC only",
-            ingress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "self": True}],
-            egress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "cidr_blocks": [args.cidr]}],
-            tags=tags, opts=child)
+        self._network(name, args, tags, child)
 
         self.secret = None
         if args.pinecone_api_key is not None:
@@ -114,6 +111,8 @@ class TrainingPlatform(pulumi.ComponentResource):
                                               self.secret.arn if self.secret else args.external_secret_arn),
                            opts=child)
 
+        self.network = pulumi.Output.all(*[s.id for s in self.subnets], self.security_group.id).apply(
+            lambda ids: {"subnets": list(ids[:-1]), "security_groups": [ids[-1]]})
         self.artifact_store = self.bucket.bucket.apply(lambda b: f"s3://{b}")
         self.training_image = self.repository.repository_url.apply(lambda url: f"{url}:latest")
         self.serving_image: pulumi.Output[str] | None = None
@@ -131,6 +130,78 @@ class TrainingPlatform(pulumi.ComponentResource):
         self.secret_refs = {"pinecone_api_key": self.secret.arn.apply(lambda a: f"aws-sm://{a}")} if self.secret else {}
         self.register_outputs({"artifact_store": self.artifact_store, "job_role": self.role.arn,
                                "training_image": self.training_image})
+
+    def _network(self, name: str, args: TrainingPlatformArgs, tags: dict[str, str],
+                 child: pulumi.ResourceOptions) -> None:
+        """The private network: two private subnets with no route to the internet (unless
+        `internet_egress`), S3 through a gateway endpoint, the other AWS services jobs use
+        through interface endpoints, and one security group for jobs and endpoint models."""
+        self.vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=args.cidr, enable_dns_hostnames=True,
+                               enable_dns_support=True, tags=tags, opts=child)
+        blocks = subnets(args.cidr, 3)
+        self.subnets = [
+            aws.ec2.Subnet(f"{name}-private-{zone}", vpc_id=self.vpc.id, cidr_block=block,
+                           availability_zone=f"{args.region}{zone}", map_public_ip_on_launch=False,
+                           tags=tags, opts=child)
+            for zone, block in zip("ab", blocks[:2])
+        ]
+        self.route_table = aws.ec2.RouteTable(f"{name}-private-routes", vpc_id=self.vpc.id, tags=tags, opts=child)
+        for subnet, zone in zip(self.subnets, "ab"):
+            aws.ec2.RouteTableAssociation(f"{name}-private-routes-{zone}", subnet_id=subnet.id,
+                                          route_table_id=self.route_table.id, opts=child)
+        # S3 (artifacts, checkpoints, model data) through the free gateway endpoint: its traffic is
+        # addressed to S3's public ranges, which the endpoint's prefix list names.
+        self.s3_endpoint = aws.ec2.VpcEndpoint(
+            f"{name}-s3-endpoint", vpc_id=self.vpc.id, service_name=f"com.amazonaws.{args.region}.s3",
+            vpc_endpoint_type="Gateway", route_table_ids=[self.route_table.id], tags=tags, opts=child)
+
+        egress = [
+            {"protocol": "-1", "from_port": 0, "to_port": 0, "self": True,
+             "description": "the nodes of one job (torchrun, NCCL)"},
+            {"protocol": "tcp", "from_port": HTTPS, "to_port": HTTPS, "cidr_blocks": [args.cidr],
+             "description": "AWS services through the VPC's interface endpoints"},
+            {"protocol": "tcp", "from_port": HTTPS, "to_port": HTTPS,
+             "prefix_list_ids": [self.s3_endpoint.prefix_list_id], "description": "S3 through the gateway endpoint"},
+        ]
+        if args.internet_egress:
+            egress.append({"protocol": "tcp", "from_port": HTTPS, "to_port": HTTPS, "cidr_blocks": ["0.0.0.0/0"],
+                           "description": "the internet (model hubs) through the NAT gateway"})
+        self.security_group = aws.ec2.SecurityGroup(
+            f"{name}-jobs-sg", vpc_id=self.vpc.id,
+            description="stackwise jobs and endpoints: each other, S3 and the VPC endpoints",
+            ingress=[{"protocol": "-1", "from_port": 0, "to_port": 0, "self": True,
+                      "description": "the nodes of one job (torchrun, NCCL)"}],
+            egress=egress, tags=tags, opts=child)
+        endpoints_sg = aws.ec2.SecurityGroup(
+            f"{name}-endpoints-sg", vpc_id=self.vpc.id, description="stackwise VPC interface endpoints: HTTPS from jobs",
+            ingress=[{"protocol": "tcp", "from_port": HTTPS, "to_port": HTTPS,
+                      "security_groups": [self.security_group.id], "description": "jobs and endpoint models"}],
+            tags=tags, opts=child)
+        self.interface_endpoints = {
+            service: aws.ec2.VpcEndpoint(
+                f"{name}-{service.replace('.', '-')}-endpoint", vpc_id=self.vpc.id,
+                service_name=f"com.amazonaws.{args.region}.{service}", vpc_endpoint_type="Interface",
+                private_dns_enabled=True, subnet_ids=[s.id for s in self.subnets],
+                security_group_ids=[endpoints_sg.id], tags=tags, opts=child)
+            for service in INTERFACE_ENDPOINTS
+        }
+        self.nat_gateway = None
+        if args.internet_egress:
+            gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags=tags, opts=child)
+            public = aws.ec2.Subnet(f"{name}-public-a", vpc_id=self.vpc.id, cidr_block=blocks[2],
+                                    availability_zone=f"{args.region}a", map_public_ip_on_launch=False,
+                                    tags=tags, opts=child)
+            public_routes = aws.ec2.RouteTable(
+                f"{name}-public-routes", vpc_id=self.vpc.id,
+                routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": gateway.id}], tags=tags, opts=child)
+            aws.ec2.RouteTableAssociation(f"{name}-public-routes-a", subnet_id=public.id,
+                                          route_table_id=public_routes.id, opts=child)
+            address = aws.ec2.Eip(f"{name}-nat-ip", domain="vpc", tags=tags, opts=child)
+            self.nat_gateway = aws.ec2.NatGateway(
+                f"{name}-nat", allocation_id=address.id, subnet_id=public.id, tags=tags,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[gateway]))
+            aws.ec2.Route(f"{name}-private-default-route", route_table_id=self.route_table.id,
+                          destination_cidr_block="0.0.0.0/0", nat_gateway_id=self.nat_gateway.id, opts=child)
 
 
 def _job_policy(bucket_arn, key_arn, repository_arn, secret_arn) -> pulumi.Output[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
@@ -19,12 +19,14 @@ class BudgetArgs:
     """Only this project's spend counts."""
     emails: list[str]
     labels: dict[str, str]
+    after: list[pulumi.Resource] = field(default_factory=list)
+    """What must exist first: the platform's enabled APIs (Billing Budgets, Monitoring)."""
 
 
 class Budget(pulumi.ComponentResource):
     def __init__(self, name: str, args: BudgetArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("stackwise:gcp:Budget", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = pulumi.ResourceOptions(parent=self, depends_on=args.after)
         channels = [gcp.monitoring.NotificationChannel(
             f"{name}-email-{i}", project=args.project, type="email", display_name=f"budget {email}",
             labels={"email_address": email}, user_labels=args.labels, opts=child)

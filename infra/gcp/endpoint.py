@@ -3,7 +3,7 @@ and Cloud Monitoring alerts on latency and errors."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 
@@ -27,10 +27,12 @@ class InferenceEndpointArgs:
     alarms: AlarmsConfig
     alert_emails: list[str]
     labels: dict[str, str]
+    after: list[pulumi.Resource] = field(default_factory=list)
+    """What must exist first: the platform's enabled APIs (Vertex AI, Monitoring)."""
 
 
 class InferenceEndpoint(pulumi.ComponentResource):
-    """A Vertex AI endpoint reachable only through Private Service Connect.
+    """A Vertex AI endpoint reachable only through Private Service Connect (so it exports no URL).
 
     A Hugging Face model id is deployed through Model Garden on the catalog's machine with
     autoscaling between min and max replicas. An artifact URI (gs://...) gets an empty,
@@ -40,7 +42,7 @@ class InferenceEndpoint(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: InferenceEndpointArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("stackwise:gcp:InferenceEndpoint", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = pulumi.ResourceOptions(parent=self, depends_on=args.after)
         ep, project, region = args.endpoint, args.project, args.region
         psc = {"enable_private_service_connect": True, "project_allowlists": [project]}
         if is_hf_model(ep.model):
@@ -92,6 +94,9 @@ class InferenceEndpoint(pulumi.ComponentResource):
             opts=child)
 
         self.name = self.endpoint_id
-        self.url = self.endpoint_id.apply(
-            lambda e: f"https://{region}-aiplatform.googleapis.com/v1/projects/{project}/locations/{region}/endpoints/{e}")
-        self.register_outputs({"name": self.name, "url": self.url})
+        # No URL: a Private Service Connect endpoint does not answer on the public REST host
+        # ({region}-aiplatform.googleapis.com); it answers at the address of a PSC forwarding rule
+        # that a consumer network creates for the deployed model's service attachment, which
+        # exists only once a model is deployed (docs/stacks.md, "GCP network").
+        self.url: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        self.register_outputs({"name": self.name})

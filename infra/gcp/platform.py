@@ -6,11 +6,23 @@ from dataclasses import dataclass
 
 import pulumi
 
+from stackwise.contract import CHECKPOINTS_PREFIX
+
 from ..images import ImageBuildArgs, RegistryLogin, build_images
 from ._provider import gcp
 
-# Google service agents that encrypt with the stack's key on its behalf.
-_AGENTS = ("gcp-sa-artifactregistry", "gcp-sa-aiplatform", "gcp-sa-secretmanager")
+# The APIs the stack uses, enabled by the program: on a fresh project they are all off, and
+# every resource (and IAM binding to a service agent) of a disabled API fails.
+APIS = ("serviceusage", "cloudresourcemanager", "iam", "cloudkms", "storage", "compute", "servicenetworking",
+        "artifactregistry", "aiplatform", "secretmanager", "logging", "monitoring", "billingbudgets")
+# Google service agents that encrypt with the stack's key on its behalf, by the API they serve.
+# They exist only once created (`gcloud beta services identity create`, ServiceIdentity here),
+# which enabling the API alone does not always do; a key grant to a missing agent fails.
+AGENTS = {"artifactregistry": "gcp-sa-artifactregistry", "aiplatform": "gcp-sa-aiplatform",
+          "secretmanager": "gcp-sa-secretmanager"}
+# The range reserved in the stack's network for Vertex AI's peering (private services access):
+# a /16 leaves room for large distributed jobs (Vertex's guide for training).
+PEERING_PREFIX = 16
 
 
 @dataclass
@@ -33,31 +45,42 @@ class TrainingPlatformArgs:
 class TrainingPlatform(pulumi.ComponentResource):
     """What Vertex AI custom jobs need; Vertex needs no standing cluster.
 
-    A CMEK-encrypted, versioned bucket with public access prevention enforced and lifecycle
-    rules; a job service account that may use only that bucket, that key and that secret; a
-    Docker repository; a private subnet with Private Google Access for jobs.
+    The APIs it uses enabled and the service agents that use its key created first; a
+    CMEK-encrypted, versioned bucket with public access prevention enforced and lifecycle rules;
+    a job service account that may use only that bucket, that key and that secret; a Docker
+    repository; a VPC with a private subnet (Private Google Access) peered with Vertex AI, whose
+    name the stack exports for CustomJobs (`network`). See docs/stacks.md, "GCP network".
     """
 
     def __init__(self, name: str, args: TrainingPlatformArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("stackwise:gcp:TrainingPlatform", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         project, region, labels = args.project, args.region, args.labels
+        self.apis = {api: gcp.projects.Service(
+            f"{name}-api-{api}", project=project, service=f"{api}.googleapis.com", disable_on_destroy=False,
+            opts=pulumi.ResourceOptions(parent=self)) for api in APIS}
+        # Every other resource waits for the APIs.
+        child = pulumi.ResourceOptions(parent=self, depends_on=list(self.apis.values()))
+        self.agents = {api: gcp.projects.ServiceIdentity(
+            f"{name}-agent-{api}", project=project, service=f"{api}.googleapis.com",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.apis[api]])) for api in AGENTS}
 
         ring = gcp.kms.KeyRing(f"{name}-keyring", name=f"{name}-keyring", location=region, project=project, opts=child)
         self.key = gcp.kms.CryptoKey(f"{name}-key", name=f"{name}-key", key_ring=ring.id,
                                      rotation_period="7776000s", labels=labels, opts=child)
-        storage_agent = gcp.storage.get_project_service_account_output(project=project)
+        # Reading the Cloud Storage agent creates it; it needs the storage API on.
+        storage_agent = gcp.storage.get_project_service_account_output(
+            project=project, opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[self.apis["storage"]]))
         number = gcp.organizations.get_project_output(project_id=project).number
         grants = [gcp.kms.CryptoKeyIAMMember(
             f"{name}-key-storage-agent", crypto_key_id=self.key.id, role="roles/cloudkms.cryptoKeyEncrypterDecrypter",
             member=storage_agent.email_address.apply(lambda e: f"serviceAccount:{e}"), opts=child)]
-        for agent in _AGENTS:
+        for api, agent in AGENTS.items():
             grants.append(gcp.kms.CryptoKeyIAMMember(
-                f"{name}-key-{agent.removeprefix('gcp-sa-')}-agent", crypto_key_id=self.key.id,
+                f"{name}-key-{api}-agent", crypto_key_id=self.key.id,
                 role="roles/cloudkms.cryptoKeyEncrypterDecrypter",
                 member=number.apply(lambda n, a=agent: f"serviceAccount:service-{n}@{a}.iam.gserviceaccount.com"),
-                opts=child))
-        after_grants = pulumi.ResourceOptions(parent=self, depends_on=grants)
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.apis.values(), self.agents[api]])))
+        after_grants = pulumi.ResourceOptions(parent=self, depends_on=[*self.apis.values(), *grants])
 
         self.bucket = gcp.storage.Bucket(
             f"{name}-artifacts", project=project, location=region.upper(), uniform_bucket_level_access=True,
@@ -66,8 +89,10 @@ class TrainingPlatform(pulumi.ComponentResource):
             lifecycle_rules=[
                 {"action": {"type": "AbortIncompleteMultipartUpload"}, "condition": {"age": 7}},
                 {"action": {"type": "Delete"}, "condition": {"days_since_noncurrent_time": 30, "with_state": "ARCHIVED"}},
+                # Checkpoints are written under this top-level prefix (the Vertex adapter points the
+                # trainer there); a GCS prefix or suffix cannot match `<anything>/checkpoints/`.
                 {"action": {"type": "SetStorageClass", "storage_class": "NEARLINE"},
-                 "condition": {"age": 30, "matches_prefixes": ["checkpoints/"]}},
+                 "condition": {"age": 30, "matches_prefixes": [CHECKPOINTS_PREFIX]}},
             ],
             labels=labels, opts=after_grants)
 
@@ -93,6 +118,19 @@ class TrainingPlatform(pulumi.ComponentResource):
         self.subnet = gcp.compute.Subnetwork(f"{name}-private", project=project, region=region,
                                              network=self.network.id, ip_cidr_range=args.cidr,
                                              private_ip_google_access=True, opts=child)
+        # Private services access: Vertex AI jobs given `network` run peered with this VPC. The
+        # peering needs a reserved range of the network and the Service Networking connection.
+        self.peering_range = gcp.compute.GlobalAddress(
+            f"{name}-vertex-range", name=f"{name}-vertex-range", project=project, network=self.network.id,
+            purpose="VPC_PEERING", address_type="INTERNAL", prefix_length=PEERING_PREFIX, labels=labels, opts=child)
+        self.peering = gcp.servicenetworking.Connection(
+            f"{name}-vertex-peering", network=self.network.id, service="servicenetworking.googleapis.com",
+            reserved_peering_ranges=[self.peering_range.name], deletion_policy="ABANDON", opts=child)
+        # What a CustomJob's `network` takes: the network by project *number*; exported only once
+        # the peering exists (a job naming an unpeered network is refused).
+        self.network_output = pulumi.Output.all(number, self.network.name, self.peering_range.name,
+                                                self.peering.id).apply(
+            lambda v: {"network": f"projects/{v[0]}/global/networks/{v[1]}", "reserved_ip_ranges": [v[2]]})
 
         self.secret_refs: dict[str, pulumi.Output[str]] = {}
         if args.pinecone_api_key is not None:

@@ -22,6 +22,7 @@ from pulumi_policy import (PolicyConfigSchema, ResourceValidationArgs, ResourceV
 
 from stackwise import catalog
 
+from ..common import has_local_nvme
 from ..config import REQUIRED_TAGS
 
 Report = Callable[..., None]
@@ -49,8 +50,18 @@ def _encryption(args: ResourceValidationArgs, report: Report) -> None:
         if _get(p, "encryptionConfigurations", 0, "encryptionType") != "KMS":
             report("ECR repositories must be encrypted with KMS")
     elif t == "aws:sagemaker/endpointConfiguration:EndpointConfiguration":
-        if not p.get("kmsKeyArn"):
+        # Local NVMe storage is encrypted in hardware and SageMaker refuses a key for it.
+        local = [has_local_nvme(str(v.get("instanceType") or "")) for v in p.get("productionVariants") or []]
+        if not p.get("kmsKeyArn") and not (local and all(local)):
             report("SageMaker endpoint volumes must be encrypted with the stack's KMS key (kmsKeyArn)")
+        if p.get("kmsKeyArn") and any(local):
+            report("SageMaker refuses a KMS key for instance types with local NVMe storage (encrypted in "
+                   "hardware): drop kmsKeyArn or choose an EBS-backed instance type")
+    elif t == "aws:sns/topic:Topic":
+        key = str(p.get("kmsMasterKeyId") or "")
+        if not key or key.endswith("alias/aws/sns"):
+            report("SNS topics must be encrypted with a customer-managed KMS key whose policy lets the "
+                   "publishers (CloudWatch alarms) use it; with alias/aws/sns alarm notifications are lost")
     elif t == "aws:secretsmanager/secret:Secret":
         if not p.get("kmsKeyId"):
             report("secrets must be encrypted with the stack's KMS key (kmsKeyId)")
@@ -150,6 +161,8 @@ TAGGABLE = {
     "azure-native:machinelearningservices:Workspace", "azure-native:machinelearningservices:Compute",
     "azure-native:machinelearningservices:OnlineEndpoint", "azure-native:machinelearningservices:OnlineDeployment",
     "azure-native:monitor:ActionGroup", "azure-native:monitor:MetricAlert",
+    "azure-native:monitor:AutoscaleSetting", "azure-native:network:PrivateEndpoint",
+    "azure-native:privatedns:PrivateZone", "azure-native:privatedns:VirtualNetworkLink",
 }
 
 
@@ -198,7 +211,17 @@ def _replicas(args: ResourceValidationArgs, report: Report) -> None:
         bounds = (d.get("minReplicaCount"), d.get("maxReplicaCount"))
     elif t == "azure-native:machinelearningservices:OnlineDeployment":
         s = _get(p, "properties", "scaleSettings") or {}
-        bounds = (s.get("minInstances"), s.get("maxInstances"))
+        if s.get("scaleType") == "Default":
+            # A managed deployment: a fixed count (sku.capacity), moved only by an autoscale setting.
+            capacity = _get(p, "sku", "capacity")
+            bounds = (capacity, capacity)
+        else:
+            bounds = (s.get("minInstances"), s.get("maxInstances"))
+    elif t == "azure-native:monitor:AutoscaleSetting":
+        capacities = [profile.get("capacity") or {} for profile in p.get("profiles") or []]
+        lows = [float(c["minimum"]) for c in capacities if c.get("minimum") is not None]
+        highs = [float(c["maximum"]) for c in capacities if c.get("maximum") is not None]
+        bounds = (min(lows) if lows else None, max(highs) if highs else None)
     elif t == "azure-native:machinelearningservices:Compute":
         s = _get(p, "properties", "properties", "scaleSettings") or {}
         bounds = (s.get("minNodeCount"), s.get("maxNodeCount"))

@@ -12,10 +12,19 @@ state in the emulator the way the cloud would. The suite checks behaviour only t
 cancel (idempotent, and a no-op on an ended job), one job identity (a spec whose job runs
 returns that job; after it ended the next attempt starts under the same identity; `new=True`
 or another run name is a fresh identity), refused specs (nothing created) and unknown job ids.
+
+Results are checked on real jobs (`ComputeDriver.real_job` and `run`): the workload itself runs
+(a cloud driver starts the training image's command, the bootstrap, on each node with the
+environment the cloud gives it, and the nodes write their reports to the emulated object store),
+and `result()` must return that report, field by field as worked out by hand from the job's
+input, never a report left in the job's folder before it ran, and for a sharded index job the
+sum of its shards' reports.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pytest
@@ -24,6 +33,15 @@ from stackwise.errors import JobFailedError
 from stackwise.jobs import ComputeBackend, JobHandle, JobState
 
 Outcome = Literal["succeed", "fail", "hold"]
+
+
+@dataclass(frozen=True)
+class RealJob:
+    """A spec whose job runs its real workload to success, and fields of the report that workload
+    must write, with values worked out by hand from the job's input (not by running anything)."""
+
+    spec: Any
+    report: Mapping[str, Any]
 
 
 class ComputeDriver:
@@ -46,9 +64,36 @@ class ComputeDriver:
         """Something submit must refuse with a ValueError before creating a job."""
         return object()
 
+    def real_job(self, workers: int = 1) -> RealJob:
+        """A job whose workload really runs (its inputs in place where the job reads them).
+
+        `workers` > 1: an index job of that many shards, every shard owning some of the documents,
+        whose `report` is what the shards' reports sum to. Every driver should give one; one that
+        does not skips the result checks, saying so."""
+        pytest.skip(f"{type(self).__name__} gives no real job (ComputeDriver.real_job): results are not checked")
+
+    def leave_stale_result(self, handle: JobHandle, report: Mapping[str, Any]) -> None:
+        """Write `report` where the backend finds this job's result (and each shard's), as an earlier
+        run under the same job name would have left it in an object store that keeps files. A
+        backend whose job folders are always new does nothing."""
+
+    def run(self, handle: JobHandle) -> None:
+        """Run the real job's workload as its platform does, until it has ended: a cloud driver starts
+        the image's command on each node with the cloud's environment and moves the job's state as the
+        cloud does; a local backend runs its jobs itself."""
+
 
 def _ids(backend: ComputeBackend) -> set[str]:
     return {info.id for info in backend.list(limit=500)}
+
+
+def _status(handle: JobHandle) -> JobState:
+    """`handle.status()`, which must be a JobState member (JobState is a str enum: a bare string such
+    as "RUNNING" would pass `in (JobState.RUNNING, ...)`), and agree with `info().state`."""
+    state = handle.status()
+    assert type(state) is JobState, f"status() returned {state!r}, not a JobState"
+    assert state is handle.info().state or state.terminal is False, "status() and info().state disagree"
+    return state
 
 
 class ComputeContract:
@@ -64,23 +109,46 @@ class ComputeContract:
         assert isinstance(handle, JobHandle)
         # A new job waits or runs; one that succeeds on its own (a fast local job) may have ended,
         # but never as failed or cancelled.
-        assert handle.status() in (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED)
+        assert _status(handle) in (JobState.PENDING, JobState.RUNNING, JobState.SUCCEEDED)
         assert handle.id in _ids(backend)
         info = handle.info()
         assert info.kind == spec.kind
         assert info.spec.get("kind") == spec.kind
         driver.advance(handle, "succeed")
         assert handle.wait(timeout=driver.timeout).state is JobState.SUCCEEDED
-        assert handle.status() is JobState.SUCCEEDED
+        assert _status(handle) is JobState.SUCCEEDED
 
-    def test_wait_returns_success_with_outputs(self, driver: ComputeDriver, backend: ComputeBackend) -> None:
-        handle = backend.submit(driver.spec("succeed", 1))
-        driver.advance(handle, "succeed")
+    def _run_real(self, driver: ComputeDriver, backend: ComputeBackend, job: RealJob) -> dict[str, Any]:
+        """Submit and run `job`; its result once it SUCCEEDED, checked against the hand values."""
+        handle = backend.submit(job.spec)
+        # What an earlier run under this job name left: the result must be this run's own report.
+        driver.leave_stale_result(handle, {**job.report, "documents": 999, "chunks": 999, "shards": 1})
+        state = _status(handle)
+        if state is not JobState.SUCCEEDED:  # a fast local job may be done already
+            assert state in (JobState.PENDING, JobState.RUNNING)
+            assert handle.outputs == {}, "a job that has not succeeded has no result yet"
+        driver.run(handle)
         info = handle.wait(timeout=driver.timeout, poll=0.05, max_poll=0.5)
         assert info.state is JobState.SUCCEEDED, info.error
-        assert info.ended_at is not None
-        assert handle.outputs, "a succeeded job names its outputs"
-        assert handle.result(timeout=driver.timeout) == handle.outputs
+        assert info.ended_at is not None and info.error is None
+        assert _status(handle) is JobState.SUCCEEDED
+        report = handle.result(timeout=driver.timeout)
+        assert {key: report.get(key) for key in job.report} == dict(job.report), \
+            f"the job's result is not its workload's report: {report}"
+        assert handle.outputs == report == info.outputs
+        return report
+
+    def test_wait_returns_success_with_the_workloads_own_report(self, driver: ComputeDriver,
+                                                                  backend: ComputeBackend) -> None:
+        job = driver.real_job()
+        report = self._run_real(driver, backend, job)
+        assert report.get("shards", 1) == 1
+
+    def test_a_sharded_jobs_result_sums_its_shards_reports(self, driver: ComputeDriver,
+                                                           backend: ComputeBackend) -> None:
+        job = driver.real_job(workers=2)
+        assert job.spec.workers == 2 and job.report["shards"] == 2
+        self._run_real(driver, backend, job)
 
     def test_failure_is_reported_with_a_reason(self, driver: ComputeDriver, backend: ComputeBackend) -> None:
         handle = backend.submit(driver.spec("fail", 2))
@@ -98,7 +166,7 @@ class ComputeContract:
         try:
             with pytest.raises(TimeoutError):
                 handle.wait(timeout=0.3, poll=0.05)
-            assert handle.status() in (JobState.PENDING, JobState.RUNNING)
+            assert _status(handle) in (JobState.PENDING, JobState.RUNNING)
         finally:
             handle.cancel()
 

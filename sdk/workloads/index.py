@@ -369,7 +369,9 @@ def run_index(
         if gone:
             with commit():
                 report.pruned = store.delete(spec.index, doc_ids=gone)
-    if total or report.pruned or report.migrated:
+    # A run killed before or inside `optimize` left work for it that a rerun with nothing to
+    # write must still do (compaction, scalar and vector indexes).
+    if total or report.pruned or report.migrated or store.needs_optimize(spec.index):
         with commit():
             store.optimize(spec.index)
     report.seconds = round(time.perf_counter() - started, 3)

@@ -27,7 +27,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -44,7 +43,8 @@ pytest.importorskip("lancedb", reason="install stackwise[local]")
 from _compare import assert_same_top5_as_local, host_search  # noqa: E402
 from azureml_runner import AzureMLRunner  # noqa: E402
 from azureml_server import AzureMLServer  # noqa: E402
-from cloud_fixtures import azure_cli_login  # noqa: E402
+from cloud_fixtures import (AZURITE_ACCOUNT, AZURITE_KEY, azure_cli_login, azurite_connection_string,  # noqa: E402
+                            running_azurite)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated")]
 
@@ -52,8 +52,7 @@ CONTAINER = "artifacts"
 ARTICLES = 12
 QUERY = "bushfires threaten homes near Sydney"
 # Azurite's well-known development account (docs: "Use the Azurite emulator", connection strings).
-ACCOUNT = "devstoreaccount1"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+ACCOUNT, ACCOUNT_KEY = AZURITE_ACCOUNT, AZURITE_KEY
 SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
 
 
@@ -85,36 +84,10 @@ def _azurite_bin() -> Path:
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory):
     """Azurite's Blob service on 127.0.0.1 (in memory), with the container `artifacts`."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("azurite") / "azurite.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([str(_azurite_bin()), "--blobHost", "127.0.0.1", "--blobPort", str(port),
-                                 "--inMemoryPersistence", "--skipApiVersionCheck"],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"Azurite did not start:\n{log.read_text(errors='replace')[-2000:]}", pytrace=False)
-            time.sleep(0.1)
-    url = f"http://127.0.0.1:{port}"
-    env = {"AZURE_STORAGE_CONNECTION_STRING": f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};"
-                                              f"AccountKey={ACCOUNT_KEY};BlobEndpoint={url}/{ACCOUNT};",
-           "AZURE_STORAGE_ACCOUNT_NAME": ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": ACCOUNT_KEY,
-           "AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": url}
-    from azure.storage.blob import BlobServiceClient
-
-    BlobServiceClient.from_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"]).create_container(CONTAINER)
-    yield env
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_azurite(_azurite_bin(), tmp_path_factory.mktemp("azurite"), CONTAINER) as url:
+        yield {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(url),
+               "AZURE_STORAGE_ACCOUNT_NAME": ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": ACCOUNT_KEY,
+               "AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": url}
 
 
 @pytest.fixture(scope="module")

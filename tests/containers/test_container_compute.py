@@ -2,7 +2,8 @@
 this repository, under the compute contract suite, and through the CLI as a user runs it.
 
 "succeed" jobs index one small document into an index built once per module (so they embed
-nothing), "fail" jobs name a source that does not exist, "hold" jobs build a new index, which
+nothing); the contract's real jobs re-index a three-file corpus (two files of shard 0 of 2, one of
+shard 1) whose index is built once too, so their reports are known by hand; "fail" jobs name a source that does not exist, "hold" jobs build a new index, which
 loads the embedding model inside the container for seconds, so the suite can cancel them.
 """
 
@@ -17,7 +18,11 @@ from pathlib import Path
 import pytest
 
 from stackwise.specs import IndexSpec
-from stackwise.testing.compute import ComputeContract, ComputeDriver
+from stackwise.testing.compute import ComputeContract, ComputeDriver, RealJob
+
+TESTS = Path(__file__).resolve().parents[1]
+if str(TESTS / "emulators") not in sys.path:
+    sys.path.insert(0, str(TESTS / "emulators"))
 
 pytest.importorskip("lancedb", reason="install stackwise[local]")
 pytestmark = pytest.mark.slow
@@ -35,8 +40,8 @@ def _stack_file(folder: Path, image: str) -> Path:
 class ContainerDriver(ComputeDriver):
     timeout = 300.0
 
-    def __init__(self, backend, docs):
-        self._backend, self.docs = backend, docs
+    def __init__(self, backend, docs, corpus):
+        self._backend, self.docs, self.corpus = backend, docs, corpus
 
     def backend(self):
         return self._backend
@@ -47,6 +52,12 @@ class ContainerDriver(ComputeDriver):
         if outcome == "hold":
             return IndexSpec(source=str(self.docs), index=f"new{n}")
         return IndexSpec(source=str(self.docs), index="kb", embedding={"batch_size": 100 + n})
+
+    def real_job(self, workers=1):
+        spec = IndexSpec(source=str(self.corpus), index="kb3", workers=workers, embedding={"batch_size": 300 + workers})
+        return RealJob(spec, {"index": "kb3", "source": f"file://{self.corpus.resolve()}", "model": "all-MiniLM-L6-v2",
+                              "documents": 3, "chunks": 3, "unchanged": 3, "added": 0, "embedded": 0, "pruned": 0,
+                              "skipped": [], "shards": workers})
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +81,14 @@ def boxed(images, engine, tmp_path_factory):
     platform = stackwise.connect("boxed")
     info = platform.index(IndexSpec(source=str(docs), index="kb")).wait(timeout=600)
     assert info.state.value == "SUCCEEDED", info.error + "\n" + "\n".join(platform.compute.logs(info.id))
-    yield root, docs, platform
+    from cloud_fixtures import write_corpus
+
+    corpus = root / "corpus"
+    corpus.mkdir()
+    write_corpus(f"file://{corpus}", (2, 1))
+    info = platform.index(IndexSpec(source=str(corpus), index="kb3")).wait(timeout=600)
+    assert info.state.value == "SUCCEEDED", info.error + "\n" + "\n".join(platform.compute.logs(info.id))
+    yield root, docs, corpus, platform
     mp.undo()
 
 
@@ -79,13 +97,13 @@ class TestContainerContract(ComputeContract):
     def driver(self, boxed):
         from stackwise.adapters.compute.container import ContainerCompute
 
-        root, docs, platform = boxed
+        root, docs, corpus, platform = boxed
         assert isinstance(platform.compute, ContainerCompute)
-        return ContainerDriver(platform.compute, docs)
+        return ContainerDriver(platform.compute, docs, corpus)
 
 
 def test_the_job_ran_in_the_image_and_wrote_the_stacks_store(boxed, images):
-    root, docs, platform = boxed
+    root, docs, _, platform = boxed
     (job,) = [j for j in platform.jobs.list(limit=500) if j.spec.get("index") == "kb" and j.attempt == 1
               and j.spec.get("embedding", {}).get("batch_size") == 64]
     log = "\n".join(platform.compute.logs(job.id))
@@ -99,7 +117,7 @@ def test_the_job_ran_in_the_image_and_wrote_the_stacks_store(boxed, images):
 
 
 def test_the_cli_indexes_in_containers_with_two_workers_and_a_missing_image_is_exit_2(boxed, tmp_path):
-    root, docs, _ = boxed
+    root, docs, _, _ = boxed
     for number in range(4):
         (docs / f"extra-{number}.txt").write_text(f"Document {number} about subject {number * 7}.\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACKWISE_")}

@@ -7,6 +7,7 @@ per session on 127.0.0.1 and emptied between tests.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 
 SERVERS = Path(__file__).resolve().parents[1] / "servers"
-if str(SERVERS) not in sys.path:
-    sys.path.insert(0, str(SERVERS))
+EMULATORS = Path(__file__).resolve().parents[1] / "emulators"
+for _folder in (SERVERS, EMULATORS):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 # A recognisable fake key: tests grep every log line, error and output for it.
 PINECONE_TEST_KEY = "pcsk_TESTKEY_d0n0tl34k_7f3a9c"
@@ -117,3 +120,34 @@ def run_stackwise(root: Path, *args: str, expect: int = 0, drop: tuple[str, ...]
     assert proc.returncode == expect, \
         f"stackwise {' '.join(args)}: exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
+
+
+# -- what the compute contract's real jobs write to ---------------------------------------------
+@pytest.fixture(scope="session")
+def job_store() -> Iterator["object"]:
+    """A Pinecone server (the API, on 127.0.0.1) holding the real jobs' indexes (cloud_fixtures)."""
+    pytest.importorskip("pinecone", reason="install stackwise[pinecone]")
+    from cloud_fixtures import JOB_STORE_DIM, JOB_STORE_KEY
+    from pinecone_server import PineconeServer
+
+    server = PineconeServer(dimension=JOB_STORE_DIM, api_key=JOB_STORE_KEY).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Azurite's Blob service (npm `azurite@3`, in memory) on 127.0.0.1 with the container
+    `artifacts`; yields the variables adlfs reads. Installed in $STACKWISE_AZURITE_DIR (default
+    ~/.cache/stackwise/azurite) by tests/containers; skipped where it is not (no network here)."""
+    pytest.importorskip("adlfs", reason="install stackwise[azure]")
+    pytest.importorskip("azure.storage.blob", reason="install stackwise[azure]")
+    folder = Path(os.environ.get("STACKWISE_AZURITE_DIR") or "~/.cache/stackwise/azurite").expanduser()
+    binary = folder / "node_modules" / ".bin" / "azurite-blob"
+    if not binary.exists() or shutil.which("node") is None:
+        pytest.skip(f"no Azurite in {folder} (npm install --prefix {folder} azurite@3) or no node")
+    from cloud_fixtures import AZURITE_ACCOUNT, AZURITE_KEY, azurite_connection_string, running_azurite
+
+    with running_azurite(binary, tmp_path_factory.mktemp("azurite")) as url:
+        yield {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(url),
+               "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY}

@@ -8,8 +8,12 @@ PyTorch distribution, instance count, environment registration, state mapping, w
 cancel (begin_cancel), one job per client token (also after a lost answer and a 409), 429 with
 Retry-After honoured, 5xx exhaustion, quota, VM size and credential errors, logs read from run
 history (workspace discovery, run details, log files by SAS URL, as `jobs.stream` reads them), the
-CLI routed to Azure, and the infra's cluster name. Not verified: a container really running, the
-exact error bodies Azure sends for quota and VM size (the server's are modelled on them).
+CLI routed to Azure, and the infra's cluster name. The contract's real jobs run the job's command
+(the bootstrap, then the index workload) on each node as a process of this machine with the
+environment Azure ML gives it (tests/emulators/azureml_runner.py: PyTorch distribution variables,
+AZUREML_*), and their reports go through adlfs to Azurite, where the adapter reads them back.
+Not verified here: the image itself (tests/containers runs it), the exact error bodies Azure sends
+for quota and VM size (the server's are modelled on them).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ pytest.importorskip("azure.ai.ml", reason="install stackwise[azure]")
 pytest.importorskip("azure.identity", reason="install stackwise[azure]")
 pytest.importorskip("cryptography", reason="install stackwise[azure]")
 
+from azureml_runner import AzureMLRunner  # noqa: E402
 from azureml_server import AzureMLServer  # noqa: E402
-from cloud_fixtures import OUTPUTS, azure_cli_login, check_golden, finetune_spec, index_spec, use_stack  # noqa: E402
+from cloud_fixtures import (JOB_STORE_KEY, JOB_STORE_KEY_ENV, OUTPUTS, azure_cli_login, check_golden,  # noqa: E402
+                            finetune_spec, index_spec, job_vector_store, real_index_job, use_stack)
 
 from stackwise.jobs import JobState  # noqa: E402
 from stackwise.testing.compute import ComputeContract, ComputeDriver  # noqa: E402
@@ -75,14 +81,34 @@ def compute(platform):
 class AzureDriver(ComputeDriver):
     timeout = 10.0
 
-    def __init__(self, compute, server):
-        self.compute, self.server = compute, server
+    def __init__(self, compute, server, job_store=None, workdir=None, azurite=None):
+        self.compute, self.server, self.job_store = compute, server, job_store
+        self.workdir, self.azurite = workdir, azurite
 
     def backend(self):
         return self.compute
 
     def spec(self, outcome, n=0):
         return index_spec(n)
+
+    def real_job(self, workers=1):
+        # The report spells the source as canonical_source does: az://, not adlfs's first name abfs://.
+        return real_index_job("az://artifacts", job_vector_store(self.job_store.url), f"azure-real-{workers}", workers)
+
+    def leave_stale_result(self, handle, report):
+        import fsspec
+
+        workers = handle.info().spec.get("workers") or 1
+        for key in ["result.json"] + ([f"shards/{i}/result.json" for i in range(workers)] if workers > 1 else []):
+            with fsspec.open(f"az://artifacts/jobs/{handle.id}/{key}", "w") as out:
+                out.write(json.dumps(report))
+
+    def run(self, handle):
+        # What a node needs to reach Azurite (Azure ML would give the job's managed identity).
+        runner = AzureMLRunner(self.server, None, self.workdir / "azureml",
+                               {**self.azurite, JOB_STORE_KEY_ENV: JOB_STORE_KEY})
+        codes = runner.run(handle.id, timeout=120)
+        assert set(codes) == {0}, "\n".join(runner.log(handle.id, rank)[-3000:] for rank in range(len(codes)))
 
     def advance(self, handle, outcome):
         self.server.move(handle.id, {"succeed": "Completed", "fail": "Failed", "hold": "Running"}[outcome])
@@ -93,8 +119,28 @@ class AzureDriver(ComputeDriver):
 
 class TestAzureMLContract(ComputeContract):
     @pytest.fixture
-    def driver(self, compute, azure_env):
-        return AzureDriver(compute, azure_env)
+    def platform(self, azure_env, job_store, azurite, tmp_path, monkeypatch):
+        for key, value in {**azurite, JOB_STORE_KEY_ENV: JOB_STORE_KEY}.items():
+            monkeypatch.setenv(key, value)
+        job_store.reset()
+        yield use_stack("dev-azure", tmp_path, monkeypatch, vector_store=job_vector_store(job_store.url))
+        # adlfs (here and in the adapter's result reader) makes fsspec's IO loop, which runs in another
+        # thread, this thread's event loop; a later asyncio user here (Pulumi's offline run in
+        # test_the_cluster_name_and_size_are_the_ones_infra_creates) then runs that loop and breaks.
+        import asyncio
+        import warnings
+
+        import fsspec.asyn
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            current = asyncio.get_event_loop()
+        if current is fsspec.asyn.loop[0]:
+            asyncio.set_event_loop(asyncio.new_event_loop())
+
+    @pytest.fixture
+    def driver(self, compute, azure_env, job_store, azurite, tmp_path):
+        return AzureDriver(compute, azure_env, job_store, tmp_path, azurite)
 
 
 def _stack():
@@ -200,6 +246,10 @@ def test_the_server_receives_the_request_and_the_environment(compute, azure_env)
         else:
             assert sent[key] == value, key
     assert sent.get("computeId") is None  # serverless: 8 x A100 is not the stack's T4 cluster
+    # What went over the wire, judged by azure-ai-ml's own REST models (keys, required fields, enums).
+    from test_request_schemas import _azure_models, azure_findings
+
+    assert azure_findings(_azure_models().JobBase, body, "JobBase") == []
     # The environment was registered before the job, under the id the job names.
     env_puts = [p for m, p, _ in azure_env.requests if m == "PUT" and "/environments/" in p]
     assert env_puts == [sent["environmentId"]]
@@ -383,3 +433,32 @@ def test_connect_to_an_azure_stack_stays_light_until_the_first_cloud_call(tmp_pa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "[] ['azure.ai.ml', 'azure.identity']"
+
+
+def test_reading_a_result_leaves_the_callers_event_loop_alone(compute, azurite, monkeypatch):
+    """adlfs makes fsspec's I/O loop the event loop of the thread that first uses it; the adapter
+    reads results in a thread of its own, so a caller's asyncio (Pulumi's engine, a notebook's
+    loop) is left as it was."""
+    import asyncio
+    import threading
+
+    for key, value in azurite.items():
+        monkeypatch.setenv(key, value)
+
+    def write() -> None:
+        import fsspec
+
+        with fsspec.open("az://artifacts/loop-check/result.json", "w") as out:
+            out.write('{"added": 3}')
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join()
+    mine = asyncio.new_event_loop()
+    asyncio.set_event_loop(mine)
+    try:
+        assert compute._read_result("az://artifacts/loop-check/result.json") == {"added": 3}
+        assert asyncio.get_event_loop_policy().get_event_loop() is mine
+    finally:
+        asyncio.set_event_loop(None)
+        mine.close()

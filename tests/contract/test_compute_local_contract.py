@@ -1,9 +1,9 @@
 """The local compute backend under the compute contract: real supervisor and workload processes.
 
-"succeed" jobs index one small document into an index built once per module (so they read the
-store and embed nothing); "fail" jobs name a source that does not exist; "hold" jobs build a new
-index, which loads the shipped embedding model for seconds, so the suite can time out on them
-and cancel them.
+"succeed" jobs and the real jobs index three small documents into an index built once per module
+(so they read the store and embed nothing; the sharded real job's two workers own two and one of
+them); "fail" jobs name a source that does not exist; "hold" jobs build a new index, which loads
+the shipped embedding model for seconds, so the suite can time out on them and cancel them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from stackwise.specs import IndexSpec
-from stackwise.testing.compute import ComputeContract, ComputeDriver
+from stackwise.testing.compute import ComputeContract, ComputeDriver, RealJob
 
 pytest.importorskip("lancedb", reason="install stackwise[local]")
 pytestmark = pytest.mark.slow
@@ -34,6 +34,12 @@ class LocalDriver(ComputeDriver):
         # Same chunks as the warm index, another digest: the job embeds nothing.
         return IndexSpec(source=str(self.docs), index="kb", embedding={"batch_size": 100 + n})
 
+    def real_job(self, workers=1):
+        spec = IndexSpec(source=str(self.docs), index="kb", workers=workers, embedding={"batch_size": 300 + workers})
+        return RealJob(spec, {"index": "kb", "source": f"file://{self.docs.resolve()}", "model": "all-MiniLM-L6-v2",
+                              "documents": 3, "chunks": 3, "unchanged": 3, "added": 0, "embedded": 0, "pruned": 0,
+                              "skipped": [], "shards": workers})
+
 
 @pytest.fixture(scope="module")
 def local_home(tmp_path_factory):
@@ -41,9 +47,11 @@ def local_home(tmp_path_factory):
     from stackwise.adapters.compute.local import LocalCompute
 
     root = tmp_path_factory.mktemp("local-compute")
+    from cloud_fixtures import write_corpus
+
     home, docs = root / ".stackwise", root / "docs"
     docs.mkdir()
-    (docs / "note.txt").write_text("Keys are rotated every ninety days by the platform team.\n")
+    write_corpus(f"file://{docs}", (2, 1))  # three files: two of shard 0 of 2, one of shard 1
     mp = pytest.MonkeyPatch()
     mp.setenv("STACKWISE_HOME", str(home))
     mp.setenv("OMP_NUM_THREADS", "1")

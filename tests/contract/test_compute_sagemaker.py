@@ -21,8 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 pytest.importorskip("boto3", reason="install stackwise[aws]")
 pytest.importorskip("moto", reason="install stackwise[dev]")
 
-from cloud_fixtures import aws_moto_env, check_golden, finetune_spec, index_spec, use_stack  # noqa: E402
+from cloud_fixtures import (JOB_STORE_KEY, JOB_STORE_KEY_ENV, aws_moto_env, check_golden, finetune_spec,  # noqa: E402
+                            index_spec, job_vector_store, opt_ml_available, real_index_job, use_stack)
 from sagemaker_emulator import SageMakerEmulator  # noqa: E402
+from sagemaker_runner import SageMakerRunner  # noqa: E402
 
 from stackwise.jobs import JobState  # noqa: E402
 from stackwise.testing.compute import ComputeContract, ComputeDriver  # noqa: E402
@@ -64,11 +66,18 @@ def compute(platform):
     return backend
 
 
+@pytest.fixture(scope="module")
+def opt_ml():
+    """Why the instances cannot run as processes here (no mount namespace for /opt/ml), or None."""
+    return opt_ml_available()
+
+
 class SageMakerDriver(ComputeDriver):
     timeout = 10.0
 
-    def __init__(self, compute, emulator):
-        self.compute, self.emulator = compute, emulator
+    def __init__(self, compute, emulator, job_store=None, workdir=None, opt_ml=None):
+        self.compute, self.emulator, self.job_store = compute, emulator, job_store
+        self.workdir, self.opt_ml = workdir, opt_ml
 
     def backend(self):
         return self.compute
@@ -76,13 +85,29 @@ class SageMakerDriver(ComputeDriver):
     def spec(self, outcome, n=0):
         return index_spec(n)
 
+    def real_job(self, workers=1):
+        if self.opt_ml:
+            pytest.skip(self.opt_ml)
+        return real_index_job(f"s3://{BUCKET}", job_vector_store(self.job_store.url), f"aws-real-{workers}", workers)
+
+    def leave_stale_result(self, handle, report):
+        import boto3
+
+        workers = handle.info().spec.get("workers") or 1
+        keys = ["result.json"] + ([f"shards/{i}/result.json" for i in range(workers)] if workers > 1 else [])
+        for key in keys:
+            boto3.client("s3").put_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/{key}",
+                                          Body=json.dumps(report).encode())
+
+    def run(self, handle):
+        runner = SageMakerRunner(self.emulator, None, self.workdir / "sagemaker",
+                                 {**_node_env(self.emulator.endpoint), JOB_STORE_KEY_ENV: JOB_STORE_KEY})
+        codes = runner.run(handle.id, timeout=120)
+        hosts = [f"algo-{i + 1}" for i in range(len(codes))]
+        assert set(codes) == {0}, "\n".join(runner.log(handle.id, host)[-3000:] for host in hosts)
+
     def advance(self, handle, outcome):
         if outcome == "succeed":
-            import boto3
-
-            report = {"index": "kb", "chunks": 3}
-            boto3.client("s3").put_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/result.json",
-                                          Body=json.dumps(report).encode())
             self.emulator.move(handle.id, "Completed")
         elif outcome == "fail":
             self.emulator.move(handle.id, "Failed", failure="AlgorithmError: the workload exited with code 2")
@@ -93,10 +118,22 @@ class SageMakerDriver(ComputeDriver):
         return index_spec(99, gpu="H100", count=3)  # the catalog has no 3 x H100 instance on AWS
 
 
+def _node_env(endpoint):
+    """What an instance needs to reach moto's S3 (SageMaker would give the job's role instead)."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 class TestSageMakerContract(ComputeContract):
     @pytest.fixture
-    def driver(self, compute, aws_env):
-        return SageMakerDriver(compute, aws_env)
+    def platform(self, aws_env, job_store, tmp_path, monkeypatch):
+        job_store.reset()
+        monkeypatch.setenv(JOB_STORE_KEY_ENV, JOB_STORE_KEY)
+        return use_stack("dev-aws", tmp_path, monkeypatch, vector_store=job_vector_store(job_store.url))
+
+    @pytest.fixture
+    def driver(self, compute, aws_env, job_store, tmp_path, opt_ml):
+        return SageMakerDriver(compute, aws_env, job_store, tmp_path, opt_ml)
 
 
 def test_finetune_request_matches_golden():
@@ -113,8 +150,9 @@ def test_finetune_request_matches_golden():
     assert request["ResourceConfig"] == {"InstanceType": "ml.p4d.24xlarge", "InstanceCount": 2, "VolumeSizeInGB": 100}
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 21600, "MaxWaitTimeInSeconds": 43200}
-    # checkpoints live under the identity, shared by every attempt, where the trainer resumes from
-    assert request["CheckpointConfig"] == {"S3Uri": f"s3://sw-dev-artifacts/finetune/{spec.output_name}/checkpoints",
+    # checkpoints live under the identity, shared by every attempt, where the trainer resumes from,
+    # below the top-level prefix the bucket's lifecycle rule targets
+    assert request["CheckpointConfig"] == {"S3Uri": f"s3://sw-dev-artifacts/checkpoints/{spec.output_name}",
                                            "LocalPath": "/opt/ml/checkpoints"}
     assert request["Environment"]["STACKWISE_CHECKPOINT_DIR"] == "/opt/ml/checkpoints"
     assert "STACKWISE_STACK" not in request["Environment"], "a job must not look its stack up by name"
@@ -131,7 +169,7 @@ def test_submit_uploads_the_spec_and_sends_the_request(compute, aws_env):
     assert handle.id == f"sw-finetune-{spec.digest()}-1"
     assert job.resource_config["InstanceType"] == "ml.p4d.24xlarge"
     assert job.enable_managed_spot_training is True
-    assert job.checkpoint_config["S3Uri"] == f"s3://{BUCKET}/finetune/{spec.output_name}/checkpoints"
+    assert job.checkpoint_config["S3Uri"] == f"s3://{BUCKET}/checkpoints/{spec.output_name}"
     s3 = boto3.client("s3")
     body = s3.get_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/input/spec.json")["Body"].read()
     assert json.loads(body) == json.loads(spec.model_dump_json())

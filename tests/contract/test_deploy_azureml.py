@@ -166,3 +166,87 @@ def test_a_version_outside_the_artifact_store_is_refused(azure, tmp_path, monkey
     with pytest.raises(SpecError, match="Azure endpoint cannot read"):
         deployer.deploy([DeployTarget(model="chat", version="5", artifact_uri="s3://elsewhere/chat")], {"chat:5": 100})
     assert _deployment_puts(azure) == []
+
+
+# -- deployment names: always valid for Azure ML (azure-ai-ml's validator is the judge) ---------
+LONG_MODEL = "qwen2-5-coder-32b-instruct-lora-customer-support-finetune"
+
+
+@pytest.mark.parametrize("model,version", [
+    ("chat", "1"), ("7b-chat", "1"), ("7", "12"), (LONG_MODEL, "1"), (LONG_MODEL, "123456789"),
+    ("Chat_Model", "3"), ("llama-3.1-8b", "2"), ("---", "4"), ("a" * 63, "1"), ("x", "2024.06-rc1"),
+])
+def test_deployment_names_pass_azure_ml_s_validator(model, version):
+    from azure.ai.ml.entities._endpoint._endpoint_helpers import validate_endpoint_or_deployment_name
+
+    from stackwise.adapters.deploy.azureml import deployment_name
+
+    name = deployment_name(model, version)
+    validate_endpoint_or_deployment_name(name, is_deployment=True)
+    assert name == deployment_name(model, version) and name == name.lower()
+
+
+def test_deployment_names_stay_readable_and_unique_per_version():
+    from stackwise.adapters.deploy.azureml import deployment_name
+
+    assert deployment_name("chat", "3") == "chat-v3"  # already valid: unchanged
+    assert deployment_name("7b-chat", "1").startswith("m-7b-chat-v1-")
+    long = {deployment_name(LONG_MODEL, str(v)) for v in range(1, 200)}
+    assert len(long) == 199
+    # Two models cut to the same head, and names that differ only in case or '_', stay apart.
+    assert deployment_name(LONG_MODEL + "-a", "1") != deployment_name(LONG_MODEL + "-b", "1")
+    assert len({deployment_name(m, "1") for m in ("chat-x", "chat_x", "Chat-x")}) == 3
+
+
+def test_long_and_digit_first_models_deploy(azure, tmp_path, monkeypatch):
+    deployer = connect(tmp_path, monkeypatch).deployer
+    targets = [DeployTarget(model=m, version="1", artifact_uri=f"az://artifacts/mlflow/{i}/model")
+               for i, m in enumerate(("7b-chat", LONG_MODEL))]
+    dep = deployer.deploy(targets, {"7b-chat:1": 50, f"{LONG_MODEL}:1": 50})
+    names = [p.rsplit("/", 1)[1] for p, _ in _deployment_puts(azure)]
+    assert all(3 <= len(n) <= 32 and n[0].isalpha() for n in names) and len(set(names)) == 2
+    assert set(azure.endpoints[ENDPOINT]["properties"]["traffic"]) == set(names)
+    assert dep.traffic == {"7b-chat:1": 50, f"{LONG_MODEL}:1": 50} and dep.state == "ready"
+
+
+def test_the_old_names_are_refused(azure, tmp_path, monkeypatch):
+    # The naming before the fix (`variant_name(...).lower()`): azure-ai-ml itself refuses both
+    # before sending (the server below refuses them too, for a client that does not check).
+    from azure.ai.ml.exceptions import MlException
+
+    import stackwise.adapters.deploy.azureml as adapter
+    from stackwise.deploy import variant_name
+    from stackwise.errors import StackwiseError
+
+    monkeypatch.setattr(adapter, "deployment_name", lambda m, v: variant_name(m, v).lower())
+    deployer = connect(tmp_path, monkeypatch).deployer
+    for model in (LONG_MODEL, "7b-chat"):
+        with pytest.raises((StackwiseError, MlException), match="at most 32 characters|start with an upper"):
+            deployer.deploy([DeployTarget(model=model, version="1", artifact_uri="az://artifacts/mlflow/1/model")],
+                            {f"{model}:1": 100})
+    assert azure.deployments[ENDPOINT] == {}
+
+
+@pytest.mark.parametrize("path,message", [
+    (f"onlineEndpoints/{ENDPOINT}/deployments/7b-chat-v1", "must start with an upper- or lowercase letter"),
+    (f"onlineEndpoints/{ENDPOINT}/deployments/{LONG_MODEL}-v1", "at most 32 characters"),
+    (f"onlineEndpoints/{ENDPOINT}/deployments/chat-", "must start with an upper- or lowercase letter"),
+    (f"onlineEndpoints/sw-dev-{LONG_MODEL}", "at most 32 characters"),
+])
+def test_the_server_refuses_invalid_names_over_http_as_azure_does(azure, path, message):
+    import requests
+
+    workspace = azure.endpoints[ENDPOINT]["id"].split("/onlineEndpoints/")[0]
+    answer = requests.put(f"{azure.endpoint.rstrip('/')}{workspace}/{path}?api-version=2024-04-01",
+                          json={"properties": {}}, headers={"Authorization": "Bearer test"}, verify=azure.ca_file,
+                          timeout=10)
+    assert answer.status_code == 400
+    error = answer.json()["error"]
+    assert error["code"] == "BadArgument" and message in error["message"]
+    assert error["details"] == [] and error["additionalInfo"] == []
+    assert azure.deployments[ENDPOINT] == {} and set(azure.endpoints) == {ENDPOINT}
+
+
+def test_an_invalid_endpoint_name_cannot_be_added(azure):
+    with pytest.raises(ValueError, match="start with an upper- or lowercase letter"):
+        azure.add_endpoint("9-endpoint")

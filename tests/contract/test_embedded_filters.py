@@ -30,8 +30,9 @@ def _columns(store: EmbeddedStore, name: str) -> dict:
 def _records() -> list[Record]:
     metadata = [
         {"lang": "en", "year": 2020, "score": 0.5, "draft": True, "author": "O'Brien", "title": "apple"},
-        {"lang": "fr", "year": 2021, "score": 1.5, "draft": False, "author": "Smith", "title": "banana split"},
-        {"lang": "de", "year": 2019, "score": 2, "draft": False, "my-key": 1, "title": "banana"},
+        {"lang": "fr", "year": 2021, "score": 1.5, "draft": False, "author": "Smith", "title": "banana split",
+         "city": "Zürich"},
+        {"lang": "de", "year": 2019, "score": 2, "draft": False, "my-key": 1, "title": "banana", "city": "Zurich"},
         {"lang": "en", "year": 2023, "score": 3.25, "draft": True, "title": "cherry"},
     ]
     return [Record(id=f"r{i}", vector=[1.0, float(i)], text="t", doc_id=f"d{i % 2}", source=f"s{i}", metadata=m)
@@ -49,6 +50,9 @@ CASES = {
     "bool": ({"draft": False}, {"r1", "r2"}),
     "ne of a key some lack": ({"author": {"$ne": "Smith"}}, {"r0"}),
     "quote": ({"author": "O'Brien"}, {"r0"}),
+    "non-ASCII text": ({"city": "Zürich"}, {"r1"}),
+    "non-ASCII range": ({"city": {"$gt": "Zz"}}, {"r1"}),
+    "ne of non-ASCII text": ({"city": {"$ne": "Zürich"}}, {"r2"}),
     "hyphenated key": ({"my-key": {"$gte": 1}}, {"r2"}),
     "value of another type": ({"year": "2020"}, set()),
     "or": ({"$or": [{"lang": "de"}, {"year": {"$gt": 2022}}]}, {"r2", "r3"}),
@@ -67,7 +71,7 @@ def test_first_batch_promotes_scalar_keys_and_filters_use_them(tmp_path):
     store.create_index("t", 2, "m")
     store.upsert("t", _records())
     columns = _columns(store, "t")
-    assert set(columns) == {"lang", "year", "score", "draft", "author", "title", "my-key"}
+    assert set(columns) == {"lang", "year", "score", "draft", "author", "title", "my-key", "city"}
     assert (columns["year"].kind, columns["score"].kind, columns["draft"].kind) == ("num", "num", "bool")
     assert columns["my-key"].name == column_name("my-key") == "meta_my_dkey"
     assert "`meta_lang` = 'en'" == to_where({"lang": "en"}, columns)
@@ -91,7 +95,7 @@ def test_an_older_index_is_migrated_by_optimize(tmp_path):
     new.upsert("t", _records()[:1])  # a write into a non-empty index promotes nothing
     assert _columns(new, "t") == {}
     new.optimize("t")
-    assert set(_columns(new, "t")) == {"lang", "year", "score", "draft", "author", "title", "my-key"}
+    assert set(_columns(new, "t")) == {"lang", "year", "score", "draft", "author", "title", "my-key", "city"}
     _check(new, "t")
     _check(old, "t")  # a store that does not promote still reads the migrated table
 

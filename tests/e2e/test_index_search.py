@@ -84,12 +84,23 @@ def kb(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _expected_chunk_ids(path: Path) -> set[str]:
-    """The chunk ids of one file as the workload computes them (default chunking 1000/150)."""
-    from stackwise.documents import Document, chunk_document
+    """The chunk ids of one file by the documented rule, without stackwise's chunker: the texts
+    from semantic-text-splitter itself (default chunking: 1000 characters, 150 overlap, trimmed),
+    each id the first 32 hex digits of SHA-256 over the NUL-joined doc id, chunk text, how many
+    times that text occurred before, and the metadata's sorted JSON (`{"path": doc id}`)."""
+    import hashlib
+
+    from semantic_text_splitter import TextSplitter
 
     uri = file_uri(path)
-    text = path.read_text(encoding="utf-8")
-    return {c.id for c in chunk_document(Document(uri, text, {"path": uri}), 1000, 150)}
+    meta = json.dumps({"path": uri}, sort_keys=True)
+    seen: dict[str, int] = {}
+    ids = set()
+    for text in TextSplitter(capacity=1000, overlap=150, trim=True).chunks(path.read_text(encoding="utf-8")):
+        if text.strip():
+            ids.add(hashlib.sha256("\x00".join([uri, text, str(seen.get(text, 0)), meta]).encode()).hexdigest()[:32])
+            seen[text] = seen.get(text, 0) + 1
+    return ids
 
 
 # -- the first run -----------------------------------------------------------------------------

@@ -23,6 +23,10 @@ job YAML schema for command, environment variables, `resources.instance_count` a
   several processes), which `MLClient.jobs.stream` and the adapter's `logs()` read.
 Here, in addition: the storage emulator's settings in `env` (what the job's managed identity would
 give a real job), and every node on the host's network (node 0's address is 127.0.0.1).
+
+With no container engine (`engine=None`) each node is a process of this machine instead
+(`cloud_fixtures.image_process`): the command in bash with the same environment, `python` being
+this interpreter.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from cloud_fixtures import image_process, stop_process
 
 MASTER_PORT = "6105"
 _ENV_ID = "/environments/"
@@ -46,11 +52,12 @@ class Node:
 
 
 class AzureMLRunner:
-    def __init__(self, server: Any, engine: list[str], workdir: Path, env: dict[str, str]):
+    def __init__(self, server: Any, engine: list[str] | None, workdir: Path, env: dict[str, str]):
         self.server, self.engine, self.workdir, self.env = server, engine, workdir, env
         # Container names are unique per runner: job names repeat across test sessions (the same
         # spec has the same name), and another session may run the same test on this machine.
         self.token = secrets.token_hex(4)
+        self.processes: dict[tuple[str, int], subprocess.Popen] = {}  # (job, rank) -> node, without an engine
 
     def job(self, name: str) -> dict[str, Any]:
         return self.server.jobs[name]
@@ -96,11 +103,16 @@ class AzureMLRunner:
         self.server.move(name, "Running")
         running = []
         for rank in range(count):
+            log = folder / f"node-{rank}.log"
+            if self.engine is None:
+                proc = image_process(["/bin/bash", "-c", properties["command"]], self.node_env(name, rank), log, folder)
+                self.processes[(name, rank)] = proc
+                running.append(Node(rank, proc, log))
+                continue
             cmd = [*self.engine, "run", "--rm", "--network=host", "--name", self.container(name, rank)]
             for key, value in sorted(self.node_env(name, rank).items()):
                 cmd += ["-e", f"{key}={value}"]
             cmd += ["--entrypoint", "/bin/bash", image, "-c", properties["command"]]
-            log = folder / f"node-{rank}.log"
             with open(log, "wb") as out:
                 proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             running.append(Node(rank, proc, log))
@@ -125,6 +137,10 @@ class AzureMLRunner:
 
     def kill(self, name: str, rank: int = 0) -> None:
         """What a low-priority preemption or a node failure does to one node: SIGKILL."""
+        if self.engine is None:
+            if (name, rank) in self.processes:
+                stop_process(self.processes[(name, rank)])
+            return
         subprocess.run([*self.engine, "kill", "--signal", "KILL", self.container(name, rank)], capture_output=True,
                        timeout=60)
 

@@ -17,6 +17,11 @@ exist first: `add_endpoint`, as the Pulumi program makes it; a PUT changes `traf
 name existing deployments and sum to 100 or be empty), `GET /onlineEndpoints/EP/deployments`,
 `GET|PUT|DELETE /onlineEndpoints/EP/deployments/NAME` (a deployment with traffic cannot be
 deleted). Writes finish at once (`provisioningState` Succeeded, 200/201 without polling headers).
+Endpoint and deployment names follow Azure ML's rule (3-32 characters, a letter first, letters,
+digits and hyphens, a letter or digit last): a PUT naming another is answered 400 in ARM's error
+envelope (`{"error": {"code": "BadArgument", "message", "details": [], "additionalInfo": []}}`),
+as Azure refuses it; the code and wording follow azure-ai-ml's own validator, not a captured
+Azure answer. `add_endpoint` refuses such a name too (Azure would not have made the endpoint).
 
 Run logs, the way `MLClient.jobs.stream` reads them: `GET /workspaces/W` names a `discoveryUrl`;
 `GET /discovery` gives the `api` (run history) base URL, the same server; `GET /history/v1.0/
@@ -56,6 +61,18 @@ _ENDPOINT = re.compile(_WS + r"/onlineEndpoints/([^/]+)$", re.IGNORECASE)
 _DEPLOYMENTS = re.compile(_WS + r"/onlineEndpoints/([^/]+)/deployments$", re.IGNORECASE)
 _DEPLOYMENT = re.compile(_WS + r"/onlineEndpoints/([^/]+)/deployments/([^/]+)$", re.IGNORECASE)
 ENDED = {"Completed", "Failed", "Canceled"}
+# Azure ML's rule for online endpoint and deployment names (azure-ai-ml: EndpointConfigurations).
+_NAME = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+
+
+def name_problem(name: str, kind: str) -> str | None:
+    """Why Azure refuses `name` for an online endpoint or deployment (`kind`), or None."""
+    if not 3 <= len(name) <= 32:
+        return f"The name for {kind} must be at least 3 and at most 32 characters long; {name!r} has {len(name)}."
+    if not _NAME.match(name):
+        return (f"The name for {kind} must start with an upper- or lowercase letter and only consist of '-' "
+                f"character, upper- or lowercase letters or digits; {name!r} does not.")
+    return None
 
 
 def _now() -> str:
@@ -111,6 +128,9 @@ class AzureMLServer:
 
     def add_endpoint(self, name: str) -> None:
         """The managed online endpoint as the Pulumi program creates it (key auth, no deployments)."""
+        problem = name_problem(name, "an endpoint")
+        if problem:
+            raise ValueError(problem)
         path = (f"/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sw-dev/providers/"
                 f"Microsoft.MachineLearningServices/workspaces/sw-dev-ws/onlineEndpoints/{name}")
         self.endpoints[name] = {
@@ -126,6 +146,9 @@ class AzureMLServer:
     def _endpoints(self, method: str, path: str, body: Any) -> tuple[int, Any, dict[str, str]] | None:
         match = _ENDPOINT.match(path)
         if match:
+            problem = name_problem(match.group(4), "an endpoint") if method == "PUT" else None
+            if problem:
+                return self._error(400, "BadArgument", problem)
             endpoint = self.endpoints.get(match.group(4))
             if endpoint is None:
                 return self._error(404, "ResourceNotFound", f"Online endpoint {match.group(4)} not found.")
@@ -156,6 +179,9 @@ class AzureMLServer:
             if method == "GET":
                 return (200, found, {}) if found else self._error(404, "ResourceNotFound", f"Deployment {name} not found.")
             if method == "PUT":
+                problem = name_problem(name, "a deployment")
+                if problem:
+                    return self._error(400, "BadArgument", problem)
                 properties = dict((body or {}).get("properties") or {})
                 properties["provisioningState"] = "Succeeded"
                 properties.setdefault("properties", {})
@@ -200,7 +226,8 @@ class AzureMLServer:
     @staticmethod
     def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
                ) -> tuple[int, Any, dict[str, str]]:
-        return status, {"error": {"code": code, "message": message}}, headers or {}
+        body = {"error": {"code": code, "message": message, "details": [], "additionalInfo": []}}
+        return status, body, headers or {}
 
     @staticmethod
     def _system_data() -> dict[str, Any]:

@@ -15,6 +15,10 @@ Endpoint patches (deploy):
 - `UpdateEndpoint` exists: the endpoint moves to the new config `Updating`, then `InService` a
   moment later; `UpdateEndpointWeightsAndCapacities` on an endpoint not InService is refused;
 - a variant created with weight 0 keeps it (moto drops falsy weights).
+Network (both): a `VpcConfig` on CreateTrainingJob or CreateModel must name subnets and security
+groups that exist in the account's EC2 (moto's EC2 backend, made by the test through the same
+server), all in one VPC, else ValidationException, as SageMaker checks before it creates the ENIs;
+moto keeps the VpcConfig and DescribeTrainingJob / DescribeModel return it.
 """
 
 from __future__ import annotations
@@ -144,6 +148,7 @@ class SageMakerEmulator:
                 raise ValidationError("1 validation error detected: Value 'ml.g5.xlarge' at "
                                       "'resourceConfig.instanceType' failed to satisfy constraint: the instance "
                                       "type is not supported in this region")
+            check_vpc(response)
             if name in response.sagemaker_backend.training_jobs:
                 raise ResourceInUseException(f"Training job names must be unique within an AWS account and "
                                              f"region, and a training job with this name already exists ({name})")
@@ -153,6 +158,31 @@ class SageMakerEmulator:
             if fault == "lost-answer":
                 raise Fault("InternalFailure", "An internal error occurred")
             return result
+
+        def check_vpc(response: Any) -> None:
+            vpc = response._get_param("VpcConfig")
+            if not vpc:
+                return
+            from moto.ec2.models import ec2_backends
+
+            ec2 = ec2_backends[ACCOUNT][emulator.region]
+            subnets, groups = vpc.get("Subnets") or [], vpc.get("SecurityGroupIds") or []
+            if not subnets or not groups:
+                raise ValidationError("1 validation error detected: VpcConfig needs at least one subnet and one "
+                                      "security group")
+            vpcs = set()
+            for subnet in subnets:
+                found = next((zone[subnet] for zone in ec2.subnets.values() if subnet in zone), None)
+                if found is None:
+                    raise ValidationError(f"The subnet ID '{subnet}' does not exist")
+                vpcs.add(found.vpc_id)
+            for group in groups:
+                found = ec2.get_security_group_from_id(group)
+                if found is None:
+                    raise ValidationError(f"The security group '{group}' does not exist")
+                vpcs.add(found.vpc_id)
+            if len(vpcs) != 1:
+                raise ValidationError("Subnets and security groups of VpcConfig must belong to the same VPC")
 
         def stop(response: Any) -> Any:
             name = response._get_param("TrainingJobName")
@@ -190,6 +220,8 @@ class SageMakerEmulator:
                 name = response._get_param(param)
                 if name in getattr(response.sagemaker_backend, table):
                     raise ValidationError(f"Cannot create already existing {kind} \"{name}\".")
+                if kind == "model":
+                    check_vpc(response)
                 return original(response)
             return create
 

@@ -15,6 +15,10 @@ Runs Your Training Image", "Use checkpoints in Amazon SageMaker"):
   endpoint and test credentials, which SageMaker would give through the job's role), and the job's
   status Completed when every instance exits 0, else Failed with an `AlgorithmError` reason.
 The containers share the host's network (moto listens on the host's loopback).
+
+With no container engine (`engine=None`) each instance is a process of this machine instead
+(`cloud_fixtures.image_process`): the image's command (`python -m stackwise.adapters.compute.bootstrap
+train`) with the same environment, its instance folder seen at /opt/ml through a mount namespace.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cloud_fixtures import image_process, stop_process
+
+IMAGE_ENTRYPOINT = ["python", "-m", "stackwise.adapters.compute.bootstrap"]  # the training image's
+
 
 def _split(uri: str) -> tuple[str, str]:
     bucket, _, key = uri.removeprefix("s3://").partition("/")
@@ -32,7 +40,7 @@ def _split(uri: str) -> tuple[str, str]:
 
 
 class SageMakerRunner:
-    def __init__(self, emulator: Any, engine: list[str], workdir: Path, env: dict[str, str]):
+    def __init__(self, emulator: Any, engine: list[str] | None, workdir: Path, env: dict[str, str]):
         import boto3
 
         import secrets
@@ -40,6 +48,7 @@ class SageMakerRunner:
         self.emulator, self.engine, self.workdir, self.env = emulator, engine, workdir, env
         self.suffix = secrets.token_hex(3)  # container names stay unique across concurrent test sessions
         self.s3 = boto3.client("s3", region_name=emulator.region, endpoint_url=emulator.endpoint)
+        self.processes: dict[tuple[str, str], subprocess.Popen] = {}  # (job, host) -> node, without an engine
 
     # -- S3 <-> folders ----------------------------------------------------------------------------
     def _download(self, uri: str, folder: Path) -> int:
@@ -102,6 +111,12 @@ class SageMakerRunner:
         for host in hosts:
             root = self.prepare(name, host, hosts)
             env = {**(getattr(job, "environment", None) or {}), **self.env}
+            log = self.workdir / name / f"{host}.log"
+            if self.engine is None:
+                proc = image_process([*(entry or IMAGE_ENTRYPOINT), "train"], env, log, root.parent, opt_ml=root)
+                self.processes[(name, host)] = proc
+                running.append((host, proc, root))
+                continue
             cmd = [*self.engine, "run", "--rm", "--network=host", "--name", f"{name}-{host}-{self.suffix}",
                    "--add-host", f"{host}:127.0.0.1", "-v", f"{root}:/opt/ml"]
             for key, value in sorted(env.items()):
@@ -110,9 +125,9 @@ class SageMakerRunner:
                 cmd += ["--entrypoint", entry[0], image, *entry[1:], "train"]
             else:
                 cmd += [image, "train"]
-            log = open(self.workdir / name / f"{host}.log", "wb")
-            running.append((host, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                                   stdin=subprocess.DEVNULL), root))
+            with open(log, "wb") as out:
+                running.append((host, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                                       stdin=subprocess.DEVNULL), root))
         return running
 
     def finish(self, name: str, running: list[tuple[str, subprocess.Popen, Path]], timeout: float = 900) -> list[int]:
@@ -141,6 +156,10 @@ class SageMakerRunner:
 
     def kill(self, name: str, host: str = "algo-1") -> None:
         """What a spot interruption or an instance failure does to one instance: SIGKILL."""
+        if self.engine is None:
+            if (name, host) in self.processes:
+                stop_process(self.processes[(name, host)])
+            return
         subprocess.run([*self.engine, "kill", "--signal", "KILL", f"{name}-{host}-{self.suffix}"], capture_output=True,
                        timeout=60)
 

@@ -22,6 +22,10 @@ Here, in addition: the emulator endpoints and test settings in `env` (what the j
 account and Google's network would give a real job), each replica's output as Cloud Logging
 entries on a `LoggingServer` (tests/emulators/gcp_logging_server.py) when one is given, and every
 replica on the host's network with its cluster host name mapped to 127.0.0.1.
+
+With no container engine (`engine=None`) each replica is a process of this machine instead
+(`cloud_fixtures.image_process`): the containerSpec's command and args (else the image's entrypoint,
+`python -m stackwise.adapters.compute.bootstrap`) with the same environment.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloud_fixtures import image_process, stop_process
+
+IMAGE_ENTRYPOINT = ["python", "-m", "stackwise.adapters.compute.bootstrap"]  # the training image's
 PORT = 2222  # the port Vertex puts in CLUSTER_SPEC's host:port entries
 
 
@@ -47,12 +54,13 @@ class Replica:
 
 
 class VertexRunner:
-    def __init__(self, server: Any, engine: list[str], workdir: Path, env: dict[str, str],
+    def __init__(self, server: Any, engine: list[str] | None, workdir: Path, env: dict[str, str],
                  logging: Any = None):
         self.server, self.engine, self.workdir, self.env, self.logging = server, engine, workdir, env, logging
         # Container names are unique per runner: job ids repeat across test sessions (the server
         # counts from 1001), and another session may be running the same test on this machine.
         self.token = secrets.token_hex(4)
+        self.processes: dict[tuple[str, str], subprocess.Popen] = {}  # (job, task) -> replica, without an engine
 
     def job(self, job_id: str) -> dict[str, Any]:
         return self.server.jobs[job_id]
@@ -98,17 +106,23 @@ class VertexRunner:
             container = spec["containerSpec"]
             for index in range(int(spec.get("replicaCount") or 0)):
                 task = f"workerpool{pool}-{index}"
+                log = folder / f"{task}.log"
+                command, args = list(container.get("command") or []), list(container.get("args") or [])
+                if self.engine is None:
+                    proc = image_process([*(command or IMAGE_ENTRYPOINT), *args], self.replica_env(job_id, pool, index),
+                                         log, folder)
+                    self.processes[(job_id, task)] = proc
+                    running.append(Replica(task, pool, index, proc, log))
+                    continue
                 cmd = [*self.engine, "run", "--rm", "--network=host", "--name", self.container(job_id, task)]
                 for host in hosts:
                     cmd += ["--add-host", f"{host}:127.0.0.1"]
                 for key, value in sorted(self.replica_env(job_id, pool, index).items()):
                     cmd += ["-e", f"{key}={value}"]
-                command, args = list(container.get("command") or []), list(container.get("args") or [])
                 if command:  # containerSpec.command replaces the image's ENTRYPOINT, args its CMD
                     cmd += ["--entrypoint", command[0], container["imageUri"], *command[1:], *args]
                 else:
                     cmd += [container["imageUri"], *args]
-                log = folder / f"{task}.log"
                 with open(log, "wb") as out:
                     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
                 running.append(Replica(task, pool, index, proc, log))
@@ -142,6 +156,10 @@ class VertexRunner:
 
     def kill(self, job_id: str, task: str = "workerpool0-0") -> None:
         """What a preemption or a machine failure does to one replica: SIGKILL."""
+        if self.engine is None:
+            if (job_id, task) in self.processes:
+                stop_process(self.processes[(job_id, task)])
+            return
         subprocess.run([*self.engine, "kill", "--signal", "KILL", self.container(job_id, task)], capture_output=True,
                        timeout=60)
 

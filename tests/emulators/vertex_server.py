@@ -7,6 +7,11 @@ with the trafficSplit checked as Vertex checks it: percents summing to 100 over 
 "0" naming the one being deployed) and endpoint PATCH with updateMask=trafficSplit. Endpoints
 exist only once the test adds them (`add_endpoint`), as the Pulumi program creates them.
 
+A CustomJob naming a `network` is checked as Vertex checks it: the name must be
+`projects/<project number>/global/networks/<name>` (a project id is refused) and the network
+must be peered with Vertex AI (private services access: the test says which with `peer`), each
+`reservedIpRanges` entry one of that peering's ranges; else 400, as Vertex answers.
+
 Jobs start JOB_STATE_PENDING and move only when the test says (`move`); cancel goes
 CANCELLING, then CANCELLED a moment later. `faults` answers the next create with 429 or 503,
 or creates the job and then answers 503 (the answer lost).
@@ -30,6 +35,7 @@ _UPLOAD = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+)/models:upload$")
 _MODEL = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+/models/[^/:]+)$")
 _ENDPOINT = re.compile(r"^/v1/(projects/[^/]+/locations/[^/]+/endpoints/[^/:]+)(:deployModel|:undeployModel)?$")
 _FILTER = re.compile(r'labels\.([\w-]+)\s*=\s*"([^"]*)"')
+_NETWORK = re.compile(r"^projects/(\d+)/global/networks/[a-z]([-a-z0-9]*[a-z0-9])?$")
 ENDED = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
 
@@ -45,8 +51,32 @@ class VertexServer:
         self.requests: list[tuple[str, str, Any]] = []
         self.faults: deque[str] = deque()
         self.create_calls = 0
+        self.peered: dict[str, set[str]] = {}  # network -> its reserved peering ranges
         self._next = 1000
         self._lock = threading.Lock()
+
+    def peer(self, network: str, *ranges: str) -> None:
+        """Make `network` peered with Vertex AI through private services access over `ranges`."""
+        with self._lock:
+            self.peered[network] = set(ranges)
+
+    def _check_network(self, spec: dict[str, Any]) -> tuple[int, Any] | None:
+        network = spec.get("network")
+        if not network:
+            if spec.get("reservedIpRanges"):
+                return self._error(400, "INVALID_ARGUMENT", "reservedIpRanges requires network to be set.")
+            return None
+        if not _NETWORK.fullmatch(network):
+            return self._error(400, "INVALID_ARGUMENT", f"Invalid network name {network!r}: expected "
+                               "projects/{project_number}/global/networks/{network}.")
+        if network not in self.peered:
+            return self._error(400, "FAILED_PRECONDITION", f"Network {network} is not peered with Vertex AI: "
+                               "set up VPC Network Peering (private services access) first.")
+        unknown = set(spec.get("reservedIpRanges") or []) - self.peered[network]
+        if unknown:
+            return self._error(400, "INVALID_ARGUMENT", f"Reserved IP ranges {sorted(unknown)} are not "
+                               f"allocated to the peering of {network}.")
+        return None
 
     def start(self) -> "VertexServer":
         self._http = JsonHttpServer(lambda method, path, body, headers: self.handle(
@@ -65,6 +95,7 @@ class VertexServer:
             self.requests.clear()
             self.faults.clear()
             self.create_calls = 0
+            self.peered.clear()
 
     def move(self, job_id: str, state: str, error: str | None = None) -> None:
         job = self.jobs.get(job_id)
@@ -178,6 +209,9 @@ class VertexServer:
                 if fault == "bad-machine":
                     return self._error(400, "INVALID_ARGUMENT", "Machine type \"a2-highgpu-8g\" is not "
                                        "supported in location us-central1.")
+                refused = self._check_network(body.get("jobSpec") or {})
+                if refused is not None:
+                    return refused
                 self._next += 1
                 job_id = str(self._next)
                 job = dict(body, name=f"{match.group(1)}/customJobs/{job_id}", state="JOB_STATE_PENDING",

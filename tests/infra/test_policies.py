@@ -106,7 +106,8 @@ def test_unbounded_replicas_are_caught(offline_run):
 
 def test_missing_tag_is_caught(offline_run):
     run = offline_run("prod-aws")
-    resources = mutated(run, "aws:kms/key:Key", lambda r: r.inputs["tags"].pop("cost-center"))
+    resources = mutated(run, "aws:kms/key:Key",
+                        lambda r: r.inputs["tags"].pop("cost-center") if r.name == "sw-prod-key" else None)
     assert violations(run, resources) == [("required-tags", "sw-prod-key", "missing required tags: cost-center")]
 
 

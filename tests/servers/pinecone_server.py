@@ -4,7 +4,9 @@ One serverless-style index (fixed dimension, cosine metric) on 127.0.0.1, state 
 Covers what the stackwise adapter uses, checked as Pinecone documents it:
 - `Api-Key` must match (401 otherwise) and `X-Pinecone-Api-Version` must be present (400);
 - `POST /vectors/upsert` (at most 1,000 vectors and 2 MB per request, dimension checked, no
-  null metadata values), `POST /query` (topK <= 10,000, filter applied before ranking),
+  null metadata values, at most 40 KB of metadata per record), `POST /query` (topK <= 10,000,
+  filter applied before ranking, a response of at most 4 MB: larger is a 400, as Pinecone
+  answers "choose a lower top_k value, or use include_metadata=False"),
   `GET /vectors/fetch?ids=..`, `POST /vectors/fetch_by_metadata` (paginated),
   `POST /vectors/delete` (ids, deleteAll, filter), `POST /describe_index_stats`,
   `GET /vectors/list` (paginated, prefix);
@@ -36,6 +38,8 @@ from urllib.parse import parse_qs, urlparse
 
 MAX_UPSERT = 1000
 MAX_BODY = 2 * 1024 * 1024
+MAX_METADATA = 40 * 1024
+MAX_QUERY_RESPONSE = 4 * 1024 * 1024
 
 
 class ApiError(Exception):
@@ -242,6 +246,10 @@ class PineconeServer:
                                f"Vector dimension {len(values)} does not match the dimension of the index {self.state.dimension}")
             if not any(values):
                 raise ApiError(400, "INVALID_ARGUMENT", "Dense vectors must contain at least one non-zero value")
+            size = len(json.dumps(v.get("metadata") or {}).encode())
+            if size > MAX_METADATA:
+                raise ApiError(400, "INVALID_ARGUMENT",
+                               f"Metadata size is {size} bytes, which exceeds the limit of {MAX_METADATA} bytes per vector")
             for key, value in (v.get("metadata") or {}).items():
                 if value is None or isinstance(value, dict) or (
                         isinstance(value, list) and not all(isinstance(x, str) for x in value)):
@@ -270,7 +278,13 @@ class PineconeServer:
             if body.get("includeMetadata"):
                 match["metadata"] = v["metadata"]
             out.append(match)
-        return {"matches": out, "namespace": ns, "usage": {"readUnits": 5}}
+        result = {"matches": out, "namespace": ns, "usage": {"readUnits": 5}}
+        size = len(json.dumps(result).encode())
+        if size > MAX_QUERY_RESPONSE:
+            raise ApiError(400, "INVALID_ARGUMENT",
+                           f"Query result size {size} bytes exceeds the 4MB limit: choose a lower top_k value, or "
+                           f"use include_metadata=False or include_values=False")
+        return result
 
     def _fetch_by_metadata(self, body: dict[str, Any]) -> dict[str, Any]:
         flt = body.get("filter")

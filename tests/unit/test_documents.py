@@ -347,3 +347,20 @@ def test_markdown_documents_chunk_on_structure():
     chunks = chunk_document(Document("d", text, {}, markdown=True), size=200, overlap=0)
     assert all(len(c.text) <= 200 for c in chunks)
     assert not any("alpha" in c.text and "beta" in c.text for c in chunks)
+
+
+@pytest.mark.parametrize(("given", "canonical"), [
+    ("gcs://bucket/a//b/", "gs://bucket/a/b"),
+    ("S3A://bucket/./k", "s3://bucket/k"),
+    ("abfs://container/docs/x.txt", "az://container/docs/x.txt"),
+    ("abfss://container/docs", "az://container/docs"),
+    ("az://container/docs/", "az://container/docs"),
+])
+def test_one_filesystem_has_one_scheme(given, canonical):
+    """fsspec's other names for one filesystem (gcsfs's gcs, s3fs's s3a, adlfs's abfs/abfss) are
+    spellings of one object: one document id, whichever a user wrote."""
+    from stackwise.documents import canonical_doc_id, canonical_source
+
+    assert canonical_source(given) == canonical
+    assert canonical_doc_id(given) == canonical
+    assert canonical_doc_id(given.rstrip("/") + "/d.jsonl#r1") == canonical + "/d.jsonl#r1"

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
+import string
 from pathlib import Path
 
 import pytest
@@ -150,7 +152,6 @@ def test_every_model_suite_runs_on_a_tiny_model(world, tmp_path):
     """The runner's path for each suite on the tiny model: generated answers where a record has no
     `prediction`, precomputed ones scored as given, the shipped red-team set when the data has
     no safety records, bias decisions by log-likelihood."""
-    from stackwise.evaluation import generation, qa
     from stackwise.evaluation.data import read_eval_data
     from stackwise.evaluation.lm import load
     from stackwise.evaluation.runner import run_model_suites
@@ -175,12 +176,28 @@ def test_every_model_suite_runs_on_a_tiny_model(world, tmp_path):
                         data=str(data_file), generation={"max_new_tokens": 6}, max_examples=4)
     metrics, rows = run_model_suites(spec, read_eval_data(str(data_file)), load(str(world["trained"])), None, "t")
     generated = next(r["prediction"] for r in rows if r["suite"] == "rouge" and r["line"] == 1)
-    means, _ = generation.rouge([generated, "police arrested two men"], ["hello there", "two men were arrested by police"])
-    assert metrics["rouge.rougeL"] == pytest.approx(means["rougeL"])
+    # ROUGE-L F-measure, the mean over the two records, from rouge-score itself. The precomputed
+    # record by hand: the longest common subsequence of "police arrested two men" and "two men were
+    # arrested by police" is "two men", 2 tokens, so P = 2/4, R = 2/6 and F = 2PR/(P+R) = 0.4.
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    precomputed = scorer.score("two men were arrested by police", "police arrested two men")["rougeL"]
+    assert (precomputed.precision, precomputed.recall) == pytest.approx((2 / 4, 2 / 6))
+    generated_f = scorer.score("hello there", generated)["rougeL"].fmeasure
+    assert metrics["rouge.rougeL"] == pytest.approx((generated_f + 0.4) / 2)
     qa_rows = [r for r in rows if r["suite"] == "qa"]
     assert qa_rows[0]["exact_match"] == 1.0 and qa_rows[0]["supported"] is True
     assert metrics["qa.supported"] == 1.0  # only the record with context is judged for support
-    assert metrics["qa.exact_match"] == pytest.approx((1.0 + qa.exact_match(qa_rows[1]["prediction"], ["Australia"])) / 2)
+
+    # Exact match by hand, with the official SQuAD v1.1 normalization written out here.
+    def squad_normalize(text: str) -> str:
+        text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+        return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+    second_em = float(squad_normalize(qa_rows[1]["prediction"]) == "australia")
+    assert qa_rows[1]["exact_match"] == second_em
+    assert metrics["qa.exact_match"] == pytest.approx((1.0 + second_em) / 2)
     assert metrics["instruction.prompt_accuracy"] in (0.5, 1.0)  # the bullet list passes as given
     assert 0.0 <= metrics["mmlu.accuracy"] <= 1.0
     safety_rows = [r for r in rows if r["suite"] == "safety"]

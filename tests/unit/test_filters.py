@@ -159,6 +159,19 @@ def test_to_pinecone_refuses_more_in_values_than_pinecone_takes():
     assert to_pinecone(parse_filter({"doc_id": ids[:10_000]}))["doc_id"]["$in"] == ids[:10_000]
 
 
+def test_parsed_filters_are_immutable_values():
+    """A parsed tree is a value: hashable, comparable, and not changed by whoever holds it."""
+    import dataclasses
+
+    tree = parse_filter({"$or": [{"a": 1}, {"b": {"$in": [1, 2]}}], "c": "x"})
+    assert len({tree, parse_filter({"$or": [{"a": 1}, {"b": {"$in": [1, 2]}}], "c": "x"})}) == 1
+    for node in (tree, tree.items[0], tree.items[1]):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            node.items = ()  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tree.items[1].value = "y"  # type: ignore[misc]
+
+
 # -- Milvus ----------------------------------------------------------------------------------------
 EN_M = '(metadata["lang"] == "en" or json_contains_any(metadata["lang"], ["en"]))'
 
@@ -170,6 +183,7 @@ EN_M = '(metadata["lang"] == "en" or json_contains_any(metadata["lang"], ["en"])
         ({"lang": "en"}, EN_M),
         ({"doc_id": ["a"]}, 'doc_id == "a"'),
         ({"source": ["s1", 's"2\\']}, 'source in ["s1", "s\\"2\\\\"]'),
+        ({"source": "Zürich"}, 'source == "Zürich"'),  # as written: Milvus takes UTF-8 literals
         ({"doc_id": {"$nin": ["a", "b"]}}, 'doc_id not in ["a", "b"]'),
         ({"source": {"$gte": "m"}}, 'source >= "m"'),
         ({"year": {"$gte": 2019, "$lt": 2023}}, 'metadata["year"] >= 2019 and metadata["year"] < 2023'),

@@ -105,3 +105,42 @@ def test_a_metric_missing_on_one_side_fails_the_gate(world):
     assert rows["rouge.rougeL"]["passed"] is False and rows["rouge.rougeL"]["champion"] is None
     assert "not measured for the champion" in rows["rouge.rougeL"]["reason"]
     assert "rouge.rougeL" in str(refused.value) and reg.alias_version("demo", CHAMPION) == "1"
+    # The refusal reports what it did: nothing promoted, and exactly the metrics that failed.
+    result = refused.value.result
+    assert (result.promoted, result.champion_before, result.champion_after) == (False, "1", "1")
+    assert "on 1 of 2 gated metrics: rouge.rougeL" in refused.value.what
+    assert "perplexity" not in refused.value.what.split("metrics:")[1]
+
+
+def test_the_first_promotion_and_a_repeated_one_say_what_they_did(world):
+    """The first champion needs no comparison; promoting the champion again changes nothing and
+    never makes it its own previous champion."""
+    from stackwise.model_registry import CHAMPION, PREVIOUS_CHAMPION
+
+    reg, data, gate = world
+    assert reg.alias_version("demo", PREVIOUS_CHAMPION) is None  # the first champion had none before it
+    again = reg.promote("demo", gate("perplexity"), version="1")
+    assert again.promoted and again.note == "the candidate is already the champion"
+    assert (reg.alias_version("demo", CHAMPION), reg.alias_version("demo", PREVIOUS_CHAMPION)) == ("1", None)
+    _evaluated(reg, "2", data["a"][1], perplexity=10.0)
+    _evaluated(reg, "1", data["a"][1], perplexity=20.0)
+    assert reg.promote("demo", gate("perplexity"), version="2").promoted
+    assert (reg.alias_version("demo", CHAMPION), reg.alias_version("demo", PREVIOUS_CHAMPION)) == ("2", "1")
+    assert reg.promote("demo", gate("perplexity"), version="2").note == "the candidate is already the champion"
+    assert (reg.alias_version("demo", CHAMPION), reg.alias_version("demo", PREVIOUS_CHAMPION)) == ("2", "1")
+
+
+def test_the_first_champion_is_named_so(tmp_path, monkeypatch):
+    from stackwise.model_registry import CHAMPION, Registry
+
+    monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / "sw"))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    gate = tmp_path / "gate.yaml"
+    gate.write_text("metrics:\n  perplexity: {}\n")
+    reg = Registry()
+    reg.register(str(model), "solo", copy=False)
+    first = reg.promote("solo", str(gate), version="1")
+    assert first.note == "no champion yet: the candidate becomes the first champion"
+    assert (first.champion_before, first.champion_after, reg.alias_version("solo", CHAMPION)) == (None, "1", "1")

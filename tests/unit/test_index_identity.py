@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from stackwise.adapters.vectors.embedded import EmbeddedStore
-from stackwise.documents import Document, canonical_source, chunk_document
+from stackwise.documents import canonical_source
 from stackwise.errors import StoreError
 from stackwise.specs import IndexSpec
 from stackwise.vector_copy import copy_index
@@ -123,17 +123,20 @@ def test_prune_leaves_documents_outside_the_glob_alone(corpus: Path, store: Embe
 
 # -- item 1: an index built before ids were canonical ---------------------------------------------
 def _old_index(store: EmbeddedStore, spellings: list[str]) -> None:
-    """Write what the old workload wrote: ids from the path as typed (fsspec made it absolute only)."""
+    """Write what the old workload wrote: ids from the path as typed (fsspec made it absolute only).
+    Each file is one chunk, its whole text; its id by the documented formula, written out here:
+    SHA-256 over the NUL-joined doc id, text, occurrence (0) and sorted-JSON metadata, 32 hex digits."""
     store.create_index("kb", DIM, MODEL)
     embedder = FakeEmbedder()
     for folder in spellings:
         for name, text in FILES.items():
             uri = f"file://{folder}/{name}"
-            chunks = chunk_document(Document(uri, text, {"path": uri}), 1000, 150)
-            vectors = embedder.encode([c.text for c in chunks])
+            meta = {"path": uri}
+            chunk_id = hashlib.sha256("\x00".join([uri, text, "0", json.dumps(meta)]).encode()).hexdigest()[:32]
+            [vector] = embedder.encode([text])
             store.replace_documents("kb", [uri], [
-                Record(id=c.id, vector=v, text=c.text, doc_id=uri, source=f"file://{folder}", chunk=c.chunk,
-                       metadata=c.metadata) for c, v in zip(chunks, vectors)])
+                Record(id=chunk_id, vector=vector, text=text, doc_id=uri, source=f"file://{folder}", chunk=0,
+                       metadata=meta)])
 
 
 def test_an_index_built_from_other_spellings_is_rekeyed_without_embedding(
