@@ -177,8 +177,9 @@ class _CommitLock:
 
     def __init__(self, store: VectorStore, index: str):
         uri = getattr(store, "uri", None)
-        path = uri.removeprefix("file://") if isinstance(uri, str) and ("://" not in uri or uri.startswith("file://")) else None
-        self.path = os.path.join(path, f".{index}.stackwise-lock") if path and os.path.isdir(path) else None
+        local = isinstance(uri, str) and ("://" not in uri or uri.startswith("file://"))
+        self.folder = uri.removeprefix("file://") if local else None
+        self.path = os.path.join(self.folder, f".{index}.stackwise-lock") if self.folder else None
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
@@ -187,6 +188,9 @@ class _CommitLock:
             return
         import fcntl
 
+        # The store's folder may not exist yet (a first index): the shards of one job all create
+        # it and lock there, rather than each finding no folder and committing unlocked.
+        os.makedirs(self.folder, exist_ok=True)
         with open(self.path, "a+b") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # released by the kernel if this process dies
             try:

@@ -99,7 +99,8 @@ def _adapter_env(cloud: str, artifact: str, base: str | None = None) -> dict[str
     from stackwise.deploy import DeployTarget
 
     stack = SimpleNamespace(name=f"dev-{cloud}", region="r", outputs=SimpleNamespace(
-        job_role="arn:aws:iam::123456789012:role/sw", artifact_store="x://s", training_image=None, default_gpu=None))
+        job_role="arn:aws:iam::123456789012:role/sw", artifact_store="x://s", training_image=None, default_gpu=None,
+        network=None))
     out, target = EndpointOutput(name="chat", serving_image="img"), DeployTarget("chat", "3", artifact, base)
     if cloud == "aws":
         from stackwise.adapters.deploy.sagemaker import model_request

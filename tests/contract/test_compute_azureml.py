@@ -454,11 +454,13 @@ def test_reading_a_result_leaves_the_callers_event_loop_alone(compute, azurite, 
     writer = threading.Thread(target=write)
     writer.start()
     writer.join()
+    policy = asyncio.get_event_loop_policy()
+    previous = policy.get_event_loop()  # the thread's loop, restored after: later tests (Pulumi) use it
     mine = asyncio.new_event_loop()
     asyncio.set_event_loop(mine)
     try:
         assert compute._read_result("az://artifacts/loop-check/result.json") == {"added": 3}
-        assert asyncio.get_event_loop_policy().get_event_loop() is mine
+        assert policy.get_event_loop() is mine
     finally:
-        asyncio.set_event_loop(None)
+        asyncio.set_event_loop(previous)
         mine.close()

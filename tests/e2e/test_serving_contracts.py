@@ -79,7 +79,7 @@ def models(tmp_path_factory) -> dict:
 def _stack(cloud: str) -> SimpleNamespace:
     return SimpleNamespace(name=f"dev-{cloud}", region="r", outputs=SimpleNamespace(
         job_role="arn:aws:iam::123456789012:role/sw", artifact_store="x://store", training_image=None,
-        default_gpu=None))
+        default_gpu=None, network=None))
 
 
 def _target(uri: str, base: str | None = None) -> DeployTarget:
