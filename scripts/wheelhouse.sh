@@ -107,7 +107,8 @@ pip_ wheel --quiet --no-deps --no-build-isolation --wheel-dir "$BUILD" "$ROOT" >
   || { cat "$BUILD.log" >&2; exit 1; }
 rm -f "$BUILD.log"
 mv "$BUILD"/stackwise-*.whl "$OUT"/
-rm -rf "$BUILD" "$ROOT/build"
+# setuptools' own outputs only: build/ also holds build/mutation and build/venv-min (docs/testing.md).
+rm -rf "$BUILD" "$ROOT/build/lib" "$ROOT"/build/bdist.*
 
 if [ "${STACKWISE_ALLOW_CUDA:-0}" != 1 ] && ls "$OUT" | grep -i -q -E '^(nvidia|triton)'; then
   echo "error: CUDA wheels in $OUT: $(ls "$OUT" | grep -i -E '^(nvidia|triton)' | tr '\n' ' ')" >&2

@@ -164,8 +164,9 @@ def test_a_finetune_killed_in_its_container_resumes_in_the_next_attempts_contain
     runner.kill(first.id)
     assert runner.finish(first.id, running, timeout=120) != [0]
     assert first.wait(timeout=30, poll=0.1).state is JobState.FAILED
-    # SageMaker uploaded the checkpoint under the identity, not under attempt 1's job.
-    prefix = f"finetune/{spec.output_name}/checkpoints/checkpoint-50/"
+    # SageMaker uploaded the checkpoint under the identity, not under attempt 1's job, in the
+    # top-level folder the bucket's lifecycle rule targets (stackwise.contract.CHECKPOINTS_PREFIX).
+    prefix = f"checkpoints/{spec.output_name}/checkpoint-50/"
     assert s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("KeyCount", 0) > 0
 
     second = platform.finetune(spec)
