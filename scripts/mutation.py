@@ -18,6 +18,7 @@ import argparse
 import ast
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -92,8 +93,10 @@ def test_command(target: Target) -> str:
         if (TREE / test).exists():
             roots.setdefault(test.split("/")[1], []).append(test)
     env = f"env PYTHONPATH={IMPORT_ROOT} OMP_NUM_THREADS=1 MKL_NUM_THREADS=1"
-    return " && ".join(f"{env} {python()} -m pytest -x -q -p no:cacheprovider {' '.join(tests)}"
+    runs = " && ".join(f"{env} {python()} -m pytest -x -q -p no:cacheprovider {' '.join(tests)}"
                        for tests in roots.values())
+    # cosmic-ray splits the command with shlex and runs it without a shell: `&&` needs one.
+    return f"sh -c {shlex.quote(runs)}" if len(roots) > 1 else runs
 
 
 def write_config(name: str, target: Target, timeout: float) -> Path:
@@ -193,7 +196,8 @@ def run_target(name: str, target: Target, timeout: float) -> dict:
     session.unlink(missing_ok=True)
     config = write_config(name, target, timeout)
     cosmic = str(Path(sys.executable).parent / "cosmic-ray")
-    baseline = subprocess.run(test_command(target), shell=True, cwd=TREE, capture_output=True, text=True)
+    # Run as cosmic-ray runs it (shlex-split, no shell), so a command it cannot run fails here.
+    baseline = subprocess.run(shlex.split(test_command(target)), cwd=TREE, capture_output=True, text=True)
     if baseline.returncode != 0:
         raise SystemExit(f"mutation: {name}: the tests fail before any mutation:\n{baseline.stdout[-2000:]}")
     subprocess.run([cosmic, "init", str(config), str(session)], cwd=TREE, check=True)
