@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pdf_fixtures import pdf_with_content
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -57,22 +58,7 @@ def check(folder: Path, name: str, content: bytes) -> None:
 
 # -- generated inputs --------------------------------------------------------------------------
 def minimal_pdf(text: str = "hello") -> bytes:
-    from pypdf import PdfWriter
-    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
-    def name_dict(**items) -> DictionaryObject:
-        return DictionaryObject({NameObject(f"/{k}"): v for k, v in items.items()})
-
-    writer = PdfWriter()
-    page = writer.add_blank_page(612, 792)
-    font = name_dict(Type=NameObject("/Font"), Subtype=NameObject("/Type1"), BaseFont=NameObject("/Helvetica"))
-    page[NameObject("/Resources")] = name_dict(Font=name_dict(F1=writer._add_object(font)))
-    content = DecodedStreamObject()
-    content.set_data(f"BT /F1 24 Tf 72 720 Td ({text}) Tj ET".encode())
-    page.replace_contents(content)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    return pdf_with_content(f"BT /F1 24 Tf 72 720 Td ({text}) Tj ET".encode())
 
 
 VALID_PDF = minimal_pdf()

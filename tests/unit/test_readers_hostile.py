@@ -8,13 +8,13 @@ directly each is an InputError (exit 2 in the CLI). The index job reads through 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
+from pdf_fixtures import pdf_with_content
 
 from stackwise import InputError
 from stackwise.documents import MAX_METADATA_BYTES, Source, read_documents
@@ -59,22 +59,7 @@ def read_sharded(source: str, count: int, **options) -> tuple[set[str], dict[str
 
 def deep_pdf(depth: int = 5000) -> bytes:
     """A PDF, written by pypdf, whose page content holds arrays nested `depth` deep."""
-    from pypdf import PdfWriter
-    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
-
-    def name_dict(**items) -> DictionaryObject:
-        return DictionaryObject({NameObject(f"/{k}"): v for k, v in items.items()})
-
-    writer = PdfWriter()
-    page = writer.add_blank_page(612, 792)
-    font = name_dict(Type=NameObject("/Font"), Subtype=NameObject("/Type1"), BaseFont=NameObject("/Helvetica"))
-    page[NameObject("/Resources")] = name_dict(Font=name_dict(F1=writer._add_object(font)))
-    content = DecodedStreamObject()
-    content.set_data(b"BT /F1 24 Tf 72 720 Td (hello) Tj ET " + b"[" * depth + b"]" * depth + b" TJ")
-    page.replace_contents(content)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
+    return pdf_with_content(b"BT /F1 24 Tf 72 720 Td (hello) Tj ET " + b"[" * depth + b"]" * depth + b" TJ")
 
 
 # -- item 5: a FIFO or other non-regular file --------------------------------------------------
