@@ -116,12 +116,6 @@ def _aws_secret_arn(ref: str | None) -> str | None:
     return ref.removeprefix("aws-sm://") if ref and ref.startswith("aws-sm://") else None
 
 
-def _internet_egress(config: InfraConfig) -> bool:
-    """`stackwise:network: {internetEgress: true}`: a NAT gateway gives the private network a route
-    to the internet (AWS)."""
-    return config.network.internet_egress
-
-
 def _check_model_reachable(config: InfraConfig) -> None:
     """An AWS endpoint serving a Hugging Face id downloads it at start, from inside the private
     network: without a route to the internet it would never become InService."""
@@ -130,7 +124,7 @@ def _check_model_reachable(config: InfraConfig) -> None:
     from .common import is_hf_model
 
     ep = config.endpoint
-    if ep is not None and is_hf_model(ep.model) and not _internet_egress(config):
+    if ep is not None and is_hf_model(ep.model) and not config.network.internet_egress:
         raise ConfigError(
             f"endpoint.model {ep.model!r} is a Hugging Face id, but the endpoint runs in the stack's private "
             "network, which has no route to the internet",
@@ -149,7 +143,7 @@ def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
         region=config.region, cidr=config.network.cidr, tags=tags,
         pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
         external_secret_arn=_aws_secret_arn(config.vector_store.api_key_secret), images=_images(config),
-        internet_egress=_internet_egress(config)))
+        internet_egress=config.network.internet_egress))
     endpoint = None
     if config.endpoint is not None:
         ep = config.endpoint

@@ -24,9 +24,6 @@ from .conftest import stack_config
 pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-S3_PREFIX_LIST = "pl-63a5400a"  # what AWS computes for com.amazonaws.<region>.s3 (a fake, fixed here)
-
-
 def by_type(run, suffix: str):
     return [r for r in run.resources if r.type.endswith(suffix)]
 
@@ -37,21 +34,11 @@ def one(run, suffix: str, name: str):
 
 
 @pytest.fixture
-def build(monkeypatch):
-    """Build a stack file's program under mocks that also compute a gateway endpoint's prefix list
-    id, as AWS does (the shared mocks leave provider-computed fields they do not need unset)."""
+def build():
+    """Build a stack file's program under mocks (which answer a gateway endpoint's prefix list id
+    as AWS does: infra/offline.py), with `changes` to its config."""
     from stackwise.infra import offline
     from stackwise.infra.config import InfraConfig
-
-    original = offline._Recorder.new_resource
-
-    def new_resource(self, args):
-        resource_id, state = original(self, args)
-        if args.typ == "aws:ec2/vpcEndpoint:VpcEndpoint" and args.inputs.get("vpcEndpointType") == "Gateway":
-            state["prefixListId"] = S3_PREFIX_LIST
-        return resource_id, state
-
-    monkeypatch.setattr(offline._Recorder, "new_resource", new_resource)
 
     def run(name: str = "dev-aws", **changes):
         raw, source = stack_config(name)
@@ -71,8 +58,10 @@ def test_jobs_reach_s3_through_the_gateway_endpoints_prefix_list(build):
     run = build()
     gateway = one(run, "VpcEndpoint", "sw-dev-s3-endpoint")
     assert gateway.inputs["vpcEndpointType"] == "Gateway" and gateway.inputs["serviceName"] == "com.amazonaws.us-east-1.s3"
+    prefix_list = gateway.state["prefixListId"]  # computed by AWS (the mocks fake one)
+    assert prefix_list.startswith("pl-")
     https = [r for r in egress_rules(run) if r.get("prefixListIds")]
-    assert https == [{"protocol": "tcp", "fromPort": 443, "toPort": 443, "prefixListIds": [S3_PREFIX_LIST],
+    assert https == [{"protocol": "tcp", "fromPort": 443, "toPort": 443, "prefixListIds": [prefix_list],
                       "description": "S3 through the gateway endpoint"}]
 
 
