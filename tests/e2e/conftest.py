@@ -47,6 +47,26 @@ def lee_articles() -> list[str]:
     return [line.strip() for line in path.read_text(encoding="latin-1").splitlines() if line.strip()]
 
 
+def tiny_lora_model(root: Path, lora_alpha: int) -> tuple[Path, Path]:
+    """A tiny Llama trained on Lee articles under `root`, and a LoRA adapter on it (non-zero
+    init, seeded, with the base's tokenizer): (base folder, adapter folder)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from stackwise.training.tiny import build_tiny_model
+
+    base = build_tiny_model(root / "tiny-llama", lee_articles()[:150], vocab_size=400)
+    torch.manual_seed(3)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                LoraConfig(r=4, lora_alpha=lora_alpha, target_modules="all-linear",
+                                           init_lora_weights=False))
+    adapter = root / "adapter"
+    peft_model.save_pretrained(adapter)
+    AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
+    return Path(base), adapter
+
+
 def write_txt_corpus(folder: Path, articles: list[str], first: int = 0) -> dict[int, Path]:
     """One UTF-8 .txt file per article, named by its number in the corpus."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ pytest.importorskip("peft")
 pytest.importorskip("fastapi", reason="install stackwise[serve]")
 pytest.importorskip("uvicorn", reason="install stackwise[serve]")
 
-from .conftest import lee_articles, stackwise_env, wait_for  # noqa: E402
+from .conftest import lee_articles, stackwise_env, tiny_lora_model, wait_for  # noqa: E402
 from .conftest import free_port as _free_port, start_serve as _serve, wait_serve_ready as _wait_ready  # noqa: E402
 
 BODY_BYTES = 30 * 1024 * 1024
@@ -41,21 +41,8 @@ STALL_S = 60  # a small generation of the tiny model takes milliseconds; this on
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from stackwise.training.tiny import build_tiny_model
-
-    root = tmp_path_factory.mktemp("serve-security")
-    base = build_tiny_model(root / "tiny-llama", lee_articles()[:150], vocab_size=400)
-    torch.manual_seed(3)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                                LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    adapter = root / "adapter"
-    peft_model.save_pretrained(adapter)
-    AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
-    return {"base": Path(base), "adapter": adapter}
+    base, adapter = tiny_lora_model(tmp_path_factory.mktemp("serve-security"), lora_alpha=16)
+    return {"base": base, "adapter": adapter}
 
 
 def _stop(proc: subprocess.Popen) -> str:

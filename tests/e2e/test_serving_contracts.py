@@ -34,7 +34,7 @@ from stackwise.contract import EndpointOutput  # noqa: E402
 from stackwise.deploy import DeployTarget  # noqa: E402
 from stackwise.serving import create_app, model_source  # noqa: E402
 
-from .conftest import lee_articles, stackwise_env  # noqa: E402
+from .conftest import stackwise_env, tiny_lora_model  # noqa: E402
 from .conftest import free_port as _free_port, start_serve as _serve, wait_serve_ready as _wait_ready  # noqa: E402
 
 PROMPT = "The Australian government said"
@@ -50,21 +50,10 @@ MISSING_BASE = "/trained/elsewhere/tiny-llama"  # an adapter's recorded base tha
 def models(tmp_path_factory) -> dict:
     """A tiny base model; a LoRA adapter on it that records a base path missing here (as one trained
     in another container would); and each one's own greedy generations, made on this machine."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from stackwise.evaluation.lm import load
-    from stackwise.training.tiny import build_tiny_model
 
     root = tmp_path_factory.mktemp("serving")
-    base = build_tiny_model(root / "tiny-llama", lee_articles()[:150], vocab_size=400)
-    torch.manual_seed(3)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
-                                LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False))
-    adapter = root / "adapter"
-    peft_model.save_pretrained(adapter)
-    AutoTokenizer.from_pretrained(base).save_pretrained(adapter)
+    base, adapter = tiny_lora_model(root, lora_alpha=64)
     merged = load(str(adapter), chat_template=False)  # recorded base is `base` here: the reference
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = MISSING_BASE
