@@ -15,7 +15,8 @@ EXTRAS="local,dev,pinecone,weaviate,milvus"
 SUITES=(tests/contract/test_pinecone_store.py tests/contract/test_pinecone_filters.py
         tests/contract/test_pinecone_cli.py tests/contract/test_pinecone_query_limits.py
         tests/contract/test_weaviate_store.py
-        tests/contract/test_milvus_store.py tests/contract/test_milvus_filters.py)
+        tests/contract/test_milvus_store.py tests/contract/test_milvus_filters.py
+        tests/contract/test_embedded_graph.py)
 if [ "${STACKWISE_MIN_CLOUDS:-0}" = 1 ]; then
   EXTRAS="${EXTRAS},aws,gcp,azure,runtime"
   SUITES+=(tests/contract/test_compute_sagemaker.py tests/contract/test_deploy_sagemaker.py

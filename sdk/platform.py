@@ -143,10 +143,10 @@ class Platform:
 
         check_filter(filter)
         store = self.vector_store
-        info = store.describe(index)
-        embedder = self._embedders.get(info.model)
+        model = store.model_of(index)
+        embedder = self._embedders.get(model)
         if embedder is None:
-            embedder = self._embedders[info.model] = load_embedder(info.model)
+            embedder = self._embedders[model] = load_embedder(model)
         vector = embedder.encode([query])[0]
         return store.query(index, vector, k=k, filter=filter)
 

@@ -161,6 +161,11 @@ class VectorStore(ABC):
     def describe(self, name: str) -> IndexInfo:
         """Dimension, model and row count; StoreError if the index does not exist."""
 
+    def model_of(self, name: str) -> str:
+        """The embedding model the index records (what `search` embeds queries with); StoreError
+        if the index does not exist. Stores may answer it more cheaply than `describe`."""
+        return self.describe(name).model
+
     @abstractmethod
     def drop_index(self, name: str) -> None:
         """Remove the index and all its data; no error if it does not exist."""

@@ -151,3 +151,16 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
     with running_azurite(binary, tmp_path_factory.mktemp("azurite")) as url:
         yield {"AZURE_STORAGE_CONNECTION_STRING": azurite_connection_string(url),
                "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT, "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY}
+
+
+@pytest.fixture
+def clustered_vectors():
+    """3,000 float32 vectors of 32 dimensions in 40 gaussian clusters (not normalized), and
+    each one's cluster: the embedded store's ANN and graph index tests search them."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    centers = rng.normal(size=(40, 32))
+    labels = rng.integers(0, 40, size=3000)
+    vectors = centers[labels] + 0.35 * rng.normal(size=(3000, 32))
+    return vectors.astype(np.float32), labels
