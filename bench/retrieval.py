@@ -18,7 +18,9 @@ Per size:
   a lookup of the precomputed query vector, so embedding time is reported separately (the
   model's encode of the query texts, measured at the end); `EmbeddedStore.query` through the
   graph; the same with the graph off (STACKWISE_GRAPH_INDEX=0: LanceDB IVF_SQ, nprobes 40,
-  refine 10); hnswlib at ef 64 and 128; exact numpy (a matrix-vector product over all rows);
+  refine 10); `Graph.search` alone (no table check, no Hit objects) at the shipped search
+  expansion and others (--graph-ef); hnswlib at ef 64 and 128;
+  exact numpy (a matrix-vector product over all rows);
   and filtered queries (one category of 10, ~10% of rows) through the store (LanceDB prefilter);
 - p50 / p99 in ms and recall@10 against the exact top-10 (the exact filtered top-10 for filters).
 """
@@ -162,7 +164,12 @@ def run(n: int, args, root: Path) -> dict:
     vectors = np.load(folder / "vectors.npy")
     queries, qcat = np.load(folder / "queries.npy"), np.load(folder / "qcat.npy")
     gt, gtf, cat = np.load(folder / "gt.npy"), np.load(folder / "gtf.npy"), np.load(folder / "cat.npy")
-    store, res["build"] = build_store(n, folder, root)
+    if args.reuse and (root / f"store{n}" / "_stackwise_graphs").exists():
+        from stackwise.adapters.vectors.embedded import EmbeddedStore
+
+        store, res["build"] = EmbeddedStore(str(root / f"store{n}")), {"reused": str(root / f"store{n}")}
+    else:
+        store, res["build"] = build_store(n, folder, root)
     print(json.dumps({"n": n, "build": res["build"]}), flush=True)
 
     # The SDK's search, embedding replaced by the precomputed vector of each query text.
@@ -217,8 +224,27 @@ def run(n: int, args, root: Path) -> dict:
     def numpy_exact(i, q):
         return np.argpartition(-(vectors @ q), K)[:K].tolist()
 
+    from stackwise.adapters.vectors import graph as graphs
+
+    def graph_ef(ef):
+        """Graph.search alone (no table check) on its own mapping of the graph, at expansion ef."""
+        import dataclasses
+
+        from usearch.index import Index
+
+        current = store._current("bench")
+        view = Index.restore(str(root / f"store{n}" / graphs.GRAPH_FOLDER / "bench" / f"v{current.version}"
+                                 / "graph.usearch"), view=True)
+        view.expansion_search = ef
+        alone = dataclasses.replace(current.graph, index=view)
+        return lambda i, q: [int(row["id"][1:]) for row, _ in alone.search(q, K)]
+
     paths = {"sdk_search": sdk, "store_graph": graph, "store_lancedb_ivf_sq": lance, "store_filtered": filtered,
              "hnswlib_ef64": hnsw_ef(64), "hnswlib_ef128": hnsw_ef(128), "numpy_exact": numpy_exact}
+    shipped = int(store._current("bench").graph.index.expansion_search)
+    res["graph_expansion_search_tuned"] = shipped
+    for ef in sorted({*args.graph_ef, shipped}):
+        paths[f"graph_search_alone_ef{ef}"] = graph_ef(ef)
     times = {p: [] for p in paths}
     found = {p: [] for p in paths}
     names = list(paths)
@@ -273,7 +299,11 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.03)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch / build threads")
+    parser.add_argument("--graph-ef", type=lambda v: [int(x) for x in v.split(",")], default=[128, 512, 1024],
+                        help="other search expansions of the graph index to measure beside the shipped one")
     parser.add_argument("--keep", action="store_true", help="keep the stores under bench/out/retrieval/")
+    parser.add_argument("--reuse", action="store_true",
+                        help="query the stores a --keep run left instead of building them (no build figures)")
     parser.add_argument("--out", type=Path, default=HERE / "out" / "retrieval.json")
     args = parser.parse_args()
     os.environ["STACKWISE_THREADS"] = str(args.threads)

@@ -190,6 +190,7 @@ def _print_index_report(report: dict[str, Any]) -> None:
     console.print(
         f"  added {report['added']}  replaced {report['replaced']} (removed {report['removed']} stale)  "
         f"unchanged {report['unchanged']}  pruned {report['pruned']}"
+        + (f"  (embedded {report['embedded']} on {report['embedding_backend']})" if report.get("embedding_backend") else "")
     )
     if report.get("recovered_version") is not None:
         console.print(f"  the index was damaged: restored its last good version {report['recovered_version']} first")
@@ -214,6 +215,7 @@ def index(
     chunk_size: Annotated[int, typer.Option(help="Chunk size in characters.")] = 1000,
     chunk_overlap: Annotated[int, typer.Option(help="Characters shared by neighbouring chunks.")] = 150,
     model: Annotated[Optional[str], typer.Option(help="Embedding model (default: the stack's).")] = None,
+    embedding_backend: Annotated[str, typer.Option("--embedding-backend", help="auto (ONNX Runtime on CPU when it reproduces the model, else PyTorch), torch, onnx, or onnx-int8 (faster, vectors move: keep one per index).")] = "auto",
     new: NewOpt = False,
     run_name: RunNameOpt = None,
     workers: Annotated[int, typer.Option(min=1, max=256, help="Parallel workers (local processes, cloud instances), each indexing one shard of the documents.")] = 1,
@@ -245,10 +247,14 @@ def index(
         spec = IndexSpec(
             source=source, index=index_name, prune=prune, workers=workers, follow_links=follow_links,
             chunking={"size": chunk_size, "overlap": chunk_overlap},
-            embedding={"model": model or platform.stack.outputs.embedding_model},
+            embedding={"model": model or platform.stack.outputs.embedding_model, "backend": embedding_backend},
         )
     except ValidationError as exc:
         first = exc.errors()[0]
+        if first["loc"][:2] == ("embedding", "backend"):
+            raise SpecError(f"--embedding-backend {embedding_backend!r} is not one of auto, torch, onnx, onnx-int8",
+                            where="stackwise index --embedding-backend",
+                            fix="use auto (the default), torch, onnx or onnx-int8") from None
         raise SpecError(first["msg"].removeprefix("Value error, "), where="stackwise index options",
                         fix="see `stackwise index --help`") from None
     _check_source(source)

@@ -71,6 +71,19 @@ class Embedding(_Spec):
     model: str = "all-MiniLM-L6-v2"
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
     device: str = "cpu"
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = Field(
+        "auto", description="What runs the model: torch (sentence-transformers), onnx (ONNX Runtime, fp32, CPU), "
+        "onnx-int8 (int8 weights: faster, vectors move ~1%), or auto: onnx on CPU where onnxruntime is "
+        "installed and the model exports faithfully, else torch (STACKWISE_EMBED_BACKEND sets what auto picks).")
+
+    @model_serializer(mode="wrap")
+    def _omit_default_backend(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A spec that leaves the backend at auto hashes as it did before the field existed, so jobs
+        # submitted before keep their identity (and resume their checkpoints).
+        data = handler(self)
+        if self.backend == "auto":
+            data.pop("backend", None)
+        return data
 
 
 class Compute(_Spec):

@@ -76,6 +76,8 @@ class IndexReport(BaseModel):
     embedded: int = 0
     migrated: int = 0
     recovered_version: int | None = None
+    embedding_backend: str | None = Field(
+        None, description="What computed the vectors (torch, onnx, onnx-int8); None when nothing was embedded.")
     skipped: list[SkippedFile] = Field(default_factory=list)
     seconds: float = 0.0
     shards: int = Field(1, description="How many workers' reports this one sums.")
@@ -165,6 +167,9 @@ def merge_reports(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
             merged[name] += getattr(report, name)
         if report.recovered_version is not None:  # the shard that restored it (under the commit lock)
             merged["recovered_version"] = report.recovered_version
+        if report.embedding_backend and report.embedding_backend != merged["embedding_backend"]:
+            merged["embedding_backend"] = ",".join(sorted({*filter(None, [merged["embedding_backend"]]),
+                                                           report.embedding_backend}))
         merged["skipped"] += [s.model_dump() for s in report.skipped]
         merged["seconds"] = max(merged["seconds"], report.seconds)
     merged["skipped"].sort(key=lambda s: s["path"])
@@ -292,7 +297,7 @@ def run_index(
             stored = store.chunk_ids(spec.index)
     else:
         migrated = 0
-        embedder = load_embedder(spec.embedding.model, spec.embedding.device)
+        embedder = load_embedder(spec.embedding.model, spec.embedding.device, spec.embedding.backend)
         with commit():  # another worker may be creating it too: create_index then checks its model
             store.create_index(spec.index, embedder.dim, model_name)
         stored = {}
@@ -329,7 +334,7 @@ def run_index(
     # Chunks a changed document keeps are stored already: their vectors are reused, not re-embedded.
     fresh_total = sum(1 for doc_id, chunks in pending for c in chunks if c.id not in stored.get(doc_id, ()))
     if fresh_total and embedder is None:
-        embedder = load_embedder(spec.embedding.model, spec.embedding.device)
+        embedder = load_embedder(spec.embedding.model, spec.embedding.device, spec.embedding.backend)
     progress("embed", 0, total, documents=len(pending))
     done = 0
     batch: list[tuple[str, list]] = []
@@ -341,8 +346,9 @@ def run_index(
         fresh = [c for _, chunks in batch for c in chunks if c.id not in vectors]
         if fresh:
             if embedder is None:  # a kept chunk vanished meanwhile (another writer): embed it
-                embedder = load_embedder(spec.embedding.model, spec.embedding.device)
+                embedder = load_embedder(spec.embedding.model, spec.embedding.device, spec.embedding.backend)
             encoded = embedder.encode([c.text for c in fresh], batch_size=spec.embedding.batch_size)
+            report.embedding_backend = embedder.backend
             vectors.update(zip((c.id for c in fresh), encoded))
         records = [
             Record(id=c.id, vector=vectors[c.id], text=c.text, doc_id=c.doc_id, source=source.uri,

@@ -348,3 +348,32 @@ def test_a_recreated_index_at_the_same_version_is_not_served_the_old_graph(tmp_p
     for store in (reader, fresh):
         hits = store.query("g", clustered[5], k=3)
         assert all(int(h.id[1:]) >= 400 for h in hits) and not used_graph(store, "g")
+
+
+def test_the_search_expansion_is_tuned_to_the_graph(tmp_path):
+    """Near-duplicate clusters (100 points x 60 noisy copies): at the first expansion the graph
+    misses true neighbours, so the build measures recall on its own vectors and ships a larger
+    one, which readers use and which finds more of the exact top-10 for new queries."""
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(100, DIM))
+    vectors = (np.repeat(centers, 60, axis=0) + 0.02 * rng.normal(size=(6000, DIM))).astype(np.float32)
+    store = EmbeddedStore(str(tmp_path))
+    store.create_index("g", DIM, "m")
+    store.upsert("g", records(vectors))
+    store.optimize("g")
+    report = store.build_graph("g")
+    assert report["expansion_search"] > graphs.EXPANSIONS[0]
+    assert report["tuned_recall_at_10"] >= graphs.TUNE_RECALL or report["expansion_search"] == graphs.EXPANSIONS[-1]
+    reader = EmbeddedStore(str(tmp_path))
+    queries = centers[:30] + 0.02 * rng.normal(size=(30, DIM))
+    ids = [f"r{i}" for i in range(len(vectors))]
+
+    def recall():
+        return np.mean([len({h.id for h in reader.query("g", q, k=10)} & {i for i, _ in exact(vectors, ids, q, 10)}) / 10
+                        for q in queries])
+
+    tuned = recall()
+    graph = reader._current("g").graph
+    assert graph.index.expansion_search == report["expansion_search"]
+    graph.index.expansion_search = graphs.EXPANSIONS[0]
+    assert tuned >= 0.95 and tuned > recall() + 0.05

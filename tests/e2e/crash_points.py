@@ -120,10 +120,10 @@ def _preloaded(embedder: Any) -> None:
 
     load = index.load_embedder
 
-    def load_embedder(model: str, device: str = "cpu"):
+    def load_embedder(model: str, device: str = "cpu", backend: str = "auto"):
         if embedder is not None and canonical_name(model) == embedder.name and device == "cpu":
             return embedder
-        return load(model, device)
+        return load(model, device, backend)
 
     index.load_embedder = load_embedder
 

@@ -174,7 +174,10 @@ def image_process(argv: list[str], env: dict[str, str], log: Path, workdir: Path
     bin_dir = os.path.dirname(sys.executable)
     base = {"PATH": os.pathsep.join([bin_dir, "/usr/local/bin", "/usr/bin", "/bin"]), "HOME": str(home),
             "LANG": "C.UTF-8", "TMPDIR": os.environ.get("TMPDIR", "/tmp"), "OMP_NUM_THREADS": "1",
-            "STACKWISE_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+            "STACKWISE_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+            # The images carry the shipped embedding model exported to ONNX (Containerfile); so does
+            # this machine's cache after its first export.
+            "STACKWISE_CACHE": os.environ.get("STACKWISE_CACHE") or str(Path.home() / ".cache" / "stackwise")}
     if argv and argv[0] == "python":
         argv = [sys.executable, *argv[1:]]
     if opt_ml is not None:

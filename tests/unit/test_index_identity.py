@@ -33,7 +33,7 @@ MODEL = "fake-model"
 
 
 class FakeEmbedder:
-    name, dim = MODEL, DIM
+    name, dim, backend = MODEL, DIM, "fake"
 
     def encode(self, texts, batch_size: int = 64):
         rows = [np.frombuffer(hashlib.sha256(t.encode()).digest()[:DIM], dtype=np.uint8).astype(np.float32) + 1
@@ -43,7 +43,7 @@ class FakeEmbedder:
 
 @pytest.fixture
 def fake_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(index_workload, "load_embedder", lambda model, device="cpu": FakeEmbedder())
+    monkeypatch.setattr(index_workload, "load_embedder", lambda model, device="cpu", backend="auto": FakeEmbedder())
 
 
 @pytest.fixture
