@@ -112,6 +112,7 @@ def test_first_index_adds_every_chunk_and_skips_unreadable_files(kb: KB) -> None
     assert report["chunks"] >= N_ARTICLES
     assert report["added"] == report["chunks"] == report["embedded"]
     assert report["replaced"] == report["removed"] == report["unchanged"] == report["pruned"] == 0
+    assert report["embedding_backend"] == "onnx"  # `auto` on CPU: the checked ONNX export
 
     rows = kb.rows()
     assert len(rows) == report["chunks"]

@@ -74,6 +74,11 @@ def _bad_overlap(tmp):
     return ["index", "a.txt", "--index", "kb", "--chunk-size", "100", "--chunk-overlap", "100"], "overlap"
 
 
+def _unknown_embedding_backend(tmp):
+    (tmp / "a.txt").write_text("hello")
+    return ["index", "a.txt", "--index", "kb", "--embedding-backend", "tpu"], "--embedding-backend 'tpu' is not one of"
+
+
 def _malformed_jsonl(tmp):
     (tmp / "data.jsonl").write_text('{"text": "ok"}\n{"text": \n')
     return ["index", "data.jsonl", "--index", "kb"], "line 2"
@@ -104,6 +109,7 @@ CASES = {
     "binary file": _binary_file,
     "bad index name": _bad_index_name,
     "bad chunk overlap": _bad_overlap,
+    "unknown embedding backend": _unknown_embedding_backend,
     "malformed jsonl": _malformed_jsonl,
     "filter without =": _filter_without_equals,
     "filter on a reserved key": _filter_on_reserved_key,
