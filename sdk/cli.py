@@ -190,8 +190,9 @@ def _print_index_report(report: dict[str, Any]) -> None:
     console.print(
         f"  added {report['added']}  replaced {report['replaced']} (removed {report['removed']} stale)  "
         f"unchanged {report['unchanged']}  pruned {report['pruned']}"
-        + (f"  (embedded {report['embedded']} on {report['embedding_backend']})" if report.get("embedding_backend") else "")
     )
+    if report.get("embedding_backend"):
+        console.print(f"  embedded {report['embedded']} chunks on {report['embedding_backend']}", markup=False)
     if report.get("recovered_version") is not None:
         console.print(f"  the index was damaged: restored its last good version {report['recovered_version']} first")
     if report.get("migrated"):

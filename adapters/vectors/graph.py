@@ -52,23 +52,26 @@ SCALAR = "i8"
 # The search expansion (ef) is tuned per build: the smallest of these whose recall@10 against
 # exact search, measured on TUNE_QUERIES query-like vectors, reaches TUNE_RECALL (the largest when
 # none does). A graph's recall at a fixed ef falls as it grows: on bench/retrieval.py's
-# embedding-like vectors ef 128 gives 0.98 at 100k rows and 0.74 at 1M, ef 1024 0.96 at 1M, and
-# the tuning queries below measured 0.73 / 0.78 / 0.89 / 0.97 / 0.997 at ef 128 to 2048 on the 1M
-# graph, close to what the benchmark's held-out queries found (0.74 / - / 0.91 / 0.96 / -).
+# embedding-like vectors ef 128 gives 0.97-0.98 at 100k rows and 0.74 at 1M, where the tuning
+# queries below measured 0.73 / 0.78 / 0.89 / 0.97 / 0.98 / 0.997 at ef 128 to 2048 and the
+# benchmark's held-out queries found 0.76 / - / 0.89 / 0.95 / 0.96 / 0.98: the tuning ships 1536
+# at 1M (3.6 ms p50 through `search`, docs/vector-store.md).
 # Query-like: a query is not a copy of a stored chunk. Each tuning query is a stored vector turned
 # away from itself to cosine TUNE_COSINE (a question and its best passage under sentence embedders
 # are typically 0.3-0.7 apart; the benchmark's held-out queries are 0.47 from their nearest row).
 # Stored vectors themselves as queries land inside their cluster and overstate recall: at 1M they
 # measured 0.98 at ef 128, where held-out queries found 0.74.
-EXPANSIONS = (128, 256, 512, 1024, 2048)
+EXPANSIONS = (128, 256, 512, 1024, 1536, 2048)
 EXPANSION_SEARCH = EXPANSIONS[0]
 TUNE_QUERIES = 64
-TUNE_RECALL = 0.95
+TUNE_RECALL = 0.97
 TUNE_COSINE = 0.5
 TUNE_MIN_ROWS = 2000
 # Candidates taken from the graph per result, re-scored exactly with the float32 vectors.
 CANDIDATES_PER_HIT = 4
 MIN_CANDIDATES = 40
+# Up to this many rows a query scans the float32 vectors exactly (about as fast as the graph).
+EXACT_ROWS = 5000
 # Rebuild from scratch once this share of the graph's entries has been removed.
 REBUILD_REMOVED = 0.25
 PAYLOAD_COLUMNS = ["id", "doc_id", "source", "chunk", "text", "metadata"]
@@ -174,6 +177,14 @@ class Graph:
     sorted_keys: np.ndarray
     order: np.ndarray
     payload: pa.Table
+    _live: np.ndarray | None = None
+
+    @property
+    def live_rows(self) -> np.ndarray:
+        """Rows with a non-zero vector (those in the graph), computed once."""
+        if self._live is None:
+            self._live = np.flatnonzero(np.any(np.asarray(self.vectors) != 0, axis=1))
+        return self._live
 
     def search(self, vector, k: int) -> list[tuple[dict, float]]:
         """The k nearest rows by cosine, as (row, score), best first; scores exact (float32)."""
@@ -183,11 +194,15 @@ class Graph:
             return []
         query = query / norm
         wanted = max(MIN_CANDIDATES, CANDIDATES_PER_HIT * k)
-        if self.index.expansion_search < wanted:  # only ever raised: safe with concurrent searches
-            self.index.expansion_search = wanted
-        found = self.index.search(query, wanted, threads=1)
-        keys = np.asarray(found.keys, dtype=np.uint64)
-        rows = self.order[np.searchsorted(self.sorted_keys, keys)]
+        if len(self.vectors) <= EXACT_ROWS or wanted >= len(self.index):
+            # Exact: as fast as the graph on a small table, and every row when k asks for them all.
+            rows = self.live_rows
+        else:
+            if self.index.expansion_search < wanted:  # only ever raised: safe with concurrent searches
+                self.index.expansion_search = wanted
+            found = self.index.search(query, wanted, threads=1)
+            keys = np.asarray(found.keys, dtype=np.uint64)
+            rows = self.order[np.searchsorted(self.sorted_keys, keys)]
         scores = self.vectors[rows] @ query
         best = np.argsort(-scores, kind="stable")[:k]
         picked = rows[best]
@@ -209,12 +224,19 @@ class GraphStore:
         if self._fs is None:
             from fsspec.core import url_to_fs
 
-            self._fs, _ = url_to_fs(self.uri)
+            # A fresh instance: fsspec's cache would hand back one made for another endpoint or
+            # credentials (from the environment, which is not part of its cache key).
+            self._fs, _ = url_to_fs(self.uri, skip_instance_cache=True)
         return self._fs
 
     def folder(self, name: str) -> str:
         base = self.uri.removeprefix("file://")
         return f"{base}/{GRAPH_FOLDER}/{name}"
+
+    def _fresh(self):
+        """The filesystem with its listings cache dropped: other processes write graph folders."""
+        self.fs.invalidate_cache()
+        return self.fs
 
     def _path(self, url: str) -> str:
         """The filesystem path of a URL under the store (fsspec strips the scheme)."""
@@ -225,7 +247,7 @@ class GraphStore:
         folder = self.folder(name)
         try:
             if self.remote:
-                entries = [p.rsplit("/", 1)[-1] for p in self.fs.ls(self._path(folder), detail=False)]
+                entries = [p.rsplit("/", 1)[-1] for p in self._fresh().ls(self._path(folder), detail=False)]
             else:
                 entries = os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError):
@@ -257,7 +279,7 @@ class GraphStore:
         local = cache_root() / "graphs" / digest / name / f"v{version}"
         if (local / "manifest.json").exists():
             return local
-        if not self.fs.exists(self._path(f"{url}/manifest.json")):
+        if not self._fresh().exists(self._path(f"{url}/manifest.json")):
             return None
         partial = local.with_name(f"{local.name}.part-{uuid.uuid4().hex[:8]}")
         partial.mkdir(parents=True)
@@ -268,6 +290,9 @@ class GraphStore:
                 partial.rename(local)
             except OSError:  # another process finished the copy first
                 shutil.rmtree(partial, ignore_errors=True)
+            for other in local.parent.iterdir():  # older copies of this index: superseded
+                if other.name.startswith("v") and other != local and ".part-" not in other.name:
+                    shutil.rmtree(other, ignore_errors=True)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
@@ -412,7 +437,7 @@ class GraphStore:
         latest). Newer versions stay: on an object store another worker may be writing one."""
         folder = self.folder(name)
         try:
-            entries = ([p.rsplit("/", 1)[-1] for p in self.fs.ls(self._path(folder), detail=False)]
+            entries = ([p.rsplit("/", 1)[-1] for p in self._fresh().ls(self._path(folder), detail=False)]
                        if self.remote else os.listdir(folder))
         except FileNotFoundError:
             return
