@@ -75,7 +75,9 @@ def build(engine: str, cold: bool) -> dict:
     return result
 
 
-def _project(root: Path, image: str | None) -> dict[str, str]:
+def make_project(root: Path, image: str | None, threads: int = 2) -> dict[str, str]:
+    """A project folder with one stack, `bench`: local compute, or the container backend with
+    `image`; returns the environment that runs stackwise on it (bench/scaleout.py uses it too)."""
     (root / "stacks").mkdir(parents=True)
     (root / "Pulumi.yaml").write_text("name: bench\nruntime: python\n")
     compute = f"  stackwise:compute:\n    kind: container\n    image: {image}\n" if image else ""
@@ -83,7 +85,7 @@ def _project(root: Path, image: str | None) -> dict[str, str]:
         "config:\n  stackwise:cloud: local\n  stackwise:region: local\n" + compute)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STACKWISE_")}
     env.update(STACKWISE_HOME=str(root / ".stackwise"), STACKWISE_STACKS_DIR=str(root / "stacks"),
-               STACKWISE_THREADS="2", OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1")
+               STACKWISE_THREADS=str(threads), OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
     return env
 
 
@@ -97,7 +99,7 @@ def jobs(image: str, runs: int) -> dict:
     docs.mkdir()
     for number, text in enumerate(articles):
         (docs / f"lee-{number}.txt").write_text(text + "\n")
-    projects = {"process": _project(work / "process", None), "container": _project(work / "container", image)}
+    projects = {"process": make_project(work / "process", None), "container": make_project(work / "container", image)}
     times: dict[str, list[float]] = {mode: [] for mode in projects}
     for run in range(runs):
         for mode, env in projects.items():

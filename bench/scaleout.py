@@ -47,6 +47,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+from images import make_project  # noqa: E402  (bench/images.py: the same one-stack project)
 
 # 600 documents (the 300 Lee articles twice) are about 1,000 chunks: even at N = 4 each worker embeds
 # about 250, several times its model load, and the default run stays near 15 minutes on 2 idle cores.
@@ -115,19 +117,6 @@ def write_corpus(folder: Path, docs: int) -> dict[str, Any]:
         chars += len(text)
     return {"source": str(path), "articles": len(articles), "documents": docs,
             "repeated": max(0, docs - len(articles)), "characters": chars}
-
-
-def make_project(root: Path, image: str | None, threads: int) -> dict[str, str]:
-    """A project folder with one stack, `bench`: local compute, or the container backend with `image`."""
-    (root / "stacks").mkdir(parents=True)
-    (root / "Pulumi.yaml").write_text("name: bench\nruntime: python\n")
-    compute = f"  stackwise:compute:\n    kind: container\n    image: {image}\n" if image else ""
-    (root / "stacks" / "Pulumi.bench.yaml").write_text(
-        "config:\n  stackwise:cloud: local\n  stackwise:region: local\n" + compute)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STACKWISE_")}
-    env.update(STACKWISE_HOME=str(root / ".stackwise"), STACKWISE_STACKS_DIR=str(root / "stacks"),
-               STACKWISE_THREADS=str(threads), OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
-    return env
 
 
 def build_image(engine: str) -> str:

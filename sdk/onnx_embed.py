@@ -74,7 +74,9 @@ PROBES = (
 
 def cache_root() -> Path:
     """Where exports are cached: `$STACKWISE_CACHE/onnx` (default `~/.cache/stackwise/onnx`)."""
-    return Path(os.environ.get("STACKWISE_CACHE") or Path.home() / ".cache" / "stackwise") / "onnx"
+    from .userinput import cache_dir
+
+    return cache_dir() / "onnx"
 
 
 def _version(dist: str) -> str:

@@ -155,6 +155,12 @@ def read_yaml(path: str | Path, error: type[StackwiseError] = ConfigError, what:
     return load_yaml(read_text(path, error=error, what=what, fix=fix), str(path), error=error, what=what)
 
 
+def cache_dir() -> Path:
+    """stackwise's local cache: `$STACKWISE_CACHE`, default `~/.cache/stackwise` (ONNX exports,
+    copies of object-store graph indexes)."""
+    return Path(os.environ.get("STACKWISE_CACHE") or Path.home() / ".cache" / "stackwise")
+
+
 def env_threads() -> int | None:
     """`STACKWISE_THREADS` as a positive whole number of threads, None when unset or empty.
 

@@ -1,6 +1,6 @@
 """A graph index (HNSW, by usearch) kept beside an embedded LanceDB table, for fast unfiltered search.
 
-LanceDB's own vector indexes answer a query in 2-6 ms at 100k rows on this machine, most of it
+LanceDB's own vector indexes answer a query in 5-6 ms at 100k rows on this machine, most of it
 the fixed cost of its query path, where an in-process HNSW graph answers in a fraction of a
 millisecond (bench/retrieval.py, docs/vector-store.md). So `EmbeddedStore.optimize` also writes,
 for the table version it leaves, a folder of plain files beside the table:
@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from stackwise.userinput import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +145,6 @@ def _tune(index, keys: np.ndarray, vectors: np.ndarray, live: np.ndarray) -> tup
         if measured >= TUNE_RECALL:
             return expansion, round(measured, 4)
     return EXPANSIONS[-1], round(measured, 4)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("STACKWISE_CACHE") or Path.home() / ".cache" / "stackwise")
 
 
 def _one_chunk(payload: pa.Table) -> pa.Table:
@@ -276,7 +274,7 @@ class GraphStore:
         if not self.remote:
             return Path(url) if os.path.exists(f"{url}/manifest.json") else None
         digest = hashlib.sha256(self.uri.encode()).hexdigest()[:16]
-        local = cache_root() / "graphs" / digest / name / f"v{version}"
+        local = cache_dir() / "graphs" / digest / name / f"v{version}"
         if (local / "manifest.json").exists():
             return local
         if not self._fresh().exists(self._path(f"{url}/manifest.json")):
@@ -397,16 +395,15 @@ class GraphStore:
         fresh = np.setdiff1d(new_live, old_keys, assume_unique=True)
         adding = np.union1d(fresh, np.intersect1d(changed, new_live, assume_unique=True))
         if len(adding):
-            where = np.searchsorted(np.sort(keys), adding)
-            by_key = np.argsort(keys, kind="stable")[where]
-            index.add(adding, vectors[by_key], threads=_threads())
+            order = np.argsort(keys, kind="stable")
+            index.add(adding, vectors[order[np.searchsorted(keys[order], adding)]], threads=_threads())
         return index, "incremental", int(len(adding)), int(len(doomed)), carried
 
     def _write(self, name, version, index, keys, vectors, payload: pa.Table, manifest: dict) -> None:
         folder = self.folder(name)
         final = f"{folder}/v{version}"
         if self.remote:
-            staging = Path(cache_root() / "graphs-staging" / uuid.uuid4().hex)
+            staging = cache_dir() / "graphs-staging" / uuid.uuid4().hex
         else:
             os.makedirs(folder, exist_ok=True)
             staging = Path(f"{folder}/.v{version}.tmp-{uuid.uuid4().hex[:8]}")

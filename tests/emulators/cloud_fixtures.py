@@ -169,6 +169,8 @@ def image_process(argv: list[str], env: dict[str, str], log: Path, workdir: Path
     """Start `argv` (a command the image would run; `python` is this interpreter) as a node of a
     job: `env` over a clean base, HOME in `workdir`, output to `log`, in a session of its own (so
     that `stop_process` reaches the workload under it), with `opt_ml` seen as /opt/ml."""
+    from stackwise.userinput import cache_dir
+
     home = workdir / "home"
     home.mkdir(parents=True, exist_ok=True)
     bin_dir = os.path.dirname(sys.executable)
@@ -177,7 +179,7 @@ def image_process(argv: list[str], env: dict[str, str], log: Path, workdir: Path
             "STACKWISE_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
             # The images carry the shipped embedding model exported to ONNX (Containerfile); so does
             # this machine's cache after its first export.
-            "STACKWISE_CACHE": os.environ.get("STACKWISE_CACHE") or str(Path.home() / ".cache" / "stackwise")}
+            "STACKWISE_CACHE": str(cache_dir())}
     if argv and argv[0] == "python":
         argv = [sys.executable, *argv[1:]]
     if opt_ml is not None:
