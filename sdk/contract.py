@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Cloud = Literal["local", "aws", "gcp", "azure"]
 CLOUDS: tuple[str, ...] = ("local", "aws", "gcp", "azure")
@@ -53,6 +53,46 @@ class VectorStoreOutput(_Strict):
         return value
 
 
+ScalingMetric = Literal["utilization", "invocations", "concurrency", "latency"]
+
+
+class VertexMetricSpec(BaseModel):
+    """One Vertex AI `autoscalingMetricSpecs` entry, as the REST API spells it (`metricName`,
+    `target`); the snake_case name is accepted too, and is what the outputs file holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    metric_name: str = Field(alias="metricName", pattern=r"^aiplatform\.googleapis\.com/prediction/online/\S+$")
+    target: int = Field(ge=1, le=100, description="Target utilization in percent.")
+
+
+class EndpointScaling(_Strict):
+    """How every version deployed on an endpoint autoscales: the endpoint's replica bounds and
+    `stackwise:endpoint.scaling`, exported so that `stackwise deploy` gives the versions it adds the
+    autoscaling the Pulumi program gives the endpoint's own deployment (docs/serving.md,
+    "Autoscaling and monitoring on each cloud"). Fields mirror infra's `ScalingConfig`; each
+    cloud's deploy adapter reads the ones its mechanism uses."""
+
+    max_replicas: int = Field(ge=1, le=100, description="Upper bound of each deployed version's replicas.")
+    metric: ScalingMetric | None = Field(None, description="What is tracked (None: the cloud's default).")
+    target_invocations: int = Field(100, ge=1, description="invocations: requests per replica per minute.")
+    target_concurrency: float = Field(4.0, gt=0, le=1000, description="concurrency: requests in flight per replica.")
+    target_latency_ms: int | None = Field(None, ge=1, le=600_000, description="Average model latency to hold.")
+    gpu_percent: int = Field(70, ge=1, le=100, description="utilization: GPU busy % per GPU.")
+    cpu_percent: int = Field(60, ge=1, le=100, description="GCP utilization: CPU % target.")
+    scale_out_cooldown_seconds: int | None = Field(None, ge=60, le=3600)
+    scale_in_cooldown_seconds: int | None = Field(None, ge=60, le=3600)
+    vertex_metric_specs: list[VertexMetricSpec] = Field(
+        default_factory=list, description="GCP: the deployed models' autoscalingMetricSpecs (empty: Vertex's "
+        "own 60 % targets).")
+
+    @model_validator(mode="after")
+    def _latency_target(self) -> "EndpointScaling":
+        if self.metric == "latency" and self.target_latency_ms is None:
+            raise ValueError("scaling.metric latency needs scaling.target_latency_ms")
+        return self
+
+
 class EndpointOutput(_Strict):
     """One inference endpoint the stack provisioned."""
 
@@ -64,6 +104,15 @@ class EndpointOutput(_Strict):
     gpu: str | None = Field(None, description="Portable GPU name of each replica (default: the stack's default_gpu).")
     gpu_count: int = Field(1, ge=1, description="GPUs per replica.")
     min_replicas: int = Field(1, ge=1, description="Replicas each deployed version starts with.")
+    scaling: EndpointScaling | None = Field(
+        None, description="How deployed versions autoscale (absent: they keep min_replicas, as before).")
+
+    @model_validator(mode="after")
+    def _replica_bounds(self) -> "EndpointOutput":
+        if self.scaling is not None and self.scaling.max_replicas < self.min_replicas:
+            raise ValueError(f"endpoint {self.name}: scaling.max_replicas ({self.scaling.max_replicas}) is below "
+                             f"min_replicas ({self.min_replicas})")
+        return self
 
 
 class NetworkOutput(_Strict):

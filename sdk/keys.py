@@ -52,6 +52,7 @@ class KeyRecord:
     n: int = SCRYPT["n"]
     r: int = SCRYPT["r"]
     p: int = SCRYPT["p"]
+    rpm: int | None = None  # requests per minute the server allows this key (None: no limit)
 
     def matches(self, key: str) -> bool:
         digest = hashlib.scrypt(key.encode(), salt=bytes.fromhex(self.salt), n=self.n, r=self.r, p=self.p,
@@ -60,7 +61,7 @@ class KeyRecord:
 
     def public(self) -> dict[str, object]:
         """What `keys list` shows."""
-        return {"name": self.name, "created": self.created, "last4": self.last4}
+        return {"name": self.name, "created": self.created, "last4": self.last4, "rpm": self.rpm}
 
 
 def read_keys(path: Path | None = None) -> list[KeyRecord]:
@@ -93,9 +94,13 @@ def _check_name(name: str) -> None:
                          fix="use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
 
 
-def create_key(name: str, path: Path | None = None) -> tuple[str, KeyRecord]:
-    """A new key named `name`: (the key, shown once; its stored record)."""
+def create_key(name: str, path: Path | None = None, rpm: int | None = None) -> tuple[str, KeyRecord]:
+    """A new key named `name`: (the key, shown once; its stored record). `rpm` caps the requests per
+    minute a server answers for it (429 beyond)."""
     _check_name(name)
+    if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or not 1 <= rpm <= 1_000_000):
+        raise InputError(f"--rpm {rpm!r} is not a number of requests per minute between 1 and 1,000,000",
+                         where="stackwise keys create --rpm", fix="e.g. --rpm 60, or leave it out for no limit")
     path = path or keys_path()
     records = read_keys(path)
     if any(r.name == name for r in records):
@@ -110,7 +115,7 @@ def create_key(name: str, path: Path | None = None) -> tuple[str, KeyRecord]:
     digest = hashlib.scrypt(key.encode(), salt=salt, maxmem=256 * SCRYPT["n"] * SCRYPT["r"] * SCRYPT["p"],
                             dklen=32, **SCRYPT)
     record = KeyRecord(name=name, id=key_id, created=round(time.time(), 3), last4=key[-4:], salt=salt.hex(),
-                       hash=digest.hex())
+                       hash=digest.hex(), rpm=rpm)
     _write_keys([*records, record], path)
     return key, record
 
@@ -176,6 +181,10 @@ class KeyRing:
             if self._by_id.get(record.id) is record:
                 self._verified[tag] = record.name
         return record.name
+
+    def rpm(self, name: str) -> int | None:
+        """The requests per minute allowed to the key named `name` (None: no limit)."""
+        return next((r.rpm for r in self._refresh().values() if r.name == name), None)
 
     def cached(self, key: str | None) -> str | None:
         """The name of an already verified key, without hashing (None: unknown or not verified yet)."""

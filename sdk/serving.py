@@ -146,7 +146,7 @@ class LocalDeploy(DeployBackend):
             raise SpecError(f"{target.key} lives at {target.artifact_uri}, which is not a folder on this machine",
                             where=f"model registry, {target.key} source",
                             fix="deploy versions of the local stack's registry (`stackwise models show NAME`)")
-        if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        if not any((folder / f).is_file() for f in ("config.json", "adapter_config.json", "rag.yaml")):
             raise SpecError(f"{target.key} at {folder} is not a saved model or adapter (no config.json)",
                             where=str(folder), fix="register a folder written by save_pretrained")
 
@@ -205,6 +205,7 @@ class Router:
 # -- requests and answers: one predict handler, three body shapes -------------------------------
 DEFAULT_MAX_TOKENS = 16
 MAX_TOKENS_LIMIT = 256
+CHAT_MAX_TOKENS = 1024  # the cap on one chat answer's tokens ($STACKWISE_SERVE_MAX_TOKENS): over it, a 400
 MAX_BODY_BYTES = 1 << 20  # a few thousand tokens of JSON is far below; 30 MB bodies are what this stops
 MAX_PROMPT_CHARS = 32_768  # beyond a small model's context many times over: the tail is all it would read
 MAX_PROMPTS = 64  # prompts in one request; each is a generation
@@ -280,6 +281,8 @@ class Generation:
     latency_ms: float
     endpoint: str
     extra: dict[str, Any] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+    finish_reasons: list[str] = field(default_factory=list)
 
 
 def _count(value: Any, name: str) -> int:
@@ -377,7 +380,9 @@ def render(request: PredictRequest, gen: Generation) -> Any:
     seed = f"{time.time_ns()}{request.prompts[0]}"
     return {"id": f"cmpl-{hashlib.sha256(seed.encode()).hexdigest()[:24]}", "object": "text_completion",
             "created": int(time.time()), "model": gen.key,
-            "choices": [{"index": i, "text": text, "finish_reason": "length"} for i, text in enumerate(gen.texts)],
+            "choices": [{"index": i, "text": text, "finish_reason": (gen.finish_reasons[i] if i < len(gen.finish_reasons)
+                                                                     else "length")} for i, text in enumerate(gen.texts)],
+            "usage": {**gen.usage, "total_tokens": sum(gen.usage.values())} if gen.usage else None,
             "stackwise": {"endpoint": gen.endpoint, "version": gen.version, "latency_ms": gen.latency_ms, **gen.extra}}
 
 
@@ -404,16 +409,9 @@ def public_text(text: str) -> str:
 
 
 def error_body(exc: BaseException) -> dict[str, Any]:
-    return {"error": {"message": public_text(str(exc)), "type": type(exc).__name__}}
-
-
-def generate_texts(lm: Any, lock: threading.Lock, prompts: list[str], max_tokens: int) -> list[str]:
-    """Each prompt's greedy generation: prepared (cut to the context, then tokenized) with no lock
-    held, so requests are preprocessed side by side; then the forward passes under `lock`, this
-    model's own, one request's at a time (two at once would only share the same cores)."""
-    prepared = [lm.prepare(prompt, max_tokens) for prompt in prompts]
-    with lock:
-        return [lm.generate_ids(ids, max_tokens) for ids in prepared]
+    """OpenAI's error shape; `type` names the error's kind (RequestError, AuthError, ...)."""
+    return {"error": {"message": public_text(str(exc)), "type": type(exc).__name__, "param": getattr(exc, "param", None),
+                      "code": getattr(exc, "code", None)}}
 
 
 def _log(message: str) -> None:
@@ -424,18 +422,23 @@ def _log(message: str) -> None:
 # -- deploy state: the local stack's endpoint ----------------------------------------------------
 class Server:
     """What `stackwise serve` runs on the local stack: the endpoint's state, reloaded when it
-    changes, and its versions' models."""
+    changes, and its versions on shared engines (`stackwise.serve_targets`)."""
 
-    def __init__(self, endpoint: str, max_tokens_limit: int = MAX_TOKENS_LIMIT):
+    def __init__(self, endpoint: str, max_tokens_limit: int = MAX_TOKENS_LIMIT, stack: Any = None):
+        from .serve_targets import Engines
+
         self.endpoint = endpoint
+        self.stack = stack
         self.max_tokens_limit = max_tokens_limit
         self._mtime: float | None = None
         self.deployment = Deployment(endpoint=endpoint, cloud="local", state="absent")
         self.router = Router({})
-        self._models: dict[str, Any] = {}
-        self._model_locks: dict[str, threading.Lock] = {}  # per loaded model: its forward passes
+        self.engines = Engines()
+        self._targets: dict[str, Any] = {}
+        self._routers: dict[str, Router] = {}  # per model name, for requests naming a model without a version
+        self._platform: Any = None
         self._lock = threading.Lock()
-        self._load_lock = threading.Lock()  # loads only: a loaded model is read without it
+        self._load_lock = threading.Lock()  # loads only: a loaded target is read without it
 
     def refresh(self) -> Deployment:
         path = state_path(self.endpoint)
@@ -447,22 +450,74 @@ class Server:
                 self._mtime = mtime
             return self.deployment
 
-    def model(self, variant: Variant) -> tuple[Any, threading.Lock]:
-        """The version's model (loaded on first use) and the lock of its forward passes."""
-        cache_key = f"{variant.key}|{variant.artifact_uri}"
-        if cache_key in self._models:
-            return self._models[cache_key], self._model_locks[cache_key]
-        with self._load_lock:
-            if cache_key not in self._models:
-                from .evaluation.lm import load
+    def platform(self) -> Any:
+        """The stack's platform (vector store, embedders): what RAG apps retrieve with."""
+        if self._platform is None:
+            from .platform import Platform
+            from .stack import load_stack
 
+            self._platform = Platform(self.stack if self.stack is not None else load_stack("local"))
+        return self._platform
+
+    def _search(self, index: str, query: str, k: int = 10, filter: Any = None) -> list[Any]:
+        return self.platform().search(index, query, k=k, filter=filter)
+
+    def variant_target(self, variant: Variant) -> Any:
+        """The version's target (engine, adapter, RAG app), built on first use."""
+        from .serve_targets import is_rag_folder, model_target, rag_target
+
+        cache_key = f"{variant.key}|{variant.artifact_uri}"
+        target = self._targets.get(cache_key)
+        if target is not None:
+            return target
+        with self._load_lock:
+            if cache_key not in self._targets:
                 folder = local_folder(variant.artifact_uri or "")
                 if folder is None or not folder.is_dir():
                     raise InputError(f"{variant.key}'s artifact {variant.artifact_uri} is gone", where=str(folder),
                                      fix=f"deploy another version: stackwise deploy {variant.model}:VERSION")
-                self._model_locks[cache_key] = threading.Lock()
-                self._models[cache_key] = load(str(folder), chat_template=False)
-            return self._models[cache_key], self._model_locks[cache_key]
+                if is_rag_folder(folder):
+                    from .rag import stored_vectors
+
+                    target = rag_target(folder, variant.key, variant.version, self.engines, self._search,
+                                        self.stack, vectors=stored_vectors(self.platform().vector_store))
+                else:
+                    target = model_target(folder, variant.key, variant.version, self.engines)
+                self._targets[cache_key] = target
+            return self._targets[cache_key]
+
+    def target(self, model: str | None = None, user: str | None = None) -> Any:
+        """Route by the traffic split to one version; `model` NAME:VERSION pins a version, NAME routes
+        among that model's (or RAG app's) versions by their weights. SpecError when it names nothing here."""
+        dep = self.refresh()
+        key = None
+        if model:
+            from .deploy import ModelRef
+
+            try:
+                ref = ModelRef.parse(model)
+            except (InputError, SpecError):
+                ref = None
+            name = model.strip() if ref is None else None  # a bare NAME is no version reference
+            if ref is not None and ref.version and dep.variant(str(ref)) is not None:
+                key = str(ref)
+            elif name:
+                weights = {k: w for k, w in dep.traffic.items() if k.rsplit(":", 1)[0] == name and w > 0}
+                if weights:
+                    with self._lock:
+                        router = self._routers.get(name)
+                        if router is None or router.weights != weights:
+                            router = self._routers[name] = Router(weights)
+                    key = router.pick(user)
+            if key is None:
+                raise SpecError(f"{model} is not on endpoint {self.endpoint}", where="request field 'model'",
+                                fix="name a model or pin a version listed by GET /v1/models, e.g. " +
+                                    (", ".join(dep.traffic) or "none deployed"))
+        else:
+            key = self.router.pick(user)
+        variant = dep.variant(key)
+        assert variant is not None
+        return self.variant_target(variant)
 
     def readiness(self) -> tuple[int, dict[str, Any]]:
         """200 once a version carries traffic, else 503."""
@@ -472,40 +527,80 @@ class Server:
                                          "traffic": dep.traffic}
 
     def models(self) -> dict[str, Any]:
+        from .serve_targets import is_rag_folder
+
         dep = self.refresh()
-        return {"object": "list", "data": [{"id": v.key, "object": "model", "owned_by": "stackwise",
-                                             "traffic": v.traffic, "base_model": v.base_model and public_text(v.base_model)}
-                                            for v in dep.variants]}
+        data = []
+        for v in dep.variants:
+            folder = local_folder(v.artifact_uri or "")
+            kind = "rag" if folder is not None and is_rag_folder(folder) else "model"
+            data.append({"id": v.key, "object": "model", "owned_by": "stackwise", "traffic": v.traffic, "kind": kind,
+                         "base_model": v.base_model and public_text(v.base_model)})
+        return {"object": "list", "data": data}
+
+    def embed(self, model: str | None, texts: list[str]) -> tuple[str, list[list[float]], int]:
+        """/v1/embeddings: `model` names an index (its embedding model embeds) or a RAG app version on the
+        endpoint (its index's); (model name, vectors, tokens)."""
+        from .embeddings import load_embedder
+
+        index = model
+        if model and ":" in model:
+            target = self.target(model)
+            index = target.app.index if target.app is not None else None
+        if not index:
+            raise SpecError("name the index whose embedding model should embed (or a RAG app on the endpoint)",
+                            where="request field 'model'", fix="e.g. \"model\": \"kb\" (see `stackwise indexes`)")
+        platform = self.platform()
+        try:
+            name = platform.vector_store.model_of(index)
+        except (InputError, SpecError, LookupError):
+            raise SpecError(f"no index named {index!r} on this stack", where="request field 'model'",
+                            fix="name an index listed by `stackwise indexes`") from None
+        embedder = platform._embedders.get(name)
+        if embedder is None:
+            embedder = platform._embedders[name] = load_embedder(name)
+        vectors = embedder.encode(texts)
+        return name, [list(map(float, v)) for v in vectors], sum(len(t.split()) for t in texts)
+
+    def queue(self) -> list[tuple[dict[str, str], int, int]]:
+        """(labels, running, waiting) per engine, read at scrape time by the metrics."""
+        from .serve_metrics import QueueLabels
+
+        return [(QueueLabels(model_name=e.name, version="", app=""), e.running, e.waiting) for e in self.engines.all()]
 
     def generate(self, prompts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS, user: str | None = None,
                  model: str | None = None) -> Generation:
-        """Route (or pin, with `model`) to one version and generate each prompt with it."""
-        dep = self.refresh()
-        if model:
-            from .deploy import ModelRef
-
-            ref = ModelRef.parse(model)
-            key = str(ref) if ref.version else None
-            if key is None or dep.variant(key) is None:
-                raise SpecError(f"{model} is not on endpoint {self.endpoint}", where="request field 'model'",
-                                fix="pin a version listed by GET /v1/models, e.g. " +
-                                    (", ".join(dep.traffic) or "none deployed"))
-        else:
-            key = self.router.pick(user)
-        variant = dep.variant(key)
-        assert variant is not None
-        lm, lock = self.model(variant)
-        n = max(1, min(int(max_tokens), self.max_tokens_limit))
-        started = time.perf_counter()
-        texts = generate_texts(lm, lock, prompts, n)
-        return Generation(key=key, version=variant.version, texts=texts, endpoint=self.endpoint,
-                          latency_ms=round(1000 * (time.perf_counter() - started), 1))
+        """Route (or pin, with `model`) to one version and generate each prompt with it (the predict routes)."""
+        target = self.target(model, user)
+        return generate_on(target, prompts, max_tokens, self.max_tokens_limit, self.endpoint)
 
     def complete(self, prompt: str, max_tokens: int = DEFAULT_MAX_TOKENS, user: str | None = None,
                  model: str | None = None) -> dict[str, Any]:
         """One OpenAI-style completion, as POST /v1/completions answers it."""
         return render(PredictRequest("openai", [prompt], max_tokens, user, model),
                       self.generate([prompt], max_tokens, user, model))
+
+
+def generate_on(target: Any, prompts: list[str], max_tokens: int, cap: int, endpoint: str,
+                extra: dict[str, Any] | None = None) -> Generation:
+    """Each prompt's greedy generation on `target`'s engine, all in its batch at once: each prompt is
+    cut to the context (`LM.prepare`) and tokenized in the caller's thread, so requests are
+    preprocessed side by side and no long prompt holds up another's."""
+    from .engine import SamplingParams
+
+    n = max(1, min(int(max_tokens), cap))
+    started = time.perf_counter()
+    prepared = [target.legacy.prepare(prompt, n) for prompt in prompts]
+    requests = [target.engine.submit(ids, SamplingParams(max_tokens=n), target.adapter) for ids in prepared]
+    texts = [r.result().strip() for r in requests]
+    for r in requests:
+        if r.finish_reason == "error":
+            raise RuntimeError(f"generation failed: {type(r.error).__name__}: {r.error}")
+    usage = {"prompt_tokens": sum(r.prompt_tokens for r in requests),
+             "completion_tokens": sum(r.completion_tokens for r in requests)}
+    return Generation(key=target.key, version=target.version, texts=texts, endpoint=endpoint,
+                      latency_ms=round(1000 * (time.perf_counter() - started), 1), extra=dict(extra or {}),
+                      usage=usage, finish_reasons=[r.finish_reason or "length" for r in requests])
 
 
 # -- model source: one model, from a cloud container's model folder ------------------------------
@@ -644,10 +739,11 @@ class ModelServer:
         self.error: StackwiseError | None = None
         self.folder: Path | None = None
         self.load_seconds: float | None = None
-        self._lm: Any = None
+        self._lm: Any = None  # the prompt-cutting view of the predict routes (LM.prepare)
+        self._target: Any = None
+        self.engines: Any = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._generate_lock = threading.Lock()
         self._done = threading.Event()
 
     def start(self) -> None:
@@ -664,8 +760,11 @@ class ModelServer:
     def load(self) -> None:
         started = time.perf_counter()
         try:
+            from .serve_targets import Engines, model_target
+
             folder = fetch_model(self.source)
-            lm = load_model(folder, self.base_model)
+            self.engines = Engines()
+            target = model_target(folder, self.key, self.version, self.engines, self.base_model)
         except Exception as exc:  # noqa: BLE001 - any failure is reported by the routes, never raised into uvicorn
             self.error = exc if isinstance(exc, StackwiseError) else InputError(
                 f"cannot load the model from {self.source.uri}: {type(exc).__name__}: {exc}", where=self.source.origin,
@@ -673,7 +772,7 @@ class ModelServer:
             self.state = "failed"
             _log(f"error: {self.error}")
         else:
-            self.folder, self._lm = folder, lm
+            self.folder, self._target, self._lm = folder, target, target.legacy
             self.load_seconds = round(time.perf_counter() - started, 2)
             self.state = "ready"
             _log(f"{self.key} loaded from {folder} ({self.source.origin}) in {self.load_seconds} s")
@@ -692,21 +791,32 @@ class ModelServer:
                                              "base_model": self.base_model and public_text(self.base_model),
                                              "state": self.state}]}
 
-    def generate(self, prompts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS, user: str | None = None,
-                 model: str | None = None) -> Generation:
-        """Generate each prompt with the one model. `user` and `model` route nothing here (there is
-        one model); the answer names the model that answered."""
+    def target(self, model: str | None = None, user: str | None = None) -> Any:
+        """The one model's target (`model` and `user` route nothing: there is one model); raises
+        while it loads (NotReadyError) or after it failed (InputError)."""
         if self.error is not None:
             raise InputError(f"the model failed to load: {self.error.what}", where=self.error.where, fix=self.error.fix)
         if self.state != "ready":
             raise NotReadyError(f"the model is still loading from {self.source.uri}", where=self.source.origin,
                                 fix="retry once GET /ping (or /health) answers 200")
-        n = max(1, min(int(max_tokens), self.max_tokens_limit))
-        started = time.perf_counter()
-        texts = generate_texts(self._lm, self._generate_lock, prompts, n)
-        return Generation(key=self.key, version=self.version, texts=texts, endpoint=self.key,
-                          latency_ms=round(1000 * (time.perf_counter() - started), 1),
-                          extra={"source": self.source.origin})
+        return self._target
+
+    def embed(self, model: str | None, texts: list[str]) -> tuple[str, list[list[float]], int]:
+        raise SpecError("this server serves one model and holds no index to embed for", where="request field 'model'",
+                        fix="call /v1/embeddings on `stackwise serve` of the stack that holds the index")
+
+    def queue(self) -> list[tuple[dict[str, str], int, int]]:
+        from .serve_metrics import QueueLabels
+
+        engines = self.engines.all() if self.engines is not None else []
+        return [(QueueLabels(model_name=self.key, version=self.version, app=""), e.running, e.waiting) for e in engines]
+
+    def generate(self, prompts: list[str], max_tokens: int = DEFAULT_MAX_TOKENS, user: str | None = None,
+                 model: str | None = None) -> Generation:
+        """Generate each prompt with the one model; the answer names the model that answered."""
+        target = self.target(model, user)
+        return generate_on(target, prompts, max_tokens, self.max_tokens_limit, self.key,
+                           extra={"source": self.source.origin})
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -716,6 +826,136 @@ PREDICT_ROUTES = ("/v1/completions", "/invocations", "/score")  # OpenAI's; Sage
 
 class AuthError(StackwiseError, PermissionError):
     """A predict request without a valid API key: answered 401."""
+
+
+class RateLimited(StackwiseError, RuntimeError):
+    """A key over its requests per minute: answered 429 with Retry-After."""
+
+
+class RateLimiter:
+    """Requests per minute per key, as a token bucket (a burst of up to the limit, then the rate)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}  # key name -> (tokens, last refill time)
+        self._lock = threading.Lock()
+
+    def take(self, name: str, rpm: int | None) -> int:
+        """0 when a request may go now (and counts it), else the whole seconds to wait."""
+        if not rpm:
+            return 0
+        now = time.monotonic()
+        with self._lock:
+            tokens, last = self._buckets.get(name, (float(rpm), now))
+            tokens = min(float(rpm), tokens + (now - last) * rpm / 60.0)
+            if tokens >= 1.0:
+                self._buckets[name] = (tokens - 1.0, now)
+                return 0
+            self._buckets[name] = (tokens, now)
+            return max(1, int((1.0 - tokens) * 60.0 / rpm + 0.999))
+
+
+@dataclass
+class ServingState:
+    """What the routes share: limits, metrics, the feedback store and its recorder, rate buckets.
+    The feedback store opens MLflow: it is built on first use (or warmed up in the background when
+    the server starts), never when the app is created."""
+
+    endpoint: str
+    limits: Limits
+    metrics: Any
+    max_tokens: int
+    feedback_factory: Any = None  # () -> FeedbackStore, or None: no feedback kept
+    rates: RateLimiter = field(default_factory=RateLimiter)
+    gate: Any = None
+    _store: Any = None
+    _recorder: Any = None
+    _pending: list[Any] = field(default_factory=list)  # answers made before the recorder was ready
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def feedback(self) -> Any:
+        """The FeedbackStore (None when this server keeps no feedback)."""
+        if self.feedback_factory is None:
+            return None
+        with self._lock:
+            if self._store is None:
+                self._store = self.feedback_factory()
+            return self._store
+
+    @property
+    def recorder(self) -> Any:
+        """The AsyncRecorder writing answers to the store (None when no feedback is kept)."""
+        store = self.feedback
+        if store is None:
+            return None
+        with self._lock:
+            if self._recorder is None:
+                from .feedback import AsyncRecorder
+
+                self._recorder = AsyncRecorder(store)
+            return self._recorder
+
+    def warm_up(self) -> None:
+        """Open the feedback store now and write the answers made meanwhile (a failure is logged,
+        and /v1/feedback answers 503)."""
+        try:
+            recorder = self.recorder
+        except Exception as exc:  # noqa: BLE001 - a server without feedback still serves
+            _log(f"feedback store unavailable: {type(exc).__name__}: {exc}")
+            self.feedback_factory = None
+            self._pending.clear()
+            return
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for rec in pending:
+            recorder.submit(rec)
+
+    def submit(self, rec: Any) -> None:
+        """Queue an answer for the store without ever waiting (event loop safe): kept in memory
+        (up to 1,000) until the store is open."""
+        if self.feedback_factory is None:
+            return
+        with self._lock:
+            if self._recorder is None:
+                if len(self._pending) < 1000:
+                    self._pending.append(rec)
+                return
+        self._recorder.submit(rec)
+
+    def close(self) -> None:
+        if self._recorder is not None:
+            self._recorder.close()
+
+
+def serving_state(backend: Any, env: Mapping[str, str], limits: Limits, stack: Any = None,
+                  endpoint: str = DEFAULT_ENDPOINT) -> ServingState:
+    """The routes' state. Feedback is kept on the stack's tracking store (local stack), else on
+    $MLFLOW_TRACKING_URI when set (a cloud container), else not at all; $STACKWISE_SERVE_FEEDBACK=0
+    turns it off."""
+    from .serve_metrics import ServeMetrics
+
+    raw = (env.get("STACKWISE_SERVE_MAX_TOKENS") or "").strip()
+    if raw and (not raw.isdigit() or int(raw) < 1):
+        raise InputError(f"$STACKWISE_SERVE_MAX_TOKENS is {raw!r}, not a positive whole number",
+                         where="$STACKWISE_SERVE_MAX_TOKENS", fix=f"set it to e.g. {CHAT_MAX_TOKENS}, or unset it")
+    metrics = ServeMetrics()
+    metrics.add_queue_source(backend.queue)
+    factory = None
+    if (env.get("STACKWISE_SERVE_FEEDBACK") or "1").strip() != "0":
+        tracking = (env.get("MLFLOW_TRACKING_URI") or "").strip()
+        if stack is not None or isinstance(backend, Server):
+            def factory() -> Any:
+                from .feedback import FeedbackStore
+                from .stack import load_stack
+
+                return FeedbackStore.for_stack(stack if stack is not None else load_stack("local"))
+        elif tracking:
+            def factory() -> Any:
+                from .feedback import FeedbackStore
+
+                return FeedbackStore(tracking)
+    return ServingState(endpoint=endpoint, limits=limits, metrics=metrics, feedback_factory=factory,
+                        max_tokens=int(raw) if raw else CHAT_MAX_TOKENS)
 
 
 def bearer(header: str | None) -> str | None:
@@ -747,7 +987,7 @@ async def read_body(request: Any, limit: int) -> bytes:
 
 def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None = None,
                environ: Mapping[str, str] | None = None, keys: Any = None, require_keys: bool = False,
-               docs: bool = False) -> Any:
+               docs: bool = False, stack: Any = None) -> Any:
     """The FastAPI app: `endpoint`'s deployed versions, or (with `source`) the one model there.
 
     `environ` (default `os.environ`) gives Vertex AI's `AIP_HEALTH_ROUTE` and `AIP_PREDICT_ROUTE`
@@ -777,40 +1017,62 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
     ring: KeyRing = keys if keys is not None else KeyRing()
     backend: Server | ModelServer
     if source is None:
-        backend = Server(endpoint)
+        backend = Server(endpoint, stack=stack)
         title = f"stackwise endpoint {endpoint}"
     else:
         name, version = env.get("STACKWISE_MODEL") or "", env.get("STACKWISE_MODEL_VERSION") or ""
         backend = ModelServer(source, name=version_key(name, version) if name and version else (name or None),
                               version=version, base_model=env.get("STACKWISE_BASE_MODEL") or None)
         title = f"stackwise model {backend.key}"
+    state = serving_state(backend, env, limits, stack=stack if source is None else None,
+                          endpoint=endpoint if source is None else backend.key)
 
     @asynccontextmanager
     async def lifespan(app: Any):
         if isinstance(backend, ModelServer):
             backend.start()
+        if state.feedback_factory is not None:
+            threading.Thread(target=state.warm_up, name="stackwise-feedback-warm-up", daemon=True).start()
         yield
+        state.close()
+        if backend.engines is not None:
+            backend.engines.close()
 
     app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs" if docs else None, redoc_url=None,
                   openapi_url="/openapi.json" if docs else None)
     app.state.server = backend
     app.state.limits = limits
+    app.state.serving = state
 
     def error(exc: BaseException, status: int, headers: dict[str, str] | None = None) -> Any:
         return JSONResponse(error_body(exc), status_code=status, headers=headers)
 
-    async def refused(request: Any) -> Any | None:
-        """None when the request may go on, else the 401 answer."""
+    async def gate(request: Any) -> tuple[Any | None, str | None]:
+        """(None, key name) when the request may go on, else (the 401 or 429 answer, None)."""
         if not (require_keys or ring.enabled()):
-            return None
+            return None, None
         key = bearer(request.headers.get("authorization"))
         # A key seen before is known without hashing; a new one is hashed off the event loop.
-        if key and (ring.cached(key) or await run_in_threadpool(ring.check, key)):
-            return None
-        what = "a valid API key is needed" if key else "an API key is needed"
-        return error(AuthError(f"{what}: send the header 'Authorization: Bearer KEY'", where="the request headers",
-                               fix="ask the endpoint's operator for a key (stackwise keys create NAME)"),
-                     401, {"WWW-Authenticate": "Bearer"})
+        name = key and (ring.cached(key) or await run_in_threadpool(ring.check, key))
+        if not name:
+            what = "a valid API key is needed" if key else "an API key is needed"
+            exc = AuthError(f"{what}: send the header 'Authorization: Bearer KEY'", where="the request headers",
+                            fix="ask the endpoint's operator for a key (stackwise keys create NAME)")
+            exc.code = "invalid_api_key"  # type: ignore[attr-defined]
+            return error(exc, 401, {"WWW-Authenticate": "Bearer"}), None
+        wait = state.rates.take(name, ring.rpm(name))
+        if wait:
+            exc = RateLimited(f"key {name!r} is over its rate limit of {ring.rpm(name)} requests per minute",
+                              where="the request's API key", fix=f"retry after {wait} s, or ask for a higher limit "
+                              "(stackwise keys create NAME --rpm N)")
+            exc.code = "rate_limit_exceeded"  # type: ignore[attr-defined]
+            return error(exc, 429, {"Retry-After": str(wait)}), None
+        return None, name
+
+    async def refused(request: Any) -> Any | None:
+        return (await gate(request))[0]
+
+    state.gate = gate
 
     # Health routes are async: they run on the event loop, so a queue of generations (in the thread
     # pool) never delays them past a platform's probe timeout (SageMaker: 2 s).
@@ -857,6 +1119,9 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
                                        "type": "InternalError"}}, status_code=500)
 
     app.add_exception_handler(Exception, internal)
+    from .serve_routes import add_routes
+
+    add_routes(app, backend, state)
     health = list(HEALTH_ROUTES) + [r for r in [(env.get("AIP_HEALTH_ROUTE") or "").strip()] if r]
     predicts = list(PREDICT_ROUTES) + [r for r in [(env.get("AIP_PREDICT_ROUTE") or "").strip()] if r]
     for path in dict.fromkeys(health):
@@ -924,7 +1189,7 @@ def serve(stack: Any, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT, 
     require_keys = guard_exposure(host, insecure)
     import uvicorn
 
-    uvicorn.run(create_app(name, require_keys=require_keys, docs=docs), host=host, port=listen_port(port),
+    uvicorn.run(create_app(name, require_keys=require_keys, docs=docs, stack=stack), host=host, port=listen_port(port),
                 log_level="warning")
 
 

@@ -286,13 +286,21 @@ class EvaluateSpec(_JobSpec):
 
     Each suite uses the records that carry its fields (see docs/evaluation.md); a record may name
     its suite with `"suite": "mmlu"`. Results go to one MLflow run per model evaluated, a
-    per-example table, and an HTML + Markdown report comparing candidate and baseline."""
+    per-example table, and an HTML + Markdown report comparing candidate and baseline (and the
+    `compare` models, as more columns).
+
+    Any model may be a RAG app (`rag:NAME`, `rag:NAME@ALIAS`, `rag:NAME/VERSION`): it answers each
+    prompt by retrieval + its template + its generator; `qa.supported` is judged on the sources it
+    retrieved and `retrieval` measures its own retriever (so `index` is optional then). RAG apps have
+    no likelihoods: `perplexity`, `mmlu` and `bias` are refused for them."""
 
     kind: Literal["evaluate"] = "evaluate"
     model: str | None = Field(None, description="The candidate: a shipped short name, a path or URI, a Hugging Face "
-                              "id, or a registry reference models:/NAME/VERSION or models:/NAME@ALIAS. Only "
-                              "`retrieval` runs without a model.")
+                              "id, a registry reference models:/NAME/VERSION or models:/NAME@ALIAS, or a RAG app "
+                              "rag:NAME[@ALIAS|/VERSION]. Only `retrieval` runs without a model.")
     baseline: str | None = Field(None, description="A second model evaluated on the same data, for comparison.")
+    compare: list[str] = Field(default_factory=list, description="More models (any reference `model` takes) "
+                               "evaluated on the same data and shown beside candidate and baseline in the report.")
     suites: list[str] = Field(description=f"Suites to run: {', '.join(EVAL_SUITES)}.")
     data: str = Field(description="Evaluation records (JSONL; MMLU CSV for `mmlu`); a path or any fsspec URI.")
     index: str | None = Field(None, description="The index `retrieval` measures and `qa` retrieves context from.")
@@ -317,11 +325,37 @@ class EvaluateSpec(_JobSpec):
             raise ValueError("data is empty: name a JSONL file of evaluation records")
         if self.model is None and set(self.suites) - {"retrieval"}:
             raise ValueError("model is missing: every suite but retrieval evaluates a model")
-        if "retrieval" in self.suites and not self.index:
+        if self.compare and not self.model:
+            raise ValueError("compare needs a candidate model: pass model too")
+        if any(not r.strip() for r in self.compare) or len(self.compare) > 8 or \
+                len(set(self.compare)) < len(self.compare) or {self.model, self.baseline} & set(self.compare):
+            raise ValueError("compare takes 1-8 model references, each evaluated once (none repeated, none "
+                             "equal to model or baseline)")
+        refs = [r for r in (self.model, self.baseline, *self.compare) if r]
+        rags = [r for r in refs if r.startswith("rag:")]
+        if rags:
+            from .rag import REF, SUITES_WITHOUT_RAG
+
+            bad = next((r for r in rags if not REF.fullmatch(r)), None)
+            if bad is not None:
+                raise ValueError(f"{bad!r} is not a RAG app reference: write rag:NAME, rag:NAME@ALIAS or rag:NAME/3")
+            refused = [s for s in self.suites if s in SUITES_WITHOUT_RAG]
+            if refused:
+                raise ValueError(f"the {refused[0]} suite scores likelihoods, which the RAG app {rags[0]} does not "
+                                 "have: evaluate it in a separate run, or leave that suite out")
+        if "retrieval" in self.suites and not self.index and not rags:
             raise ValueError("the retrieval suite needs index: the name of the index to measure")
         if self.index is not None and not INDEX_NAME.fullmatch(self.index):
             raise ValueError(f"index name {self.index!r} is invalid")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_compare(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out while empty, so a spec without it keeps its JSON, digest and job identity.
+        data = handler(self)
+        if not self.compare:
+            data.pop("compare", None)
+        return data
 
 
 

@@ -16,6 +16,12 @@ The Pulumi program creates the endpoint (`endpoints[].name` is its name); `deplo
 Deployments that stackwise did not make (no `stackwise-model` tag, e.g. the program's own
 `primary`) are not variants: a split from stackwise gives them 0%, and they are never deleted.
 Long-running operations are awaited (`.result()`).
+
+Autoscaling (when the endpoint output has `scaling`): each deployment `deploy` adds gets an Azure
+Monitor autoscale setting (`Microsoft.Insights/autoscalesettings`, ARM REST with the adapter's
+credential) between `min_replicas` and `scaling.max_replicas`, with the rules the Pulumi program
+gives `primary` (`scale_rules`, the same data as infra/azure/endpoint.py's, filtered to this
+deployment); undeploy deletes it before the deployment (ARM keeps a setting whose target is gone).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 from stackwise import catalog
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
 from stackwise.errors import ConfigError, JobNotFoundError, SpecError
+from stackwise.registry import require
 
 CPU_SIZE = "Standard_DS3_v2"
 TAG_MODEL, TAG_VERSION = "stackwise-model", "stackwise-version"
@@ -42,6 +49,13 @@ INFERENCE_ROUTES = {"liveness_route": "/", "readiness_route": "/health", "scorin
 # hyphens, a letter or digit last.
 NAME_MAX = 32
 _VALID_NAME = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+# Azure Monitor autoscale (the values infra/azure/endpoint.py uses for the endpoint's own deployment).
+ARM = "https://management.azure.com/"
+AUTOSCALE_API = "2022-10-01"
+SCALE_IN_GPU_PERCENT = 25  # remove a replica below this GPU busy % (or half of gpu_percent, if lower)
+COOLDOWNS = (300, 600)  # default (scale-out, scale-in) seconds: a managed replica takes minutes to start
+DEPLOYMENT_METRICS = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments"
+ENDPOINT_METRICS = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
 
 
 def inference_config() -> dict[str, dict[str, Any]]:
@@ -106,6 +120,83 @@ def deployment_request(stack: Any, endpoint_output: Any, target: DeployTarget) -
     }
 
 
+def _duration(seconds: int) -> str:
+    """ISO 8601, as Azure autoscale cooldowns are written."""
+    return f"PT{seconds // 60}M" if seconds % 60 == 0 else f"PT{seconds}S"
+
+
+def scale_rules(scaling: Any, target_invocations: int, deployment: str = "primary",
+                where: str = "stack outputs: endpoints[].scaling.metric") -> list[dict[str, Any]]:
+    """The autoscale rules of one deployment as data (metric, source `deployment` or `endpoint`,
+    operator, threshold, direction, cooldown; for endpoint metrics the `deployment` dimension filter
+    and whether the value is divided by the instance count): what infra/azure/endpoint.py gives
+    `primary`. `scaling` is the contract's EndpointScaling or infra's ScalingConfig. Raises
+    ConfigError for what Azure cannot scale on (concurrency)."""
+    if scaling.metric == "concurrency":
+        raise ConfigError(
+            "endpoint.scaling.metric concurrency is not available on Azure: managed online endpoints publish no "
+            "per-replica queue or in-flight request metric", where=where,
+            fix="use latency (with targetLatencyMs), invocations (endpoint.targetInvocations) or utilization")
+    out_s, in_s = scaling.scale_out_cooldown_seconds or COOLDOWNS[0], scaling.scale_in_cooldown_seconds or COOLDOWNS[1]
+    scale_out = {"operator": "GreaterThan", "direction": "Increase", "cooldown": _duration(out_s)}
+    only_this = [{"dimension_name": "deployment", "operator": "Equals", "values": [deployment]}]
+    metric = scaling.metric or "utilization"
+    rules = []
+    if metric == "utilization":
+        rules.append({"metric": "GpuUtilizationPercentage", "source": "deployment", "threshold": scaling.gpu_percent,
+                      **scale_out})
+    elif metric == "invocations":
+        rules.append({"metric": "RequestsPerMinute", "source": "endpoint", "dimensions": only_this,
+                      "divide_per_instance": True, "threshold": target_invocations, **scale_out})
+    if scaling.target_latency_ms is not None:  # milliseconds
+        rules.append({"metric": "RequestLatency", "source": "endpoint", "dimensions": only_this,
+                      "divide_per_instance": False, **scale_out, "threshold": scaling.target_latency_ms})
+    rules.append({"metric": "GpuUtilizationPercentage", "source": "deployment", "operator": "LessThan",
+                  "threshold": max(1, min(SCALE_IN_GPU_PERCENT, scaling.gpu_percent // 2)), "direction": "Decrease",
+                  "cooldown": _duration(in_s)})
+    return rules
+
+
+def _arm_rule(rule: dict[str, Any], endpoint_id: str, deployment_id: str) -> dict[str, Any]:
+    """One `scale_rules` entry as ARM's ScaleRule (autoscale API 2022-10-01)."""
+    own = rule["source"] == "deployment"
+    trigger: dict[str, Any] = {
+        "metricName": rule["metric"], "metricNamespace": DEPLOYMENT_METRICS if own else ENDPOINT_METRICS,
+        "metricResourceUri": deployment_id if own else endpoint_id, "timeGrain": "PT1M", "statistic": "Average",
+        "timeWindow": "PT10M", "timeAggregation": "Average", "operator": rule["operator"],
+        "threshold": rule["threshold"]}
+    if rule.get("dimensions"):  # ARM spells these three keys capitalized
+        trigger["dimensions"] = [
+            {"DimensionName": d["dimension_name"], "Operator": d["operator"], "Values": d["values"]}
+            for d in rule["dimensions"]]
+    if rule.get("divide_per_instance") is not None:
+        trigger["dividePerInstance"] = rule["divide_per_instance"]
+    action = {"direction": rule["direction"], "type": "ChangeCount", "value": "1", "cooldown": rule["cooldown"]}
+    return {"metricTrigger": trigger, "scaleAction": action}
+
+
+def autoscale_setting_path(stack: Any, endpoint: str, deployment: str) -> str:
+    """The ARM path of one deployment's autoscale setting (in the stack's resource group)."""
+    outputs = stack.outputs
+    return (f"/subscriptions/{outputs.azure_subscription_id}/resourceGroups/{outputs.azure_resource_group}"
+            f"/providers/Microsoft.Insights/autoscalesettings/{endpoint}-{deployment}-autoscale")
+
+
+def autoscale_setting(stack: Any, endpoint_output: Any, deployment: str, workspace_id: str) -> dict[str, Any]:
+    """The autoscale setting (ARM PUT body) of one deployment: `min_replicas` to `scaling.max_replicas`."""
+    scaling = endpoint_output.scaling
+    endpoint_id = f"{workspace_id}/onlineEndpoints/{endpoint_output.name}"
+    deployment_id = f"{endpoint_id}/deployments/{deployment}"
+    low, high = str(endpoint_output.min_replicas), str(scaling.max_replicas)
+    rules = [_arm_rule(r, endpoint_id, deployment_id)
+             for r in scale_rules(scaling, scaling.target_invocations, deployment)]
+    profile = {"name": "default", "capacity": {"minimum": low, "maximum": high, "default": low}, "rules": rules}
+    return {"location": stack.region, "tags": {"stackwise-stack": stack.name, "stackwise-deployment": deployment},
+            "properties": {"name": autoscale_setting_path(stack, endpoint_output.name, deployment).rsplit("/", 1)[1],
+                           "enabled": True, "targetResourceUri": deployment_id, "targetResourceLocation": stack.region,
+                           "profiles": [profile]}}
+
+
 class AzureMLDeploy(DeployBackend):
     """The stack's Azure ML managed online endpoint; each version is one deployment."""
 
@@ -114,8 +205,9 @@ class AzureMLDeploy(DeployBackend):
     def __init__(self, stack: Any, credential: Any = None, arm_endpoint: str | None = None):
         super().__init__(stack)
         self._credential = credential
-        self._arm_endpoint = arm_endpoint
+        self._arm_endpoint = arm_endpoint or os.environ.get("STACKWISE_AZURE_ARM_ENDPOINT")
         self._compute: Any = None
+        self._arm: Any = None
 
     @property
     def compute(self) -> Any:
@@ -123,9 +215,48 @@ class AzureMLDeploy(DeployBackend):
         if self._compute is None:
             from stackwise.adapters.compute.azureml import AzureMLCompute
 
-            self._compute = AzureMLCompute(self.stack, credential=self._credential,
-                                           arm_endpoint=self._arm_endpoint or os.environ.get("STACKWISE_AZURE_ARM_ENDPOINT"))
+            self._compute = AzureMLCompute(self.stack, credential=self.credential, arm_endpoint=self._arm_endpoint)
         return self._compute
+
+    @property
+    def credential(self) -> Any:
+        """One credential for MLClient and the autoscale settings (DefaultAzureCredential unless given)."""
+        if self._credential is None:
+            identity = require("azure.identity", "azure", "Azure credentials")
+            self._credential = identity.DefaultAzureCredential(exclude_interactive_browser_credential=True)
+        return self._credential
+
+    def _arm_call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """One ARM REST request (autoscale settings), its errors raised as azure-core's, as MLClient's are."""
+        from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ResourceExistsError,
+                                           ResourceNotFoundError, map_error)
+        from azure.core.rest import HttpRequest
+        from azure.mgmt.core.exceptions import ARMErrorFormat
+
+        base = (self._arm_endpoint or ARM).rstrip("/")
+        if self._arm is None:
+            from azure.core.pipeline import policies
+            from azure.mgmt.core import ARMPipelineClient
+            from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
+
+            self._arm = ARMPipelineClient(base_url=base, policies=[
+                policies.HeadersPolicy(), policies.UserAgentPolicy("stackwise"), policies.RetryPolicy(retry_total=0),
+                ARMChallengeAuthenticationPolicy(self.credential, f"{base}/.default")])
+        response = self._arm.send_request(HttpRequest(method, f"{base}{path}", params={"api-version": AUTOSCALE_API},
+                                                      json=body))
+        if response.status_code >= 400:
+            map_error(response.status_code, response, {401: ClientAuthenticationError, 404: ResourceNotFoundError,
+                                                       409: ResourceExistsError})
+            raise HttpResponseError(response=response, error_format=ARMErrorFormat)
+        return response
+
+    def _set_autoscale(self, body: dict[str, Any] | None, path: str) -> None:
+        """PUT one deployment's autoscale setting (`body`), or DELETE it (None; a missing one is fine)."""
+        name = path.rsplit("/", 1)[1]
+        if body is None:
+            self._call(f"delete autoscale setting {name}", self._arm_call, "DELETE", path)
+        else:
+            self._call(f"create autoscale setting {name}", self._arm_call, "PUT", path, body)
 
     @property
     def client(self) -> Any:
@@ -199,9 +330,13 @@ class AzureMLDeploy(DeployBackend):
         current = self.describe(endpoint)
         new, split = self.plan(current, targets, traffic)
         requests = [deployment_request(self.stack, out, t) for t in new]  # all checked before any call
+        scaled = [autoscale_setting(self.stack, out, r["name"], self.compute.workspace_id) if out.scaling else None
+                  for r in requests]
         names = {v.key: v.name for v in current.variants}
-        for target, request in zip(new, requests):
+        for target, request, setting in zip(new, requests, scaled):
             self._create(request)  # a new deployment gets no traffic until the split below
+            if setting is not None:
+                self._set_autoscale(setting, autoscale_setting_path(self.stack, out.name, request["name"]))
             names[target.key] = request["name"]
         wanted = {names[key]: pct for key, pct in split.items()}
         ep = self._call(f"get online endpoint {out.name}", self.client.online_endpoints.get, out.name)
@@ -217,6 +352,8 @@ class AzureMLDeploy(DeployBackend):
         variant = self.check_removable(current, key)
         if variant is None:
             return current
+        if out.scaling is not None:  # first, so that autoscale never acts on a deployment being deleted
+            self._set_autoscale(None, autoscale_setting_path(self.stack, out.name, variant.name))
         poller = self._call(f"delete deployment {variant.name}", self.client.online_deployments.begin_delete,
                             name=variant.name, endpoint_name=out.name)
         self._call(f"delete deployment {variant.name}", poller.result)

@@ -10,6 +10,15 @@ weighted by its traffic percent, on the catalog's instance type for the endpoint
 - a version added: a new EndpointConfig, then UpdateEndpoint (SageMaker's blue/green swap);
 - weights only: UpdateEndpointWeightsAndCapacities (no new model, config or instances).
 
+Autoscaling (when the endpoint output has `scaling`): each variant `deploy` adds becomes an
+Application Auto Scaling target (`endpoint/E/variant/V`, between `min_replicas` and
+`scaling.max_replicas`) with the target-tracking policies the Pulumi program gives the endpoint's
+own variant (`tracking_policies`, the same data as infra/aws/endpoint.py's, for variant V). A
+variant must exist before it is registered, so `deploy` then waits for InService. AWS refuses an
+UpdateEndpoint that removes an autoscaled variant or changes its instance type, so those variants'
+targets (and with them their policies) are deregistered first; the update keeps the instance
+counts autoscaling has reached (RetainAllVariantProperties, weights excepted).
+
 Each Model gets the stack's `VpcConfig` (private subnets and security group, from the stack's
 `network` output), as the model the Pulumi program made has: the serving container then reads
 its artifact from S3 through the VPC's gateway endpoint and has no internet route.
@@ -40,6 +49,94 @@ STATES = {"Creating": "creating", "Updating": "updating", "SystemUpdating": "upd
 #: EndpointStatus values in which the endpoint will not become InService by waiting
 _STUCK = ("Failed", "UpdateRollbackFailed", "OutOfService")
 ENV_MODEL, ENV_VERSION, ENV_BASE = "STACKWISE_MODEL", "STACKWISE_MODEL_VERSION", "STACKWISE_BASE_MODEL"
+# Application Auto Scaling on a variant (the names infra/aws/endpoint.py uses, and AWS documents).
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+COOLDOWNS = (60, 300)  # default (scale-out, scale-in) seconds
+INVOCATIONS = "SageMakerVariantInvocationsPerInstance"
+CONCURRENCY = "SageMakerVariantConcurrentRequestsPerModelHighResolution"
+GPU_NAMESPACE = "/aws/sagemaker/Endpoints"
+
+
+def variant_resource_id(endpoint_name: str, variant: str = "primary") -> str:
+    """Application Auto Scaling's id of a SageMaker variant (RegisterScalableTarget's ResourceId)."""
+    return f"endpoint/{endpoint_name}/variant/{variant}"
+
+
+def _dimensions(endpoint_name: Any, variant: str) -> list[dict[str, Any]]:
+    return [{"name": "EndpointName", "value": endpoint_name}, {"name": "VariantName", "value": variant}]
+
+
+def latency_metric(endpoint_name: Any, variant: str = "primary") -> dict[str, Any]:
+    """Average ModelLatency of the variant in milliseconds, 0 while idle (ModelLatency is in
+    microseconds and has no data without requests: FILL lets a policy scale in at zero traffic)."""
+    return {"metrics": [
+        {"id": "latency", "return_data": False, "metric_stat": {"stat": "Average", "metric": {
+            "namespace": "AWS/SageMaker", "metric_name": "ModelLatency",
+            "dimensions": _dimensions(endpoint_name, variant)}}},
+        {"id": "latency_ms", "expression": "FILL(latency, 0) / 1000", "label": "model latency (ms)",
+         "return_data": True}]}
+
+
+def tracking_policies(scaling: Any, target_invocations: int, gpu_count: int, endpoint_name: Any,
+                      variant: str = "primary") -> dict[str, dict[str, Any]]:
+    """The target-tracking configurations of one variant, by policy-name suffix (`scaling-policy`,
+    and `latency-scaling-policy`, scale-out only, when `target_latency_ms` guards another metric),
+    in the snake_case form infra/aws/endpoint.py gives Pulumi (`api_form` turns it into boto3's).
+    `scaling` is the contract's EndpointScaling or infra's ScalingConfig (the same field names)."""
+    cooldowns = {"scale_out_cooldown": scaling.scale_out_cooldown_seconds or COOLDOWNS[0],
+                 "scale_in_cooldown": scaling.scale_in_cooldown_seconds or COOLDOWNS[1]}
+    metric = scaling.metric or "invocations"
+    if metric == "invocations":
+        primary = {"target_value": target_invocations,
+                   "predefined_metric_specification": {"predefined_metric_type": INVOCATIONS}}
+    elif metric == "concurrency":
+        primary = {"target_value": scaling.target_concurrency,
+                   "predefined_metric_specification": {"predefined_metric_type": CONCURRENCY}}
+    elif metric == "utilization":  # GPUUtilization sums the instance's GPUs
+        primary = {"target_value": scaling.gpu_percent * gpu_count, "customized_metric_specification": {
+            "namespace": GPU_NAMESPACE, "metric_name": "GPUUtilization", "statistic": "Average",
+            "dimensions": _dimensions(endpoint_name, variant)}}
+    else:
+        primary = {"target_value": scaling.target_latency_ms,
+                   "customized_metric_specification": latency_metric(endpoint_name, variant)}
+    policies = {"scaling-policy": {**primary, **cooldowns}}
+    if metric != "latency" and scaling.target_latency_ms is not None:
+        policies["latency-scaling-policy"] = {
+            "target_value": scaling.target_latency_ms,
+            "customized_metric_specification": latency_metric(endpoint_name, variant),
+            "disable_scale_in": True, **cooldowns}
+    return policies
+
+
+def api_form(value: Any) -> Any:
+    """snake_case keys -> the API's PascalCase (`scale_in_cooldown` -> `ScaleInCooldown`), deeply."""
+    if isinstance(value, dict):
+        return {"".join(part.title() for part in key.split("_")): api_form(v) for key, v in value.items()}
+    if isinstance(value, list):
+        return [api_form(v) for v in value]
+    return value
+
+
+def scaling_requests(stack: Any, endpoint_output: Any, variant: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """RegisterScalableTarget and PutScalingPolicy requests that autoscale `variant` as the endpoint's
+    `scaling` says, between `min_replicas` and `scaling.max_replicas`."""
+    scaling = endpoint_output.scaling
+    target = {"ServiceNamespace": "sagemaker", "ResourceId": variant_resource_id(endpoint_output.name, variant),
+              "ScalableDimension": SCALABLE_DIMENSION}
+    register = {**target, "MinCapacity": endpoint_output.min_replicas, "MaxCapacity": scaling.max_replicas,
+                "Tags": {"stackwise-stack": stack.name}}
+    tracking = tracking_policies(scaling, scaling.target_invocations, endpoint_output.gpu_count,
+                                 endpoint_output.name, variant)
+    policies = [{**target, "PolicyName": f"{variant}-{suffix}", "PolicyType": "TargetTrackingScaling",
+                 "TargetTrackingScalingPolicyConfiguration": api_form(config)} for suffix, config in tracking.items()]
+    return register, policies
+
+
+def variants_to_deregister(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:
+    """Variants (ProductionVariants of the old and new configs) whose scalable target AWS would not
+    let UpdateEndpoint keep: removed, or with another instance type."""
+    kept = {v["VariantName"]: v.get("InstanceType") for v in new}
+    return [v["VariantName"] for v in old if kept.get(v["VariantName"], "") != v.get("InstanceType")]
 
 
 def _digest(*parts: Any) -> str:
@@ -118,15 +215,27 @@ class SageMakerDeploy(DeployBackend):
         self._session = session
         self.wait_timeout = wait_timeout
         self._client: Any = None
+        self._scaling_client: Any = None
         self._models: dict[str, dict[str, Any]] = {}
+
+    def _boto(self, service: str) -> Any:
+        boto3 = require("boto3", "aws", "the SageMaker deploy adapter")
+        if self._session is None:
+            self._session = boto3.session.Session(region_name=self.stack.region)
+        return self._session.client(service)
 
     @property
     def sagemaker(self) -> Any:
         if self._client is None:
-            boto3 = require("boto3", "aws", "the SageMaker deploy adapter")
-            session = self._session or boto3.session.Session(region_name=self.stack.region)
-            self._client = session.client("sagemaker")
+            self._client = self._boto("sagemaker")
         return self._client
+
+    @property
+    def autoscaling(self) -> Any:
+        """The Application Auto Scaling client (same session as `sagemaker`)."""
+        if self._scaling_client is None:
+            self._scaling_client = self._boto("application-autoscaling")
+        return self._scaling_client
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         from stackwise.adapters.compute.sagemaker import call_aws
@@ -196,6 +305,50 @@ class SageMakerDeploy(DeployBackend):
             time.sleep(delay)
             delay = min(delay * 2, 15.0)
 
+    # -- autoscaling ------------------------------------------------------------------------
+    def _scalable(self, endpoint: str, variants: list[str]) -> list[str]:
+        """Those of `variants` that are Application Auto Scaling targets now."""
+        ids = {variant_resource_id(endpoint, v): v for v in variants}
+        found: list[str] = []
+        for start in range(0, len(ids), 50):  # DescribeScalableTargets takes at most 50 ids
+            answer = self._call("DescribeScalableTargets", self.autoscaling.describe_scalable_targets,
+                                ServiceNamespace="sagemaker", ScalableDimension=SCALABLE_DIMENSION,
+                                ResourceIds=list(ids)[start:start + 50])
+            found += [ids[t["ResourceId"]] for t in answer.get("ScalableTargets", []) if t["ResourceId"] in ids]
+        return found
+
+    def _deregister(self, endpoint: str, variants: list[str]) -> list[str]:
+        """Deregister the targets of `variants` that have one (AWS deletes their policies with them)."""
+        gone = self._scalable(endpoint, variants) if variants else []
+        for variant in gone:
+            self._call("DeregisterScalableTarget", self.autoscaling.deregister_scalable_target,
+                       ServiceNamespace="sagemaker", ResourceId=variant_resource_id(endpoint, variant),
+                       ScalableDimension=SCALABLE_DIMENSION)
+        return gone
+
+    def _register(self, out: Any, variants: list[str]) -> None:
+        """Make `variants` scalable targets with the endpoint's policies, once the endpoint is InService."""
+        if out.scaling is None or not variants:
+            return
+        self._wait_in_service(out.name)
+        for variant in variants:
+            register, policies = scaling_requests(self.stack, out, variant)
+            self._call("RegisterScalableTarget", self.autoscaling.register_scalable_target, **register)
+            for policy in policies:
+                self._call("PutScalingPolicy", self.autoscaling.put_scaling_policy, **policy)
+
+    def _update(self, out: Any, old: list[dict[str, Any]], config: dict[str, Any]) -> list[str]:
+        """UpdateEndpoint to `config`, first deregistering the targets AWS would refuse to keep;
+        returns those of them still in the new config (to register again)."""
+        self._wait_in_service(out.name)
+        gone = self._deregister(out.name, variants_to_deregister(old, config["ProductionVariants"]))
+        retain = {"RetainAllVariantProperties": True,  # the instance counts autoscaling reached
+                  "ExcludeRetainedVariantProperties": [{"VariantPropertyType": "DesiredWeight"}]} if out.scaling else {}
+        self._call("UpdateEndpoint", self.sagemaker.update_endpoint, EndpointName=out.name,
+                   EndpointConfigName=config["EndpointConfigName"], **retain)
+        names = {v["VariantName"] for v in config["ProductionVariants"]}
+        return [v for v in gone if v in names]
+
     # -- writing ----------------------------------------------------------------------------
     def _ensure_model(self, request: dict[str, Any]) -> None:
         try:
@@ -229,9 +382,11 @@ class SageMakerDeploy(DeployBackend):
                                {"VariantName": v.name, "DesiredWeight": float(split[v.key])} for v in current.variants])
             return self.describe(out.name)
         variants: list[dict[str, Any]] = []
+        old: list[dict[str, Any]] = []
         if current.state != "absent":
             raw = self._raw(out.name) or {}
-            for pv in self._config_variants(raw["EndpointConfigName"]):
+            old = self._config_variants(raw["EndpointConfigName"])
+            for pv in old:
                 key = next(v.key for v in current.variants if v.name == pv["VariantName"])
                 variants.append({"name": pv["VariantName"], "model_name": pv["ModelName"], "weight": split[key],
                                  "instance_type": pv.get("InstanceType"), "count": pv.get("InitialInstanceCount")})
@@ -241,14 +396,14 @@ class SageMakerDeploy(DeployBackend):
                              "weight": split[target.key]})
         config = endpoint_config_request(self.stack, out, variants)
         self._ensure_config(config)
+        again: list[str] = []
         if current.state == "absent":
             self._call("CreateEndpoint", self.sagemaker.create_endpoint, EndpointName=out.name,
                        EndpointConfigName=config["EndpointConfigName"],
                        Tags=[{"Key": "stackwise-stack", "Value": self.stack.name}])
         else:
-            self._wait_in_service(out.name)
-            self._call("UpdateEndpoint", self.sagemaker.update_endpoint, EndpointName=out.name,
-                       EndpointConfigName=config["EndpointConfigName"])
+            again = self._update(out, old, config)
+        self._register(out, again + [variant_name(t.model, t.version) for t in new])
         return self.describe(out.name)
 
     def undeploy(self, key: str, endpoint: str | None = None) -> Deployment:
@@ -257,14 +412,12 @@ class SageMakerDeploy(DeployBackend):
         if self.check_removable(current, key) is None:
             return current
         raw = self._raw(out.name) or {}
+        old = self._config_variants(raw["EndpointConfigName"])
         kept = [{"name": pv["VariantName"], "model_name": pv["ModelName"], "instance_type": pv.get("InstanceType"),
                  "count": pv.get("InitialInstanceCount"),
                  "weight": next(v.traffic for v in current.variants if v.name == pv["VariantName"])}
-                for pv in self._config_variants(raw["EndpointConfigName"])
-                if next(v.key for v in current.variants if v.name == pv["VariantName"]) != key]
+                for pv in old if next(v.key for v in current.variants if v.name == pv["VariantName"]) != key]
         config = endpoint_config_request(self.stack, out, kept)
         self._ensure_config(config)
-        self._wait_in_service(out.name)
-        self._call("UpdateEndpoint", self.sagemaker.update_endpoint, EndpointName=out.name,
-                   EndpointConfigName=config["EndpointConfigName"])
+        self._register(out, self._update(out, old, config))
         return self.describe(out.name)

@@ -7,8 +7,9 @@ endpoint, version and a digest of artifact, base and image), holding the version
 base model. The Pulumi program creates the endpoint (its id is the `endpoints[].name` output);
 `deploy` fills it:
 
-- a version added: `endpoints:deployModel` with the catalog's machine for the endpoint's GPU and
-  a `trafficSplit` in which "0" is the model being deployed;
+- a version added: `endpoints:deployModel` with the catalog's machine for the endpoint's GPU, the
+  endpoint's autoscaling (`maxReplicaCount`, `autoscalingMetricSpecs` from `endpoints[].scaling`)
+  and a `trafficSplit` in which "0" is the model being deployed;
 - weights only: a PATCH of the endpoint with `updateMask=trafficSplit` (no model, no redeploy);
 - undeploy: `endpoints:undeployModel` with the remaining split.
 
@@ -89,12 +90,25 @@ def upload_request(stack: Any, endpoint_output: Any, target: DeployTarget) -> di
     }
 
 
+def dedicated_resources(stack: Any, endpoint_output: Any) -> dict[str, Any]:
+    """`dedicatedResources` of every version deployed on the endpoint: the catalog's machine, and
+    the endpoint's autoscaling (`scaling`: up to `max_replicas`, on its `vertex_metric_specs`, as
+    the Pulumi program deploys its own model). An endpoint output without `scaling` (synced before
+    it existed) keeps a fixed `min_replicas`. Vertex fixes both at deploy time (Immutable)."""
+    scaling = endpoint_output.scaling
+    resources: dict[str, Any] = {"machineSpec": machine_spec(stack, endpoint_output),
+                                 "minReplicaCount": endpoint_output.min_replicas,
+                                 "maxReplicaCount": scaling.max_replicas if scaling else endpoint_output.min_replicas}
+    if scaling and scaling.vertex_metric_specs:
+        resources["autoscalingMetricSpecs"] = [{"metricName": s.metric_name, "target": s.target}
+                                               for s in scaling.vertex_metric_specs]
+    return resources
+
+
 def deployed_model(stack: Any, endpoint_output: Any, target: DeployTarget, model: str) -> dict[str, Any]:
-    """The DeployedModel for one version: the catalog's machine, min replicas."""
+    """The DeployedModel for one version (v1 REST JSON): its model and `dedicated_resources`."""
     return {"model": model, "displayName": variant_name(target.model, target.version),
-            "dedicatedResources": {"machineSpec": machine_spec(stack, endpoint_output),
-                                   "minReplicaCount": endpoint_output.min_replicas,
-                                   "maxReplicaCount": endpoint_output.min_replicas}}
+            "dedicatedResources": dedicated_resources(stack, endpoint_output)}
 
 
 class VertexDeploy(DeployBackend):

@@ -1,17 +1,83 @@
-"""AWS inference endpoint: SageMaker Model, EndpointConfiguration, Endpoint, autoscaling, alarms."""
+"""AWS inference endpoint: SageMaker Model, EndpointConfiguration, Endpoint, autoscaling, alarms.
+
+Autoscaling is Application Auto Scaling on the variant's `DesiredInstanceCount`, with one
+target-tracking policy on `endpoint.scaling.metric` and, when `targetLatencyMs` guards another
+metric, a second scale-out-only policy on model latency. Application Auto Scaling adds capacity
+when any policy asks for it and removes it only when every policy that may scale in agrees.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 
 from stackwise.catalog import Offer
 
-from ..config import AlarmsConfig, EndpointConfig
+from ..config import AlarmsConfig, EndpointConfig, ScalingConfig
 from ..common import has_local_nvme, is_hf_model
 from ._provider import aws
+
+VARIANT = "primary"
+"""The production variant the Pulumi program creates (`stackwise deploy` adds `<model>-v<version>` ones)."""
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+COOLDOWNS = (60, 300)
+"""Default (scale-out, scale-in) cooldowns in seconds. Scale-out may be short: target tracking
+counts capacity still being added toward its next scale-out."""
+INVOCATIONS = "SageMakerVariantInvocationsPerInstance"
+CONCURRENCY = "SageMakerVariantConcurrentRequestsPerModelHighResolution"
+"""Requests in the model container, queued ones included, until the last streamed token; 10 s resolution."""
+GPU_NAMESPACE = "/aws/sagemaker/Endpoints"
+"""Instance metrics: GPUUtilization is 0-100 % per GPU, summed over the instance's GPUs."""
+
+
+def variant_resource_id(endpoint_name: str, variant: str = VARIANT) -> str:
+    """Application Auto Scaling's id of a SageMaker variant (RegisterScalableTarget's ResourceId)."""
+    return f"endpoint/{endpoint_name}/variant/{variant}"
+
+
+def _dimensions(endpoint_name: pulumi.Input[str]) -> list[dict[str, Any]]:
+    return [{"name": "EndpointName", "value": endpoint_name}, {"name": "VariantName", "value": VARIANT}]
+
+
+def latency_metric(endpoint_name: pulumi.Input[str]) -> dict[str, Any]:
+    """Average ModelLatency of the variant in milliseconds, 0 while idle (ModelLatency is in
+    microseconds and has no data without requests: FILL lets the policy scale in at zero traffic)."""
+    return {"metrics": [
+        {"id": "latency", "return_data": False, "metric_stat": {"stat": "Average", "metric": {
+            "namespace": "AWS/SageMaker", "metric_name": "ModelLatency", "dimensions": _dimensions(endpoint_name)}}},
+        {"id": "latency_ms", "expression": "FILL(latency, 0) / 1000", "label": "model latency (ms)",
+         "return_data": True}]}
+
+
+def tracking_policies(scaling: ScalingConfig, target_invocations: int, gpu_count: int,
+                      endpoint_name: pulumi.Input[str]) -> dict[str, dict[str, Any]]:
+    """The target-tracking configurations, by policy-name suffix: `scaling-policy` (the metric),
+    and `latency-scaling-policy` (scale-out only) when `targetLatencyMs` guards another metric."""
+    cooldowns = {"scale_out_cooldown": scaling.scale_out_cooldown_seconds or COOLDOWNS[0],
+                 "scale_in_cooldown": scaling.scale_in_cooldown_seconds or COOLDOWNS[1]}
+    metric = scaling.metric or "invocations"
+    if metric == "invocations":
+        primary = {"target_value": target_invocations,
+                   "predefined_metric_specification": {"predefined_metric_type": INVOCATIONS}}
+    elif metric == "concurrency":
+        primary = {"target_value": scaling.target_concurrency,
+                   "predefined_metric_specification": {"predefined_metric_type": CONCURRENCY}}
+    elif metric == "utilization":
+        primary = {"target_value": scaling.gpu_percent * gpu_count, "customized_metric_specification": {
+            "namespace": GPU_NAMESPACE, "metric_name": "GPUUtilization", "statistic": "Average",
+            "dimensions": _dimensions(endpoint_name)}}
+    else:
+        primary = {"target_value": scaling.target_latency_ms,
+                   "customized_metric_specification": latency_metric(endpoint_name)}
+    policies = {"scaling-policy": {**primary, **cooldowns}}
+    if metric != "latency" and scaling.target_latency_ms is not None:
+        policies["latency-scaling-policy"] = {
+            "target_value": scaling.target_latency_ms, "customized_metric_specification": latency_metric(endpoint_name),
+            "disable_scale_in": True, **cooldowns}
+    return policies
 
 
 @dataclass
@@ -80,18 +146,15 @@ class InferenceEndpoint(pulumi.ComponentResource):
         self.endpoint = aws.sagemaker.Endpoint(f"{name}-endpoint", name=f"{name}", endpoint_config_name=config.name,
                                                tags=tags, opts=child)
         target = aws.appautoscaling.Target(
-            f"{name}-scaling", service_namespace="sagemaker",
-            resource_id=self.endpoint.name.apply(lambda n: f"endpoint/{n}/variant/primary"),
-            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+            f"{name}-scaling", service_namespace="sagemaker", resource_id=self.endpoint.name.apply(variant_resource_id),
+            scalable_dimension=SCALABLE_DIMENSION,
             min_capacity=ep.min_replicas, max_capacity=ep.max_replicas, tags=tags, opts=child)
-        aws.appautoscaling.Policy(
-            f"{name}-scaling-policy", policy_type="TargetTrackingScaling", service_namespace=target.service_namespace,
-            resource_id=target.resource_id, scalable_dimension=target.scalable_dimension,
-            target_tracking_scaling_policy_configuration={
-                "target_value": ep.target_invocations,
-                "predefined_metric_specification": {"predefined_metric_type": "SageMakerVariantInvocationsPerInstance"},
-                "scale_in_cooldown": 300, "scale_out_cooldown": 60},
-            opts=child)
+        for suffix, tracking in tracking_policies(ep.scaling, ep.target_invocations, args.offer.count,
+                                                  self.endpoint.name).items():
+            aws.appautoscaling.Policy(
+                f"{name}-{suffix}", policy_type="TargetTrackingScaling", service_namespace=target.service_namespace,
+                resource_id=target.resource_id, scalable_dimension=target.scalable_dimension,
+                target_tracking_scaling_policy_configuration=tracking, opts=child)
 
         # CloudWatch alarms cannot publish to a topic encrypted with the AWS-managed key
         # (alias/aws/sns: its policy admits no other service), so the alerts have a key of their own
@@ -103,12 +166,13 @@ class InferenceEndpoint(pulumi.ComponentResource):
         topic = aws.sns.Topic(f"{name}-alerts", kms_master_key_id=self.alerts_key.arn, tags=tags, opts=child)
         for i, email in enumerate(args.alert_emails):
             aws.sns.TopicSubscription(f"{name}-alerts-{i}", topic=topic.arn, protocol="email", endpoint=email, opts=child)
-        dims = {"EndpointName": self.endpoint.name, "VariantName": "primary"}
+        dims = {"EndpointName": self.endpoint.name, "VariantName": VARIANT}
+        percentile = f"p{args.alarms.latency_percentile}"
         aws.cloudwatch.MetricAlarm(
             f"{name}-latency-alarm", namespace="AWS/SageMaker", metric_name="ModelLatency", dimensions=dims,
-            extended_statistic="p90", period=300, evaluation_periods=3, comparison_operator="GreaterThanThreshold",
+            extended_statistic=percentile, period=300, evaluation_periods=3, comparison_operator="GreaterThanThreshold",
             threshold=args.alarms.latency_ms * 1000,  # ModelLatency is in microseconds
-            alarm_description=f"p90 model latency above {args.alarms.latency_ms} ms",
+            alarm_description=f"{percentile} model latency above {args.alarms.latency_ms} ms",
             treat_missing_data="notBreaching", alarm_actions=[topic.arn], tags=tags, opts=child)
 
         def metric(query_id: str, metric_name: str) -> dict:

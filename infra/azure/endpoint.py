@@ -1,5 +1,12 @@
 """Azure inference endpoint: a managed online endpoint with one deployment, an Azure Monitor
-autoscale setting on it, and Azure Monitor alerts on latency and errors."""
+autoscale setting on it, and Azure Monitor alerts on latency and errors.
+
+The autoscale setting adds a replica when any scale-out rule holds: GPU utilization (the
+deployment's metric), requests per minute per replica or average request latency (the
+endpoint's metrics, filtered to the deployment), per `endpoint.scaling`. It removes one only
+when the GPUs are nearly idle: that metric is reported while replicas run, with or without
+requests, so the deployment also shrinks when traffic stops.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from stackwise.catalog import Offer
 from stackwise.errors import ConfigError
 
 from ..common import is_hf_model
-from ..config import AlarmsConfig, EndpointConfig
+from ..config import AlarmsConfig, EndpointConfig, ScalingConfig
 from . import names
 from ._provider import azure
 
@@ -21,8 +28,52 @@ ml = azure.machinelearningservices  # Azure Machine Learning, used throughout
 monitor = azure.monitor
 # `azureml:<name>:<version>`: the SDK's shorthand for a model version registered in the workspace.
 _AZUREML_MODEL = re.compile(r"^azureml:(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*):(?P<version>[A-Za-z0-9._-]+)$")
-SCALE_OUT_GPU_PERCENT, SCALE_IN_GPU_PERCENT = 70, 25
-"""Autoscale: add a replica above this average GPU utilization (10 minutes), remove one below that."""
+SCALE_IN_GPU_PERCENT = 25
+"""Autoscale: remove a replica below this average GPU utilization (10 minutes), or below half
+of endpoint.scaling.gpuPercent where that is lower."""
+COOLDOWNS = (300, 600)
+"""Default (scale-out, scale-in) cooldowns in seconds: a managed replica takes minutes to start,
+and Azure autoscale does not count replicas still starting."""
+DEPLOYMENT = "primary"
+DEPLOYMENT_METRICS = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments"
+ENDPOINT_METRICS = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints"
+
+
+def _duration(seconds: int) -> str:
+    """ISO 8601, as Azure autoscale cooldowns are written."""
+    return f"PT{seconds // 60}M" if seconds % 60 == 0 else f"PT{seconds}S"
+
+
+def scale_rules(scaling: ScalingConfig, target_invocations: int, stack: str) -> list[dict[str, object]]:
+    """The autoscale rules as data: metric, source (`deployment` or `endpoint`), operator,
+    threshold, direction, cooldown, and for endpoint metrics the dimension filter and whether the
+    value is divided by the instance count. Raises ConfigError for what Azure cannot scale on."""
+    if scaling.metric == "concurrency":
+        raise ConfigError(
+            "endpoint.scaling.metric concurrency is not available on Azure: managed online endpoints publish no "
+            "per-replica queue or in-flight request metric",
+            where=f"stacks/Pulumi.{stack}.yaml: stackwise:endpoint.scaling.metric",
+            fix="use latency (with targetLatencyMs), invocations (endpoint.targetInvocations) or utilization")
+    out_s, in_s = scaling.scale_out_cooldown_seconds or COOLDOWNS[0], scaling.scale_in_cooldown_seconds or COOLDOWNS[1]
+    scale_out = {"operator": "GreaterThan", "direction": "Increase", "cooldown": _duration(out_s)}
+    only_primary = [{"dimension_name": "deployment", "operator": "Equals", "values": [DEPLOYMENT]}]
+    latency = {"metric": "RequestLatency", "source": "endpoint", "dimensions": only_primary,
+               "divide_per_instance": False, **scale_out}  # milliseconds
+    metric = scaling.metric or "utilization"
+    if metric == "utilization":
+        rules = [{"metric": "GpuUtilizationPercentage", "source": "deployment", "threshold": scaling.gpu_percent,
+                  **scale_out}]
+    elif metric == "invocations":
+        rules = [{"metric": "RequestsPerMinute", "source": "endpoint", "dimensions": only_primary,
+                  "divide_per_instance": True, "threshold": target_invocations, **scale_out}]
+    else:
+        rules = []
+    if scaling.target_latency_ms is not None:
+        rules.append({**latency, "threshold": scaling.target_latency_ms})
+    rules.append({"metric": "GpuUtilizationPercentage", "source": "deployment", "operator": "LessThan",
+                  "threshold": max(1, min(SCALE_IN_GPU_PERCENT, scaling.gpu_percent // 2)), "direction": "Decrease",
+                  "cooldown": _duration(in_s)})
+    return rules
 
 
 def model_reference(model: str, workspace_id: str) -> tuple[str | None, dict[str, str]]:
@@ -109,16 +160,21 @@ class InferenceEndpoint(pulumi.ComponentResource):
             # The autoscale setting below moves the instance count; `pulumi up` must not move it back.
             tags=tags, opts=pulumi.ResourceOptions(parent=self, ignore_changes=["sku.capacity"]))
 
-        def scale(operator: str, percent: int, direction: str, cooldown: str) -> monitor.ScaleRuleArgs:
+        def scale(rule: dict) -> monitor.ScaleRuleArgs:
+            deployment_metric = rule["source"] == "deployment"
             return monitor.ScaleRuleArgs(
                 metric_trigger=monitor.MetricTriggerArgs(
-                    metric_name="GpuUtilizationPercentage", metric_resource_uri=self.deployment.id,
-                    metric_namespace="Microsoft.MachineLearningServices/workspaces/onlineEndpoints/deployments",
-                    operator=operator, statistic="Average", threshold=percent, time_aggregation="Average",
-                    time_grain="PT1M", time_window="PT10M"),
-                scale_action=monitor.ScaleActionArgs(direction=direction, type="ChangeCount", value="1",
-                                                     cooldown=cooldown))
+                    metric_name=rule["metric"],
+                    metric_resource_uri=self.deployment.id if deployment_metric else self.endpoint.id,
+                    metric_namespace=DEPLOYMENT_METRICS if deployment_metric else ENDPOINT_METRICS,
+                    operator=rule["operator"], statistic="Average", threshold=rule["threshold"],
+                    time_aggregation="Average", time_grain="PT1M", time_window="PT10M",
+                    dimensions=[monitor.ScaleRuleMetricDimensionArgs(**d) for d in rule.get("dimensions", [])] or None,
+                    divide_per_instance=rule.get("divide_per_instance")),
+                scale_action=monitor.ScaleActionArgs(direction=rule["direction"], type="ChangeCount", value="1",
+                                                     cooldown=rule["cooldown"]))
 
+        rules = scale_rules(ep.scaling, ep.target_invocations, pulumi.get_stack())
         self.autoscale = monitor.AutoscaleSetting(
             f"{name}-autoscale", resource_group_name=rg, location=args.location, enabled=True,
             target_resource_uri=self.deployment.id,
@@ -126,8 +182,7 @@ class InferenceEndpoint(pulumi.ComponentResource):
                 name="default",
                 capacity=monitor.ScaleCapacityArgs(minimum=str(ep.min_replicas), maximum=str(ep.max_replicas),
                                                    default=str(ep.min_replicas)),
-                rules=[scale("GreaterThan", SCALE_OUT_GPU_PERCENT, "Increase", "PT5M"),
-                       scale("LessThan", SCALE_IN_GPU_PERCENT, "Decrease", "PT10M")])],
+                rules=[scale(rule) for rule in rules])],
             tags=tags, opts=child)
 
         group = azure.monitor.ActionGroup(
@@ -151,8 +206,9 @@ class InferenceEndpoint(pulumi.ComponentResource):
                         dimensions=dimensions or [])]),
                 actions=[{"action_group_id": group.id}], tags=tags, opts=child)
 
-        alert("latency-alert", "RequestLatency_P90", args.alarms.latency_ms,
-              f"p90 request latency above {args.alarms.latency_ms} ms")
+        percentile = args.alarms.latency_percentile
+        alert("latency-alert", f"RequestLatency_P{percentile}", args.alarms.latency_ms,
+              f"p{percentile} request latency above {args.alarms.latency_ms} ms")
         # Managed endpoints publish requests per minute by status class; alert on the 5xx share
         # expressed against the scaling target (requests per replica per minute).
         alert("error-alert", "RequestsPerMinute",

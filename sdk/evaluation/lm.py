@@ -96,15 +96,32 @@ class LM:
             ids = self._encode(prompt, bos=True)
         return list(ids[-keep:])
 
-    def generate_ids(self, ids: list[int], max_new_tokens: int) -> str:
-        """The greedy continuation of prepared token ids (`prepare`), decoded."""
+    def encode_messages(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of chat messages with the assistant's turn opened: the tokenizer's chat template
+        when it has one (and `chat_template`), else the contents as plain text ending in "Assistant:"."""
+        tok = self.tokenizer
+        if self.chat_template and getattr(tok, "chat_template", None):
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return list(tok(text, add_special_tokens=False)["input_ids"])
+        names = {"system": "", "user": "User: ", "assistant": "Assistant: "}
+        text = "\n\n".join(names.get(m["role"], "") + m["content"] for m in messages) + "\n\nAssistant:"
+        return self._encode(text, bos=True)
+
+    def generate_ids(self, ids: list[int], max_new_tokens: int, temperature: float = 0.0,
+                     seed: int | None = None) -> str:
+        """The continuation of prepared token ids (`prepare`), decoded: greedy at temperature 0,
+        else sampled at that temperature (seeded when `seed` is given)."""
         import torch
 
         tok = self.tokenizer
+        sample = {"do_sample": True, "temperature": float(temperature), "top_k": 0} if temperature > 0 else \
+            {"do_sample": False}
+        if temperature > 0 and seed is not None:
+            torch.manual_seed(seed)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with torch.no_grad():
-            out = self.model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                      max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+            out = self.model.generate(input_ids=torch.tensor([ids]), max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                      attention_mask=torch.ones(1, len(ids), dtype=torch.long), **sample)
         return tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
     def _encode(self, text: str, bos: bool) -> list[int]:
@@ -145,6 +162,10 @@ def load(ref: str, max_len: int = 512, chat_template: bool = True, context: Any 
     from ..training.models import resolve_base
 
     pinned = pin(ref, context)
+    if is_rag_ref(pinned, context):
+        from ..rag import load_rag
+
+        return load_rag(pinned, context, max_len, chat_template)  # type: ignore[return-value]
     resolved = resolve_base(_in_place(pinned, context) or pinned,
                             tracking_uri=getattr(context, "tracking_uri", None))
     where = resolved.location
@@ -170,7 +191,15 @@ def load(ref: str, max_len: int = 512, chat_template: bool = True, context: Any 
 
 
 def pin(ref: str, context: Any = None) -> str:
-    """models:/NAME@ALIAS -> models:/NAME/VERSION (the version the alias points at now)."""
+    """models:/NAME@ALIAS -> models:/NAME/VERSION (the version the alias points at now). A RAG app
+    reference (rag:NAME, rag:NAME@ALIAS, rag:NAME/VERSION) pins to the registry version that holds
+    it, models:/NAME/VERSION, so its evaluations are recorded on that version like a model's."""
+    if ref.startswith("rag:"):
+        from ..model_registry import Registry
+        from ..rag import rag_version
+
+        name, mv = rag_version(ref, Registry(context))
+        return f"models:/{name}/{mv.version}"
     if ref.startswith("models:/") and "@" in ref:
         from ..model_registry import Registry
 
@@ -179,9 +208,8 @@ def pin(ref: str, context: Any = None) -> str:
     return ref
 
 
-def _in_place(ref: str, context: Any = None) -> str | None:
-    """A registered version whose source is a folder on this machine (a local artifact store, or
-    a version registered without a copy) loads from there, not from a copy in the model cache."""
+def _registered(ref: str, context: Any = None) -> Any:
+    """The MLflow model version a pinned models:/NAME/VERSION names; None for any other reference."""
     if not ref.startswith("models:/"):
         return None
     name, _, version = ref.removeprefix("models:/").partition("/")
@@ -189,6 +217,25 @@ def _in_place(ref: str, context: Any = None) -> str | None:
         return None
     from ..model_registry import Registry
 
-    source = Registry(context).version(name, version).source
+    return Registry(context).version(name, version)
+
+
+def is_rag_ref(ref: str, context: Any = None) -> bool:
+    """Whether a reference names a RAG app: rag:..., or a pinned registry version tagged as one."""
+    if ref.startswith("rag:"):
+        return True
+    from ..rag import KIND, KIND_TAG
+
+    mv = _registered(ref, context)
+    return mv is not None and (mv.tags or {}).get(KIND_TAG) == KIND
+
+
+def _in_place(ref: str, context: Any = None) -> str | None:
+    """A registered version whose source is a folder on this machine (a local artifact store, or
+    a version registered without a copy) loads from there, not from a copy in the model cache."""
+    mv = _registered(ref, context)
+    if mv is None:
+        return None
+    source = mv.source
     path = Path(source.removeprefix("file://")) if "://" not in source or source.startswith("file://") else None
     return str(path) if path is not None and path.is_dir() else None

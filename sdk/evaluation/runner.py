@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import InputError
+from ..rag import RAG_SUITES, SUITES_WITHOUT_RAG
 from ..specs import EvaluateSpec
 from ..workloads._runtime import emit_progress
 from . import bias, generation, instructions, mmlu, qa, retrieval, safety
@@ -40,9 +41,17 @@ def run_model_suites(spec: EvaluateSpec, data: EvalData, lm: Any, search: Search
     rows: list[dict[str, Any]] = []
     answer = Answers(lm, spec)
     limit = spec.max_examples
+    rag = getattr(lm, "is_rag", False)
     for suite in spec.suites:
         if suite == "retrieval":
-            continue  # measures the index, not the model: run once by run_retrieval
+            if rag:  # a RAG app's retriever (its index, filter, reranking) is part of what is evaluated
+                found, suite_rows = run_retrieval(spec, data, lm.search_pairs, label)
+                metrics.update(found)
+                rows += suite_rows
+            continue  # else it measures the index, not the model: run once by run_retrieval
+        if rag and suite in SUITES_WITHOUT_RAG:
+            raise InputError(f"the {suite} suite scores a model's likelihoods; {lm.ref} is a RAG app",
+                             where="--suite", fix="evaluate RAG apps with " + ", ".join(RAG_SUITES))
         records = data.for_suite(suite, limit)
         if suite == "safety" and not records:
             records = [(-(i + 1), r) for i, r in enumerate(safety.RED_TEAM)][:limit]
@@ -89,16 +98,24 @@ def _generation(kind):
 
 def _qa(spec, records, lm, answer, search, uri):
     rows, em, f1, sup = [], [], [], []
+    rag = getattr(lm, "is_rag", False)
     for line, r in records:
-        context = r.get("context")
-        if context is None and spec.index and search is not None:
-            context = "\n\n".join(text for _, text in search(str(r["question"]), spec.k))
-        prompt_text = (f"Answer using only the context.\n\nContext:\n{context}\n\nQuestion: {r['question']}\nAnswer:"
-                       if context else f"Question: {r['question']}\nAnswer:")
-        pred = answer(r, prompt_text)
+        question = str(r["question"])
+        if rag:  # the app retrieves its own context: asked the question alone, judged on its own sources
+            pred = answer(r, question)
+            context = lm.context(question)
+        else:
+            context = r.get("context")
+            if context is None and spec.index and search is not None:
+                context = "\n\n".join(text for _, text in search(question, spec.k))
+            prompt_text = (f"Answer using only the context.\n\nContext:\n{context}\n\n"
+                           f"Question: {r['question']}\nAnswer:" if context else f"Question: {r['question']}\nAnswer:")
+            pred = answer(r, prompt_text)
         gold = qa.gold_answers(r)
         row = {"line": line, "question": r["question"], "prediction": pred, "gold": gold,
                "exact_match": qa.exact_match(pred, gold), "f1": round(qa.token_f1(pred, gold), 4)}
+        if rag:
+            row["sources"] = lm.sources_of(question)
         em.append(row["exact_match"])
         f1.append(row["f1"])
         if context:
@@ -177,14 +194,19 @@ def _bias(spec, records, lm, answer, search, uri):
     return {f"bias.{k}": v for k, v in found.items()}, rows
 
 
-def run_retrieval(spec: EvaluateSpec, data: EvalData, search: Search) -> tuple[dict[str, float], list[dict]]:
+def run_retrieval(spec: EvaluateSpec, data: EvalData, search: Search | None,
+                  label: str = "retrieval") -> tuple[dict[str, float], list[dict]]:
+    """Retrieval metrics of `search` (the spec's index, or a RAG app's retriever). Without a search
+    (no index in the spec: only RAG apps are measured, by run_model_suites) there is nothing to do."""
+    if search is None:
+        return {}, []
     records = data.for_suite("retrieval", spec.max_examples)
     if not records:
         raise InputError(f"no record in {data.uri} has `query` and `relevant`", where=data.uri,
                          fix='e.g. {"query": "...", "relevant": ["doc-1.txt"]}')
     k = spec.k
     rows, rec, rr, nd = [], [], [], []
-    emit_progress("retrieval", 0, len(records))
+    emit_progress(label if label == "retrieval" else f"{label}: retrieval", 0, len(records))
     for line, r in records:
         relevant = {str(x) for x in (r["relevant"] if isinstance(r["relevant"], list) else [r["relevant"]])}
         # Several chunks of one document may rank high: ask for more chunks, rank unique documents.
@@ -198,10 +220,17 @@ def run_retrieval(spec: EvaluateSpec, data: EvalData, search: Search) -> tuple[d
         rr.append(row["reciprocal_rank"])
         nd.append(row[f"ndcg_at_{k}"])
         rows.append({"suite": "retrieval", **row})
-    emit_progress("retrieval", len(records), len(records))
+    emit_progress(label if label == "retrieval" else f"{label}: retrieval", len(records), len(records))
     n = len(records)
     return {f"retrieval.recall_at_{k}": sum(rec) / n, "retrieval.mrr": sum(rr) / n,
             f"retrieval.ndcg_at_{k}": sum(nd) / n}, rows
+
+
+def model_roles(spec: EvaluateSpec) -> list[tuple[str, str | None]]:
+    """(role, reference) of every model the spec evaluates, in report order: candidate, baseline
+    (None when absent), then compare-1, compare-2, ... for `spec.compare`."""
+    return [("candidate", spec.model), ("baseline", spec.baseline),
+            *((f"compare-{i}", ref) for i, ref in enumerate(spec.compare, 1))]
 
 
 SUITES: dict[str, Callable] = {

@@ -45,6 +45,7 @@ class EvalReport(BaseModel):
     suites: list[str]
     candidate: ModelResult
     baseline: ModelResult | None = None
+    compare: list[ModelResult] = Field(default_factory=list)
     deltas: dict[str, float] = Field(default_factory=dict)
     leakage: dict[str, Any] = Field(default_factory=dict)
     report_html: str
@@ -109,11 +110,11 @@ def run_evaluate(spec: EvaluateSpec, context: JobContext) -> EvalReport:
     from ..evaluation import leakage
     from ..evaluation.data import read_eval_data
     from ..evaluation.lm import pin
-    from ..evaluation.runner import run_model_suites, run_retrieval
+    from ..evaluation.runner import model_roles, run_model_suites, run_retrieval
 
     started = time.perf_counter()
     data = read_eval_data(spec.data)
-    roles = [("candidate", spec.model), ("baseline", spec.baseline)]
+    roles = model_roles(spec)
     pinned = {role: pin(ref, context) for role, ref in roles if ref}
     # The leakage guard, before any model loads.
     train_uris = list(dict.fromkeys([*spec.train_data, *_lineage_data(list(pinned.values()), context)]))
@@ -132,7 +133,7 @@ def run_evaluate(spec: EvaluateSpec, context: JobContext) -> EvalReport:
     folder.mkdir(parents=True, exist_ok=True)
     results: dict[str, ModelResult] = {}
     for role, ref in roles:
-        if role == "baseline" and not ref:
+        if role != "candidate" and not ref:
             continue
         metrics, rows = dict(shared), list(shared_rows)
         if ref:
@@ -153,17 +154,20 @@ def run_evaluate(spec: EvaluateSpec, context: JobContext) -> EvalReport:
                                     metrics={k: round(v, 6) for k, v in metrics.items()}, examples=str(examples))
 
     cand, base = results["candidate"], results.get("baseline")
+    others = [results[role] for role, _ in roles[2:]]
     from ..evaluation.report import write_report
 
     meta = {"data": spec.data, "data sha256": data.sha256[:16], "suites": ", ".join(spec.suites),
             "candidate": cand.pinned or cand.ref, "baseline": (base.pinned or base.ref) if base else "-",
+            **{o.role: f"{o.ref} ({o.pinned})" if o.pinned != o.ref else o.ref for o in others},
             "leakage": f"{leak['leaked']} of {leak['checked']} records found in training data"
                        + (" (allowed)" if leak["leaked"] else ""),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     html_path, md_path = write_report(folder, "stackwise evaluation", meta, ("candidate", cand.metrics),
-                                      ("baseline", base.metrics) if base else None)
+                                      ("baseline", base.metrics) if base else None,
+                                      [(f"{o.role} ({o.ref})", o.metrics) for o in others])
     report = EvalReport(
-        data=spec.data, data_sha256=data.sha256, suites=spec.suites, candidate=cand, baseline=base,
+        data=spec.data, data_sha256=data.sha256, suites=spec.suites, candidate=cand, baseline=base, compare=others,
         deltas={k: round(v - base.metrics[k], 6) for k, v in cand.metrics.items() if base and k in base.metrics},
         leakage=leak, report_html=str(html_path), report_md=str(md_path), output=output_uri, seconds=0.0,
     )
@@ -189,7 +193,7 @@ def _track(spec: EvaluateSpec, report: EvalReport, data: Any, folder: Path, cont
 
     registry = Registry(context)
     experiment = registry.experiment_id(EVAL_EXPERIMENT)
-    for result in (report.candidate, report.baseline):
+    for result in (report.candidate, report.baseline, *report.compare):
         if result is None:
             continue
         with mlflow.start_run(experiment_id=experiment, run_name=f"eval-{result.role}-{spec.digest()}") as run:

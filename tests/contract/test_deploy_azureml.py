@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -75,11 +76,11 @@ def _deployment_puts(server):
 
 
 class AzureDeployDriver(DeployDriver):
-    def __init__(self, server, tmp_path, monkeypatch):
-        self.server, self.tmp_path, self.monkeypatch = server, tmp_path, monkeypatch
+    def __init__(self, server, tmp_path, monkeypatch, endpoints=None):
+        self.server, self.tmp_path, self.monkeypatch, self.endpoints = server, tmp_path, monkeypatch, endpoints
 
     def backend(self):
-        return connect(self.tmp_path, self.monkeypatch).deployer
+        return connect(self.tmp_path, self.monkeypatch, endpoints=self.endpoints).deployer
 
     def backend_without_endpoint(self):
         bare = self.tmp_path / "bare"
@@ -250,3 +251,163 @@ def test_the_server_refuses_invalid_names_over_http_as_azure_does(azure, path, m
 def test_an_invalid_endpoint_name_cannot_be_added(azure):
     with pytest.raises(ValueError, match="start with an upper- or lowercase letter"):
         azure.add_endpoint("9-endpoint")
+
+
+# -- autoscaling: each deployed version gets the endpoint's autoscale setting --------------------
+SCALED = {"name": ENDPOINT, "serving_image": IMAGE, "gpu": "T4", "min_replicas": 1,
+          "scaling": {"max_replicas": 3, "metric": "invocations", "target_invocations": 80, "target_latency_ms": 1200}}
+
+
+def _setting_name(deployment):
+    return f"{ENDPOINT}-{deployment}-autoscale"
+
+
+def _only(deployment):
+    return [{"DimensionName": "deployment", "Operator": "Equals", "Values": [deployment]}]
+
+
+def _trigger(metric, resource, operator, threshold, **extra):
+    namespace = "Microsoft.MachineLearningServices/workspaces/onlineEndpoints" + (
+        "/deployments" if "/deployments/" in resource else "")
+    return {"metricName": metric, "metricNamespace": namespace, "metricResourceUri": resource, "timeGrain": "PT1M",
+            "statistic": "Average", "timeWindow": "PT10M", "timeAggregation": "Average", "operator": operator,
+            "threshold": threshold, **extra}
+
+
+def test_a_deployed_version_gets_an_autoscale_setting(azure, tmp_path, monkeypatch):
+    deployer = connect(tmp_path, monkeypatch, endpoints=[SCALED]).deployer
+    deployer.deploy([target(1)], {"chat:1": 100})
+    deployer.deploy([target(2)], {"chat:1": 90, "chat:2": 10})
+    assert set(azure.autoscale) == {_setting_name("chat-v1"), _setting_name("chat-v2")}
+    endpoint_id = azure.endpoints[ENDPOINT]["id"]
+    deployment_id = azure.deployments[ENDPOINT]["chat-v2"]["id"]
+    setting = azure.autoscale[_setting_name("chat-v2")]
+    assert setting["location"] == "eastus" and setting["properties"]["enabled"] is True
+    assert setting["properties"]["targetResourceUri"] == deployment_id
+    (profile,) = setting["properties"]["profiles"]
+    assert profile["capacity"] == {"minimum": "1", "maximum": "3", "default": "1"}
+    # By hand from docs/serving.md: requests per replica per minute and average latency scale out
+    # (this deployment's series only); an idle GPU (< 25 %) scales in.
+    assert profile["rules"] == [
+        {"metricTrigger": _trigger("RequestsPerMinute", endpoint_id, "GreaterThan", 80, dimensions=_only("chat-v2"),
+                                   dividePerInstance=True),
+         "scaleAction": {"direction": "Increase", "type": "ChangeCount", "value": "1", "cooldown": "PT5M"}},
+        {"metricTrigger": _trigger("RequestLatency", endpoint_id, "GreaterThan", 1200, dimensions=_only("chat-v2"),
+                                   dividePerInstance=False),
+         "scaleAction": {"direction": "Increase", "type": "ChangeCount", "value": "1", "cooldown": "PT5M"}},
+        {"metricTrigger": _trigger("GpuUtilizationPercentage", deployment_id, "LessThan", 25),
+         "scaleAction": {"direction": "Decrease", "type": "ChangeCount", "value": "1", "cooldown": "PT10M"}}]
+
+
+def test_undeploy_deletes_the_setting_before_the_deployment(azure, tmp_path, monkeypatch):
+    deployer = connect(tmp_path, monkeypatch, endpoints=[SCALED]).deployer
+    deployer.deploy([target(1), target(2)], {"chat:1": 50, "chat:2": 50})
+    deployer.deploy([], {"chat:1": 100})
+    before = len(azure.requests)
+    dep = deployer.undeploy("chat:2")
+    assert [v.name for v in dep.variants] == ["chat-v1"]
+    assert set(azure.autoscale) == {_setting_name("chat-v1")}
+    deletes = [p.rsplit("/", 1)[1] for m, p, _ in azure.requests[before:] if m == "DELETE"]
+    assert deletes == [_setting_name("chat-v2"), "chat-v2"]
+
+
+def test_without_scaling_outputs_no_setting_is_made(azure, tmp_path, monkeypatch):
+    deployer = connect(tmp_path, monkeypatch).deployer  # outputs synced before `scaling` existed
+    deployer.deploy([target(1), target(2)], {"chat:1": 50, "chat:2": 50})
+    deployer.deploy([], {"chat:1": 100})
+    deployer.undeploy("chat:2")
+    assert azure.autoscale == {} and not any("autoscalesettings" in p for _, p, _ in azure.requests)
+
+
+def test_concurrency_is_refused_before_any_call(azure, tmp_path, monkeypatch):
+    from stackwise.errors import ConfigError
+
+    bad = {**SCALED, "scaling": {"max_replicas": 3, "metric": "concurrency"}}
+    with pytest.raises(ConfigError, match="concurrency is not available on Azure") as caught:
+        connect(tmp_path, monkeypatch, endpoints=[bad]).deployer.deploy([target(1)], {"chat:1": 100})
+    assert caught.value.where == "stack outputs: endpoints[].scaling.metric"
+    assert _deployment_puts(azure) == [] and azure.autoscale == {}
+
+
+@pytest.mark.parametrize("change,says", [
+    (lambda rule: rule["metricTrigger"].update(dimensions=[{"dimensionName": "deployment", "operator": "Equals",
+                                                           "values": ["chat-v1"]}]), "'DimensionName' is a required"),
+    (lambda rule: rule["scaleAction"].update(cooldown="PT30S"), "cooldown: PT30S is out of range"),
+    (lambda rule: rule["metricTrigger"].update(statistic="Mean"), "'Mean' is not one of"),
+])
+def test_the_server_refuses_a_setting_arm_would(azure, tmp_path, monkeypatch, change, says):
+    import requests
+
+    from stackwise.adapters.deploy.azureml import autoscale_setting, autoscale_setting_path
+
+    deployer = connect(tmp_path, monkeypatch, endpoints=[SCALED]).deployer
+    deployer.deploy([target(1)], {"chat:1": 100})
+    out = deployer.endpoint_output()
+    body = autoscale_setting(deployer.stack, out, "chat-v1", deployer.compute.workspace_id)
+    change(body["properties"]["profiles"][0]["rules"][0])
+    answer = requests.put(f"{azure.endpoint.rstrip('/')}{autoscale_setting_path(deployer.stack, ENDPOINT, 'other')}",
+                          params={"api-version": "2022-10-01"}, json=body, headers={"Authorization": "Bearer test"},
+                          verify=azure.ca_file, timeout=10)
+    assert answer.status_code == 400 and says in answer.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("scaling", [
+    {}, {"metric": "invocations", "targetLatencyMs": 900}, {"metric": "latency", "targetLatencyMs": 2000},
+    {"metric": "utilization", "gpuPercent": 40, "scaleOutCooldownSeconds": 90, "scaleInCooldownSeconds": 900},
+])
+def test_the_rules_are_the_pulumi_program_s(scaling):
+    """The adapter's rules for a deployment are infra/azure/endpoint.py's for `primary`, with the
+    deployment's own name in the dimension filter."""
+    pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
+    from stackwise.adapters.deploy.azureml import scale_rules
+    from stackwise.infra.azure.endpoint import scale_rules as infra_rules
+    from stackwise.infra.config import ScalingConfig
+
+    config = ScalingConfig.model_validate(scaling)
+    assert scale_rules(config, 80) == infra_rules(config, 80, "dev-azure")
+    for_v2 = json.dumps(scale_rules(config, 80, "chat-v2"))
+    assert for_v2 == json.dumps(scale_rules(config, 80)).replace('["primary"]', '["chat-v2"]')
+
+
+def test_the_setting_is_the_one_the_pulumi_program_makes(azure, tmp_path, monkeypatch):
+    """dev-azure built offline: the program's AutoscaleSetting for `primary` and the adapter's ARM body
+    for `primary` agree key for key (Pulumi's inputs in camelCase, ARM's dimension keys capitalized),
+    resource ids aside (the mocks invent those)."""
+    pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
+    from stackwise.adapters.deploy.azureml import autoscale_setting
+    from stackwise.infra.config import InfraConfig
+    from stackwise.infra.offline import run_offline
+    from stackwise.stack import _read_config
+
+    path = Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.dev-azure.yaml"
+    raw = _read_config(path.read_text(encoding="utf-8"), str(path))
+    raw["endpoint"] = {**raw["endpoint"], "scaling": {"metric": "invocations", "targetLatencyMs": 1500}}
+    run = run_offline(InfraConfig.load(raw, str(path)), "dev-azure")
+    (program,) = [r for r in run.resources if r.type == "azure-native:monitor:AutoscaleSetting"]
+    (exported,) = run.exported["endpoints"]
+    stack = SimpleNamespace(name="dev-azure", region="eastus", outputs=SimpleNamespace(
+        azure_subscription_id="s", azure_resource_group="rg"))
+    from stackwise.contract import EndpointOutput
+
+    ours = autoscale_setting(stack, EndpointOutput.model_validate(exported), "primary", "/ws")
+
+    def plain(value):  # keys compared case-blind; resource ids dropped
+        if isinstance(value, dict):
+            return {k.lower(): plain(v) for k, v in value.items() if not k.lower().endswith("resourceuri")}
+        return [plain(v) for v in value] if isinstance(value, list) else value
+
+    assert plain(ours["properties"]["profiles"]) == plain(program.inputs["profiles"])
+    assert ours["properties"]["enabled"] is program.inputs["enabled"] is True
+
+
+class TestAzureDeployContractWithAutoscaling(DeployContract):
+    """The same contract when each deployment gets an autoscale setting (made, then deleted with it)."""
+
+    @pytest.fixture
+    def driver(self, azure, tmp_path, monkeypatch):
+        return AzureDeployDriver(azure, tmp_path, monkeypatch, endpoints=[SCALED])
+
+    def test_every_deployment_has_its_setting(self, driver, backend):
+        backend.deploy([driver.target(1), driver.target(2)], {"chat:1": 100})
+        backend.undeploy("chat:2")
+        assert set(driver.server.autoscale) == {_setting_name("chat-v1")}

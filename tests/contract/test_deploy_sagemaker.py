@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -64,11 +65,11 @@ def target(version: int) -> DeployTarget:
 
 
 class SageMakerDriver(DeployDriver):
-    def __init__(self, emulator, tmp_path, monkeypatch):
-        self.emulator, self.tmp_path, self.monkeypatch = emulator, tmp_path, monkeypatch
+    def __init__(self, emulator, tmp_path, monkeypatch, endpoint=ENDPOINT):
+        self.emulator, self.tmp_path, self.monkeypatch, self.endpoint = emulator, tmp_path, monkeypatch, endpoint
 
     def backend(self):
-        return connect(self.tmp_path, self.monkeypatch).deployer
+        return connect(self.tmp_path, self.monkeypatch, endpoints=(self.endpoint,)).deployer
 
     def backend_without_endpoint(self):
         bare = self.tmp_path / "bare"
@@ -89,6 +90,20 @@ class TestSageMakerDeployContract(DeployContract):
     @pytest.fixture
     def driver(self, aws_env, tmp_path, monkeypatch):
         return SageMakerDriver(aws_env, tmp_path, monkeypatch)
+
+
+# The endpoint as the Pulumi program exports it with `scaling`: up to 4 replicas on requests in
+# flight (3 per replica), with a scale-out guard at 1.5 s average model latency.
+SCALED = {**ENDPOINT, "scaling": {"max_replicas": 4, "metric": "concurrency", "target_concurrency": 3,
+                                  "target_latency_ms": 1500}}
+
+
+class TestSageMakerDeployContractWithAutoscaling(DeployContract):
+    """The same contract when every deployed variant is autoscaled (register, deregister, retain)."""
+
+    @pytest.fixture
+    def driver(self, aws_env, tmp_path, monkeypatch):
+        return SageMakerDriver(aws_env, tmp_path, monkeypatch, endpoint=SCALED)
 
 
 def test_requests_carry_image_model_data_instance_type_and_weights(aws_env, tmp_path, monkeypatch):
@@ -237,3 +252,160 @@ def test_serve_is_for_the_local_stack(aws_env, tmp_path, monkeypatch):
     connect(tmp_path, monkeypatch)
     result = CliRunner().invoke(app, ["serve", "--stack", "dev-aws"])
     assert isinstance(result.exception, ConfigError) and "serves the local stack" in str(result.exception)
+
+
+# -- autoscaling: deployed variants scale as the endpoint's own ----------------------------------
+
+def _targets(endpoint="sw-dev-chat"):
+    import boto3
+
+    scaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    found = scaling.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"]
+    return {t["ResourceId"].rsplit("/", 1)[1]: t for t in found
+            if t["ResourceId"].startswith(f"endpoint/{endpoint}/variant/")}
+
+
+def _policies(variant, endpoint="sw-dev-chat"):
+    import boto3
+
+    scaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    found = scaling.describe_scaling_policies(ServiceNamespace="sagemaker",
+                                              ResourceId=f"endpoint/{endpoint}/variant/{variant}")
+    return {p["PolicyName"]: p for p in found["ScalingPolicies"]}
+
+
+def _latency_ms(variant):
+    """Average ModelLatency of `variant` in ms, 0 while idle: written out from the AWS docs."""
+    return {"Metrics": [
+        {"Id": "latency", "ReturnData": False, "MetricStat": {"Stat": "Average", "Metric": {
+            "Namespace": "AWS/SageMaker", "MetricName": "ModelLatency",
+            "Dimensions": [{"Name": "EndpointName", "Value": "sw-dev-chat"},
+                           {"Name": "VariantName", "Value": variant}]}}},
+        {"Id": "latency_ms", "Expression": "FILL(latency, 0) / 1000", "Label": "model latency (ms)",
+         "ReturnData": True}]}
+
+
+def test_a_deployed_version_gets_a_scalable_target_and_the_endpoint_s_policies(aws_env, tmp_path, monkeypatch):
+    import botocore.session
+
+    deployer = connect(tmp_path, monkeypatch, endpoints=(SCALED,)).deployer
+    deployer.deploy([target(1)], {"chat:1": 100})  # CreateEndpoint, then the target once InService
+    deployer.deploy([target(2)], {"chat:1": 90, "chat:2": 10})  # UpdateEndpoint, likewise
+    targets = _targets()
+    assert set(targets) == {"chat-v1", "chat-v2"}
+    for found in targets.values():
+        assert (found["ScalableDimension"], found["MinCapacity"], found["MaxCapacity"]) == (
+            "sagemaker:variant:DesiredInstanceCount", 1, 4)
+    policies = _policies("chat-v2")
+    assert set(policies) == {"chat-v2-scaling-policy", "chat-v2-latency-scaling-policy"}
+    assert {p["PolicyType"] for p in policies.values()} == {"TargetTrackingScaling"}
+    assert policies["chat-v2-scaling-policy"]["TargetTrackingScalingPolicyConfiguration"] == {
+        "TargetValue": 3.0, "ScaleOutCooldown": 60, "ScaleInCooldown": 300,
+        "PredefinedMetricSpecification": {
+            "PredefinedMetricType": "SageMakerVariantConcurrentRequestsPerModelHighResolution"}}
+    assert policies["chat-v2-latency-scaling-policy"]["TargetTrackingScalingPolicyConfiguration"] == {
+        "TargetValue": 1500.0, "ScaleOutCooldown": 60, "ScaleInCooldown": 300, "DisableScaleIn": True,
+        "CustomizedMetricSpecification": _latency_ms("chat-v2")}
+    # botocore validated every request's shape on the way; the metric type is one its model lists.
+    enum = botocore.session.get_session().get_service_model("application-autoscaling").shape_for("MetricType").enum
+    assert "SageMakerVariantConcurrentRequestsPerModelHighResolution" in enum
+    assert set(_policies("chat-v1")) == {"chat-v1-scaling-policy", "chat-v1-latency-scaling-policy"}
+
+
+def test_removing_a_version_deregisters_its_target(aws_env, tmp_path, monkeypatch):
+    deployer = connect(tmp_path, monkeypatch, endpoints=(SCALED,)).deployer
+    deployer.deploy([target(1), target(2)], {"chat:1": 50, "chat:2": 50})
+    deployer._wait_in_service("sw-dev-chat")
+    deployer.deploy([], {"chat:1": 100})
+    deployer._wait_in_service("sw-dev-chat")
+    dep = deployer.undeploy("chat:2")  # the emulator refuses the update while chat-v2 is a target
+    assert [v.name for v in dep.variants] == ["chat-v1"]
+    assert set(_targets()) == {"chat-v1"}
+    assert _policies("chat-v2") == {} and len(_policies("chat-v1")) == 2
+
+
+def test_the_update_keeps_the_instance_counts_autoscaling_reached(aws_env, tmp_path, monkeypatch):
+    import boto3
+
+    deployer = connect(tmp_path, monkeypatch, endpoints=(SCALED,)).deployer
+    deployer.deploy([target(1)], {"chat:1": 100})
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    sm.update_endpoint_weights_and_capacities(  # what a scale-out does to the variant
+        EndpointName="sw-dev-chat", DesiredWeightsAndCapacities=[{"VariantName": "chat-v1", "DesiredInstanceCount": 3}])
+    deployer._wait_in_service("sw-dev-chat")
+    deployer.deploy([target(2)], {"chat:1": 90, "chat:2": 10})
+    variants = {v["VariantName"]: v for v in sm.describe_endpoint(EndpointName="sw-dev-chat")["ProductionVariants"]}
+    assert variants["chat-v1"]["DesiredInstanceCount"] == 3 and variants["chat-v2"]["DesiredInstanceCount"] == 1
+    assert {n: v["DesiredWeight"] for n, v in variants.items()} == {"chat-v1": 90.0, "chat-v2": 10.0}
+
+
+def test_the_pulumi_made_variant_keeps_its_target_until_it_is_removed(aws_env, tmp_path, monkeypatch):
+    """The endpoint as `pulumi up` leaves it: variant `primary`, autoscaled. Adding a version keeps
+    it (at 0%) with its target; undeploying it deregisters the target, which would otherwise point at
+    a variant that no longer exists (and AWS would refuse the update)."""
+    import boto3
+
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    scaling = boto3.client("application-autoscaling", region_name="us-east-1")
+    sm.create_model(ModelName="sw-dev-chat-model", ExecutionRoleArn=OUTPUTS["dev-aws"]["job_role"],
+                    PrimaryContainer={"Image": IMAGE, "Environment": {"HF_MODEL_ID": "HuggingFaceTB/SmolLM2-135M"}})
+    sm.create_endpoint_config(EndpointConfigName="sw-dev-chat-config", ProductionVariants=[
+        {"VariantName": "primary", "ModelName": "sw-dev-chat-model", "InstanceType": "ml.g5.xlarge",
+         "InitialInstanceCount": 1, "InitialVariantWeight": 1.0}])
+    sm.create_endpoint(EndpointName="sw-dev-chat", EndpointConfigName="sw-dev-chat-config")
+    primary = {"ServiceNamespace": "sagemaker", "ResourceId": "endpoint/sw-dev-chat/variant/primary",
+               "ScalableDimension": "sagemaker:variant:DesiredInstanceCount"}
+    scaling.register_scalable_target(**primary, MinCapacity=1, MaxCapacity=4)
+    scaling.put_scaling_policy(
+        **primary, PolicyName="sw-dev-chat-scaling-policy", PolicyType="TargetTrackingScaling",
+        TargetTrackingScalingPolicyConfiguration={"TargetValue": 100.0, "PredefinedMetricSpecification": {
+            "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"}})
+    deployer = connect(tmp_path, monkeypatch, endpoints=(SCALED,)).deployer
+    deployer.deploy([target(1)], {"chat:1": 100})
+    assert set(_targets()) == {"primary", "chat-v1"} and set(_policies("primary")) == {"sw-dev-chat-scaling-policy"}
+    deployer.undeploy("sw-dev-chat-model:?")
+    assert set(_targets()) == {"chat-v1"} and _policies("primary") == {}
+    assert [v.name for v in deployer.describe().variants] == ["chat-v1"]
+
+
+def test_without_scaling_outputs_nothing_is_registered(aws_env, tmp_path, monkeypatch):
+    deployer = connect(tmp_path, monkeypatch).deployer  # outputs synced before `scaling` existed
+    deployer.deploy([target(1)], {"chat:1": 100})
+    deployer._wait_in_service("sw-dev-chat")
+    deployer.deploy([target(2)], {"chat:1": 90, "chat:2": 10})
+    assert _targets() == {}
+
+
+@pytest.mark.parametrize("scaling", [
+    {}, {"metric": "invocations", "targetLatencyMs": 900}, {"metric": "concurrency", "targetConcurrency": 2.5},
+    {"metric": "utilization", "gpuPercent": 60, "scaleOutCooldownSeconds": 120, "scaleInCooldownSeconds": 600},
+    {"metric": "latency", "targetLatencyMs": 2000},
+])
+def test_the_policies_are_the_pulumi_program_s_and_pass_botocore(scaling):
+    """The adapter's policies for a variant are infra/aws/endpoint.py's for `primary` (the Pulumi
+    program's variant), with the variant's own name; every request passes botocore's validator."""
+    pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    from stackwise.adapters.deploy.sagemaker import scaling_requests, tracking_policies
+    from stackwise.contract import EndpointOutput
+    from stackwise.infra.aws.endpoint import tracking_policies as infra_policies
+    from stackwise.infra.config import ScalingConfig
+
+    config = ScalingConfig.model_validate(scaling)
+    ours = tracking_policies(config, 80, 4, "sw-dev-chat")
+    assert ours == infra_policies(config, 80, 4, "sw-dev-chat")
+    for_v2 = json.dumps(tracking_policies(config, 80, 4, "sw-dev-chat", "chat-v2"))
+    assert for_v2 == json.dumps(ours).replace('"value": "primary"', '"value": "chat-v2"')
+    model = botocore.session.get_session().get_service_model("application-autoscaling")
+    # Every ScalingConfig field has its namesake in the contract (extra fields are refused there).
+    out = EndpointOutput(name="sw-dev-chat", gpu="A10G", gpu_count=4,
+                         scaling={"max_replicas": 3, "target_invocations": 80, **config.model_dump()})
+    register, policies = scaling_requests(SimpleNamespace(name="dev-aws"), out, "chat-v2")
+    assert register["ResourceId"] == "endpoint/sw-dev-chat/variant/chat-v2" and register["MaxCapacity"] == 3
+    assert [p["TargetTrackingScalingPolicyConfiguration"]["TargetValue"] for p in policies][0] == {
+        None: 80, "invocations": 80, "concurrency": 2.5, "utilization": 240, "latency": 2000}[config.metric]
+    for operation, request in [("RegisterScalableTarget", register)] + [("PutScalingPolicy", p) for p in policies]:
+        report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
+        assert not report.has_errors(), report.generate_report()

@@ -159,3 +159,78 @@ def test_a_version_outside_gcs_is_refused(vertex, tmp_path, monkeypatch):
     with pytest.raises(SpecError, match="Vertex AI cannot read"):
         deployer.deploy([DeployTarget(model="chat", version="5", artifact_uri="s3://elsewhere/chat")], {"chat:5": 100})
     assert vertex.models == {}
+
+
+# -- autoscaling: deployed versions scale as the endpoint's own deployment ------------------------
+DUTY_CYCLE = "aiplatform.googleapis.com/prediction/online/accelerator/duty_cycle"
+CPU = "aiplatform.googleapis.com/prediction/online/cpu/utilization"
+
+
+def scaled_endpoint(**scaling):
+    return {"name": ENDPOINT_ID, "serving_image": IMAGE, "gpu": "L4", "min_replicas": 1,
+            "scaling": {"max_replicas": 3, "metric": "utilization", "gpu_percent": 65,
+                        "vertex_metric_specs": [{"metricName": DUTY_CYCLE, "target": 65},
+                                                {"metricName": CPU, "target": 60}], **scaling}}
+
+
+def _deploy_bodies(vertex):
+    return [b for m, p, b in vertex.requests if p == f"/v1/{RESOURCE}:deployModel"]
+
+
+def test_a_deployed_version_gets_the_endpoint_s_max_replicas_and_metric_specs(vertex, tmp_path, monkeypatch):
+    from vertex_server import autoscaling_metric_names
+
+    deployer = connect(vertex, tmp_path, monkeypatch, endpoints=[scaled_endpoint()]).deployer
+    deployer.deploy([target(1)], {"chat:1": 100})
+    deployer.deploy([target(2)], {"chat:1": 90, "chat:2": 10})
+    for body in _deploy_bodies(vertex):
+        resources = body["deployedModel"]["dedicatedResources"]
+        assert (int(resources["minReplicaCount"]), int(resources["maxReplicaCount"])) == (1, 3)
+        assert resources["autoscalingMetricSpecs"] == [{"metricName": DUTY_CYCLE, "target": 65},
+                                                       {"metricName": CPU, "target": 60}]
+    # The names are those aiplatform_v1 documents; the server parsed the body into the v1 proto.
+    assert {DUTY_CYCLE, CPU} <= autoscaling_metric_names()
+    stored = vertex.endpoints[RESOURCE]["deployedModels"]
+    assert [int(d["dedicatedResources"]["maxReplicaCount"]) for d in stored] == [3, 3]
+
+
+def test_without_scaling_outputs_a_version_keeps_min_replicas(vertex, tmp_path, monkeypatch):
+    deployer = connect(vertex, tmp_path, monkeypatch).deployer  # outputs synced before `scaling` existed
+    deployer.deploy([target(1)], {"chat:1": 100})
+    (body,) = _deploy_bodies(vertex)
+    resources = body["deployedModel"]["dedicatedResources"]
+    assert int(resources["maxReplicaCount"]) == int(resources["minReplicaCount"]) == 1
+    assert "autoscalingMetricSpecs" not in resources
+
+
+def test_the_server_refuses_what_vertex_refuses(vertex, tmp_path, monkeypatch):
+    from stackwise.errors import StackwiseError
+
+    latency = "aiplatform.googleapis.com/prediction/online/prediction_latencies"  # a metric, not a scaling one
+    bad = scaled_endpoint(vertex_metric_specs=[{"metricName": latency, "target": 50}])
+    deployer = connect(vertex, tmp_path, monkeypatch, endpoints=[bad]).deployer
+    with pytest.raises(StackwiseError, match="autoscaling_metric_specs"):
+        deployer.deploy([target(1)], {"chat:1": 100})
+    assert vertex.endpoints[RESOURCE]["deployedModels"] == []
+
+
+def test_the_stack_program_s_outputs_drive_the_deploy(vertex, tmp_path, monkeypatch):
+    """infra/ -> the stack contract -> the adapter: dev-gcp (maxReplicas 2) with utilization scaling,
+    built offline; its exported endpoint entry is what the deploy sends."""
+    pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
+    from stackwise.infra.config import InfraConfig
+    from stackwise.infra.offline import run_offline
+    from stackwise.stack import _read_config
+
+    path = Path(__file__).resolve().parents[2] / "stacks" / "Pulumi.dev-gcp.yaml"
+    raw = _read_config(path.read_text(encoding="utf-8"), str(path))
+    raw["endpoint"] = {**raw["endpoint"], "scaling": {"metric": "utilization", "gpuPercent": 65, "cpuPercent": 55}}
+    (exported,) = run_offline(InfraConfig.load(raw, str(path)), "dev-gcp").exported["endpoints"]
+    assert exported["scaling"]["max_replicas"] == 2
+    deployer = connect(vertex, tmp_path, monkeypatch, endpoints=[{**exported, "name": ENDPOINT_ID}]).deployer
+    deployer.deploy([target(1)], {"chat:1": 100})
+    (body,) = _deploy_bodies(vertex)
+    resources = body["deployedModel"]["dedicatedResources"]
+    assert int(resources["maxReplicaCount"]) == 2
+    assert resources["autoscalingMetricSpecs"] == [{"metricName": DUTY_CYCLE, "target": 65},
+                                                   {"metricName": CPU, "target": 55}]

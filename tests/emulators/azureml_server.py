@@ -17,6 +17,10 @@ exist first: `add_endpoint`, as the Pulumi program makes it; a PUT changes `traf
 name existing deployments and sum to 100 or be empty), `GET /onlineEndpoints/EP/deployments`,
 `GET|PUT|DELETE /onlineEndpoints/EP/deployments/NAME` (a deployment with traffic cannot be
 deleted). Writes finish at once (`provisioningState` Succeeded, 200/201 without polling headers).
+Autoscale settings (`GET|PUT|DELETE /subscriptions/S/resourceGroups/RG/providers/Microsoft.Insights/
+autoscalesettings/NAME?api-version=2022-10-01`, kept in `autoscale`): a PUT body is checked against
+ARM's schema (tests/emulators/azure_autoscale.py), its target and metric resources must exist;
+a DELETE answers 200, or 204 when there was none.
 Endpoint and deployment names follow Azure ML's rule (3-32 characters, a letter first, letters,
 digits and hyphens, a letter or digit last): a PUT naming another is answered 400 in ARM's error
 envelope (`{"error": {"code": "BadArgument", "message", "details": [], "additionalInfo": []}}`),
@@ -47,6 +51,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlparse
 
+import azure_autoscale
 from _json_http import JsonHttpServer
 
 _WS = r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.MachineLearningServices/workspaces/([^/]+)"
@@ -91,6 +96,7 @@ class AzureMLServer:
         self.logs: dict[str, dict[str, str]] = {}
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.deployments: dict[str, dict[str, dict[str, Any]]] = {}
+        self.autoscale: dict[str, dict[str, Any]] = {}  # setting name -> the setting
         self._lock = threading.RLock()
 
     def _route(self, method: str, path: str, body: Any, headers: Any) -> tuple[int, Any, dict[str, str]]:
@@ -121,6 +127,7 @@ class AzureMLServer:
             self.logs.clear()
             self.endpoints.clear()
             self.deployments.clear()
+            self.autoscale.clear()
             self.create_calls = 0
 
     def add_cluster(self, name: str, vm_size: str, priority: str = "LowPriority", max_nodes: int = 2) -> None:
@@ -202,6 +209,35 @@ class AzureMLServer:
                 return 200, None, {}
         return None
 
+    def _exists(self, resource_id: str) -> bool:
+        """Whether an online endpoint or deployment with this ARM id is on the server."""
+        for name, endpoint in self.endpoints.items():
+            if resource_id.lower() == endpoint["id"].lower():
+                return True
+            if any(resource_id.lower() == d["id"].lower() for d in self.deployments[name].values()):
+                return True
+        return False
+
+    def _autoscale(self, method: str, url: Any, body: Any) -> tuple[int, Any, dict[str, str]] | None:
+        match = azure_autoscale.PATH.match(url.path)
+        if not match:
+            return None
+        if f"api-version={azure_autoscale.API_VERSION}" not in url.query:
+            return self._error(400, "InvalidApiVersionParameter", f"Use api-version {azure_autoscale.API_VERSION}.")
+        name, found = match.group(3), self.autoscale.get(match.group(3))
+        if method == "GET":
+            return (200, found, {}) if found else self._error(404, "ResourceNotFound", f"Autoscale {name} not found.")
+        if method == "DELETE":
+            return (200, None, {}) if self.autoscale.pop(name, None) else (204, None, {})
+        if method == "PUT":
+            problems = azure_autoscale.problems(body, self._exists)
+            if problems:
+                return self._error(400, "BadRequest", "; ".join(problems))
+            self.autoscale[name] = {**body, "id": url.path, "name": name,
+                                    "type": "Microsoft.Insights/autoscaleSettings", "systemData": self._system_data()}
+            return (200 if found else 201), self.autoscale[name], {}
+        return None
+
     def write_logs(self, name: str, lines: list[str], file: str = "user_logs/std_log.txt") -> None:
         with self._lock:
             files = self.logs.setdefault(name, {})
@@ -239,7 +275,7 @@ class AzureMLServer:
         path = url.path
         self.requests.append((method, path, body))
         with self._lock:
-            answer = self._endpoints(method, path, body)
+            answer = self._endpoints(method, path, body) or self._autoscale(method, url, body)
             if answer is not None:
                 return answer
             match = _WORKSPACE.match(path)

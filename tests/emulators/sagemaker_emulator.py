@@ -14,7 +14,16 @@ Endpoint patches (deploy):
   ValidationException "Cannot create already existing ...", as SageMaker does (moto overwrites);
 - `UpdateEndpoint` exists: the endpoint moves to the new config `Updating`, then `InService` a
   moment later; `UpdateEndpointWeightsAndCapacities` on an endpoint not InService is refused;
-- a variant created with weight 0 keeps it (moto drops falsy weights).
+- a variant created with weight 0 keeps it (moto drops falsy weights);
+- `UpdateEndpoint` with `RetainAllVariantProperties` keeps each same-named variant's instance
+  count and weight (less those named in `ExcludeRetainedVariantProperties`), as SageMaker does.
+Application Auto Scaling (a SageMaker variant as a scalable target), as AWS documents it:
+- `RegisterScalableTarget` on `endpoint/E/variant/V` needs endpoint E InService with variant V
+  (moto registers any id); `PutScalingPolicy` needs the target registered first
+  (ObjectNotFoundException); `DeregisterScalableTarget` deletes the target's policies too;
+- `UpdateEndpoint` fails while it would remove a variant that is a scalable target, or change its
+  instance type ("Update endpoints that use auto scaling"). The wording of these refusals is this
+  emulator's, not a captured AWS answer.
 Network (both): a `VpcConfig` on CreateTrainingJob or CreateModel must name subnets and security
 groups that exist in the account's EC2 (moto's EC2 backend, made by the test through the same
 server), all in one VPC, else ValidationException, as SageMaker checks before it creates the ENIs;
@@ -60,6 +69,8 @@ class SageMakerEmulator:
         self.backend.endpoints.clear()
         self.backend.endpoint_configs.clear()
         self.backend._models.clear()
+        self.scaling.targets.clear()
+        self.scaling.policies.clear()
         self.update_delay = 0.2
 
     @property
@@ -67,6 +78,24 @@ class SageMakerEmulator:
         from moto.sagemaker.models import sagemaker_backends
 
         return sagemaker_backends[ACCOUNT][self.region]
+
+    @property
+    def scaling(self) -> Any:
+        """moto's Application Auto Scaling backend of the account and region."""
+        from moto.applicationautoscaling.models import applicationautoscaling_backends
+
+        return applicationautoscaling_backends[ACCOUNT][self.region]
+
+    def scalable_variants(self, endpoint: str) -> dict[str, Any]:
+        """The variants of `endpoint` registered as scalable targets, by variant name."""
+        prefix = f"endpoint/{endpoint}/variant/"
+        targets = self.scaling.targets.get("sagemaker:variant:DesiredInstanceCount", {})
+        return {rid[len(prefix):]: t for rid, t in targets.items() if rid.startswith(prefix)}
+
+    def scaling_policies(self, endpoint: str, variant: str) -> dict[str, Any]:
+        """The scaling policies of one variant, by policy name."""
+        rid = f"endpoint/{endpoint}/variant/{variant}"
+        return {p.policy_name: p for p in self.scaling.policies.values() if p.resource_id == rid}
 
     # -- what the tests drive ------------------------------------------------------------------
     def job(self, name: str) -> Any:
@@ -234,8 +263,19 @@ class SageMakerEmulator:
             if endpoint.endpoint_status != "InService":
                 raise ValidationError(f"Cannot update in-progress endpoint \"{name}\".")
             config = backend.describe_endpoint_config(config_name)
+            check_scalable_variants(endpoint, config["ProductionVariants"])
+            before = {v["VariantName"]: v for v in endpoint.production_variants}
             endpoint.endpoint_config_name = config_name
             endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+            if response._get_param("RetainAllVariantProperties"):
+                excluded = {e.get("VariantPropertyType")
+                            for e in response._get_param("ExcludeRetainedVariantProperties") or []}
+                for variant in endpoint.production_variants:
+                    old = before.get(variant["VariantName"])
+                    for kind, keys in (("DesiredInstanceCount", ("CurrentInstanceCount", "DesiredInstanceCount")),
+                                       ("DesiredWeight", ("CurrentWeight", "DesiredWeight"))):
+                        if old is not None and kind not in excluded:
+                            variant.update({k: old[k] for k in keys if k in old})
             endpoint.endpoint_status = "Updating"
             endpoint.last_modified_time = datetime.now(timezone.utc)
 
@@ -243,6 +283,17 @@ class SageMakerEmulator:
                 endpoint.endpoint_status = "InService"
             threading.Timer(emulator.update_delay, done).start()
             return ActionResult({"EndpointArn": endpoint.arn})
+
+        def check_scalable_variants(endpoint: Any, variants: list[dict[str, Any]]) -> None:
+            old_config = emulator.backend.describe_endpoint_config(endpoint.endpoint_config_name)
+            old_types = {v["VariantName"]: v.get("InstanceType") for v in old_config["ProductionVariants"]}
+            new_types = {v["VariantName"]: v.get("InstanceType") for v in variants}
+            for name in emulator.scalable_variants(endpoint.endpoint_name):
+                if name in old_types and (name not in new_types or new_types[name] != old_types[name]):
+                    raise ValidationError(
+                        f"The variant \"{name}\" of endpoint \"{endpoint.endpoint_name}\" is a scalable target of "
+                        "Application Auto Scaling: deregister it before an update that removes it or changes its "
+                        "instance type.")
 
         original_weights = responses.SageMakerResponse.update_endpoint_weights_and_capacities
 
@@ -261,6 +312,48 @@ class SageMakerEmulator:
         R.create_endpoint = refuse_existing("endpoint", "endpoints", "EndpointName", R.create_endpoint)  # type: ignore[method-assign]
         R.update_endpoint = update_endpoint  # type: ignore[attr-defined]
         R.update_endpoint_weights_and_capacities = update_weights  # type: ignore[method-assign]
+        self._patch_scaling()
         models.FakeTrainingJob.__init__ = init  # type: ignore[method-assign]
         responses.SageMakerResponse.create_training_job = create  # type: ignore[method-assign]
         responses.SageMakerResponse.stop_training_job = stop  # type: ignore[attr-defined]
+
+    def _patch_scaling(self) -> None:
+        """Application Auto Scaling on SageMaker variants, where moto 5.2 differs from AWS."""
+        from moto.applicationautoscaling import models as scaling
+        from moto.core.exceptions import JsonRESTError
+
+        emulator = self
+        backend_cls = scaling.ApplicationAutoscalingBackend
+        original_register = backend_cls.register_scalable_target
+        original_deregister = backend_cls.deregister_scalable_target
+        original_put = backend_cls.put_scaling_policy
+
+        def register(backend: Any, namespace: str, r_id: str, dimension: str, *args: Any, **kwargs: Any) -> Any:
+            if namespace == "sagemaker" and r_id.startswith("endpoint/"):
+                _, endpoint_name, _, variant = (r_id.split("/") + ["", "", "", ""])[:4]
+                endpoint = emulator.backend.endpoints.get(endpoint_name)
+                names = {v["VariantName"] for v in (endpoint.production_variants if endpoint else [])}
+                if endpoint is None or endpoint.endpoint_status != "InService" or variant not in names:
+                    raise scaling.AWSValidationException(
+                        f"The endpoint variant {r_id} does not exist or its endpoint is not InService.")
+            return original_register(backend, namespace, r_id, dimension, *args, **kwargs)
+
+        def deregister(backend: Any, namespace: str, r_id: str, dimension: str) -> None:
+            original_deregister(backend, namespace, r_id, dimension)
+            for key, policy in list(backend.policies.items()):
+                if (policy.service_namespace, policy.resource_id, policy.scalable_dimension) == (namespace, r_id,
+                                                                                                 dimension):
+                    del backend.policies[key]
+
+        def put(backend: Any, policy_name: str, service_namespace: str, resource_id: str, scalable_dimension: str,
+                *args: Any, **kwargs: Any) -> Any:
+            if not backend._scalable_target_exists(resource_id, scalable_dimension):
+                raise JsonRESTError("ObjectNotFoundException", f"No scalable target registered for service namespace: "
+                                    f"{service_namespace}, resource ID: {resource_id}, scalable dimension: "
+                                    f"{scalable_dimension}")
+            return original_put(backend, policy_name, service_namespace, resource_id, scalable_dimension,
+                                *args, **kwargs)
+
+        backend_cls.register_scalable_target = register  # type: ignore[method-assign]
+        backend_cls.deregister_scalable_target = deregister  # type: ignore[method-assign]
+        backend_cls.put_scaling_policy = put  # type: ignore[method-assign]

@@ -4,7 +4,9 @@ transport calls it: create, get, list (with `labels.KEY="VALUE"` filters), cance
 Deploy routes (the subset `stackwise deploy` uses): models:upload (with modelId), models get,
 endpoints get, endpoints:deployModel / :undeployModel (long-running operations answered done,
 with the trafficSplit checked as Vertex checks it: percents summing to 100 over deployed models,
-"0" naming the one being deployed) and endpoint PATCH with updateMask=trafficSplit. Endpoints
+"0" naming the one being deployed; the DeployedModel parsed into aiplatform_v1's proto, its replica
+bounds and autoscaling metric specs checked as `_check_deployed_model` says) and endpoint PATCH
+with updateMask=trafficSplit. Endpoints
 exist only once the test adds them (`add_endpoint`), as the Pulumi program creates them.
 
 A CustomJob naming a `network` is checked as Vertex checks it: the name must be
@@ -163,6 +165,9 @@ class VertexServer:
             endpoint["trafficSplit"], endpoint["updateTime"] = split, _now()
             return 200, endpoint
         if method == "POST" and match.group(2) == ":deployModel":
+            refused = _check_deployed_model(body.get("deployedModel") or {})
+            if refused:
+                return self._error(400, "INVALID_ARGUMENT", refused)
             deployed = dict(body["deployedModel"])
             if deployed.get("model") not in self.models:
                 return self._error(404, "NOT_FOUND", f"Model {deployed.get('model')} is not found.")
@@ -242,6 +247,42 @@ class VertexServer:
                 if method == "GET":
                     return 200, job
         return self._error(404, "NOT_FOUND", f"no route {method} {url.path}")
+
+
+def autoscaling_metric_names() -> set[str]:
+    """The metric names Vertex scales deployed models on, as aiplatform_v1's AutoscalingMetricSpec
+    documents them (read from the installed library, not written here)."""
+    from google.cloud import aiplatform_v1
+
+    documented = aiplatform_v1.AutoscalingMetricSpec.__doc__ or ""
+    return set(re.findall(r"``(aiplatform\.googleapis\.com/[\w/]+)``", documented))
+
+
+def _check_deployed_model(deployed: dict[str, Any]) -> str | None:
+    """Why Vertex refuses a deployModel's DeployedModel, or None: it must parse into the v1 proto
+    (unknown fields refused), and its dedicatedResources must hold min <= max replicas (max
+    defaults to min) and at most one autoscaling metric spec per documented metric, targets 1-100."""
+    from google.cloud import aiplatform_v1
+    from google.protobuf import json_format
+
+    try:
+        json_format.ParseDict(deployed, aiplatform_v1.DeployedModel.pb(aiplatform_v1.DeployedModel()),
+                              ignore_unknown_fields=False)
+    except json_format.ParseError as exc:
+        return f"Invalid JSON payload received. {exc}"
+    resources = deployed.get("dedicatedResources") or {}
+    low = int(resources.get("minReplicaCount") or 0)
+    high = int(resources.get("maxReplicaCount") or low)
+    if low < 1 or high < low:
+        return f"dedicated_resources: min_replica_count {low} must be >= 1 and <= max_replica_count {high}."
+    specs = resources.get("autoscalingMetricSpecs") or []
+    names = [spec.get("metricName") for spec in specs]
+    unknown = sorted(set(names) - autoscaling_metric_names())
+    if unknown or len(set(names)) != len(names):
+        return f"autoscaling_metric_specs: unsupported or repeated metric names {names}."
+    if any(not 1 <= int(spec.get("target") or 60) <= 100 for spec in specs):
+        return "autoscaling_metric_specs: target must be between 1 and 100."
+    return None
 
 
 def wait_until(predicate: Any, timeout: float = 5.0) -> None:

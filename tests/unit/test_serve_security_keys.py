@@ -45,7 +45,7 @@ def test_create_stores_only_a_salted_hash_in_a_private_file(home):
     assert {s["name"] for s in stored} == {"ci", "laptop"}
     assert stored[0]["salt"] != stored[1]["salt"] and len(bytes.fromhex(stored[0]["hash"])) == 32
     assert record.last4 == key[-4:] and [r.public() for r in read_keys()][0] == {
-        "name": "ci", "created": record.created, "last4": key[-4:]}
+        "name": "ci", "created": record.created, "last4": key[-4:], "rpm": None}
     ring = KeyRing()
     assert ring.check(key) == "ci" and ring.check(other) == "laptop"
     assert ring.check(key[:-1] + ("A" if key[-1] != "A" else "B")) is None  # same id, wrong secret
