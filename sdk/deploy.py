@@ -80,6 +80,7 @@ class DeployTarget:
     version: str
     artifact_uri: str  # the version's registry source: the saved model or LoRA adapter folder
     base_model: str | None = None  # lineage.base: what a LoRA adapter loads on top of
+    kind: str = "model"  # "rag": a RAG app version (its folder holds rag.yaml; tag stackwise.kind=rag)
 
     @property
     def key(self) -> str:
@@ -263,7 +264,9 @@ def resolve_target(registry: Any, model_ref: str) -> DeployTarget:
     mv = registry.version(ref.name, ref.version) if ref.version else registry.version_by_alias(ref.name, ref.alias)
     tags = dict(mv.tags or {})
     base = tags.get("lineage.base") or tags.get("base") or None
-    return DeployTarget(model=ref.name, version=str(mv.version), artifact_uri=str(mv.source), base_model=base)
+    kind = "rag" if tags.get("stackwise.kind") == "rag" else "model"  # stackwise.rag.KIND_TAG, set by register_rag
+    return DeployTarget(model=ref.name, version=str(mv.version), artifact_uri=str(mv.source), base_model=base,
+                        kind=kind)
 
 
 def resolve_traffic(registry: Any, traffic: dict[str, Any]) -> dict[str, Any]:

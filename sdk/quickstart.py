@@ -235,8 +235,8 @@ RAG_GATE = "metrics:\n  qa.f1: {min_delta: 0.0}  # the hybrid must answer at lea
 
 
 def write_qa_data(target: Path, questions: int = 8) -> Path:
-    """Cloze questions on indexed articles (one proper noun of a sentence blanked out): what the
-    index holds, so retrieval can find the answer and a model alone can only remember it."""
+    """Questions on indexed articles: a sentence's beginning, to be continued with its next words.
+    The index holds the sentence, so retrieval can find the answer; a model alone can only remember it."""
     import re
 
     articles = [line.strip() for line in lee_corpus().read_text(encoding="latin-1").splitlines() if line.strip()]
@@ -246,13 +246,11 @@ def write_qa_data(target: Path, questions: int = 8) -> Path:
             continue  # spread over the corpus
         for sentence in re.split(r"(?<=[.!?])\s+", article)[1:5]:
             words = sentence.split()
-            blanks = [i for i, w in enumerate(words[1:], 1) if w[:1].isupper() and w.strip(",.'\"").isalpha()
-                      and len(w.strip(",.'\"")) > 3]
-            if blanks and 8 <= len(words) <= 35:
-                i = blanks[0]
-                cloze = " ".join(words[:i] + ["____"] + words[i + 1:])
-                records.append({"question": f'Which word fills the blank in this news sentence: "{cloze}"',
-                                "answer": words[i].strip(",.'\"")})
+            if 12 <= len(words) <= 35:
+                cut = len(words) * 3 // 5
+                answer = " ".join(words[cut: cut + 4]).strip(",.;:'\"")
+                records.append({"question": f'Continue this news sentence with its next words: "{" ".join(words[:cut])}"',
+                                "answer": answer})
                 break
         if len(records) >= questions:
             break
@@ -269,7 +267,8 @@ def run_rag_step(platform: Any, console: Any, follow: Callable[..., dict[str, An
     official `openai` client, printing the sources it cites."""
     import importlib.util
 
-    console.print("8. four ways on one QA set: base, fine-tuned, RAG over the base, hybrid (RAG + fine-tuned)")
+    console.print("8. four ways on one QA set (continue a sentence of an indexed article): base, fine-tuned, "
+                  "RAG over the base, hybrid (RAG + fine-tuned)")
     missing = [m for m in ("fastapi", "uvicorn", "sse_starlette", "openai", "jinja2")
                if importlib.util.find_spec(m) is None]
     if not tuned or not tuned.get("registered_model") or missing:
@@ -327,12 +326,13 @@ def serve_and_ask(platform: Any, console: Any) -> dict[str, Any]:
 
     from .serving import create_app
 
-    dep = platform.deploy(f"{RAG_APP}@champion", endpoint="quickstart")
+    dep = platform.deploy(f"{RAG_APP}@champion")
     key = next(k for k, w in dep.traffic.items() if w)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app("quickstart", stack=platform.stack), host="127.0.0.1", port=port,
+    endpoint = platform.deployer.endpoint_name(None)
+    server = uvicorn.Server(uvicorn.Config(create_app(endpoint, stack=platform.stack), host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, name="stackwise-quickstart-serve", daemon=True)
     thread.start()

@@ -176,16 +176,32 @@ def add_routes(app: Any, backend: Any, state: Any) -> None:
         if denied is not None:
             denied.headers["X-Request-Id"] = request_id
             return denied
+        try:
+            raw = await body_of(request)
+        except oa.APIError as exc:
+            return api_error(exc, exc.status, request_id)
+        return await chat_body(raw, request_id)
+
+    async def chat_body(raw: bytes, request_id: str) -> Any:
+        """A chat request's body, once the key was checked: what /v1/chat/completions answers, and the
+        cloud predict routes (/invocations, /score, Vertex's) when the body has `messages`."""
         started = time.perf_counter()
         prepared: Prepared | None = None
         try:
-            req = oa.parse(oa.ChatRequest, await body_of(request))
-            target = await run_in_threadpool(backend.target, req.model, req.user)
+            req = oa.parse(oa.ChatRequest, raw)
+            try:
+                target = await run_in_threadpool(backend.target, req.model, req.user)
+            except InputError as exc:  # nothing can answer: a failed load, a version's artifact gone
+                raise _Unavailable(exc) from None
             prepared = await run_in_threadpool(Prepared, target, req, state.max_tokens, state.metrics)
         except Exception as exc:  # noqa: BLE001 - each becomes its OpenAI-shaped answer
-            status = _not_found(exc) or _status_of(exc)
-            if not isinstance(exc, (InputError, SpecError)) and _status_of(exc) != 503:
-                raise
+            if isinstance(exc, _Unavailable):
+                exc = exc.cause
+                status = 503
+            else:
+                status = _not_found(exc) or _status_of(exc)
+                if not isinstance(exc, (InputError, SpecError)) and status != 503:
+                    raise
             record(state, prepared, request_id, status, started, state.endpoint, None)
             return api_error(exc, status, request_id)
         gen = prepared.generation
@@ -271,10 +287,19 @@ def add_routes(app: Any, backend: Any, state: Any) -> None:
 
     for handler in (chat, embeddings, feedback):
         handler.__annotations__["request"] = Request
+    state.chat_body = chat_body
     app.add_api_route("/v1/chat/completions", chat, methods=["POST"], name="chat completions")
     app.add_api_route("/v1/embeddings", embeddings, methods=["POST"], name="embeddings")
     app.add_api_route("/v1/feedback", feedback, methods=["POST"], name="feedback")
     app.add_api_route("/metrics", metrics, methods=["GET"], name="metrics")
+
+
+class _Unavailable(Exception):
+    """The version cannot answer (server side): answered 503 with the cause's message."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _add_feedback(state: Any, req: Any) -> None:

@@ -361,6 +361,10 @@ def _parse(raw: bytes | str) -> PredictRequest:
     if "prompt" in body:
         from pydantic import ValidationError
 
+        if body.get("stream") is True:
+            raise RequestError("stream is answered on /v1/chat/completions only; this route answers whole",
+                               status=400, where="request field 'stream'",
+                               fix="send \"stream\": false here, or stream a chat request")
         try:
             req = CompletionRequest.model_validate(body)
         except ValidationError as exc:
@@ -408,9 +412,13 @@ def public_text(text: str) -> str:
     return _PATH.sub(_redact, text)
 
 
-def error_body(exc: BaseException) -> dict[str, Any]:
-    """OpenAI's error shape; `type` names the error's kind (RequestError, AuthError, ...)."""
-    return {"error": {"message": public_text(str(exc)), "type": type(exc).__name__, "param": getattr(exc, "param", None),
+def error_body(exc: BaseException, status: int | None = None) -> dict[str, Any]:
+    """OpenAI's error shape: `type` is OpenAI's for the status (invalid_request_error, authentication_error,
+    rate_limit_error, server_error), else the error's class name."""
+    from .openai_api import ERROR_TYPES
+
+    kind = ERROR_TYPES.get(status, type(exc).__name__) if status else type(exc).__name__
+    return {"error": {"message": public_text(str(exc)), "type": kind, "param": getattr(exc, "param", None),
                       "code": getattr(exc, "code", None)}}
 
 
@@ -648,7 +656,8 @@ def model_source(explicit: str | None = None, environ: Mapping[str, str] | None 
 
 
 def _is_model(folder: Path) -> bool:
-    return (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
+    """A saved model, a LoRA adapter, or a RAG app version (rag.yaml: served with its generator)."""
+    return any((folder / name).is_file() for name in ("config.json", "adapter_config.json", "rag.yaml"))
 
 
 def find_model_folder(folder: Path, origin: str = "--model") -> Path:
@@ -669,7 +678,8 @@ def find_model_folder(folder: Path, origin: str = "--model") -> Path:
                          where=origin, fix="point it at one of them (stackwise serve --model FOLDER)")
     held = ", ".join(e.name + ("/" if e.is_dir() else "") for e in entries[:8]) + (" ..." if len(entries) > 8 else "")
     raise InputError(f"{folder} is not a model folder: it has no config.json (a saved model) or adapter_config.json "
-                     f"(a LoRA adapter), nor has one subfolder with either (it holds: {held or 'nothing'})",
+                     f"(a LoRA adapter) or rag.yaml (a RAG app), nor has one subfolder with one "
+                     f"(it holds: {held or 'nothing'})",
                      where=origin, fix="point it at a folder written by save_pretrained (SageMaker: the top level of "
                      "model.tar.gz; Vertex AI: the Model's artifactUri; Azure ML: the registered model's folder)")
 
@@ -726,11 +736,17 @@ def _adapter_on(adapter: Path, base_model: str) -> Path:
 class ModelServer:
     """One model from `source`, loaded once in a background thread (`start`), so the server listens
     at once and its readiness routes answer 503 ("loading") until the model is in memory, then 200;
-    a failed load keeps answering 503 with the error, which is logged once."""
+    a failed load keeps answering 503 with the error, which is logged once.
+
+    A RAG app version (the folder holds rag.yaml) is served with the generator and the vector store
+    its deploy put in `environ` (`stackwise.serve_targets.cloud_rag_target`: $STACKWISE_CONTEXT_B64,
+    $STACKWISE_RAG_GENERATOR_URI, $STACKWISE_RAG_GENERATOR_BASE); `environ` defaults to os.environ."""
 
     def __init__(self, source: ModelSource, name: str | None = None, version: str = "",
-                 base_model: str | None = None, max_tokens_limit: int = MAX_TOKENS_LIMIT):
+                 base_model: str | None = None, max_tokens_limit: int = MAX_TOKENS_LIMIT,
+                 environ: Mapping[str, str] | None = None):
         self.source = source
+        self.environ = os.environ if environ is None else environ
         self.key = name or Path(source.uri.rstrip("/")).name or "model"
         self.version = version
         self.base_model = base_model
@@ -760,11 +776,14 @@ class ModelServer:
     def load(self) -> None:
         started = time.perf_counter()
         try:
-            from .serve_targets import Engines, model_target
+            from .serve_targets import Engines, cloud_rag_target, is_rag_folder, model_target
 
             folder = fetch_model(self.source)
             self.engines = Engines()
-            target = model_target(folder, self.key, self.version, self.engines, self.base_model)
+            if is_rag_folder(folder):
+                target = cloud_rag_target(folder, self.key, self.version, self.engines, self.environ)
+            else:
+                target = model_target(folder, self.key, self.version, self.engines, self.base_model)
         except Exception as exc:  # noqa: BLE001 - any failure is reported by the routes, never raised into uvicorn
             self.error = exc if isinstance(exc, StackwiseError) else InputError(
                 f"cannot load the model from {self.source.uri}: {type(exc).__name__}: {exc}", where=self.source.origin,
@@ -788,8 +807,21 @@ class ModelServer:
 
     def models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.key, "object": "model", "owned_by": "stackwise", "traffic": 100,
+                                             "kind": self.kind(),
                                              "base_model": self.base_model and public_text(self.base_model),
                                              "state": self.state}]}
+
+    def kind(self) -> str:
+        """What /v1/models says this is: `rag` for a RAG app version (known from its folder), else `model`."""
+        from .serve_targets import is_rag_folder
+
+        if self._target is not None:
+            return "rag" if self._target.app is not None else "model"
+        folder = self.folder or local_folder(self.source.uri)
+        try:
+            return "rag" if folder is not None and is_rag_folder(folder) else "model"
+        except OSError:
+            return "model"
 
     def target(self, model: str | None = None, user: str | None = None) -> Any:
         """The one model's target (`model` and `user` route nothing: there is one model); raises
@@ -802,8 +834,16 @@ class ModelServer:
         return self._target
 
     def embed(self, model: str | None, texts: list[str]) -> tuple[str, list[list[float]], int]:
-        raise SpecError("this server serves one model and holds no index to embed for", where="request field 'model'",
-                        fix="call /v1/embeddings on `stackwise serve` of the stack that holds the index")
+        """/v1/embeddings: a RAG app's container embeds with its index's embedding model; a model's has none."""
+        target = self._target
+        if target is None or target.app is None:
+            raise SpecError("this server serves one model and holds no index to embed for" if target is not None
+                            else "the server is still loading (or failed to load)", where="request field 'model'",
+                            fix="call /v1/embeddings on `stackwise serve` of the stack that holds the index, or on "
+                                "a RAG app's endpoint once GET /health answers 200")
+        from .serve_targets import index_embeddings
+
+        return index_embeddings(target, texts)
 
     def queue(self) -> list[tuple[dict[str, str], int, int]]:
         from .serve_metrics import QueueLabels
@@ -867,6 +907,7 @@ class ServingState:
     feedback_factory: Any = None  # () -> FeedbackStore, or None: no feedback kept
     rates: RateLimiter = field(default_factory=RateLimiter)
     gate: Any = None
+    chat_body: Any = None  # (raw body, request id) -> the chat answer (set by serve_routes.add_routes)
     _store: Any = None
     _recorder: Any = None
     _pending: list[Any] = field(default_factory=list)  # answers made before the recorder was ready
@@ -1022,7 +1063,7 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
     else:
         name, version = env.get("STACKWISE_MODEL") or "", env.get("STACKWISE_MODEL_VERSION") or ""
         backend = ModelServer(source, name=version_key(name, version) if name and version else (name or None),
-                              version=version, base_model=env.get("STACKWISE_BASE_MODEL") or None)
+                              version=version, base_model=env.get("STACKWISE_BASE_MODEL") or None, environ=env)
         title = f"stackwise model {backend.key}"
     state = serving_state(backend, env, limits, stack=stack if source is None else None,
                           endpoint=endpoint if source is None else backend.key)
@@ -1045,7 +1086,7 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
     app.state.serving = state
 
     def error(exc: BaseException, status: int, headers: dict[str, str] | None = None) -> Any:
-        return JSONResponse(error_body(exc), status_code=status, headers=headers)
+        return JSONResponse(error_body(exc, status), status_code=status, headers=headers)
 
     async def gate(request: Any) -> tuple[Any | None, str | None]:
         """(None, key name) when the request may go on, else (the 401 or 429 answer, None)."""
@@ -1092,7 +1133,12 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
         if denied is not None:
             return denied
         try:
-            parsed = parse_predict(await read_body(request, limits.body_bytes), limits)
+            raw = await read_body(request, limits.body_bytes)
+            if state.chat_body is not None and _is_chat(raw):  # a chat body on a cloud's one predict route
+                from .openai_api import new_request_id
+
+                return await state.chat_body(raw, new_request_id())
+            parsed = parse_predict(raw, limits)
         except RequestError as exc:
             # Close the connection on a 413: the client may still be sending the body nobody reads.
             return error(exc, exc.status, {"Connection": "close"} if exc.status == 413 else None)
@@ -1116,7 +1162,7 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
     async def internal(request: Request, exc: Exception) -> Any:
         _log(f"internal error: {type(exc).__name__}: {exc}")
         return JSONResponse({"error": {"message": public_text(f"internal error: {type(exc).__name__}: {exc}"),
-                                       "type": "InternalError"}}, status_code=500)
+                                       "type": "server_error", "param": None, "code": None}}, status_code=500)
 
     app.add_exception_handler(Exception, internal)
     from .serve_routes import add_routes
@@ -1131,6 +1177,19 @@ def create_app(endpoint: str = DEFAULT_ENDPOINT, *, source: ModelSource | None =
     for path in dict.fromkeys(predicts):
         app.add_api_route(path, predict, methods=["POST"], name=f"predict {path}")
     return app
+
+
+def _is_chat(raw: bytes) -> bool:
+    """True when a predict body is an OpenAI chat request (a JSON object with `messages`): the cloud
+    platforms forward every request to one route (SageMaker /invocations, Azure ML /score, Vertex
+    AI's predict route), and a RAG app is asked through chat."""
+    if b'"messages"' not in raw:
+        return False
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(body, dict) and "messages" in body
 
 
 def is_loopback(host: str) -> bool:

@@ -35,6 +35,7 @@ from stackwise import catalog
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
 from stackwise.errors import ConfigError, JobNotFoundError, SpecError
 from stackwise.registry import require
+from stackwise.serve_targets import rag_deploy_environment
 
 CPU_SIZE = "Standard_DS3_v2"
 TAG_MODEL, TAG_VERSION = "stackwise-model", "stackwise-version"
@@ -101,8 +102,10 @@ def instance_type(stack: Any, endpoint_output: Any) -> str:
     return catalog.offer(gpu, "azure", endpoint_output.gpu_count).instance
 
 
-def deployment_request(stack: Any, endpoint_output: Any, target: DeployTarget) -> dict[str, Any]:
-    """What one version's deployment holds, as data (checked before any call)."""
+def deployment_request(stack: Any, endpoint_output: Any, target: DeployTarget,
+                       rag_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """What one version's deployment holds, as data (checked before any call); `rag_env`
+    (`rag_deploy_environment`) is added to a RAG app version's environment variables."""
     if not target.artifact_uri.startswith("az://"):
         raise SpecError(f"{target.key} lives at {target.artifact_uri}, which the Azure endpoint cannot read",
                         where=f"model registry, {target.key} source",
@@ -115,7 +118,7 @@ def deployment_request(stack: Any, endpoint_output: Any, target: DeployTarget) -
         "instance_count": endpoint_output.min_replicas,
         "environment_variables": {"STACKWISE_MODEL": target.model, "STACKWISE_MODEL_VERSION": target.version,
                                   "STACKWISE_MODEL_URI": target.artifact_uri,
-                                  "STACKWISE_BASE_MODEL": target.base_model or ""},
+                                  "STACKWISE_BASE_MODEL": target.base_model or "", **(rag_env or {})},
         "tags": {TAG_MODEL: target.model, TAG_VERSION: target.version, "stackwise-stack": stack.name},
     }
 
@@ -329,7 +332,8 @@ class AzureMLDeploy(DeployBackend):
         out = self.endpoint_output(endpoint)
         current = self.describe(endpoint)
         new, split = self.plan(current, targets, traffic)
-        requests = [deployment_request(self.stack, out, t) for t in new]  # all checked before any call
+        requests = [deployment_request(self.stack, out, t, rag_deploy_environment(self.stack, t))
+                    for t in new]  # all checked (a RAG app's generator pinned) before any call
         scaled = [autoscale_setting(self.stack, out, r["name"], self.compute.workspace_id) if out.scaling else None
                   for r in requests]
         names = {v.key: v.name for v in current.variants}

@@ -40,6 +40,7 @@ from stackwise.adapters.compute.sagemaker import vpc_config
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
 from stackwise.errors import ConfigError, SpecError
 from stackwise.registry import require
+from stackwise.serve_targets import rag_deploy_environment
 
 CPU_INSTANCE = "ml.m5.xlarge"
 STATES = {"Creating": "creating", "Updating": "updating", "SystemUpdating": "updating", "RollingBack": "updating",
@@ -160,14 +161,22 @@ def instance_type(stack: Any, endpoint_output: Any) -> str:
     return catalog.offer(gpu, "aws", endpoint_output.gpu_count).instance if gpu else CPU_INSTANCE
 
 
-def model_name(endpoint: str, target: DeployTarget, image: str) -> str:
-    """SageMaker model names: at most 63 characters of letters, digits and '-'."""
-    return f"{endpoint}-{variant_name(target.model, target.version)}"[:54] + "-" + _digest(
-        target.artifact_uri, target.base_model, image)
+ENV_VALUE_MAX = 1024  # CreateModel's limit on one environment value (botocore: EnvironmentValue)
 
 
-def model_request(stack: Any, endpoint_output: Any, target: DeployTarget) -> dict[str, Any]:
-    """The CreateModel request for one version, as data."""
+def model_name(endpoint: str, target: DeployTarget, image: str, rag_env: dict[str, str] | None = None) -> str:
+    """SageMaker model names: at most 63 characters of letters, digits and '-'. A RAG app's pinned
+    generator is part of what the model runs (a model version's name is as it always was)."""
+    parts: tuple[Any, ...] = (target.artifact_uri, target.base_model, image)
+    if rag_env:
+        parts += (rag_env,)
+    return f"{endpoint}-{variant_name(target.model, target.version)}"[:54] + "-" + _digest(*parts)
+
+
+def model_request(stack: Any, endpoint_output: Any, target: DeployTarget,
+                  rag_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The CreateModel request for one version, as data; `rag_env` (`rag_deploy_environment`) is added to a
+    RAG app version's environment."""
     role = stack.outputs.job_role
     if not role:
         raise ConfigError(f"stack {stack.name!r} exports no job_role", where="stack outputs: job_role",
@@ -179,13 +188,18 @@ def model_request(stack: Any, endpoint_output: Any, target: DeployTarget) -> dic
     image = serving_image(stack, endpoint_output)
     container: dict[str, Any] = {"Image": image, "Environment": {
         ENV_MODEL: target.model, ENV_VERSION: target.version, ENV_BASE: target.base_model or "",
-        "SM_NUM_GPUS": str(endpoint_output.gpu_count)}}
+        "SM_NUM_GPUS": str(endpoint_output.gpu_count), **(rag_env or {})}}
+    for variable, value in container["Environment"].items():
+        if len(value) > ENV_VALUE_MAX:
+            raise ConfigError(f"{target.key}'s container variable {variable} is {len(value)} characters, over "
+                              f"SageMaker's {ENV_VALUE_MAX}", where=f"stack {stack.name} outputs",
+                              fix="shorten the stack outputs it carries (secret names, URIs)")
     if target.artifact_uri.endswith(".tar.gz"):
         container["ModelDataUrl"] = target.artifact_uri
     else:  # a save_pretrained folder: served as is, no tarball
         container["ModelDataSource"] = {"S3DataSource": {"S3Uri": target.artifact_uri.rstrip("/") + "/",
                                                          "S3DataType": "S3Prefix", "CompressionType": "None"}}
-    request = {"ModelName": model_name(endpoint_output.name, target, image), "ExecutionRoleArn": role,
+    request = {"ModelName": model_name(endpoint_output.name, target, image, rag_env), "ExecutionRoleArn": role,
                "PrimaryContainer": container,
                "Tags": [{"Key": "stackwise-stack", "Value": stack.name}, {"Key": "stackwise-model", "Value": target.key}]}
     vpc = vpc_config(stack)
@@ -373,7 +387,8 @@ class SageMakerDeploy(DeployBackend):
         out = self.endpoint_output(endpoint)
         current = self.describe(out.name)
         new, split = self.plan(current, targets, traffic)
-        requests = [model_request(self.stack, out, t) for t in new]  # all checked before any call
+        requests = [model_request(self.stack, out, t, rag_deploy_environment(self.stack, t))
+                    for t in new]  # all checked (a RAG app's generator pinned) before any call
         if current.state != "absent" and not new:
             if split != current.traffic:
                 self._wait_in_service(out.name)

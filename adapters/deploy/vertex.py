@@ -27,6 +27,7 @@ from stackwise import catalog
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
 from stackwise.errors import ConfigError, SpecError
 from stackwise.registry import require
+from stackwise.serve_targets import rag_deploy_environment
 
 CPU_MACHINE = "n1-standard-4"
 LABEL_MODEL, LABEL_VERSION = "stackwise-model", "stackwise-version"
@@ -61,23 +62,29 @@ def machine_spec(stack: Any, endpoint_output: Any) -> dict[str, Any]:
     return {"machineType": offer.instance, "acceleratorType": offer.accelerator, "acceleratorCount": offer.count}
 
 
-def model_id(endpoint: str, target: DeployTarget, image: str) -> str:
-    """Vertex model ids: a letter first, then at most 62 of [a-z0-9-]."""
+def model_id(endpoint: str, target: DeployTarget, image: str, rag_env: dict[str, str] | None = None) -> str:
+    """Vertex model ids: a letter first, then at most 62 of [a-z0-9-]. A RAG app's pinned generator
+    is part of what the model runs (a model version's id is as it always was)."""
     base = _label(f"m-{endpoint}-{variant_name(target.model, target.version)}").replace("_", "-")[:53]
-    return f"{base}-{_digest(target.artifact_uri, target.base_model, image)}"
+    parts: tuple[Any, ...] = (target.artifact_uri, target.base_model, image)
+    if rag_env:
+        parts += (rag_env,)
+    return f"{base}-{_digest(*parts)}"
 
 
-def upload_request(stack: Any, endpoint_output: Any, target: DeployTarget) -> dict[str, Any]:
-    """The models:upload body (v1 REST JSON) for one version."""
+def upload_request(stack: Any, endpoint_output: Any, target: DeployTarget,
+                   rag_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The models:upload body (v1 REST JSON) for one version; `rag_env` (`rag_deploy_environment`) is added
+    to a RAG app version's container environment."""
     if not target.artifact_uri.startswith("gs://"):
         raise SpecError(f"{target.key} lives at {target.artifact_uri}, which Vertex AI cannot read",
                         where=f"model registry, {target.key} source",
                         fix=f"register the version in the stack's artifact store ({stack.outputs.artifact_store})")
     image = serving_image(stack, endpoint_output)
     env = {"STACKWISE_MODEL": target.model, "STACKWISE_MODEL_VERSION": target.version,
-           "STACKWISE_BASE_MODEL": target.base_model or ""}
+           "STACKWISE_BASE_MODEL": target.base_model or "", **(rag_env or {})}
     return {
-        "modelId": model_id(endpoint_output.name, target, image),
+        "modelId": model_id(endpoint_output.name, target, image, rag_env),
         "model": {
             "displayName": variant_name(target.model, target.version),
             "artifactUri": target.artifact_uri,
@@ -223,7 +230,8 @@ class VertexDeploy(DeployBackend):
         resource = self.resource(endpoint)
         current = self.describe(endpoint)
         new, split = self.plan(current, targets, traffic)
-        uploads = [upload_request(self.stack, out, t) for t in new]  # all checked before any call
+        uploads = [upload_request(self.stack, out, t, rag_deploy_environment(self.stack, t))
+                   for t in new]  # all checked (a RAG app's generator pinned) before any call
         endpoints, _ = self.clients
         ids = {v.key: v.name for v in current.variants}
         now = {v.name: v.traffic for v in current.variants}  # the split on the endpoint, by deployed model id

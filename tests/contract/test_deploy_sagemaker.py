@@ -409,3 +409,116 @@ def test_the_policies_are_the_pulumi_program_s_and_pass_botocore(scaling):
     for operation, request in [("RegisterScalableTarget", register)] + [("PutScalingPolicy", p) for p in policies]:
         report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
         assert not report.has_errors(), report.generate_report()
+
+
+# -- RAG app versions (issue 13): the container gets the stack's context and the pinned generator ---
+RAG_YAML = "rag:\n  name: lee-rag\n  index: kb\n  k: 2\n  generator: models:/gen@live\n"
+SECRET_VALUE = "hf_not-a-real-token-0123456789"  # what $HF_TOKEN holds here: never in a request
+
+
+@pytest.fixture
+def rag_stack(aws_env, tmp_path, monkeypatch):
+    """dev-aws with a secret reference, an MLflow registry holding generator `gen` v1 and v2 (alias
+    `live` on v1) and RAG app `lee-rag` v1 and v2, whose rag.yaml is in (moto's) S3."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("s3fs")
+    import boto3
+    from mlflow.tracking import MlflowClient
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("HF_TOKEN", SECRET_VALUE)
+    platform = connect(tmp_path, monkeypatch, tracking_uri=uri, secrets={"hf_token": "env://HF_TOKEN"})
+    client = MlflowClient(tracking_uri=uri)
+    client.create_registered_model("gen")
+    for v in (1, 2):
+        client.create_model_version("gen", source=f"s3://{BUCKET}/mlflow/models/gen-{v}/model")
+        client.set_model_version_tag("gen", str(v), "lineage.base", f"base-of-gen-{v}")
+    client.set_registered_model_alias("gen", "live", "1")
+    client.create_registered_model("lee-rag", tags={"stackwise.kind": "rag"})
+    for v in (1, 2):
+        s3.put_object(Bucket=BUCKET, Key=f"mlflow/models/lee-rag-{v}/rag/rag.yaml", Body=RAG_YAML.encode())
+        client.create_model_version("lee-rag", source=f"s3://{BUCKET}/mlflow/models/lee-rag-{v}/rag",
+                                    tags={"stackwise.kind": "rag"})
+    return platform, client
+
+
+def _container_env(model_name: str) -> dict:
+    import boto3
+
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    return sm.describe_model(ModelName=model_name)["PrimaryContainer"]["Environment"]
+
+
+def _variant_models() -> dict:
+    import boto3
+
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    config = sm.describe_endpoint(EndpointName="sw-dev-chat")["EndpointConfigName"]
+    return {v["VariantName"]: v["ModelName"]
+            for v in sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"]}
+
+
+def test_a_rag_version_s_container_gets_the_context_and_the_generator_pinned_at_deploy_time(rag_stack):
+    import base64
+
+    from stackwise.contract import JobContext
+
+    platform, client = rag_stack
+    platform.deploy("lee-rag:1")
+    env = _container_env(_variant_models()["lee-rag-v1"])
+    assert env["STACKWISE_MODEL"] == "lee-rag" and env["STACKWISE_MODEL_VERSION"] == "1"
+    assert env["STACKWISE_RAG_GENERATOR_URI"] == f"s3://{BUCKET}/mlflow/models/gen-1/model"  # not models:/gen@live
+    assert env["STACKWISE_RAG_GENERATOR_BASE"] == "base-of-gen-1"
+    context = JobContext.model_validate_json(base64.b64decode(env["STACKWISE_CONTEXT_B64"]))
+    assert context == JobContext.from_outputs("dev-aws", platform.stack.outputs)
+    assert context.secrets == {"hf_token": "env://HF_TOKEN"} and context.vector_store.uri == f"s3://{BUCKET}/vectors"
+    assert SECRET_VALUE not in json.dumps(env)
+    # The alias moves: the deployed version keeps its generator; a version deployed now pins the new one.
+    client.set_registered_model_alias("gen", "live", "2")
+    platform.deployer._wait_in_service("sw-dev-chat")
+    platform.deploy("lee-rag:2", traffic={"lee-rag:1": 50, "lee-rag:2": 50})
+    models = _variant_models()
+    assert _container_env(models["lee-rag-v1"])["STACKWISE_RAG_GENERATOR_URI"].endswith("/gen-1/model")
+    assert _container_env(models["lee-rag-v2"])["STACKWISE_RAG_GENERATOR_URI"].endswith("/gen-2/model")
+
+
+def test_a_model_version_s_request_is_unchanged(rag_stack):
+    from stackwise.adapters.deploy.sagemaker import model_request
+    from stackwise.serve_targets import rag_deploy_environment
+
+    platform, _ = rag_stack
+    out = platform.deployer.endpoint_output()
+    assert rag_deploy_environment(platform.stack, target(1)) is None  # nothing read, nothing added
+    request = model_request(platform.stack, out, target(1))
+    assert set(request["PrimaryContainer"]["Environment"]) == {
+        "STACKWISE_MODEL", "STACKWISE_MODEL_VERSION", "STACKWISE_BASE_MODEL", "SM_NUM_GPUS"}
+    assert request == model_request(platform.stack, out, target(1), None)
+
+
+def test_a_rag_version_whose_rag_yaml_is_gone_is_refused_before_any_cloud_call(rag_stack, aws_env):
+    import boto3
+
+    from stackwise.errors import InputError
+
+    platform, _ = rag_stack
+    boto3.client("s3", region_name="us-east-1").delete_object(Bucket=BUCKET, Key="mlflow/models/lee-rag-1/rag/rag.yaml")
+    with pytest.raises(InputError, match="rag.yaml does not exist"):
+        platform.deploy("lee-rag:1")
+    assert aws_env.backend._models == {}
+
+
+def test_a_context_over_sagemaker_s_value_limit_is_refused_before_any_call(rag_stack, aws_env):
+    from stackwise.adapters.deploy.sagemaker import ENV_VALUE_MAX, model_request
+    from stackwise.contract import JobContext
+    from stackwise.errors import ConfigError
+    from stackwise.serve_targets import rag_environment
+
+    platform, _ = rag_stack
+    many = {f"secret{i}": f"aws-sm://arn:aws:secretsmanager:us-east-1:123456789012:secret:sw/{i}" for i in range(12)}
+    context = JobContext.from_outputs("dev-aws", platform.stack.outputs).model_copy(update={"secrets": many})
+    rag = DeployTarget(model="lee-rag", version="1", artifact_uri=f"s3://{BUCKET}/rag", kind="rag")
+    with pytest.raises(ConfigError, match=f"over SageMaker's {ENV_VALUE_MAX}"):
+        model_request(platform.stack, platform.deployer.endpoint_output(), rag, rag_environment(context, "s3://g"))
+    assert aws_env.backend._models == {}

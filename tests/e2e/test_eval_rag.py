@@ -31,14 +31,10 @@ from .conftest import (  # noqa: E402
 )
 
 FIRST, N = 200, 8
-# The main CLI with `stackwise rag` mounted as the lead mounts it (idempotent once it is there).
-MOUNTED_CLI = ("import stackwise.cli as c\nfrom stackwise.cli_rag import rag_app\n"
-               "if not any(g.name == 'rag' for g in c.app.registered_groups): c.app.add_typer(rag_app, name='rag')\n"
-               "c.main()\n")
 
 
 def rag_cli(home: Path, *args: str, expect: int | None = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-c", MOUNTED_CLI, "rag", *args], cwd=str(home.parent),
+    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", "rag", *args], cwd=str(home.parent),
                           env=stackwise_env(home, threads=1), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=CLI_TIMEOUT_S, check=False)
     if expect is not None:

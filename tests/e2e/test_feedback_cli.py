@@ -3,9 +3,6 @@ server records them (FeedbackStore on the stack's MLflow store), feedback, `stac
 list`, an interactive `stackwise feedback review` driven through a pipe, `stackwise feedback
 export` (eval JSONL and Label Studio tasks), `stackwise eval --suite qa` on the export, and the
 promotion gate reading that evaluation. Bad input exits 2 with what, where and fix.
-
-Until `stackwise.cli` registers the `feedback` group itself, the commands run through a bootstrap
-that adds it, then calls the real `stackwise.cli.main` (its error handling and exit codes).
 """
 
 from __future__ import annotations
@@ -22,18 +19,9 @@ pytest.importorskip("torch")
 
 from .conftest import CLI_TIMEOUT_S, lee_articles, run_cli, stackwise_env  # noqa: E402
 
-BOOTSTRAP = """import sys
-from stackwise import cli
-from stackwise.cli_feedback import feedback_app
-if not any(group.name == "feedback" for group in cli.app.registered_groups):
-    cli.app.add_typer(feedback_app, name="feedback")
-sys.argv[0] = "stackwise"
-cli.main()
-"""
-
 
 def feedback_cli(home: Path, *args: str, stdin: str = "", expect: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-c", BOOTSTRAP, "feedback", *args], cwd=str(home.parent),
+    proc = subprocess.run([sys.executable, "-m", "stackwise.cli", "feedback", *args], cwd=str(home.parent),
                           env=stackwise_env(home, threads=1), input=stdin, capture_output=True, text=True,
                           timeout=CLI_TIMEOUT_S, check=False)
     assert proc.returncode == expect, f"feedback {' '.join(args)}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"

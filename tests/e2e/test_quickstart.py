@@ -57,6 +57,12 @@ BASE_LINE = re.compile(r"^   registered the base (?P<base>\S+) as (?P<name>\S+) 
 METRIC_LINE = re.compile(r"^   (?P<metric>\S+)\s+fine-tuned\s+(?P<cand>-?[\d.]+|nan)\s+base\s+(?P<base>-?[\d.]+|nan)$")
 PROMOTED_LINE = re.compile(r"^   promoted: (?P<name>\S+) version (?P<version>\d+) is now the champion$")
 REFUSED_LINE = re.compile(r"^   refused: .*; the champion stays version (?P<version>\d+)$")
+RAG_VERSION_LINE = re.compile(r"^   rag:(?P<app>\S+) version (?P<version>\d+): generator (?P<generator>\S+)$")
+FOUR_WAY_LINE = re.compile(r"^   (?P<metric>qa\.\S+)\s+hybrid \(RAG \+ fine-tuned\) (?P<hybrid>[\d.]+|-)  RAG over the base "
+                           r"(?P<rag>[\d.]+|-)  fine-tuned alone (?P<finetuned>[\d.]+|-)  base alone (?P<base>[\d.]+|-)$")
+SERVED_LINE = re.compile(r"^9\. serving (?P<key>\S+) on http://127\.0\.0\.1:\d+/v1; asked through the openai client: "
+                         r"(?P<question>.+)$")
+SOURCE_LINE = re.compile(r"^   \[(?P<n>\d+)\] (?P<doc>\S+)  score (?P<score>[\d.]+)  chunk (?P<id>\S+)$")
 
 
 @dataclass
@@ -71,6 +77,10 @@ class Printed:
     metrics: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (fine-tuned, base)
     promoted: str | None = None
     refused_champion: str | None = None
+    rag_versions: list[dict[str, str]] = field(default_factory=list)
+    four_way: dict[str, dict[str, str]] = field(default_factory=dict)  # metric -> {hybrid, rag, finetuned, base}
+    served: dict[str, str] = field(default_factory=dict)
+    cited: list[dict[str, str]] = field(default_factory=list)
 
 
 def parse(stdout: str) -> Printed:
@@ -104,6 +114,14 @@ def parse(stdout: str) -> Printed:
             out.promoted = m["version"]
         elif m := REFUSED_LINE.match(line):
             out.refused_champion = m["version"]
+        elif m := RAG_VERSION_LINE.match(line):
+            out.rag_versions.append(m.groupdict())
+        elif m := FOUR_WAY_LINE.match(line):
+            out.four_way[m["metric"]] = {k: v for k, v in m.groupdict().items() if k != "metric"}
+        elif m := SERVED_LINE.match(line):
+            out.served = m.groupdict()
+        elif out.served and (m := SOURCE_LINE.match(line)):
+            out.cited.append(m.groupdict())
     return out
 
 
@@ -319,3 +337,30 @@ def test_base_perplexity_matches_plain_transformers_on_the_shipped_gguf(qs: Quic
             nll = float(model(input_ids=ids_t, labels=ids_t).loss) * (len(ids) - 1)  # mean over n-1 targets
             assert row["tokens"] == len(ids) - 1
             assert row["nll"] == pytest.approx(nll, rel=1e-4), (row, nll)
+
+
+def test_four_ways_side_by_side_then_the_rag_champion_served_through_the_openai_client(qs: Quickstart) -> None:
+    printed = qs.printed
+    finetuned = printed.registered["version"]
+    assert [(v["version"], v["generator"]) for v in printed.rag_versions] == [
+        ("1", "smollm2-135m-instruct"), ("2", f"models:/{MODEL}/{finetuned}")]
+    job = qs.job("evaluate", 1)
+    assert job["state"] == "SUCCEEDED"
+    report = job["outputs"]
+    columns = {"hybrid": report["candidate"], "rag": report["baseline"], "finetuned": report["compare"][0],
+               "base": report["compare"][1]}
+    assert report["candidate"]["pinned"] == "models:/quickstart-lee-rag/2" and report["compare"][1]["ref"] == \
+        "smollm2-135m-instruct"
+    assert set(printed.four_way) == {"qa.exact_match", "qa.f1", "qa.supported"}
+    for metric, cells in printed.four_way.items():  # the printed figures are the job's
+        for column, cell in cells.items():
+            value = columns[column]["metrics"].get(metric)
+            assert cell == "-" if value is None else float(cell) == pytest.approx(value, abs=5e-4), (metric, column)
+    assert "qa.supported" in report["candidate"]["metrics"] and "qa.supported" not in report["compare"][0]["metrics"]
+    # the RAG app's champion (the gate decided) is what was served, and its sources are chunks of the index
+    app = qs.cli_json("models", "show", "quickstart-lee-rag")
+    assert printed.served["key"] == f"quickstart-lee-rag:{app['aliases']['champion']}"
+    rows = store_rows(qs.home, "quickstart-lee")
+    assert len(printed.cited) == 3 and all(c["id"] in rows for c in printed.cited)
+    assert all(rows[c["id"]][1].endswith("#" + c["doc"]) for c in printed.cited)
+    assert any("fire" in rows[c["id"]][0].lower() for c in printed.cited)  # the question was on the bushfires

@@ -177,6 +177,19 @@ def test_embeddings_and_feedback_without_an_index_or_a_store_say_so(served):
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "feedback_unavailable"
 
 
+def test_a_chat_body_on_a_cloud_predict_route_is_a_chat_answer_and_completions_do_not_stream(served):
+    _, url, _ = served
+    body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": 6}
+    chat = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+    for route in ("/invocations", "/score"):
+        routed = httpx.post(f"{url}{route}", json=body, timeout=60)
+        assert routed.status_code == 200 and routed.json()["object"] == "chat.completion"
+        assert routed.json()["choices"][0]["message"] == chat["choices"][0]["message"]
+    streamed = httpx.post(f"{url}/v1/completions", json={"prompt": PROMPT, "stream": True}, timeout=60)
+    assert streamed.status_code == 400 and streamed.json()["error"]["param"] is None
+    assert "chat/completions" in streamed.json()["error"]["message"]
+
+
 def test_the_rate_limiter_bursts_to_the_limit_then_refills_at_the_rate():
     from stackwise.serving import RateLimiter
 

@@ -118,7 +118,7 @@ def test_with_keys_predictions_need_one_and_probes_never_do(home):
             response = client.post(path, json={"prompt": "x"}, headers=headers)
             assert response.status_code == 401, (path, headers, response.text)
             error = response.json()["error"]
-            assert error["type"] == "AuthError" and "Authorization: Bearer" in error["message"]
+            assert error["type"] == "authentication_error" and "Authorization: Bearer" in error["message"]
             assert response.headers["WWW-Authenticate"] == "Bearer" and key not in response.text
         # With the key the request goes on (nothing deployed: 503, the endpoint's own answer).
         ok = client.post(path, json={"prompt": "x"}, headers={"Authorization": f"Bearer {key}"})
@@ -206,7 +206,7 @@ def test_bodies_over_the_size_cap_are_413_in_the_api_error_shape(home):
                                                      "STACKWISE_SERVE_MAX_PROMPT_CHARS": "300"}))
     big = json.dumps({"prompt": "x" * 2000}).encode()
     response = client.post("/v1/completions", content=big, headers={"Content-Type": "application/json"})
-    assert response.status_code == 413 and response.json()["error"]["type"] == "RequestError"
+    assert response.status_code == 413 and response.json()["error"]["type"] == "invalid_request_error"
     assert "over the server's limit of 1,000 bytes" in response.json()["error"]["message"]
     chunked = client.post("/invocations", content=iter([big[:600], big[600:]]))  # no Content-Length
     assert chunked.status_code == 413, chunked.text

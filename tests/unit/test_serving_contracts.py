@@ -198,4 +198,4 @@ def test_deploy_state_mode_answers_the_contract_routes_before_anything_is_deploy
         assert response.status_code == 503, path
         assert "no version on the endpoint carries traffic" in response.json()["error"]["message"]
     bad = client.post("/invocations", content=b"{")
-    assert bad.status_code == 400 and bad.json()["error"]["type"] == "RequestError"
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
