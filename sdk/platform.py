@@ -133,21 +133,24 @@ class Platform:
         store = self.vector_store
         return [store.describe(name) for name in store.list_indexes()]
 
+    def embedder(self, model: str) -> Any:
+        """The embedding model `model` (an index's), loaded once per platform."""
+        from .embeddings import load_embedder
+
+        embedder = self._embedders.get(model)
+        if embedder is None:
+            embedder = self._embedders[model] = load_embedder(model)
+        return embedder
+
     def search(self, index: str, query: str, k: int = 10, filter: Filter | None = None) -> list[Hit]:
         """Embed `query` with the index's own model and return the `k` nearest chunks.
 
         `filter` is the portable filter (`stackwise.filters`), applied before ranking, e.g.
         `{"lang": "en", "year": {"$gte": 2019, "$lt": 2023}}` or `{"$or": [...]}`; a bad one
         raises SpecError before the model is loaded."""
-        from .embeddings import load_embedder
-
         check_filter(filter)
         store = self.vector_store
-        model = store.model_of(index)
-        embedder = self._embedders.get(model)
-        if embedder is None:
-            embedder = self._embedders[model] = load_embedder(model)
-        vector = embedder.encode([query])[0]
+        vector = self.embedder(store.model_of(index)).encode([query])[0]
         return store.query(index, vector, k=k, filter=filter)
 
 

@@ -221,7 +221,7 @@ def add_routes(app: Any, backend: Any, state: Any) -> None:
 
         async def events() -> Any:
             created, key = int(time.time()), prepared.target.key
-            text, status = "", 200
+            text, status, sources = "", 200, []
             try:
                 yield oa.sse(oa.chat_chunk(request_id, key, created, {"role": "assistant", "content": ""}))
                 async for delta in gen.astream():
@@ -244,7 +244,7 @@ def add_routes(app: Any, backend: Any, state: Any) -> None:
                     gen.cancel()
                     status = 499
                 record(state, prepared, request_id, status, started, state.endpoint, req.user, text,
-                       prepared.sources(text)[1] if status == 200 else [])
+                       sources if status == 200 else [])
 
         return EventSourceResponse(events(), headers=headers, ping=STREAM_PING_S)
 

@@ -549,8 +549,6 @@ class Server:
     def embed(self, model: str | None, texts: list[str]) -> tuple[str, list[list[float]], int]:
         """/v1/embeddings: `model` names an index (its embedding model embeds) or a RAG app version on the
         endpoint (its index's); (model name, vectors, tokens)."""
-        from .embeddings import load_embedder
-
         index = model
         if model and ":" in model:
             target = self.target(model)
@@ -564,10 +562,7 @@ class Server:
         except (InputError, SpecError, LookupError):
             raise SpecError(f"no index named {index!r} on this stack", where="request field 'model'",
                             fix="name an index listed by `stackwise indexes`") from None
-        embedder = platform._embedders.get(name)
-        if embedder is None:
-            embedder = platform._embedders[name] = load_embedder(name)
-        vectors = embedder.encode(texts)
+        vectors = platform.embedder(name).encode(texts)
         return name, [list(map(float, v)) for v in vectors], sum(len(t.split()) for t in texts)
 
     def queue(self) -> list[tuple[dict[str, str], int, int]]:

@@ -50,12 +50,13 @@ STATES = {"Creating": "creating", "Updating": "updating", "SystemUpdating": "upd
 #: EndpointStatus values in which the endpoint will not become InService by waiting
 _STUCK = ("Failed", "UpdateRollbackFailed", "OutOfService")
 ENV_MODEL, ENV_VERSION, ENV_BASE = "STACKWISE_MODEL", "STACKWISE_MODEL_VERSION", "STACKWISE_BASE_MODEL"
-# Application Auto Scaling on a variant (the names infra/aws/endpoint.py uses, and AWS documents).
+# Application Auto Scaling on a variant, as AWS documents it; infra/aws/endpoint.py builds its policies here too.
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 COOLDOWNS = (60, 300)  # default (scale-out, scale-in) seconds
 INVOCATIONS = "SageMakerVariantInvocationsPerInstance"
+# requests in the model container, queued ones included, until the last streamed token; 10 s resolution
 CONCURRENCY = "SageMakerVariantConcurrentRequestsPerModelHighResolution"
-GPU_NAMESPACE = "/aws/sagemaker/Endpoints"
+GPU_NAMESPACE = "/aws/sagemaker/Endpoints"  # instance metrics: GPUUtilization is 0-100 % per GPU, summed
 
 
 def variant_resource_id(endpoint_name: str, variant: str = "primary") -> str:

@@ -10,74 +10,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 import pulumi
 
+# The scaling policies are built once, in the deploy adapter (pure data, no Pulumi), so the variants
+# `stackwise deploy` adds get exactly the policies this program gives the first one.
+from stackwise.adapters.deploy.sagemaker import SCALABLE_DIMENSION, tracking_policies, variant_resource_id
 from stackwise.catalog import Offer
 
-from ..config import AlarmsConfig, EndpointConfig, ScalingConfig
+from ..config import AlarmsConfig, EndpointConfig
 from ..common import has_local_nvme, is_hf_model
 from ._provider import aws
 
 VARIANT = "primary"
 """The production variant the Pulumi program creates (`stackwise deploy` adds `<model>-v<version>` ones)."""
-SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
-COOLDOWNS = (60, 300)
-"""Default (scale-out, scale-in) cooldowns in seconds. Scale-out may be short: target tracking
-counts capacity still being added toward its next scale-out."""
-INVOCATIONS = "SageMakerVariantInvocationsPerInstance"
-CONCURRENCY = "SageMakerVariantConcurrentRequestsPerModelHighResolution"
-"""Requests in the model container, queued ones included, until the last streamed token; 10 s resolution."""
-GPU_NAMESPACE = "/aws/sagemaker/Endpoints"
-"""Instance metrics: GPUUtilization is 0-100 % per GPU, summed over the instance's GPUs."""
-
-
-def variant_resource_id(endpoint_name: str, variant: str = VARIANT) -> str:
-    """Application Auto Scaling's id of a SageMaker variant (RegisterScalableTarget's ResourceId)."""
-    return f"endpoint/{endpoint_name}/variant/{variant}"
-
-
-def _dimensions(endpoint_name: pulumi.Input[str]) -> list[dict[str, Any]]:
-    return [{"name": "EndpointName", "value": endpoint_name}, {"name": "VariantName", "value": VARIANT}]
-
-
-def latency_metric(endpoint_name: pulumi.Input[str]) -> dict[str, Any]:
-    """Average ModelLatency of the variant in milliseconds, 0 while idle (ModelLatency is in
-    microseconds and has no data without requests: FILL lets the policy scale in at zero traffic)."""
-    return {"metrics": [
-        {"id": "latency", "return_data": False, "metric_stat": {"stat": "Average", "metric": {
-            "namespace": "AWS/SageMaker", "metric_name": "ModelLatency", "dimensions": _dimensions(endpoint_name)}}},
-        {"id": "latency_ms", "expression": "FILL(latency, 0) / 1000", "label": "model latency (ms)",
-         "return_data": True}]}
-
-
-def tracking_policies(scaling: ScalingConfig, target_invocations: int, gpu_count: int,
-                      endpoint_name: pulumi.Input[str]) -> dict[str, dict[str, Any]]:
-    """The target-tracking configurations, by policy-name suffix: `scaling-policy` (the metric),
-    and `latency-scaling-policy` (scale-out only) when `targetLatencyMs` guards another metric."""
-    cooldowns = {"scale_out_cooldown": scaling.scale_out_cooldown_seconds or COOLDOWNS[0],
-                 "scale_in_cooldown": scaling.scale_in_cooldown_seconds or COOLDOWNS[1]}
-    metric = scaling.metric or "invocations"
-    if metric == "invocations":
-        primary = {"target_value": target_invocations,
-                   "predefined_metric_specification": {"predefined_metric_type": INVOCATIONS}}
-    elif metric == "concurrency":
-        primary = {"target_value": scaling.target_concurrency,
-                   "predefined_metric_specification": {"predefined_metric_type": CONCURRENCY}}
-    elif metric == "utilization":
-        primary = {"target_value": scaling.gpu_percent * gpu_count, "customized_metric_specification": {
-            "namespace": GPU_NAMESPACE, "metric_name": "GPUUtilization", "statistic": "Average",
-            "dimensions": _dimensions(endpoint_name)}}
-    else:
-        primary = {"target_value": scaling.target_latency_ms,
-                   "customized_metric_specification": latency_metric(endpoint_name)}
-    policies = {"scaling-policy": {**primary, **cooldowns}}
-    if metric != "latency" and scaling.target_latency_ms is not None:
-        policies["latency-scaling-policy"] = {
-            "target_value": scaling.target_latency_ms, "customized_metric_specification": latency_metric(endpoint_name),
-            "disable_scale_in": True, **cooldowns}
-    return policies
 
 
 @dataclass
