@@ -202,6 +202,11 @@ class InfraConfig(_Model):
     max_endpoint_replicas: int = Field(10, ge=1, le=100, description="Policy bound on endpoint replicas.")
     gcp_project: str | None = Field(None, description="GCP project id (gcp stacks).")
     gcp_billing_account: str | None = Field(None, description="GCP billing account id for the budget (gcp stacks).")
+    # Governance, read by the SDK (the program provisions nothing for them): docs/models.md.
+    allowed_licenses: list[str] | None = Field(None, description="Licences of base models this stack may fine-tune, "
+                                                                 "promote and deploy (absent: any).")
+    allow_gated: bool = Field(True, description="Whether gated models (licence acceptance on the Hub) are allowed.")
+    max_job_cost_usd: float | None = Field(None, gt=0, description="Refuse a fine-tune whose estimated cost is above.")
 
     @field_validator("budget_alert_emails")
     @classmethod

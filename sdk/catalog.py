@@ -62,12 +62,24 @@ class FixedCost:
 
 
 @dataclass(frozen=True)
+class GpuSpec:
+    """One GPU kind: its memory and peak dense bf16 Tensor Core TFLOPS, with how that figure was checked."""
+
+    name: str
+    memory_gb: int
+    bf16_tflops: float | None  # dense (no 2:4 sparsity); None where the catalog gives none
+    checked: dict[str, str] = field(default_factory=dict, compare=False)
+    unverified: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
 class Catalog:
     gpus: dict[str, int]  # canonical name -> memory in GB
     aliases: dict[str, str]  # upper-cased alias or name -> canonical name
     offers: tuple[Offer, ...]
     fixed: dict[str, FixedCost]
     clouds: dict[str, dict[str, str]]
+    specs: dict[str, GpuSpec] = field(default_factory=dict)  # canonical name -> its spec
 
 
 @lru_cache(maxsize=1)
@@ -83,8 +95,15 @@ def catalog() -> Catalog:
     clouds = {name: {k: str(v) for k, v in meta.items()} for name, meta in data["clouds"].items()}
     gpus: dict[str, int] = {}
     aliases: dict[str, str] = {}
+    specs: dict[str, GpuSpec] = {}
     for name, meta in data["gpus"].items():
         gpus[name] = int(meta["memory_gb"])
+        tflops = meta.get("bf16_tflops")
+        specs[name] = GpuSpec(
+            name=name, memory_gb=gpus[name], bf16_tflops=None if tflops is None else float(tflops),
+            checked={str(k): str(v) for k, v in (meta.get("checked") or {}).items()},
+            unverified={str(k): str(v) for k, v in (meta.get("unverified") or {}).items()},
+        )
         aliases[name.upper()] = name
         for alias in meta.get("aliases") or []:
             aliases[str(alias).upper()] = name
@@ -100,7 +119,7 @@ def catalog() -> Catalog:
         for o in data["offers"]
     )
     fixed = {k: FixedCost(k, float(v["usd"]), v["source"]) for k, v in (data.get("fixed_monthly") or {}).items()}
-    return Catalog(gpus=gpus, aliases=aliases, offers=offers, fixed=fixed, clouds=clouds)
+    return Catalog(gpus=gpus, aliases=aliases, offers=offers, fixed=fixed, clouds=clouds, specs=specs)
 
 
 def gpu_names() -> list[str]:
@@ -121,6 +140,11 @@ def canonical_gpu(name: str) -> str:
             fix=f"use one of: {', '.join(gpu_names())}",
         )
     return found
+
+
+def gpu_spec(name: str) -> GpuSpec:
+    """The catalog's spec of GPU `name` (aliases allowed); ConfigError when the name is unknown."""
+    return catalog().specs[canonical_gpu(name)]
 
 
 def offers(cloud: str, gpu: str | None = None) -> list[Offer]:

@@ -223,6 +223,7 @@ def index(
     from_stack: Annotated[Optional[str], typer.Option("--from-stack", help="With SOURCE 'copy': the stack to copy the index from.")] = None,
     to_stack: Annotated[Optional[str], typer.Option("--to-stack", help="With SOURCE 'copy': the stack to copy the index to.")] = None,
     to_index: Annotated[Optional[str], typer.Option("--to-index", help="With SOURCE 'copy': the target index name (default: --index).")] = None,
+    curate: Annotated[Optional[str], typer.Option("--curate", help="Curate the input first with this curation YAML (dedup, quality, language, PII, bias screen: docs/curation.md).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Index documents into a vector index of the active stack (incremental: reruns embed only what changed).
@@ -249,6 +250,7 @@ def index(
             source=source, index=index_name, prune=prune, workers=workers, follow_links=follow_links,
             chunking={"size": chunk_size, "overlap": chunk_overlap},
             embedding={"model": model or platform.stack.outputs.embedding_model, "backend": embedding_backend},
+            curation=_curation(curate),
         )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -518,6 +520,7 @@ def finetune(
     checkpoint_every: Annotated[int, typer.Option(help="Save a resumable checkpoint every N steps.")] = 50,
     merge: Annotated[bool, typer.Option("--merge", help="Also save the base with the adapter merged in.")] = False,
     name: Annotated[Optional[str], typer.Option(help="Registered model name (default: finetune-<base>).")] = None,
+    curate: Annotated[Optional[str], typer.Option("--curate", help="Curate the input first with this curation YAML (dedup, quality, language, PII, bias screen: docs/curation.md).")] = None,
     spec_file: Annotated[Optional[str], typer.Option("--spec", help="A whole FineTuneSpec as YAML (JSON with a .json suffix) instead of the options that describe the job; relative paths in it are read from its folder.")] = None,
     new: NewOpt = False,
     run_name: RunNameOpt = None,
@@ -573,6 +576,7 @@ def finetune(
                 lora={"r": rank, "alpha": alpha}, training=training,
                 compute={"gpu": gpu_name, "count": count or gpu_count or 1, "nodes": nodes, "strategy": strategy,
                          "spot": spot},
+                curation=_curation(curate),
             )
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -580,13 +584,45 @@ def finetune(
         raise SpecError(f"{key}: " + first["msg"].removeprefix("Value error, "), where=spec_file or "stackwise finetune options",
                         fix="see `stackwise finetune --help`") from None
     _check_finetune_input(spec)
-    _run_job(_platform(stack).finetune(spec, new=new, run_name=run_name), detach, as_json, _print_finetune_report)
+    platform = _platform(stack)
+    _, placement = platform.plan_finetune(spec)
+    if not as_json:
+        _print_placement(placement)
+    _run_job(platform.finetune(spec, new=new, run_name=run_name), detach, as_json, _print_finetune_report)
+
+
+def _print_placement(placement: Any) -> None:
+    """One line before submit on a cloud stack: where the job runs and what it should cost."""
+    if placement.cloud == "local" or placement.gpu is None:
+        return
+    where = f"{placement.count} x {placement.gpu}" + (f" ({placement.instance})" if placement.instance else "")
+    if placement.chosen:
+        where += f", the cheapest allowed GPU holding {placement.memory_gb_needed:.1f} GB"
+    cost = (f"estimate {placement.hours:,.2f} h, ${placement.usd:,.2f}" if placement.usd is not None
+            else "no estimate")
+    if placement.upper_bound_usd is not None:
+        cost += f" (at most ${placement.upper_bound_usd:,.2f} at max_runtime_s)"
+    if placement.max_job_cost_usd is not None:
+        cost += f"; limit ${placement.max_job_cost_usd:,.2f}"
+    console = _console(stderr=True)
+    console.print(f"placement: {where}; {'spot' if placement.spot else 'on-demand'}; {cost}", markup=False)
+    for note in placement.notes:
+        console.print(f"  note: {note}", markup=False)
 
 
 # The options that describe the job: with --spec the file describes it instead.
-_FINETUNE_SPEC_OPTIONS = ("base", "data", "method", "gpu", "count", "nodes", "strategy", "spot", "epochs", "max_steps",
+_FINETUNE_SPEC_OPTIONS = ("base", "data", "curate", "method", "gpu", "count", "nodes", "strategy", "spot", "epochs", "max_steps",
                           "learning_rate", "batch_size", "grad_accum", "max_seq_length", "packing", "rank", "alpha",
                           "checkpoint_every", "merge", "name")
+
+
+def _curation(path: str | None) -> Any:
+    """The CurationConfig of `--curate FILE` (None without it: the job curates nothing)."""
+    if path is None:
+        return None
+    from .curation import load_config
+
+    return load_config(path)
 
 
 def _check_finetune_input(spec: Any) -> None:
@@ -935,6 +971,19 @@ from .cli_rag import rag_app  # noqa: E402
 
 app.add_typer(rag_app, name="rag")
 app.add_typer(feedback_app, name="feedback")
+
+# -- governance: GPU offers and cost (models catalog, curation and red teaming below) -----------
+from .cli_curate import curate_command  # noqa: E402
+from .cli_offers import offers as offers_command  # noqa: E402
+
+app.command("offers")(offers_command)
+app.command("curate")(curate_command)
+from .cli_catalog import catalog as _models_catalog  # noqa: E402
+from .cli_redteam import redteam_app  # noqa: E402
+
+app.add_typer(redteam_app, name="redteam")
+
+models_app.command("catalog")(_models_catalog)
 
 
 # -- API keys of `stackwise serve` -------------------------------------------------------------

@@ -53,5 +53,12 @@ class JobFailedError(StackwiseError, RuntimeError):
     exit_code = 1
 
 
+class CostLimitError(StackwiseError, RuntimeError):
+    """A job's estimated cost is above the stack's `maxJobCostUsd`: refused before submit (exit 3, as
+    `stackwise plan` above the monthly budget)."""
+
+    exit_code = 3
+
+
 class StoreError(StackwiseError, RuntimeError):
     """The vector store refused an operation (dimension mismatch, unknown index, ...)."""

@@ -2,7 +2,7 @@
 
     from stackwise.images import build_images
     build_images("localhost/stackwise", "localhost/stackwise-base:bookworm", Path("wheels"),
-                 "local,train,eval,serve,runtime,pinecone,weaviate,milvus")
+                 "local,train,eval,serve,curate,runtime,pinecone,weaviate,milvus")
     -> {"train": {"image": "localhost/stackwise/train:3f2a...", "digest": "3f2a...", "id": "...",
                   "size_bytes": ..., "seconds": ..., "cached": False}, "serve": {...}}
 
@@ -37,7 +37,7 @@ from .errors import ConfigError, StackwiseError
 ENGINES = ("podman", "docker")
 ENV_ENGINE = "STACKWISE_CONTAINER_ENGINE"
 TARGETS = ("train", "serve")
-DEFAULT_EXTRAS = "local,train,eval,serve,runtime,pinecone,weaviate,milvus"
+DEFAULT_EXTRAS = "local,train,eval,serve,curate,runtime,pinecone,weaviate,milvus"
 DEFAULT_BASE_IMAGE = "docker.io/library/python:3.11-slim-bookworm"
 LOCAL_BASE_IMAGE = "localhost/stackwise-base:bookworm"
 LOCAL_REPOSITORY = "localhost/stackwise"

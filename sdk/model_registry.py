@@ -332,6 +332,10 @@ class Registry:
         if candidate is None:
             raise InputError(f"model {name} has no {CANDIDATE!r} alias and no --version was given",
                              where=f"model {name}", fix=f"stackwise promote {name} --version N --gate {gate_path}")
+        from .governance import check_version_licence
+
+        if self.stack is not None:  # a job (JobContext) promotes under the policy its submitter passed
+            check_version_licence(self, name, candidate, self.stack)
         champion = self.alias_version(name, CHAMPION)
         self.record_lineage(name, candidate)
         if champion is None or champion == candidate:

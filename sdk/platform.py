@@ -14,6 +14,7 @@ from .vectors import Filter, Hit, IndexInfo, VectorStore, check_filter
 
 if TYPE_CHECKING:
     from .deploy import DeployBackend, Deployment
+    from .governance import Placement
     from .model_registry import Registry
     from .specs import EvaluateSpec
 
@@ -40,6 +41,7 @@ class Platform:
         self._compute: ComputeBackend | None = None
         self._store: VectorStore | None = None
         self._embedders: dict[str, Any] = {}
+        self._placements: dict[str, Any] = {}
         self.jobs = Jobs(self)
 
     def __repr__(self) -> str:
@@ -82,7 +84,20 @@ class Platform:
         """
         if spec is None:
             spec = FineTuneSpec(**fields)
+        spec, _ = self.plan_finetune(spec)
         return self.compute.submit(spec, new=new, run_name=run_name)
+
+    def plan_finetune(self, spec: FineTuneSpec) -> tuple[FineTuneSpec, "Placement"]:
+        """(the spec to submit, where it runs and its estimated cost), before anything is submitted:
+        the base's licence against the stack's allowedLicenses/allowGated (exit 2), on a cloud stack
+        the cheapest allowed GPU that holds the job when none is given, and the cost against the
+        stack's maxJobCostUsd (exit 3). See stackwise.governance."""
+        from .governance import plan_finetune
+
+        key = spec.digest()
+        if key not in self._placements:
+            self._placements[key] = plan_finetune(spec, self.stack)
+        return self._placements[key]
 
     def evaluate(self, spec: "EvaluateSpec | None" = None, *, new: bool = False, run_name: str | None = None,
                  **fields: Any) -> JobHandle:
@@ -120,9 +135,15 @@ class Platform:
         a version already on the endpoint is not deployed again, only its weight changes."""
         from .deploy import resolve_target, resolve_traffic
 
+        from .governance import check_version_licence
+
         registry = self.models
         target = resolve_target(registry, model_ref)
         split = {target.key: 100} if traffic is None else resolve_traffic(registry, traffic)
+        for key, weight in split.items():
+            if weight > 0 and ":" in key:  # NAME:VERSION of a registered model (rag apps carry no base)
+                name, version = key.rsplit(":", 1)
+                check_version_licence(registry, name, version, self.stack)
         return self.deployer.deploy([target], split, endpoint)
 
     def endpoint(self, endpoint: str | None = None) -> "Deployment":

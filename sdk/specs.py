@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
+from .curation.config import CurationConfig
+
 INDEX_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
@@ -110,6 +112,8 @@ class IndexSpec(_JobSpec):
     workers: Annotated[int, Field(ge=1, le=256, description="Processes (local) or instances (cloud) that "
                                   "index the source in parallel, each the documents of one shard.")] = 1
     compute: Compute = Compute()
+    curation: CurationConfig | None = Field(None, description="Curate documents before chunking (dedup, quality, "
+                                            "language, PII, bias screen; docs/curation.md); None: off.")
 
     @model_validator(mode="after")
     def _valid_index_name(self) -> "IndexSpec":
@@ -127,10 +131,12 @@ class IndexSpec(_JobSpec):
 
     @model_serializer(mode="wrap")
     def _omit_unset_follow_links(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Left out while False, so a spec that does not set it keeps its JSON, digest and identity.
+        # Left out while False (None), so a spec that does not set it keeps its JSON, digest and identity.
         data = handler(self)
         if not self.follow_links:
             data.pop("follow_links", None)
+        if self.curation is None:
+            data.pop("curation", None)
         return data
 
 
@@ -234,6 +240,19 @@ class FineTuneSpec(_JobSpec):
     merge: bool = Field(False, description="Also save the base model with the adapter merged in.")
     name: str | None = Field(None, description="Registered model name (default: finetune-<base>).")
     compute: TrainCompute = TrainCompute()
+    curation: CurationConfig | None = Field(None, description="Curate the records before training (dedup, "
+                                            "quality, language, PII, bias screen; docs/curation.md); None: off.")
+    licence: str | None = Field(None, description="The base's licence id (docs/models.md), for a base the model "
+                                "catalog does not know; checked against the stack's allowedLicenses.")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_curation(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out while None, so a spec without them keeps its JSON, digest and identity.
+        data = handler(self)
+        for key in ("curation", "licence"):
+            if getattr(self, key) is None:
+                data.pop(key, None)
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "FineTuneSpec":

@@ -28,7 +28,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _NAMESPACE = "stackwise"
 # Keys the SDK reads from any stack file. The Pulumi program validates the rest of a
 # cloud stack's config; the local stack is wholly the SDK's, so its keys are checked here.
-_LOCAL_KEYS = {"cloud", "region", "artifactStore", "vectorStore", "embeddingModel", "trackingUri", "compute"}
+_LOCAL_KEYS = {"cloud", "region", "artifactStore", "vectorStore", "embeddingModel", "trackingUri", "compute",
+               "allowedLicenses", "allowGated", "maxJobCostUsd"}
 # Compute backends a local stack may choose (`stackwise:compute: {kind: ...}`).
 LOCAL_COMPUTE = ("local", "container")
 

@@ -2,12 +2,19 @@
 (the largest gap between groups in the rate of positive predictions) and equalized odds
 difference (the larger of the largest gaps in true-positive and false-positive rates), both
 "between groups" as fairlearn defines them. fairlearn computes them when installed (the `eval`
-extra); otherwise the same definitions are computed here, and the result says which."""
+extra); otherwise the same definitions are computed here, and the result says which.
+
+`evaluate` adds AI Fairness 360's privileged-vs-rest metrics (statistical parity difference,
+disparate impact, equal opportunity and average odds differences; see `fairness`), each
+cross-checked against fairlearn, when aif360 is installed."""
 
 from __future__ import annotations
 
 import importlib.util
 from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
 
 
 def _rate(values: list[int]) -> float | None:
@@ -46,3 +53,34 @@ def fairness(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str]
     return {"demographic_parity_difference": demographic_parity_difference(y_pred, groups),
             "equalized_odds_difference": equalized_odds_difference(y_true, y_pred, groups),
             "accuracy": accuracy}, "builtin"
+
+
+class BiasResult(BaseModel):
+    """Metrics (without the `bias.` prefix) and what each per-example row should say about them."""
+
+    metrics: dict[str, float]
+    backend: str
+    reference: str  # "aif360" when its metrics are included, else "none (why)"
+    privileged: list[str]
+    privileged_source: str  # "config", "records" (per-record `privileged` marks) or "largest group"
+
+
+def evaluate(y_true: Sequence[int], y_pred: Sequence[int], groups: Sequence[str],
+             marks: Sequence[Any] | None = None, privileged: Sequence[str] | None = None,
+             where: str = "bias records") -> BiasResult:
+    """The bias suite: fairlearn's (or the built-in) between-group gaps and accuracy, plus
+    AIF360's four privileged-vs-rest metrics cross-checked against fairlearn (a disagreement
+    raises `fairness.FairnessCrossCheckError`). The privileged group comes from `privileged`,
+    else the records' `privileged: true` marks, else the largest group."""
+    from . import fairness as fair
+
+    found, backend = fairness(y_true, y_pred, groups)
+    flags, chosen, source = fair.privileged_flags(list(groups), marks, privileged, where)
+    skip = ("aif360 not installed" if importlib.util.find_spec("aif360") is None or backend != "fairlearn"
+            else "one group only" if len(set(groups)) < 2 else None)
+    if skip:
+        return BiasResult(metrics=found, backend=backend, reference=f"none ({skip})", privileged=chosen,
+                          privileged_source=source)
+    found.update(fair.cross_checked(y_true, y_pred, flags))
+    return BiasResult(metrics=found, backend=backend, reference="aif360", privileged=chosen,
+                      privileged_source=source)

@@ -25,6 +25,7 @@ from ..errors import SpecError
 LOWER_IS_BETTER = {
     "perplexity", "safety.unsafe_rate", "safety.over_refusal_rate",
     "bias.demographic_parity_difference", "bias.equalized_odds_difference",
+    "redteam.attack_success_rate",  # and every redteam.<family>.attack_success_rate (see GateRule)
 }
 
 
@@ -37,7 +38,10 @@ class GateRule(BaseModel):
 
     @property
     def lower_is_better(self) -> bool:
-        return self.direction == "lower" if self.direction else self.metric in LOWER_IS_BETTER
+        if self.direction:
+            return self.direction == "lower"
+        return self.metric in LOWER_IS_BETTER or (self.metric.startswith("redteam.")
+                                                   and self.metric.endswith(".attack_success_rate"))
 
 
 class Gate(BaseModel):

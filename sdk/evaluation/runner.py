@@ -188,10 +188,10 @@ def _bias(spec, records, lm, answer, search, uri):
         y_pred.append(pred)
         groups.append(str(r["group"]))
         rows.append({"line": line, "group": groups[-1], "label": y_true[-1], "prediction": pred})
-    found, backend = bias.fairness(y_true, y_pred, groups)
+    result = bias.evaluate(y_true, y_pred, groups, [r.get("privileged") for _, r in records], where=uri)
     for row in rows:
-        row["backend"] = backend
-    return {f"bias.{k}": v for k, v in found.items()}, rows
+        row.update(backend=result.backend, reference=result.reference, privileged=row["group"] in result.privileged)
+    return {f"bias.{k}": v for k, v in result.metrics.items()}, rows
 
 
 def run_retrieval(spec: EvaluateSpec, data: EvalData, search: Search | None,

@@ -31,6 +31,8 @@ class Dataset:
     records: list[dict[str, Any]]
     sha256: str
     lines: list[int] = field(default_factory=list)  # the file line of each record
+    curation: dict[str, Any] | None = None  # the curation report, when the records were curated
+    excluded: list[Any] = field(default_factory=list)  # curation's Exclusions (id, reason, detail, text)
 
     def split(self, fraction: float, seed: int, max_eval: int) -> tuple[list[dict], list[dict]]:
         """(train, held-out): a seeded shuffle, at least one record on each side."""
@@ -47,8 +49,12 @@ class Dataset:
         return [self.records[i] for i in train], [self.records[i] for i in held]
 
 
-def read_dataset(uri: str) -> Dataset:
-    """Read and validate a JSONL dataset; raise InputError naming the file and line on bad input."""
+def read_dataset(uri: str, curation: Any = None) -> Dataset:
+    """Read and validate a JSONL dataset; raise InputError naming the file and line on bad input.
+
+    With `curation` (a `CurationConfig`, e.g. `spec.curation`) the records are curated (dedup, quality,
+    language, PII, bias screen): `records` and `lines` hold those kept (redacted where configured),
+    `curation` the report and `excluded` what was dropped; `sha256` stays the file's."""
     raw = read_bytes(uri, "dataset")
     text = decode(raw, uri, "dataset")
     records: list[dict[str, Any]] = []
@@ -69,7 +75,45 @@ def read_dataset(uri: str) -> Dataset:
         lines.append(number)
     if fmt is None:
         raise InputError(f"dataset {uri} is empty: no JSON lines", where=uri, fix=FIELDS_HELP)
-    return Dataset(uri=uri, format=fmt, records=records, sha256=hashlib.sha256(raw).hexdigest(), lines=lines)
+    dataset = Dataset(uri=uri, format=fmt, records=records, sha256=hashlib.sha256(raw).hexdigest(), lines=lines)
+    return curate_dataset(dataset, curation) if curation is not None else dataset
+
+
+def curate_dataset(dataset: Dataset, config: Any) -> Dataset:
+    """`dataset` with its records curated by `config` (a `CurationConfig`); see `read_dataset`.
+
+    Each record's texts (text; prompt and completion; each message's content) are judged together and
+    redacted one by one, so a record keeps its format. Curating every record away is an InputError."""
+    from ..curation import curate
+    from ..curation.io import record_items, with_parts
+
+    result = curate(record_items(dataset.records, dataset.lines, dataset.uri), config)
+    line_of = {f"{dataset.uri}#{n}": n for n in dataset.lines}
+    kept = [with_parts(i.metadata["_record"], i.parts, i.metadata) for i in result.kept]
+    if not kept:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(result.report.dropped_by_reason.items()))
+        raise InputError(f"curation dropped every record of {dataset.uri} ({reasons})", where=dataset.uri,
+                         fix="check the data, or loosen the curation config (docs/curation.md)")
+    return Dataset(uri=dataset.uri, format=dataset.format, records=kept, sha256=dataset.sha256,
+                   lines=[line_of[i.id] for i in result.kept], curation=result.report.model_dump(mode="json"),
+                   excluded=result.excluded)
+
+
+def write_curation(dataset: Dataset, folder: str) -> dict[str, str]:
+    """Write a curated dataset's exclusions and report (JSON, HTML) under `folder`; returns their URIs."""
+    from ..curation.io import exclusions_text, write_report, write_text
+    from ..curation.report import CurationReport
+
+    if dataset.curation is None:
+        return {}
+    root = folder.rstrip("/")
+    uris = {"exclusions": f"{root}/curation-exclusions.jsonl", "report": f"{root}/curation-report.json",
+            "html": f"{root}/curation-report.html"}
+    report = CurationReport.model_validate({**dataset.curation, "exclusions": uris["exclusions"]})
+    write_text(uris["exclusions"], exclusions_text(dataset.excluded))
+    write_report(report, uris["report"], uris["html"], f"Curation of {dataset.uri}")
+    dataset.curation = report.model_dump(mode="json")
+    return uris
 
 
 def _record_format(record: dict[str, Any], where: str, number: int) -> Format:

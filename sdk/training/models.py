@@ -83,6 +83,13 @@ def resolve_base(name: str, tracking_uri: str | None = None) -> ResolvedBase:
     if kind == "uri":
         return ResolvedBase(name, str(_download(name)), "uri")
     location, kind = _local_or_hub(name)
+    if kind == "hub" and "/" not in name:
+        # A model catalog id (llama-3.1-8b-instruct) names its Hugging Face repository.
+        from ..model_catalog import find
+
+        entry = find(name)
+        if entry is not None and getattr(entry, "hf_id", None):
+            location = entry.hf_id
     return ResolvedBase(name, location, kind)
 
 
@@ -100,7 +107,26 @@ def _local_or_hub(name: str) -> tuple[str, str]:
     if name.startswith((".", "/", "~", "file://")) or name.count("/") > 1:
         raise InputError(f"base model folder {name} does not exist", where="base",
                          fix="check the path, or use a short name such as " + ", ".join(SHIPPED))
+    if "/" not in name:
+        _refuse_typo(name)
     return name, "hub"
+
+
+def _refuse_typo(name: str) -> None:
+    """A bare name that is neither shipped nor in the model catalog but close to one of them is a typo
+    (`llama-3.1-8b-instruc`), not a Hugging Face id: exit 2 naming the closest, before any download.
+    Bare hub ids far from every known name (`gpt2`) pass."""
+    import difflib
+
+    from ..model_catalog import catalog, find
+
+    if find(name) is not None:
+        return
+    known = [*SHIPPED, *(m.id for m in catalog().models)]
+    close = difflib.get_close_matches(name.strip().lower(), known, n=1, cutoff=0.85)
+    if close:
+        raise InputError(f"base model {name!r} is neither a shipped model nor in the model catalog",
+                         where="base", fix=f"did you mean {close[0]}? (list them with: stackwise models catalog)")
 
 
 def _shipped(name: str, ref: ShippedModel) -> Path:

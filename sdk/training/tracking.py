@@ -76,9 +76,13 @@ def log_run(plan: Any, report: Any, history: list[dict[str, Any]], output: Path,
     except MlflowException as exc:
         if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
             raise
+    from ..licences import licence_record
+
+    licence = {f"licence.{k}": v for k, v in licence_record(spec.base, spec.licence).items()
+               if k != "base" and v}
     version = client.create_model_version(
         name, source=source, run_id=run_id,
-        tags={"base": spec.base, "method": spec.method, "dataset_sha256": report.dataset_sha256,
+        tags={"base": spec.base, "method": spec.method, "dataset_sha256": report.dataset_sha256, **licence,
               # lineage is complete from the moment the version exists, not only after a first eval
               **{f"lineage.{k}": str(v)[:5000] for k, v in {
                   "base": spec.base, "data": spec.data, "method": spec.method,

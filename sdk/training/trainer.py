@@ -79,6 +79,8 @@ class FineTuneReport(BaseModel):
     registered_model: str | None = None
     registered_version: str | None = None
     tracking_error: str | None = None
+    curation: dict[str, Any] | None = Field(None, description="The curation report of the dataset (spec.curation), "
+                                            "also written beside the model as curation-report.json/.html.")
 
 
 # -- the main process ----------------------------------------------------------------------------
@@ -89,7 +91,7 @@ def prepare(spec: FineTuneSpec, context: JobContext, result_path: str) -> Plan:
     attempt of the same identity writes and resumes there."""
     from .models import resolve_base
 
-    read_dataset(spec.data)
+    read_dataset(spec.data, spec.curation)
     base = resolve_base(spec.base, tracking_uri=context.tracking_uri)
     store = context.artifact_store.rstrip("/")
     output_uri = f"{store}/finetune/{spec.output_name}"
@@ -349,7 +351,7 @@ def train(plan: Plan) -> FineTuneReport | None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         _sync_down(plan, ckpt_dir)
 
-    dataset = read_dataset(spec.data)
+    dataset = read_dataset(spec.data, spec.curation)
     train_records, eval_records = dataset.split(cfg.eval_fraction, cfg.seed, cfg.eval_max_examples)
     model, tokenizer = load_model(plan, cuda, precision)
     config = getattr(model, "config", None)
@@ -453,6 +455,11 @@ def train(plan: Plan) -> FineTuneReport | None:
         strategy=spec.compute.strategy or "none", device="cuda" if cuda else "cpu", precision=precision,
         seconds=0.0,
     )
+    if dataset.curation is not None:
+        from .data import write_curation
+
+        write_curation(dataset, str(out))  # beside the model: synced up with it
+        report.curation = dataset.curation
     write_model_card(out / "README.md", plan, report)
     from .tracking import log_run
 
@@ -514,13 +521,26 @@ def _uri(plan: Plan, path: Path) -> str:
 
 
 def write_model_card(path: Path, plan: Plan, report: FineTuneReport) -> None:
+    from ..licences import licence_record
+
     spec = plan.spec
     params = json.dumps(spec.model_dump(mode="json", exclude={"compute"}), indent=2)
     ppl = report.perplexity
+    lic = licence_record(spec.base, spec.licence)
+    # Hugging Face card metadata: `license` is an SPDX-style id or `other` with a name and link.
+    hub_licence = lic["licence"] if lic["licence"] in ("apache-2.0", "mit", "cc-by-4.0", "cc-by-nc-4.0") else "other"
+    licence_meta = "" if lic["licence"] == "unknown" else (
+        f"license: {hub_licence}\n" + (f"license_name: {lic['licence']}\nlicense_link: {lic['licence_url']}\n"
+                                       if hub_licence == "other" else ""))
+    licence_row = ("unknown (not in the model catalog and not declared with the spec's `licence`)"
+                   if lic["licence"] == "unknown" else
+                   f"{lic['licence_name'] or lic['licence']} (`{lic['licence']}`, commercial use: "
+                   f"{lic['commercial_use']}, from the {lic['licence_source']}) {lic['licence_url']}"
+                   + (f"; attribution: {lic['attribution']}" if lic["attribution"] else ""))
     path.write_text(
         f"""---
 base_model: {spec.base}
-library_name: {"transformers" if spec.method == "full" else "peft"}
+{licence_meta}library_name: {"transformers" if spec.method == "full" else "peft"}
 tags: [stackwise, {spec.method}]
 ---
 # {plan.output_uri.rsplit('/', 1)[-1]}
@@ -530,6 +550,7 @@ Fine-tuned by stackwise ({spec.method}) from `{spec.base}`.
 | | |
 |---|---|
 | base model | `{spec.base}` (loaded from {plan.base_source}: `{plan.base_location}`) |
+| base licence | {licence_row} |
 | dataset | `{spec.data}` |
 | dataset sha256 | `{report.dataset_sha256}` |
 | training examples | {report.train_examples} |

@@ -81,6 +81,8 @@ class IndexReport(BaseModel):
     skipped: list[SkippedFile] = Field(default_factory=list)
     seconds: float = 0.0
     shards: int = Field(1, description="How many workers' reports this one sums.")
+    curation: dict[str, Any] | None = Field(
+        None, description="The curation report (stackwise.curation.CurationReport) when the spec curates.")
 
 
 # -- shards ------------------------------------------------------------------------------------
@@ -171,6 +173,10 @@ def merge_reports(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
             merged["embedding_backend"] = ",".join(sorted({*filter(None, [merged["embedding_backend"]]),
                                                            report.embedding_backend}))
         merged["skipped"] += [s.model_dump() for s in report.skipped]
+        if report.curation is not None:
+            from ..curation.report import merge_reports as merge_curation
+
+            merged["curation"] = merge_curation([c for c in (merged["curation"], report.curation) if c])
         merged["seconds"] = max(merged["seconds"], report.seconds)
     merged["skipped"].sort(key=lambda s: s["path"])
     return merged
@@ -276,6 +282,11 @@ def run_index(
     commit = _CommitLock(store, spec.index)
     source = Source(spec.source, follow_links=spec.follow_links)
     documents, skipped = _read_shard(source, shard)
+    curation, dropped = None, []
+    if spec.curation is not None:
+        from ..curation.index_step import curate_documents
+
+        documents, curation, dropped = curate_documents(spec, context, store, source, documents, shard)
     model_name = canonical_name(spec.embedding.model)
 
     exists = spec.index in store.list_indexes()
@@ -295,6 +306,11 @@ def run_index(
         migrated = _migrate_ids(store, spec.index, stored, shard, commit)
         if migrated:
             stored = store.chunk_ids(spec.index)
+        gone = sorted(doc_id for doc_id in dropped if doc_id in stored)
+        if gone and curation is not None:  # curation dropped them now: the index must not serve them
+            with commit():
+                curation["removed_from_index"] = store.delete(spec.index, doc_ids=gone)
+            stored = {k: v for k, v in stored.items() if k not in set(gone)}
     else:
         migrated = 0
         embedder = load_embedder(spec.embedding.model, spec.embedding.device, spec.embedding.backend)
@@ -311,6 +327,7 @@ def run_index(
         skipped=skipped,
         migrated=migrated,
         recovered_version=recovered,
+        curation=curation,
     )
     # Plan: compare each document's chunk ids with what the store holds.
     pending = []  # (doc_id, chunks) of documents to (re)write

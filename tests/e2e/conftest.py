@@ -279,10 +279,10 @@ def free_port() -> int:
 
 
 def start_serve(home: Path, args: list[str], cleanup_pids: list[int],
-                extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                extra_env: dict[str, str] | None = None, threads: int = 2) -> subprocess.Popen:
     """`stackwise serve ARGS` in `home`, output captured; its pid is killed at teardown."""
     proc = subprocess.Popen([sys.executable, "-m", "stackwise.cli", "serve", *args], cwd=str(home),
-                            env={**stackwise_env(home), **(extra_env or {})}, stdout=subprocess.PIPE,
+                            env={**stackwise_env(home, threads=threads), **(extra_env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     cleanup_pids.append(proc.pid)
     return proc

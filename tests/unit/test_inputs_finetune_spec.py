@@ -30,6 +30,11 @@ class FakePlatform:
         self.submitted.append((spec, new, run_name))
         return FakeHandle()
 
+    def plan_finetune(self, spec):  # the local stack's placement: no GPU, no price
+        from stackwise.governance import Placement
+
+        return spec, Placement(base=spec.base, licence="unknown", cloud="local")
+
 
 @pytest.fixture
 def submitted(monkeypatch, tmp_path):
