@@ -985,6 +985,11 @@ app.add_typer(redteam_app, name="redteam")
 
 models_app.command("catalog")(_models_catalog)
 
+# -- pipelines and CI templates -----------------------------------------------------------------
+from .cli_pipeline import pipeline_app  # noqa: E402
+
+app.add_typer(pipeline_app, name="pipeline")
+
 
 # -- API keys of `stackwise serve` -------------------------------------------------------------
 keys_app = typer.Typer(help="Create, list and revoke the API keys `stackwise serve` checks (Authorization: Bearer KEY).",

@@ -43,6 +43,31 @@ def _kept_lines(kind: str, kept: list[Any]) -> list[str]:
                        ensure_ascii=False) for i in kept]
 
 
+def curate_to(source: str, out: str, cfg: Any, *, state: str | None = None, tracking_uri: str | None = None,
+              follow_links: bool = False, title: str | None = None) -> dict[str, Any]:
+    """Curate SOURCE into the folder OUT (curated.jsonl, exclusions.jsonl, report.json, report.html) and
+    return the report as a dict with `outputs` (the URIs written) and `mlflow_run_id`. The command and the
+    pipeline's curate step both call it."""
+    from .curation import curate
+    from .curation.io import write_outputs
+
+    title = title or f"Curation of {source}"
+    kind, items, extra = _load_source(source, follow_links)
+    result = curate(items, cfg, state_folder=state)
+    uris = write_outputs(out, result, _kept_lines(kind, result.kept), title)
+    report = result.report
+    run_id = None
+    if tracking_uri:
+        from .curation.report import log_to_mlflow, render_html
+
+        run_id = log_to_mlflow(report, tracking_uri, f"curate-{out.rstrip('/').rsplit('/', 1)[-1]}",
+                               render_html(report, title), {"source": source})
+    data = {**report.model_dump(mode="json"), "outputs": uris, "mlflow_run_id": run_id}
+    if kind == "documents" and extra:
+        data["skipped"] = [{"path": s.path, "reason": s.reason} for s in extra]
+    return data
+
+
 @curate_app.command()
 def curate_command(
     source: Annotated[str, typer.Argument(help="A file, folder or glob of documents (local or fsspec URI), or a "
@@ -61,23 +86,15 @@ def curate_command(
 ) -> None:
     """Curate SOURCE: drop duplicates, low-quality text and other languages, find or redact PII, screen for
     bias terms. Nothing is lost: dropped items go to exclusions.jsonl with their reason."""
-    from .curation import CurationConfig, curate, load_config
-    from .curation.io import write_outputs
+    from .curation import CurationConfig, load_config
 
     cfg = load_config(config) if config else CurationConfig()
-    kind, items, extra = _load_source(source, follow_links)
-    result = curate(items, cfg, state_folder=state)
-    uris = write_outputs(out, result, _kept_lines(kind, result.kept), f"Curation of {source}")
-    report = result.report
-    run_id = None
-    if tracking_uri:
-        from .curation.report import log_to_mlflow, render_html
+    data = curate_to(source, out, cfg, state=state, tracking_uri=tracking_uri, follow_links=follow_links)
+    from .curation.report import CurationReport
 
-        run_id = log_to_mlflow(report, tracking_uri, f"curate-{out.rstrip('/').rsplit('/', 1)[-1]}",
-                               render_html(report, f"Curation of {source}"), {"source": source})
-    data = {**report.model_dump(mode="json"), "outputs": uris, "mlflow_run_id": run_id}
-    if kind == "documents" and extra:
-        data["skipped"] = [{"path": s.path, "reason": s.reason} for s in extra]
+    report = CurationReport.model_validate({k: v for k, v in data.items()
+                                            if k in CurationReport.model_fields})
+    uris = data["outputs"]
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
