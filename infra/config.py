@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -181,6 +181,76 @@ class NetworkConfig(_Model):
                                   "HTTPS (Hugging Face models by id); off, models come from the artifact store.")
 
 
+WeekDay = Literal["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+
+
+class RecurrenceConfig(_Model):
+    """A Logic Apps Recurrence (`stackwise:pipelineTrigger.recurrence`): Azure's schedule syntax."""
+
+    frequency: Literal["Minute", "Hour", "Day", "Week", "Month"]
+    interval: int = Field(1, ge=1, le=1000, description="Run every `interval` units of `frequency`.")
+    hours: list[Annotated[int, Field(ge=0, le=23)]] | None = Field(None, description="Day, Week, Month: at these hours.")
+    minutes: list[Annotated[int, Field(ge=0, le=59)]] | None = Field(None, description="Day, Week, Month: at these "
+                                                                       "minutes of each hour.")
+    week_days: list[WeekDay] | None = Field(None, description="Week: on these days.")
+    month_days: list[Annotated[int, Field(ge=1, le=31)]] | None = Field(None, description="Month: on these days.")
+
+    @model_validator(mode="after")
+    def _schedule_fits_frequency(self) -> "RecurrenceConfig":
+        # Logic Apps applies a recurrence's `schedule` only at these frequencies.
+        if self.week_days and self.frequency != "Week":
+            raise ValueError("weekDays needs frequency Week")
+        if self.month_days and self.frequency != "Month":
+            raise ValueError("monthDays needs frequency Month")
+        if (self.hours or self.minutes) and self.frequency not in ("Day", "Week", "Month"):
+            raise ValueError(f"hours and minutes need frequency Day, Week or Month, not {self.frequency}")
+        return self
+
+
+# Object names every cloud's event filter takes literally: no wildcards, spaces or quotes.
+_OBJECT_KEY_PART = re.compile(r"[A-Za-z0-9_.=/-]+")
+
+
+class PipelineTriggerConfig(_Model):
+    """Runs the stack's compiled pipeline on a schedule and when data lands under a prefix of the
+    artifact store (`stackwise:pipelineTrigger`; docs/pipelines.md, "Triggers in the cloud").
+
+    Each cloud reads the schedule in its own syntax: `schedule` is an EventBridge expression on
+    AWS (`cron(0 3 * * ? *)`, `rate(1 day)`, UTC) and a unix-cron line with `timeZone` on GCP;
+    Azure takes `recurrence` (a Logic Apps Recurrence). `InfraConfig.load` checks both against
+    the stack's cloud, and reads and checks the definition file (see infra/pipeline_trigger.py).
+    """
+
+    definition: str = Field(min_length=1, description="The compiled pipeline (`stackwise pipeline compile "
+                            "--target sagemaker|vertex|azureml`), relative to the project folder.")
+    schedule: str | None = Field(None, min_length=1, description="AWS: cron(...) or rate(...) (UTC); GCP: unix-cron.")
+    recurrence: RecurrenceConfig | None = Field(None, description="Azure: a Logic Apps Recurrence.")
+    time_zone: str | None = Field(None, description="GCP: an IANA zone (Etc/UTC); Azure: a Windows zone name (UTC).")
+    data_prefix: str | None = Field(None, description="A run starts when an object is written under this prefix "
+                                                      "of the artifact store (bucket or container).")
+    data_suffix: str | None = Field(None, description="Only objects whose name ends so start a run (a marker such "
+                                                      "as _SUCCESS, so a batch upload starts one run, not one per file).")
+    parameters: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Values of parameters the pipeline declares, passed to every run.")
+    enabled: bool = Field(True, description="false: the pipeline and the trigger resources stay, no run starts.")
+
+    @field_validator("data_prefix", "data_suffix")
+    @classmethod
+    def _object_name_part(cls, value: str | None) -> str | None:
+        if value is not None and not (_OBJECT_KEY_PART.fullmatch(value) and not value.startswith("/")):
+            raise ValueError(f"{value!r} may hold only letters, digits and _ . = / - (no wildcards), and may not "
+                             "start with '/' (object names in a bucket have no leading slash)")
+        return value
+
+    @model_validator(mode="after")
+    def _something_triggers(self) -> "PipelineTriggerConfig":
+        if not (self.schedule or self.recurrence or self.data_prefix):
+            raise ValueError("set a schedule (recurrence on Azure), a dataPrefix, or both")
+        if self.data_suffix and not self.data_prefix:
+            raise ValueError("dataSuffix needs dataPrefix")
+        return self
+
+
 class InfraConfig(_Model):
     """A cloud stack's config (the `stackwise:` namespace of its stack file)."""
 
@@ -207,6 +277,8 @@ class InfraConfig(_Model):
                                                                  "promote and deploy (absent: any).")
     allow_gated: bool = Field(True, description="Whether gated models (licence acceptance on the Hub) are allowed.")
     max_job_cost_usd: float | None = Field(None, gt=0, description="Refuse a fine-tune whose estimated cost is above.")
+    pipeline_trigger: PipelineTriggerConfig | None = Field(None, description="Run the compiled pipeline on a "
+                                                           "schedule and on data changes (PipelineTriggerConfig).")
 
     @field_validator("budget_alert_emails")
     @classmethod
@@ -268,24 +340,49 @@ class InfraConfig(_Model):
     def load(cls, raw: dict[str, Any], source: str) -> "InfraConfig":
         """Validate the `stackwise:` keys of a stack (namespace stripped); `source` names the file.
 
-        Values may be JSON strings, as Pulumi hands structured config to programs.
+        Values may be JSON strings, as Pulumi hands structured config to programs. With
+        `pipelineTrigger`, its definition is read and checked for the stack's cloud, and the
+        returned config names it by absolute path.
         """
         data = {key: _decode(value) for key, value in raw.items()}
         try:
-            return cls.model_validate(data)
+            config = cls.model_validate(data)
         except ValidationError as exc:
             first = exc.errors()[0]
             key = ".".join(str(p) for p in first["loc"]) or "(stack)"
             message = first["msg"].removeprefix("Value error, ")
             if first["type"] == "extra_forbidden":
-                known = ", ".join(sorted(f.alias or n for n, f in cls.model_fields.items()))
+                parent = ".".join(str(p) for p in first["loc"][:-1])
+                model = _model_at(cls, first["loc"][:-1])
+                known = ", ".join(sorted(f.alias or n for n, f in model.model_fields.items()))
+                reads = f"stackwise:{parent} reads" if parent else "cloud stacks read"
                 raise ConfigError(f"unknown key stackwise:{key}", where=source,
-                                  fix=f"remove it or correct its spelling; cloud stacks read: {known}") from None
+                                  fix=f"remove it or correct its spelling; {reads}: {known}") from None
             if first["type"] == "missing":
                 raise ConfigError(f"missing key stackwise:{key}", where=source,
                                   fix="add it (docs/stacks.md lists every key)") from None
             raise ConfigError(f"bad value for stackwise:{key}: {message}", where=source,
                               fix="correct it (docs/stacks.md lists every key and its values)") from None
+        if config.pipeline_trigger is not None:
+            from .pipeline_trigger import checked  # reads the definition file: only when the key is set
+
+            config = checked(config, source)
+        return config
+
+
+def _model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel]:
+    """The model that holds the key at `loc` (aliases, as in error locations), for its key list."""
+    for step in loc:
+        fields = {f.alias or n: f for n, f in model.model_fields.items()}
+        field = fields.get(str(step))
+        inner = [a for a in get_args(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)] \
+            if field is not None else []
+        if field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            inner = [field.annotation]
+        if not inner:
+            break
+        model = inner[0]
+    return model
 
 
 def _decode(value: Any) -> Any:

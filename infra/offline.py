@@ -150,6 +150,12 @@ class _Recorder(pulumi.runtime.Mocks):
             return {"subscriptionId": FAKE_SUBSCRIPTION, "tenantId": FAKE_TENANT, "clientId": "client",
                     "objectId": "object", "accessToken": PLAN_SECRET, "project": self.config.gcp_project,
                     "region": self.config.region}, []
+        if token == "azure-native:logic:listWorkflowTriggerCallbackUrl":
+            # A Logic App trigger's URL carries its SAS signature: a secret the plan never shows.
+            workflow, name = args.args.get("workflowName", "workflow"), args.args.get("triggerName", "manual")
+            return {"value": f"https://prod-00.{self.config.region}.logic.azure.com/workflows/{workflow}/triggers/"
+                             f"{name}/paths/invoke?api-version=2016-10-01&sp=%2Ftriggers%2F{name}%2Frun&sv=1.0"
+                             f"&sig={PLAN_SECRET}", "method": "POST"}, []
         if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {"userName": "AWS", "password": PLAN_SECRET, "authorizationToken": PLAN_SECRET,
                     "proxyEndpoint": f"https://{FAKE_ACCOUNT}.dkr.ecr.{self.config.region}.amazonaws.com",

@@ -25,7 +25,7 @@ _KEY_SETTINGS = (
     "maxNodeCount", "machineType", "acceleratorType", "acceleratorCount", "minReplicaCount", "maxReplicaCount",
     "minInstances", "maxInstances", "limitAmount", "amount", "dimension", "metric", "cidrBlock", "location",
     "sku", "kind", "publicAccessPrevention", "publicNetworkAccess", "sseAlgorithm", "enableKeyRotation",
-    "target", "push",
+    "target", "push", "schedule", "scheduleExpression",
 )
 
 

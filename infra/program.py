@@ -7,7 +7,9 @@ package is imported.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pulumi
@@ -126,6 +128,21 @@ def _images(config: InfraConfig):
                           extras=images.extras, platform=images.platform)
 
 
+def _definition(config: InfraConfig) -> Any:
+    """The trigger's compiled pipeline for the stack's cloud (checked again: the file may have
+    changed since the config was loaded)."""
+    from .pipeline_trigger import read_definition
+
+    assert config.pipeline_trigger is not None
+    return read_definition(config.pipeline_trigger, config.cloud, stack_file(pulumi.get_stack()))
+
+
+def _pipeline_name(prefix: str, definition: str) -> str:
+    """`sw-<env>-<the definition file's name up to its first dot>`, in the names clouds accept."""
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(definition).name.split(".")[0]).strip("-").lower() or "pipeline"
+    return f"{prefix}-{stem}"[:63].rstrip("-")
+
+
 def _aws_secret_arn(ref: str | None) -> str | None:
     return ref.removeprefix("aws-sm://") if ref and ref.startswith("aws-sm://") else None
 
@@ -169,6 +186,13 @@ def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
             subnet_ids=[s.id for s in platform.subnets], security_group_id=platform.security_group.id,
             alarms=config.alarms, alert_emails=config.budget_alert_emails, region=config.region, tags=tags))
         endpoint = _endpoint_output(ep, served, image)
+    if config.pipeline_trigger is not None:
+        from .aws.pipeline_trigger import PipelineTrigger, PipelineTriggerArgs
+
+        PipelineTrigger(f"{prefix}-pipeline", PipelineTriggerArgs(
+            trigger=config.pipeline_trigger, definition=_definition(config),
+            pipeline_name=_pipeline_name(prefix, config.pipeline_trigger.definition), role_arn=platform.role.arn,
+            role_id=platform.role.id, bucket=platform.bucket.bucket, region=config.region, tags=tags))
     aws.Budget(f"{prefix}-budget", aws.BudgetArgs(amount_usd=config.monthly_budget_usd,
                                                   emails=config.budget_alert_emails, env=config.env, tags=tags))
     return {
@@ -202,6 +226,15 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
             region=config.region, kms_key_id=platform.key.id, alarms=config.alarms,
             alert_emails=config.budget_alert_emails, labels=tags, after=list(platform.apis.values())))
         endpoint = _endpoint_output(ep, served, image)
+    if config.pipeline_trigger is not None:
+        from .gcp.pipeline_trigger import PipelineTrigger, PipelineTriggerArgs
+
+        PipelineTrigger(f"{prefix}-pipeline", PipelineTriggerArgs(
+            trigger=config.pipeline_trigger, definition=_definition(config), project=config.gcp_project,
+            region=config.region, bucket=platform.bucket.name, artifact_store=platform.artifact_store,
+            job_service_account=platform.service_account.email, job_service_account_id=platform.service_account.name,
+            network=platform.network_output, kms_key_id=platform.key.id, labels=tags,
+            after=list(platform.apis.values())))
     gcp.Budget(f"{prefix}-budget", gcp.BudgetArgs(
         amount_usd=config.monthly_budget_usd, billing_account=config.gcp_billing_account,
         project=config.gcp_project, emails=config.budget_alert_emails, labels=tags,
@@ -238,6 +271,14 @@ def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str
             resource_group=platform.resource_group.name, workspace=platform.workspace.name, image=image,
             alarms=config.alarms, alert_emails=config.budget_alert_emails, tags=tags))
         endpoint = _endpoint_output(ep, served, image)
+    if config.pipeline_trigger is not None:
+        from .azure.pipeline_trigger import PipelineTrigger, PipelineTriggerArgs
+
+        PipelineTrigger(f"{prefix}-pipeline", PipelineTriggerArgs(
+            trigger=config.pipeline_trigger, job=_definition(config), location=config.region,
+            resource_group=platform.resource_group.name, workspace=platform.workspace.name,
+            workspace_id=platform.workspace.id, storage_account_id=platform.storage.id,
+            container=azure.platform.ARTIFACTS_CONTAINER, tags=tags))
     azure.Budget(f"{prefix}-budget", azure.BudgetArgs(
         amount_usd=config.monthly_budget_usd, resource_group_id=platform.resource_group.id,
         emails=config.budget_alert_emails))

@@ -989,6 +989,9 @@ models_app.command("catalog")(_models_catalog)
 from .cli_pipeline import pipeline_app  # noqa: E402
 
 app.add_typer(pipeline_app, name="pipeline")
+from .cli_ci import ci_app  # noqa: E402
+
+app.add_typer(ci_app, name="ci")
 
 
 # -- API keys of `stackwise serve` -------------------------------------------------------------

@@ -42,7 +42,7 @@ def _load(file: str, params: list[str] | None = None) -> Any:
             except ValueError:
                 raise SpecError(f"--param {item!r}: {key} is a {type(old).__name__}", where=f"{pipeline.path}: params.{key}",
                                 fix=f"give a {type(old).__name__}") from None
-        pipeline = parse(raw, pipeline.path)
+        pipeline = parse(raw, pipeline.path, base=pipeline.base)
     return pipeline
 
 
@@ -203,9 +203,10 @@ def watch(file: FileOpt = "stackwise.yaml", stack: StackOpt = None,
         pipeline = _load(file)
         options = Options(stack=_stack_name(pipeline, stack))
         runner = Runner(pipeline, options, make_view(False))
-        keys, _ = cache_keys(pipeline, runner.stack.name, Hasher(pipeline.root, runner.state.read("hashes.json") or {}))
+        hasher = Hasher(pipeline.root, runner.state.read("hashes.json") or {})
+        keys, _ = cache_keys(pipeline, runner.stack.name, hasher)
         checks += 1
-        if "run" in plan(pipeline, options, runner.state, keys).values():
+        if "run" in plan(pipeline, options, runner.state, keys, hasher).values():
             sys.stderr.write(f"{time.strftime('%H:%M:%S')} inputs changed: running\n")
             code = exit_code(runner.run())
             runs += 1
@@ -225,3 +226,59 @@ def example(folder: Annotated[str, typer.Argument(help="Where to write the examp
 
     written = write_example(Path(folder), force=force)
     sys.stdout.write("wrote " + ", ".join(str(p) for p in written) + f"\nnext: cd {folder} && stackwise pipeline run\n")
+
+
+@pipeline_app.command("compile")
+def compile_(
+    target: Annotated[str, typer.Option("--target", "-t", help="The managed pipeline to emit: sagemaker, vertex or "
+                                        "azureml.")],
+    file: FileOpt = "stackwise.yaml",
+    stack: StackOpt = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="The image every step runs (default: the stack's "
+                                                 "training image).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Where to write the definition (default: "
+                                               "<name>.<target>.<json|yaml|yml> here).")] = None,
+    upload: Annotated[bool, typer.Option("--upload", help="Copy the pipeline file, the local data it names and the "
+                                         "stack's files to the artifact store, where the steps read them.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write the cloud's own pipeline definition (SageMaker Pipelines, Vertex AI Pipelines, Azure ML pipeline job)
+    of the pipeline file: one container step per step, running `stackwise pipeline run --only STEP` on the stack
+    in its training image, with the file's dependencies; validated with that cloud's SDK or API model."""
+    from .pipeline.compile import check_target, compile_definition, run_hint
+    from .stack import load_stack
+
+    check_target(target)
+    pipeline = _load(file)
+    compiled = compile_definition(pipeline, target, load_stack(_stack_name(pipeline, stack)), image=image,
+                                  upload=upload)
+    path = Path(out or compiled.filename)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(compiled.text, encoding="utf-8")
+    except OSError as exc:
+        from .errors import InputError
+
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}", where="--out", fix="choose a writable path") from None
+    bundle, plan = compiled.bundle, compiled.plan
+    argv = ["stackwise", "pipeline", "compile", "--target", target, "--file", file, "--stack", plan.stack]
+    argv += ["--image", image] if image else []
+    argv += ["--out", out] if out else []
+    import shlex
+
+    upload_command = shlex.join([*argv, "--upload"])
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "target": target, "definition": str(path), "stack": plan.stack, "image": plan.image,
+            "steps": [{"name": s.name, "kind": s.kind, "after": list(s.upstream), "command": list(s.argv)}
+                      for s in plan.steps],
+            "bundle": {"uri": bundle.folder, "file": bundle.file_uri, "files": bundle.names, "uploaded": compiled.uploaded},
+            "upload_command": None if compiled.uploaded else upload_command, "run": run_hint(compiled)}, indent=2) + "\n")
+        return
+    sys.stdout.write(f"wrote {path}: {len(plan.steps)} steps ({', '.join(s.name for s in plan.steps)}) in {plan.image}\n")
+    if compiled.uploaded:
+        sys.stdout.write(f"uploaded {len(bundle.files)} files to {bundle.folder}\n")
+    else:
+        sys.stdout.write(f"the steps read {bundle.file_uri}, not uploaded yet ({len(bundle.files)} files: the pipeline "
+                         f"file, its local data and the stack's files); upload them with:\n  {upload_command}\n")
+    sys.stdout.write("then create and start it:\n  " + run_hint(compiled).replace("\n", "\n  ") + "\n")

@@ -138,13 +138,49 @@ def read_text(path: str | Path, where: str | None = None, error: type[StackwiseE
               what: str = "file", fix: str = "check the path") -> str:
     """A user's UTF-8 text file; a missing, unreadable, non-file or non-UTF-8 path raises `error`."""
     where = where or str(path)
+    if "://" in str(path) and not str(path).startswith("file://"):  # an object store URI (through fsspec)
+        data = read_remote_bytes(str(path), where=where, error=error, what=what, fix=fix)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(f"{what} is not UTF-8 text (byte {exc.start} cannot be decoded)", where=where,
+                        fix="save it as UTF-8") from None
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return Path(str(path).removeprefix("file://")).read_text(encoding="utf-8")
     except IsADirectoryError:
         raise error(f"{what} is a folder, not a file: {path}", where=where, fix=fix) from None
     except UnicodeDecodeError as exc:
         raise error(f"{what} is not UTF-8 text (byte {exc.start} cannot be decoded)", where=where,
                     fix="save it as UTF-8") from None
+    except OSError as exc:
+        raise error(f"cannot read {what}: {exc.strerror or exc}", where=where, fix=fix) from None
+
+
+# The extra that brings each object store's fsspec implementation.
+_STORE_EXTRAS = {"s3": "aws", "gs": "gcp", "gcs": "gcp", "az": "azure", "abfs": "azure", "abfss": "azure"}
+
+
+def read_remote_bytes(uri: str, where: str | None = None, error: type[StackwiseError] = ConfigError,
+                      what: str = "file", fix: str = "check the URI") -> bytes:
+    """The bytes of an object store file (`s3://`, `gs://`, `az://`, ... through fsspec); a missing object,
+    a refused read or a store without its fsspec implementation raises `error` naming the URI."""
+    import fsspec
+
+    where = where or uri
+    scheme = uri.split("://", 1)[0]
+    try:
+        with fsspec.open(uri, "rb") as handle:
+            return handle.read()
+    except ImportError as exc:
+        from .errors import MissingDependencyError
+
+        extra = _STORE_EXTRAS.get(scheme)
+        raise MissingDependencyError(f"reading {scheme}:// needs its fsspec implementation ({exc})", where=where,
+                                     fix=f"pip install 'stackwise[{extra}]'" if extra else "install it") from None
+    except ValueError as exc:  # fsspec: an unknown protocol
+        raise error(f"cannot read {what}: {exc}", where=where, fix=fix) from None
+    except FileNotFoundError:
+        raise error(f"{what} not found: {uri}", where=where, fix=fix) from None
     except OSError as exc:
         raise error(f"cannot read {what}: {exc.strerror or exc}", where=where, fix=fix) from None
 

@@ -71,6 +71,10 @@ def _encryption(args: ResourceValidationArgs, report: Report) -> None:
     elif t == "gcp:artifactregistry/repository:Repository":
         if not p.get("kmsKeyName"):
             report("Artifact Registry repositories must use a customer-managed key (kmsKeyName)")
+    elif t == "gcp:workflows/workflow:Workflow":
+        # A pipeline trigger's workflow carries the pipeline's request; its executions, their data.
+        if not p.get("cryptoKeyName"):
+            report("workflows must use a customer-managed key (cryptoKeyName)")
     elif t == "gcp:vertex/aiEndpoint:AiEndpoint":
         if not _get(p, "encryptionSpec", "kmsKeyName"):
             report("Vertex AI endpoints must use a customer-managed key (encryptionSpec.kmsKeyName)")
@@ -163,6 +167,9 @@ TAGGABLE = {
     "azure-native:monitor:ActionGroup", "azure-native:monitor:MetricAlert",
     "azure-native:monitor:AutoscaleSetting", "azure-native:network:PrivateEndpoint",
     "azure-native:privatedns:PrivateZone", "azure-native:privatedns:VirtualNetworkLink",
+    # The pipeline trigger's (stackwise:pipelineTrigger).
+    "aws:sagemaker/pipeline:Pipeline", "aws:cloudwatch/eventRule:EventRule", "gcp:workflows/workflow:Workflow",
+    "gcp:eventarc/trigger:Trigger", "azure-native:logic:Workflow", "azure-native:eventgrid:SystemTopic",
 }
 
 

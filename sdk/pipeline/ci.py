@@ -21,6 +21,7 @@ What every workflow does, per environment in order (dev -> ... -> prod), one job
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +36,7 @@ GITLAB_IMAGE = "python:3.11"  # the full image: it has curl (the Pulumi installe
 # What each cloud's OIDC sign-in needs, by the name of the GitHub secret suffix / GitLab CI/CD variable.
 CLOUD_SECRETS = {"aws": ("AWS_ROLE_ARN",), "gcp": ("GCP_WORKLOAD_IDENTITY_PROVIDER", "GCP_SERVICE_ACCOUNT"),
                  "azure": ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID"), "local": ()}
-GITLAB_AUDIENCE = {"aws": "$CI_SERVER_URL", "gcp": "//iam.googleapis.com/$GCP_WORKLOAD_IDENTITY_PROVIDER",
+GITLAB_AUDIENCE = {"aws": "$CI_SERVER_URL", "gcp": "https://iam.googleapis.com/$GCP_WORKLOAD_IDENTITY_PROVIDER",
                    "azure": "api://AzureADTokenExchange"}
 # Extras the runner needs for steps that run in its own process on any stack (curation; the registry and
 # the gate are MLflow clients) and, on the local stack, for the jobs it runs itself.
@@ -226,8 +227,6 @@ def _github_job(cfg: CiConfig, job_id: str, env: Environment, part: str, needs: 
 
 
 def _json_list(items: list[str]) -> str:
-    import json
-
     return json.dumps(items, separators=(",", ":"))
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +148,3 @@ class Hasher:
 def digest(material: Any) -> str:
     """A stable sha256 (24 hex digits) of JSON-able material."""
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "").lower() in ("1", "true", "yes")

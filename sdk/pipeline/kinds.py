@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import ValidationError
@@ -65,7 +64,7 @@ def resolve(pipeline: "Pipeline", name: str, lookup: Callable[[str, str | None, 
             value = REF.sub(one, text)
         if isinstance(value, str) and _field_type(step.kind, key) in ("data", "file") and not is_remote(value) \
                 and not value.startswith("models:/") and step.kind != "run":
-            value = str(local_path(value, pipeline.root))
+            value = pipeline.locate(value)
         return value
 
     return _map_strings(copy.deepcopy(step.with_), "", substitute)
@@ -163,7 +162,7 @@ def check_with(pipeline: "Pipeline", name: str) -> None:
     except ValidationError as exc:
         raise _fail(pipeline, name, exc) from None
     for i, dep in enumerate(step.deps):
-        if not dep.startswith("steps.") and not is_remote(dep) and not any(c in dep for c in "*?[") \
+        if not dep.startswith("steps.") and not is_remote(pipeline.locate(dep)) and not any(c in dep for c in "*?[") \
                 and not local_path(dep, pipeline.root).exists():
             raise SpecError(f"step {name!r} depends on {dep}, which does not exist",
                             where=f"{pipeline.path}: steps.{name}.deps[{i}]",
@@ -183,7 +182,7 @@ def data_inputs(pipeline: "Pipeline", name: str) -> list[tuple[str, str]]:
         return text
 
     _map_strings(resolve(pipeline, name, placeholder_lookup(pipeline)), "", visit)
-    out += [(f"deps[{i}]", str(local_path(d, pipeline.root)) if not is_remote(d) else d)
+    out += [(f"deps[{i}]", pipeline.locate(d) if not is_remote(d) else d)
             for i, d in enumerate(step.deps) if not d.startswith("steps.")]
     return out
 
@@ -195,7 +194,3 @@ def model_ref(value: str, where: str) -> tuple[str, str]:
         raise SpecError(f"{value!r} is not a registered model version", where=where,
                         fix="refer to a finetune step's outputs.model, or write models:/NAME/VERSION")
     return match.group(1), match.group(2)
-
-
-def local_file(value: str) -> Path:
-    return Path(value)

@@ -72,12 +72,39 @@ def selected(pipeline: Pipeline, options: Options) -> set[str]:
     return chosen
 
 
-def plan(pipeline: Pipeline, options: Options, state: PipelineState, keys: dict[str, str]) -> dict[str, str]:
+def output_hashes(pipeline: Pipeline, name: str, outputs: dict[str, Any], hasher: Hasher) -> dict[str, str]:
+    """Content hashes of a step's file outputs (data and file types), recorded with its cached result."""
+    from .spec import outputs_of
+
+    types = outputs_of(pipeline.step(name))
+    out = {}
+    for key, value in outputs.items():
+        if types.get(key) in ("data", "file") and isinstance(value, str) and value:
+            try:
+                out[key] = hasher.hash(value, f"{pipeline.path}: steps.{name}.outputs.{key}")
+            except StackwiseError:
+                out[key] = "missing"
+    return out
+
+
+def cached_entry(pipeline: Pipeline, state: PipelineState, name: str, key: str, hasher: Hasher) -> dict[str, Any] | None:
+    """The cached result of `name` at `key`, if its output files still hold what the step wrote."""
+    entry = state.read("cache", f"{name}-{key}.json")
+    if entry is None:
+        return None
+    recorded = entry.get("output_hashes") or {}
+    if recorded and output_hashes(pipeline, name, {k: entry["outputs"].get(k) for k in recorded}, hasher) != recorded:
+        return None  # rewritten since (a later run of another key wrote the same folder): run again
+    return entry
+
+
+def plan(pipeline: Pipeline, options: Options, state: PipelineState, keys: dict[str, str],
+         hasher: Hasher) -> dict[str, str]:
     """step -> "cached" | "run" | "excluded"; refuses a selection whose upstream has no cached result."""
     chosen = selected(pipeline, options)
     out: dict[str, str] = {}
     for name in pipeline.order:
-        cached = state.read("cache", f"{name}-{keys[name]}.json") is not None
+        cached = cached_entry(pipeline, state, name, keys[name], hasher) is not None
         if name in chosen:
             out[name] = "cached" if cached and not options.force else "run"
         else:
@@ -121,7 +148,8 @@ class Runner:
         memo = self.state.read("hashes.json") or {}
         hasher = Hasher(pipeline.root, memo)
         keys, hashes = cache_keys(pipeline, self.stack.name, hasher)
-        decided = plan(pipeline, options, self.state, keys)
+        decided = plan(pipeline, options, self.state, keys, hasher)
+        self.hasher = hasher
         run_id = PipelineState.new_run_id()
         file_sha = hashlib.sha256(pipeline.path.read_bytes()).hexdigest()
         self.record = {"run": run_id, "pipeline": pipeline.name, "file": str(pipeline.path), "file_sha256": file_sha,
@@ -235,9 +263,11 @@ class Runner:
         finally:
             with self._saving:
                 step.update({k: v for k, v in ctx.details.items() if k != "inputs"})
+        written = output_hashes(self.pipeline, name, result, Hasher(self.pipeline.root, {}))
         with self._saving:
             self.state.write({"step": name, "kind": self.pipeline.step(name).kind, "key": key, "outputs": result,
-                              "run": self.record["run"], "finished": time.time()}, "cache", f"{name}-{key}.json")
+                              "output_hashes": written, "run": self.record["run"], "finished": time.time()},
+                             "cache", f"{name}-{key}.json")
         self.state.remove(*ctx.inflight)
         self._set(name, "succeeded", outputs=result)
         return result

@@ -24,6 +24,7 @@ the step and the key, raised before any job starts.
 from __future__ import annotations
 
 import difflib
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +111,23 @@ class Pipeline:
     order: list[str]
     upstream: dict[str, set[str]]
     refs: list[Ref] = field(default_factory=list)
+    base: str | None = None  # loaded from a URI: the URI's folder, which relative data paths resolve against
 
     @property
     def root(self) -> Path:
         return self.path.parent
+
+    def locate(self, value: str) -> str:
+        """A local path as written in the file, made absolute: against the file's folder, or against `base`
+        (`s3://.../folder/data.jsonl`) for a file loaded from an object store."""
+        from .hashing import is_remote, local_path
+
+        if is_remote(value):
+            return value
+        if self.base and not value.startswith("file://") and not Path(value).expanduser().is_absolute():
+            scheme, _, rest = self.base.partition("://")
+            return f"{scheme}://{posixpath.normpath(f'{rest}/{value}')}"
+        return str(local_path(value, self.root))
 
     @property
     def name(self) -> str:
@@ -241,8 +255,9 @@ def _order(path: Path, upstream: dict[str, set[str]]) -> list[str]:
                         fix="remove one of the references (or deps) that close the cycle") from None
 
 
-def parse(raw: Any, path: Path) -> Pipeline:
-    """Validate a loaded pipeline document; every error names `path`, the step and the key."""
+def parse(raw: Any, path: Path, base: str | None = None) -> Pipeline:
+    """Validate a loaded pipeline document; every error names `path`, the step and the key (`base`: see
+    `Pipeline.base`)."""
     if not isinstance(raw, dict):
         raise SpecError("a pipeline file must be a mapping with `name` and `steps`", where=str(path),
                         fix="see docs/pipelines.md for the format")
@@ -276,10 +291,13 @@ def parse(raw: Any, path: Path) -> Pipeline:
         step_refs = _parse_refs(path, name, step, pipe)
         refs += step_refs
         upstream[name] = {r.name for r in step_refs if r.target == "steps"} | _deps_steps(path, name, step, pipe)
+    for ref in refs:  # unknown steps first: a cycle is reported before the outputs and types of its edges
+        if ref.target == "steps" and ref.name not in pipe.steps:
+            _check_ref(path, ref, pipe)
+    order = _order(path, upstream)
     for ref in refs:
         _check_ref(path, ref, pipe)
-    order = _order(path, upstream)
-    pipeline = Pipeline(pipe, path, order, upstream, refs)
+    pipeline = Pipeline(pipe, path, order, upstream, refs, base)
     from .kinds import check_with
 
     for name in order:
@@ -288,10 +306,37 @@ def parse(raw: Any, path: Path) -> Pipeline:
 
 
 def load(path: str | Path = "stackwise.yaml") -> Pipeline:
-    """Read and validate a pipeline file (SpecError, exit 2, on any problem)."""
+    """Read and validate a pipeline file (SpecError, exit 2, on any problem).
+
+    `path` may be an fsspec URI (`s3://bucket/folder/stackwise.yaml`, as `stackwise pipeline compile` uploads
+    it): the file is copied to a temporary folder, and relative data paths in it resolve against the URI's
+    folder (`s3://bucket/folder/data/docs.jsonl`); a `file://` URI is the local path."""
     from ..userinput import load_yaml, read_text
 
+    if "://" in str(path) and not str(path).startswith("file://"):
+        return _load_uri(str(path))
+    path = str(path).removeprefix("file://")
     path = Path(path).expanduser().resolve()
     text = read_text(path, error=SpecError, what="pipeline file",
                      fix="give --file, or create stackwise.yaml (stackwise pipeline example writes one)")
     return parse(load_yaml(text, str(path), SpecError, what="pipeline file"), path)
+
+
+def _load_uri(uri: str) -> Pipeline:
+    import tempfile
+
+    from ..userinput import load_yaml, read_remote_bytes
+
+    data = read_remote_bytes(uri, error=SpecError, what="pipeline file",
+                             fix="check the URI (and this machine's credentials for that store)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"pipeline file is not UTF-8 text (byte {exc.start} cannot be decoded)", where=uri,
+                        fix="save it as UTF-8") from None
+    local = Path(tempfile.mkdtemp(prefix="stackwise-pipeline-")) / (uri.rstrip("/").rsplit("/", 1)[-1] or "stackwise.yaml")
+    local.write_bytes(data)
+    try:
+        return parse(load_yaml(text, uri, SpecError, what="pipeline file"), local, base=uri.rsplit("/", 1)[0])
+    except SpecError as exc:  # name the URI, not the temporary copy
+        raise SpecError(exc.what, where=(exc.where or "").replace(str(local), uri) or uri, fix=exc.fix) from None

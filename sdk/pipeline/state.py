@@ -53,7 +53,7 @@ class PipelineState:
 
     def write(self, data: Any, *parts: str) -> None:
         path = self._path(*parts)
-        text = json.dumps(data, indent=1, sort_keys=True, default=str)
+        text = json.dumps(data, indent=1, default=str)  # insertion order: steps in dependency order
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"

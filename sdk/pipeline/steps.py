@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -97,7 +96,9 @@ def curate(ctx: StepContext, w: dict[str, Any]) -> dict[str, Any]:
     raw = w.get("config")
     cfg = (parse_config(raw, f"{ctx.where}.with.config") if isinstance(raw, dict)
            else load_config(raw) if raw else CurationConfig())
-    out = ctx.state.uri("outputs", f"{ctx.name}-{ctx.key[:12]}")
+    # One folder per step, not per key: an index reading it sees the same documents (ids) again and updates
+    # only what changed. A cached result whose files were rewritten since is not reused (runner.verified).
+    out = ctx.state.uri("outputs", ctx.name)
     data = curate_to(w["source"], out, cfg, title=f"Curation of {w['source']} (pipeline step {ctx.name})")
     ctx.details["curation"] = {k: data[k] for k in ("documents", "kept", "dropped", "dropped_by_reason") if k in data}
     ctx.progress(f"kept {data.get('kept')} of {data.get('documents')}")
@@ -214,7 +215,3 @@ EXECUTORS: dict[str, Callable[[StepContext, dict[str, Any]], dict[str, Any]]] = 
     "curate": curate, "index": index, "finetune": finetune, "evaluate": evaluate, "promote": promote,
     "deploy": deploy, "serve-check": serve_check, "run": run_command,
 }
-
-
-def python() -> str:
-    return sys.executable
