@@ -13,7 +13,6 @@ from typing import Annotated, Optional
 import typer
 
 from .errors import InputError
-from .sizing import METHODS
 
 
 def parse_fits(value: str) -> tuple[str, int]:
@@ -40,8 +39,8 @@ def rows(license: Optional[str] = None, fits: Optional[str] = None, method: str 
     from . import model_catalog, sizing
     from .licences import known
 
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r}", where="--method", fix=f"use one of: {', '.join(METHODS)}")
+    if method not in sizing.METHODS:
+        raise InputError(f"unknown method {method!r}", where="--method", fix=f"use one of: {', '.join(sizing.METHODS)}")
     if license is not None:
         known(license)  # exit 2 with the known ids
     target = parse_fits(fits) if fits else None
