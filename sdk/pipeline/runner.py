@@ -129,7 +129,8 @@ class Runner:
         self.stack = load_stack(options.stack)
         self.state = state_for(pipeline, self.stack)
         self.record: dict[str, Any] = {}
-        self._saving = threading.RLock()  # the record is mutated by step threads, saved by all
+        self._saving = threading.RLock()
+        self._stop = threading.Event()  # the record is mutated by step threads, saved by all
 
     def _save(self) -> None:
         with self._saving:
@@ -210,7 +211,13 @@ class Runner:
                     for name in todo:  # cannot happen after plan(); never spin
                         self._set(name, "blocked", detail="its upstream steps did not run")
                     break
-                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                try:
+                    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                except KeyboardInterrupt:
+                    # Ctrl-C: step threads stop following their jobs (which keep running) and end; the
+                    # pool's exit waits only for that, never for a job.
+                    self._stop.set()
+                    raise
                 for future in finished:
                     name = running.pop(future)
                     try:
@@ -254,7 +261,8 @@ class Runner:
                 step["detail"] = text
                 self.view.update(name, dict(step))
 
-        ctx = StepContext(self.pipeline, name, key, self.record["run"], self.stack.name, self.state, progress)
+        ctx = StepContext(self.pipeline, name, key, self.record["run"], self.stack.name, self.state, progress,
+                          stop=self._stop)
         ctx.details["inputs"] = {"data": step["inputs"],
                                  "upstream": {u: self.record["steps"][u]["key"] for u in self.pipeline.upstream[name]}}
         try:

@@ -26,6 +26,7 @@ class StepContext:
     stack: str
     state: "PipelineState"
     progress: Callable[[str], None]
+    stop: Any = None  # a threading.Event the runner sets on Ctrl-C: stop following, leave the job running
     details: dict[str, Any] = field(default_factory=dict)  # recorded in the run record beside the outputs
     _platform: Any = None
 
@@ -56,7 +57,10 @@ def _follow(ctx: StepContext, handle: Any) -> dict[str, Any]:
             last = label
         if info.state.terminal:
             break
-        time.sleep(delay)
+        if ctx.stop is not None and ctx.stop.wait(delay):
+            raise KeyboardInterrupt  # the job keeps running: the next run follows it (inflight/)
+        if ctx.stop is None:
+            time.sleep(delay)
         delay = min(delay * 1.5, 3.0)
     return handle.result()
 
@@ -190,17 +194,31 @@ def run_command(ctx: StepContext, w: dict[str, Any]) -> dict[str, Any]:
     argv = command if isinstance(command, list) else ["bash", "-c", command]
     env = {**os.environ, **{k: str(v) for k, v in (w.get("env") or {}).items()}, "STACKWISE_STACK": ctx.stack}
     ctx.progress(f"$ {command if isinstance(command, str) else ' '.join(map(str, command))}"[:120])
-    try:
-        proc = subprocess.run([str(a) for a in argv], cwd=str(ctx.pipeline.root), env=env, capture_output=True,
-                              text=True)
-    except OSError as exc:
-        raise SpecError(f"step {ctx.name!r} cannot start its command: {exc.strerror or exc}",
-                        where=f"{ctx.where}.with.command", fix="check the command and its path") from None
-    ctx.details["output_tail"] = (proc.stdout + proc.stderr)[-2000:]
+    import tempfile
+
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as log:
+        try:
+            proc = subprocess.Popen([str(a) for a in argv], cwd=str(ctx.pipeline.root), env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, text=True)
+        except OSError as exc:
+            raise SpecError(f"step {ctx.name!r} cannot start its command: {exc.strerror or exc}",
+                            where=f"{ctx.where}.with.command", fix="check the command and its path") from None
+        while proc.poll() is None:
+            if ctx.stop is not None and ctx.stop.wait(0.2):
+                proc.terminate()  # Ctrl-C: a command is no job, nothing follows it later; rerun starts it again
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                raise KeyboardInterrupt
+            if ctx.stop is None:
+                proc.wait()
+        log.seek(0)
+        output = log.read()
+    ctx.details["output_tail"] = output[-2000:]
     if proc.returncode != 0:
-        raise JobFailedError(f"step {ctx.name!r}: its command exited {proc.returncode}: "
-                             f"{(proc.stderr or proc.stdout).strip()[-400:]}", where=f"{ctx.where}.with.command",
-                             fix="fix the command; the rerun starts from this step")
+        raise JobFailedError(f"step {ctx.name!r}: its command exited {proc.returncode}: {output.strip()[-400:]}",
+                             where=f"{ctx.where}.with.command", fix="fix the command; the rerun starts from this step")
     outputs = {}
     for out, path in ctx.pipeline.step(ctx.name).outs.items():
         target = local_path(path, ctx.pipeline.root)

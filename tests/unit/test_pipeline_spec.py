@@ -192,3 +192,36 @@ def test_run_steps_and_watch_run_again_only_when_an_input_changes(tmp_path, run_
     assert failed.returncode == 1 and "exited 3" in failed.stdout
     record = json.loads(failed.stdout)
     assert record["steps"]["count"]["state"] == "failed" and record["steps"]["copy"]["state"] == "blocked"
+
+
+def test_ctrl_c_stops_the_run_at_once_records_it_interrupted_and_a_rerun_finishes(tmp_path, run_cli):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps = {"slow": {"kind": "run", "with": {"command": "sleep 60 && mkdir -p out && echo done > out/slow.txt"},
+                      "outs": {"done": "out/slow.txt"}},
+             "fast": {"kind": "run", "with": {"command": "mkdir -p out && echo ok > out/fast.txt"},
+                      "outs": {"ok": "out/fast.txt"}}}
+    (tmp_path / "stackwise.yaml").write_text(pipeline_yaml(steps))
+    env = {**os.environ, "STACKWISE_HOME": str(tmp_path / ".stackwise")}
+    proc = subprocess.Popen([sys.executable, "-m", "stackwise.cli", "pipeline", "run"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "out" / "fast.txt").exists():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) == 130
+    print(f"\nCtrl-C to exit: {time.monotonic() - sent:.2f} s")
+    status = json.loads(run_cli("pipeline", "status", "--json", cwd=tmp_path).stdout)
+    assert status["status"] == "interrupted"
+    assert status["steps"]["slow"]["state"] == "interrupted" and status["steps"]["fast"]["state"] == "succeeded"
+    steps["slow"]["with"]["command"] = "mkdir -p out && echo done > out/slow.txt"
+    (tmp_path / "stackwise.yaml").write_text(pipeline_yaml(steps))
+    rerun = json.loads(run_cli("pipeline", "run", "--json", cwd=tmp_path).stdout)
+    assert rerun["steps"]["fast"]["state"] == "cached" and rerun["steps"]["slow"]["state"] == "succeeded"
