@@ -116,7 +116,9 @@ class Hasher:
     def _remote(self, uri: str, where: str) -> str:
         import fsspec
 
-        fs, path = fsspec.core.url_to_fs(uri)
+        # A fresh filesystem with no listings cache: a long-lived process (`pipeline watch`) must see the
+        # store as it is now, not a listing or an endpoint an earlier call cached.
+        fs, path = fsspec.core.url_to_fs(uri, skip_instance_cache=True, use_listings_cache=False)
         try:
             if any(c in path for c in "*?["):
                 listing = {p: fs.info(p) for p in fs.glob(path)}

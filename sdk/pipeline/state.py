@@ -31,7 +31,8 @@ class PipelineState:
         import fsspec
 
         self.base = base.rstrip("/")
-        self.fs, self.root = fsspec.core.url_to_fs(self.base)
+        # Its own filesystem with no listings cache: runs and cache entries other processes write are seen.
+        self.fs, self.root = fsspec.core.url_to_fs(self.base, skip_instance_cache=True, use_listings_cache=False)
         self.local = self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol or ())
         self._lock: Any = None
 

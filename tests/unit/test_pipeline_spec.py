@@ -138,6 +138,12 @@ def test_object_store_inputs_are_hashed_by_their_etags_over_real_http(tmp_path, 
     from stackwise.pipeline.hashing import Hasher
     from tests.emulators.cloud_fixtures import aws_moto_env
 
+    import fsspec
+
+    # An S3 filesystem an earlier caller made (another test's endpoint, long gone) sits in fsspec's instance
+    # cache; hashing must not reuse it.
+    aws_moto_env("http://127.0.0.1:9", tmp_path, monkeypatch)
+    fsspec.filesystem("s3").connect()  # its client is bound to that endpoint now
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
@@ -148,11 +154,10 @@ def test_object_store_inputs_are_hashed_by_their_etags_over_real_http(tmp_path, 
         s3.create_bucket(Bucket="data")
         s3.put_object(Bucket="data", Key="docs/a.jsonl", Body=b'{"text": "a"}\n')
         s3.put_object(Bucket="data", Key="docs/b.jsonl", Body=b'{"text": "b"}\n')
-        import fsspec
+        hasher = Hasher(tmp_path)  # one hasher, as `pipeline watch` keeps: it must still see each change
 
         def fresh() -> Hasher:
-            fsspec.filesystem("s3").invalidate_cache()
-            return Hasher(tmp_path)
+            return hasher
 
         first = fresh().hash("s3://data/docs", "w")
         assert fresh().hash("s3://data/docs", "w") == first
