@@ -86,8 +86,10 @@ class _Recorder(pulumi.runtime.Mocks):
         if typ.startswith("aws:"):
             service = typ.split(":")[1].split("/")[0]
             state["arn"] = f"arn:aws:{service}:{region}:{FAKE_ACCOUNT}:{physical}"
-            if typ == "aws:s3/bucket:Bucket":
-                state["bucket"] = physical
+            if typ == "aws:iam/role:Role":  # IAM is global: no region in its ARNs
+                state["arn"] = f"arn:aws:iam::{FAKE_ACCOUNT}:role/{physical}"
+            if typ == "aws:s3/bucket:Bucket":  # bucket ARNs name neither region nor account
+                state.update(bucket=physical, arn=f"arn:aws:s3:::{physical}")
                 return physical, state
             if typ == "aws:ecr/repository:Repository":
                 state["repositoryUrl"] = f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}"

@@ -192,7 +192,8 @@ def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
         PipelineTrigger(f"{prefix}-pipeline", PipelineTriggerArgs(
             trigger=config.pipeline_trigger, definition=_definition(config),
             pipeline_name=_pipeline_name(prefix, config.pipeline_trigger.definition), role_arn=platform.role.arn,
-            role_id=platform.role.id, bucket=platform.bucket.bucket, region=config.region, tags=tags))
+            role_id=platform.role.id, bucket=platform.bucket.bucket, region=config.region, tags=tags,
+            stack=pulumi.get_stack(), endpoint_name=f"{prefix}-{config.endpoint.name}" if config.endpoint else None))
     aws.Budget(f"{prefix}-budget", aws.BudgetArgs(amount_usd=config.monthly_budget_usd,
                                                   emails=config.budget_alert_emails, env=config.env, tags=tags))
     return {
@@ -234,7 +235,7 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
             region=config.region, bucket=platform.bucket.name, artifact_store=platform.artifact_store,
             job_service_account=platform.service_account.email, job_service_account_id=platform.service_account.name,
             network=platform.network_output, kms_key_id=platform.key.id, labels=tags,
-            after=list(platform.apis.values())))
+            after=list(platform.apis.values()), has_endpoint=config.endpoint is not None))
     gcp.Budget(f"{prefix}-budget", gcp.BudgetArgs(
         amount_usd=config.monthly_budget_usd, billing_account=config.gcp_billing_account,
         project=config.gcp_project, emails=config.budget_alert_emails, labels=tags,
@@ -278,7 +279,8 @@ def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str
             trigger=config.pipeline_trigger, job=_definition(config), location=config.region,
             resource_group=platform.resource_group.name, workspace=platform.workspace.name,
             workspace_id=platform.workspace.id, storage_account_id=platform.storage.id,
-            container=azure.platform.ARTIFACTS_CONTAINER, tags=tags))
+            container=azure.platform.ARTIFACTS_CONTAINER, tags=tags, job_principal_id=platform.identity.principal_id,
+            resource_group_id=platform.resource_group.id, has_endpoint=config.endpoint is not None))
     azure.Budget(f"{prefix}-budget", azure.BudgetArgs(
         amount_usd=config.monthly_budget_usd, resource_group_id=platform.resource_group.id,
         emails=config.budget_alert_emails))

@@ -39,6 +39,8 @@ T = TypeVar("T")
 # Where each job keeps its files, under the stack's artifact store.
 JOBS_PREFIX = "jobs"
 BOOTSTRAP_MODULE = "stackwise.adapters.compute.bootstrap"
+#: every cloud job's name starts with it (IAM grants on AWS scope the job role's jobs to `sw-*`)
+JOB_NAME_PREFIX = "sw-"
 _JOB_NAME = re.compile(r"^sw-(?P<identity>[a-z]+-[0-9a-f]{16})-(?P<attempt>[0-9]{1,4})$")
 # Environment variables the job sees; the bootstrap reads them.
 ENV_KIND = "STACKWISE_JOB_KIND"
@@ -98,7 +100,7 @@ def with_retries(call: Callable[[], T], retry: Retry, what: str, sleep: Callable
 
 def job_name(spec: Any, attempt: int = 1) -> str:
     """`sw-<kind>-<digest>-<attempt>`: at most 33 characters, valid on every cloud."""
-    return f"sw-{spec.identity}-{int(attempt)}"
+    return f"{JOB_NAME_PREFIX}{spec.identity}-{int(attempt)}"
 
 
 def parse_job_name(name: str) -> tuple[str, int] | None:

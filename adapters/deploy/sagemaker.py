@@ -165,13 +165,22 @@ def instance_type(stack: Any, endpoint_output: Any) -> str:
 ENV_VALUE_MAX = 1024  # CreateModel's limit on one environment value (botocore: EnvironmentValue)
 
 
+NAME_HEAD = 54  # characters of `<endpoint>-<variant>` (models) or `<endpoint>` (configs) before "-<digest>"
+
+
+def owned_name_pattern(endpoint: str) -> str:
+    """The IAM resource-name pattern of every model and endpoint config `deploy` makes for `endpoint`
+    (`model_name`, `endpoint_config_request`): infra/aws/step_permissions.py grants on exactly it."""
+    return f"{endpoint[:NAME_HEAD]}-*"
+
+
 def model_name(endpoint: str, target: DeployTarget, image: str, rag_env: dict[str, str] | None = None) -> str:
     """SageMaker model names: at most 63 characters of letters, digits and '-'. A RAG app's pinned
     generator is part of what the model runs (a model version's name is as it always was)."""
     parts: tuple[Any, ...] = (target.artifact_uri, target.base_model, image)
     if rag_env:
         parts += (rag_env,)
-    return f"{endpoint}-{variant_name(target.model, target.version)}"[:54] + "-" + _digest(*parts)
+    return f"{endpoint}-{variant_name(target.model, target.version)}"[:NAME_HEAD] + "-" + _digest(*parts)
 
 
 def model_request(stack: Any, endpoint_output: Any, target: DeployTarget,
@@ -215,7 +224,7 @@ def endpoint_config_request(stack: Any, endpoint_output: Any, variants: list[dic
                    "InstanceType": v.get("instance_type") or instance_type(stack, endpoint_output),
                    "InitialInstanceCount": int(v.get("count") or endpoint_output.min_replicas),
                    "InitialVariantWeight": float(v["weight"])} for v in variants]
-    name = f"{endpoint_output.name}"[:54] + "-" + _digest(production)
+    name = f"{endpoint_output.name}"[:NAME_HEAD] + "-" + _digest(production)
     return {"EndpointConfigName": name, "ProductionVariants": production,
             "Tags": [{"Key": "stackwise-stack", "Value": stack.name}]}
 

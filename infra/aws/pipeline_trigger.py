@@ -12,6 +12,7 @@ import pulumi
 from ..config import PipelineTriggerConfig
 from ..pipeline_trigger import SAGEMAKER_STEP_ACTIONS, SageMakerDefinition
 from ._provider import aws
+from .step_permissions import steps_statements
 
 # Step types whose jobs SageMaker runs with a role the pipeline passes (its own).
 _PASSES_ROLE = {"Training", "Processing", "Transform", "Tuning", "Model"}
@@ -31,6 +32,10 @@ class PipelineTriggerArgs:
     """The artifact bucket whose objects under `trigger.data_prefix` start runs."""
     region: str
     tags: dict[str, str]
+    stack: str = ""
+    """The Pulumi stack (the steps' `--stack`): the tag the deploy step puts on scalable targets."""
+    endpoint_name: str | None = None
+    """The stack's SageMaker endpoint, which deploy steps fill; None: no deploy step can run."""
 
 
 def object_key_filter(prefix: str, suffix: str | None) -> list[dict[str, str]]:
@@ -49,7 +54,9 @@ class PipelineTrigger(pulumi.ComponentResource):
     """A SageMaker pipeline from the compiled definition, run by EventBridge rules.
 
     - the pipeline runs as the stack's job role, which gets the SageMaker actions its step types
-      need (on that account's jobs of those kinds) and may pass itself to SageMaker only;
+      need (on that account's jobs of those kinds) and may pass itself to SageMaker only, and
+      what the steps' command calls inside them (step_permissions.py: training jobs `sw-*`, the
+      stack's endpoint, its models and configs, and autoscaling of its variants);
     - EventBridge assumes a role of its own that may call StartPipelineExecution on this
       pipeline and nothing else;
     - `schedule`: a rule with that schedule expression (UTC);
@@ -70,6 +77,10 @@ class PipelineTrigger(pulumi.ComponentResource):
         steps = _steps_policy(args.definition.step_types, args.region, account, args.role_arn)
         if steps is not None:
             aws.iam.RolePolicy(f"{name}-steps", role=args.role_id, policy=steps, opts=child)
+        # What the steps' own command calls inside the containers (step_permissions.py).
+        aws.iam.RolePolicy(f"{name}-step-calls", role=args.role_id, policy=pulumi.Output.all(
+            account, args.role_arn).apply(lambda v: json.dumps({"Version": "2012-10-17", "Statement": steps_statements(
+                args.region, v[0], v[1], args.stack, args.endpoint_name)})), opts=child)
 
         self.events_role = aws.iam.Role(
             f"{name}-events-role", description=f"EventBridge starts the {args.pipeline_name} pipeline",

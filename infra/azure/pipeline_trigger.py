@@ -12,6 +12,7 @@ import pulumi
 from ..config import PipelineTriggerConfig, RecurrenceConfig
 from ._provider import azure
 from .pipeline_job import JOBS_API_VERSION, AzurePipelineJob, fill_spec
+from .step_permissions import AUTOSCALE_ACTIONS, workspace_actions
 
 ml = azure.machinelearningservices
 ARM = "https://management.azure.com/"
@@ -37,6 +38,25 @@ class PipelineTriggerArgs:
     container: str
     """The artifact container whose blobs under `trigger.data_prefix` start runs."""
     tags: dict[str, str]
+    job_principal_id: pulumi.Input[str] | None = None
+    """The jobs' managed identity, which the compiled nodes run as: it gets what the steps call."""
+    resource_group_id: pulumi.Input[str] | None = None
+    """The stack's resource group (where a deploy step's autoscale settings go)."""
+    has_endpoint: bool = False
+    """Whether the stack has an online endpoint, which deploy steps fill."""
+
+
+def _custom_role(name: str, scope: pulumi.Output[str], label: str, description: str, actions: list[str],
+                 principal: pulumi.Input[str], parent: pulumi.Resource) -> azure.authorization.RoleAssignment:
+    """A custom role assignable on `scope` only, with `actions`, assigned to `principal` there."""
+    child = pulumi.ResourceOptions(parent=parent)
+    role = azure.authorization.RoleDefinition(
+        f"{name}-role", scope=scope, assignable_scopes=[scope], description=description,
+        # Custom role names are unique in the whole tenant: this one is the scope's.
+        role_name=scope.apply(lambda s: f"stackwise {label} {hashlib.sha256(s.lower().encode()).hexdigest()[:12]}"),
+        permissions=[azure.authorization.PermissionArgs(actions=actions)], opts=child)
+    return azure.authorization.RoleAssignment(f"{name}", principal_id=principal, principal_type="ServicePrincipal",
+                                              scope=scope, role_definition_id=role.id, opts=child)
 
 
 def recurrence(config: RecurrenceConfig, time_zone: str | None) -> dict[str, Any]:
@@ -103,6 +123,9 @@ class PipelineTrigger(pulumi.ComponentResource):
       storage account, with a subscription (blob created, subject under the prefix, one event a
       delivery) to the workflow's callback URL, a secret.
     With `enabled: false` the workflows are Disabled and no event subscription is made.
+    The jobs' identity, which the compiled nodes run as, gets what the steps' command calls
+    (step_permissions.py): a custom role on the workspace, and with an endpoint one on the
+    resource group limited to autoscale settings.
     """
 
     def __init__(self, name: str, args: PipelineTriggerArgs, opts: pulumi.ResourceOptions | None = None):
@@ -124,6 +147,8 @@ class PipelineTrigger(pulumi.ComponentResource):
             f"{name}-submit", principal_id=self.identity.principal_id, principal_type="ServicePrincipal",
             scope=workspace_id, role_definition_id=role.id, opts=child)
 
+        if args.job_principal_id is not None:
+            self._step_grants(name, args, workspace_id)
         registered: list[pulumi.Resource] = []
         for component in job.components:
             environment_id = None
@@ -189,3 +214,13 @@ class PipelineTrigger(pulumi.ComponentResource):
                                                                  event_time_to_live_in_minutes=1440),
                     opts=child)
         self.register_outputs({"identity": self.identity.id})
+
+    def _step_grants(self, name: str, args: PipelineTriggerArgs, workspace_id: pulumi.Output[str]) -> None:
+        """What the steps' command calls inside the nodes, as the jobs' identity (step_permissions.py)."""
+        assert args.job_principal_id is not None
+        _custom_role(f"{name}-steps", workspace_id, "pipeline steps", "what stackwise pipeline steps call",
+                     workspace_actions(args.has_endpoint), args.job_principal_id, self)
+        if args.has_endpoint and args.resource_group_id is not None:
+            _custom_role(f"{name}-steps-autoscale", pulumi.Output.from_input(args.resource_group_id),
+                         "deployment autoscale", "autoscale settings of the deployments stackwise adds",
+                         AUTOSCALE_ACTIONS, args.job_principal_id, self)

@@ -14,6 +14,7 @@ import pulumi
 from ..config import PipelineTriggerConfig
 from ..pipeline_trigger import VertexDefinition
 from ._provider import gcp
+from .step_permissions import ACT_AS, steps_permissions
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # What the trigger may do besides: create pipeline jobs (nothing else of Vertex AI).
@@ -40,6 +41,8 @@ class PipelineTriggerArgs:
     labels: dict[str, str]
     after: list[pulumi.Resource] = field(default_factory=list)
     """The platform's API enablements."""
+    has_endpoint: bool = False
+    """Whether the stack has a Vertex endpoint, which deploy steps fill (their permissions)."""
 
 
 def pipeline_job_body(definition: VertexDefinition, artifact_store: str, service_account: str,
@@ -102,7 +105,10 @@ class PipelineTrigger(pulumi.ComponentResource):
       suffix (Eventarc filters GCS events by bucket only) and creates the run. The Cloud Storage
       agent publishes the events to Pub/Sub (roles/pubsub.publisher). With `enabled: false` the
       workflow stays and the Eventarc trigger is not created.
-    The job service account gets roles/aiplatform.user: a pipeline's runs call Vertex AI as it.
+    The job service account gets roles/aiplatform.user: a pipeline's runs call Vertex AI as it
+    (Google documents that role for a pipeline's service account). It also gets what the steps'
+    command calls inside the runs (step_permissions.py): a custom role on the project with the
+    Vertex AI permissions of the adapters' calls, and `iam.serviceAccounts.actAs` on itself only.
     """
 
     def __init__(self, name: str, args: PipelineTriggerArgs, opts: pulumi.ResourceOptions | None = None):
@@ -132,6 +138,7 @@ class PipelineTrigger(pulumi.ComponentResource):
                                    member=pulumi.Output.from_input(args.job_service_account).apply(
                                        lambda e: f"serviceAccount:{e}"), opts=child),
         ]
+        grants += self._step_grants(name, args, child)
         self.body = pulumi.Output.all(args.artifact_store, args.job_service_account, args.network,
                                       args.kms_key_id).apply(
             lambda v: pipeline_job_body(args.definition, v[0], v[1], v[2], v[3], args.labels))
@@ -154,6 +161,23 @@ class PipelineTrigger(pulumi.ComponentResource):
         if trigger.data_prefix:
             self._on_data(name, args, url, member, after, grants)
         self.register_outputs({"service_account": self.service_account.email})
+
+    def _step_grants(self, name: str, args: PipelineTriggerArgs, child: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+        """What the steps' command calls inside the runs, as the job service account
+        (step_permissions.py): a custom role on the project, and acting as itself only."""
+        project = args.project
+        jobs = pulumi.Output.from_input(args.job_service_account).apply(lambda e: f"serviceAccount:{e}")
+        steps = gcp.projects.IAMCustomRole(
+            f"{name}-steps", project=project, role_id=re.sub(r"[^A-Za-z0-9_.]", "_", f"{name}_steps"),
+            title="stackwise: what pipeline steps call", permissions=steps_permissions(args.has_endpoint), opts=child)
+        act_as = gcp.projects.IAMCustomRole(
+            f"{name}-act-as", project=project, role_id=re.sub(r"[^A-Za-z0-9_.]", "_", f"{name}_act_as"),
+            title="stackwise: run jobs as the job service account", permissions=ACT_AS, opts=child)
+        return [
+            gcp.projects.IAMMember(f"{name}-jobs-steps", project=project, role=steps.name, member=jobs, opts=child),
+            gcp.serviceaccount.IAMMember(f"{name}-jobs-act-as-itself", service_account_id=args.job_service_account_id,
+                                         role=act_as.name, member=jobs, opts=child),
+        ]
 
     def _on_data(self, name: str, args: PipelineTriggerArgs, url: str, member: pulumi.Output[str],
                  after: list[pulumi.Resource], grants: list[pulumi.Resource]) -> None:

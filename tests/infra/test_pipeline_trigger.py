@@ -292,7 +292,7 @@ def test_gcp_trigger_account_holds_only_what_starting_runs_needs():
     found = run("dev-gcp")
     account = one(found, "serviceaccount/account:Account", "pipeline-trigger").state["email"]
     member = f"serviceAccount:{account}"
-    role = one(found, "iAMCustomRole:IAMCustomRole")
+    role = one(found, "iAMCustomRole:IAMCustomRole", "pipeline-start")
     assert role.inputs["permissions"] == ["aiplatform.pipelineJobs.create"]
     project_roles = {r.inputs["role"] for r in of(found, "projects/iAMMember:IAMMember") if r.inputs["member"] == member}
     assert project_roles == {role.state["name"], "roles/eventarc.eventReceiver", "roles/workflows.invoker"}
