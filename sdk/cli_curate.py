@@ -44,9 +44,9 @@ def _kept_lines(kind: str, kept: list[Any]) -> list[str]:
 
 
 def curate_to(source: str, out: str, cfg: Any, *, state: str | None = None, tracking_uri: str | None = None,
-              follow_links: bool = False, title: str | None = None) -> dict[str, Any]:
+              follow_links: bool = False, title: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Curate SOURCE into the folder OUT (curated.jsonl, exclusions.jsonl, report.json, report.html) and
-    return the report as a dict with `outputs` (the URIs written) and `mlflow_run_id`. The command and the
+    return (the CurationReport, it as a dict with `outputs` (the URIs written) and `mlflow_run_id`). The command and the
     pipeline's curate step both call it."""
     from .curation import curate
     from .curation.io import write_outputs
@@ -65,7 +65,7 @@ def curate_to(source: str, out: str, cfg: Any, *, state: str | None = None, trac
     data = {**report.model_dump(mode="json"), "outputs": uris, "mlflow_run_id": run_id}
     if kind == "documents" and extra:
         data["skipped"] = [{"path": s.path, "reason": s.reason} for s in extra]
-    return data
+    return report, data
 
 
 @curate_app.command()
@@ -89,11 +89,7 @@ def curate_command(
     from .curation import CurationConfig, load_config
 
     cfg = load_config(config) if config else CurationConfig()
-    data = curate_to(source, out, cfg, state=state, tracking_uri=tracking_uri, follow_links=follow_links)
-    from .curation.report import CurationReport
-
-    report = CurationReport.model_validate({k: v for k, v in data.items()
-                                            if k in CurationReport.model_fields})
+    report, data = curate_to(source, out, cfg, state=state, tracking_uri=tracking_uri, follow_links=follow_links)
     uris = data["outputs"]
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")

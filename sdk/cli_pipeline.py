@@ -47,9 +47,10 @@ def _load(file: str, params: list[str] | None = None) -> Any:
 
 
 def _stack_name(pipeline: Any, stack: str | None) -> str:
-    import os
+    """--stack, else the file's `stack`, else what every command uses ($STACKWISE_STACK, else local)."""
+    from .stack import stack_name
 
-    return stack or pipeline.file.stack or os.environ.get("STACKWISE_STACK") or "local"
+    return stack_name(stack or pipeline.file.stack)
 
 
 @pipeline_app.command("run")
@@ -95,17 +96,9 @@ def _state(file: str, stack: str | None) -> tuple[Any, Any]:
 
 def _alive(state: Any, record: dict[str, Any]) -> str:
     """A record left `running` by a run that no longer holds the state's lock was killed."""
-    if record.get("status") != "running" or not state.local:
-        return record.get("status", "?")
-    import fcntl
-
-    try:
-        with open(f"{state.root}/lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    if record.get("status") == "running" and not state.held():
         return "interrupted (its process is gone; `stackwise pipeline run` continues it)"
-    except OSError:
-        return "running"
+    return record.get("status", "?")
 
 
 @pipeline_app.command("status")
@@ -194,8 +187,7 @@ def watch(file: FileOpt = "stackwise.yaml", stack: StackOpt = None,
           max_runs: Annotated[Optional[int], typer.Option("--max-runs", min=1, help="Stop after this many runs.")] = None,
           max_checks: Annotated[Optional[int], typer.Option("--max-checks", min=1, help="Stop after this many checks.")] = None) -> None:
     """Run the pipeline whenever its inputs change (hashes checked every --interval seconds)."""
-    from .pipeline.runner import Options, Runner, cache_keys, exit_code, plan
-    from .pipeline.hashing import Hasher
+    from .pipeline.runner import Options, Runner, exit_code
     from .pipeline.view import make_view
 
     runs = checks = 0
@@ -203,10 +195,8 @@ def watch(file: FileOpt = "stackwise.yaml", stack: StackOpt = None,
         pipeline = _load(file)
         options = Options(stack=_stack_name(pipeline, stack))
         runner = Runner(pipeline, options, make_view(False))
-        hasher = Hasher(pipeline.root, runner.state.read("hashes.json") or {})
-        keys, _ = cache_keys(pipeline, runner.stack.name, hasher)
         checks += 1
-        if "run" in plan(pipeline, options, runner.state, keys, hasher).values():
+        if "run" in runner.prepare().values():  # the run uses these hashes and decisions as they are
             sys.stderr.write(f"{time.strftime('%H:%M:%S')} inputs changed: running\n")
             code = exit_code(runner.run())
             runs += 1

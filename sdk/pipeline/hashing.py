@@ -41,8 +41,8 @@ class Hasher:
         self._dvc: dict[str, dict[str, Any]] | None = None
 
     # -- DVC ------------------------------------------------------------------------------------
-    def dvc_entries(self) -> dict[str, dict[str, Any]]:
-        """{absolute path: {"md5": ..., "size": ...}} of the `outs` dvc.lock records (and *.dvc files)."""
+    def _lock(self) -> dict[str, dict[str, Any]]:
+        """{absolute path: {"md5": ..., "size": ...}} of the `outs` records of the project's dvc.lock."""
         if self._dvc is not None:
             return self._dvc
         import yaml
@@ -59,22 +59,32 @@ class Hasher:
                 for out in (stage or {}).get("outs") or []:
                     if isinstance(out, dict) and out.get("path") and out.get("md5"):
                         entries[str((self.root / out["path"]).resolve())] = out
-        for dvc_file in self.root.rglob("*.dvc"):
-            try:
-                data = yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}
-            except (yaml.YAMLError, OSError):
-                continue
-            for out in data.get("outs") or []:
-                if isinstance(out, dict) and out.get("path") and out.get("md5"):
-                    entries[str((dvc_file.parent / out["path"]).resolve())] = out
         self._dvc = entries
         return entries
+
+    def dvc_record(self, path: Path) -> dict[str, Any] | None:
+        """DVC's record of `path`: its dvc.lock `outs` entry, else the `<path>.dvc` file beside it (where
+        `dvc add` writes it), else None. Only that one file is read: no walk over the project."""
+        key = str(path.resolve())
+        if key in self._lock():
+            return self._lock()[key]
+        dvc_file = path.with_name(path.name + ".dvc")
+        if not dvc_file.is_file():
+            return None
+        import yaml
+
+        try:
+            data = yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, OSError):
+            return None
+        return next((out for out in data.get("outs") or [] if isinstance(out, dict) and out.get("md5")
+                     and str((dvc_file.parent / str(out.get("path", ""))).resolve()) == key), None)
 
     # -- local ----------------------------------------------------------------------------------
     def _file(self, path: Path) -> str:
         stat = path.stat()
         key = str(path.resolve())
-        tracked = self.dvc_entries().get(key)
+        tracked = self.dvc_record(path)
         if tracked is not None and tracked.get("size") in (None, stat.st_size):
             return f"dvc:md5:{tracked['md5']}"
         known = self.memo.get(key)
@@ -92,7 +102,7 @@ class Hasher:
         path = local_path(value, self.root)
         if path.is_file():
             return self._file(path)
-        tracked = self.dvc_entries().get(str(path.resolve()))
+        tracked = self.dvc_record(path)
         if tracked is not None and str(tracked.get("md5", "")).endswith(".dir"):
             return f"dvc:md5:{tracked['md5']}"  # a DVC-tracked folder: DVC's hash of its listing
         if path.is_dir():

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from ..errors import SpecError
 from .hashing import is_remote, local_path
-from .spec import REF, _field_type
+from .spec import REF, _field_type, map_strings
 
 if TYPE_CHECKING:
     from .spec import Pipeline
@@ -32,16 +32,6 @@ PLACEHOLDER = {"data": "placeholder.jsonl", "file": "placeholder.yaml", "model":
                "index": "placeholder", "text": "placeholder", "bool": True, "json": {}}
 CHAMPION_WORDS = ("champion", "@champion")
 SERVE_CHECK_KEYS = {"prompt", "expect", "url", "api_key_env", "max_tokens", "timeout_s", "model"}
-
-
-def _map_strings(value: Any, key: str, fn: Callable[[str, str], Any]) -> Any:
-    if isinstance(value, str):
-        return fn(key, value)
-    if isinstance(value, dict):
-        return {k: _map_strings(v, f"{key}.{k}" if key else str(k), fn) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_map_strings(v, f"{key}[{i}]", fn) for i, v in enumerate(value)]
-    return value
 
 
 def resolve(pipeline: "Pipeline", name: str, lookup: Callable[[str, str | None, str], Any]) -> dict[str, Any]:
@@ -67,7 +57,7 @@ def resolve(pipeline: "Pipeline", name: str, lookup: Callable[[str, str | None, 
             value = pipeline.locate(value)
         return value
 
-    return _map_strings(copy.deepcopy(step.with_), "", substitute)
+    return map_strings(copy.deepcopy(step.with_), "", substitute)
 
 
 def placeholder_lookup(pipeline: "Pipeline") -> Callable[[str, str | None, str], Any]:
@@ -181,7 +171,7 @@ def data_inputs(pipeline: "Pipeline", name: str) -> list[tuple[str, str]]:
             out.append((key, text))
         return text
 
-    _map_strings(resolve(pipeline, name, placeholder_lookup(pipeline)), "", visit)
+    map_strings(resolve(pipeline, name, placeholder_lookup(pipeline)), "", visit)
     out += [(f"deps[{i}]", pipeline.locate(d) if not is_remote(d) else d)
             for i, d in enumerate(step.deps) if not d.startswith("steps.")]
     return out

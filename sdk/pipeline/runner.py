@@ -99,12 +99,17 @@ def cached_entry(pipeline: Pipeline, state: PipelineState, name: str, key: str, 
 
 
 def plan(pipeline: Pipeline, options: Options, state: PipelineState, keys: dict[str, str],
-         hasher: Hasher) -> dict[str, str]:
-    """step -> "cached" | "run" | "excluded"; refuses a selection whose upstream has no cached result."""
+         hasher: Hasher) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """(step -> "cached" | "run" | "excluded", step -> its cached entry); refuses a selection whose upstream
+    has no cached result."""
     chosen = selected(pipeline, options)
     out: dict[str, str] = {}
+    entries: dict[str, dict[str, Any]] = {}
     for name in pipeline.order:
-        cached = cached_entry(pipeline, state, name, keys[name], hasher) is not None
+        entry = cached_entry(pipeline, state, name, keys[name], hasher)
+        cached = entry is not None
+        if entry is not None:
+            entries[name] = entry
         if name in chosen:
             out[name] = "cached" if cached and not options.force else "run"
         else:
@@ -116,7 +121,7 @@ def plan(pipeline: Pipeline, options: Options, state: PipelineState, keys: dict[
                     raise SpecError(f"step {name!r} needs step {up!r}, which is not selected and has no cached "
                                     "result for its current inputs", where=str(pipeline.path),
                                     fix=f"run it too (drop --only/--from/--until, or add --only {up})")
-    return out
+    return out, {name: entries[name] for name in pipeline.order if out[name] == "cached"}
 
 
 class Runner:
@@ -129,8 +134,9 @@ class Runner:
         self.stack = load_stack(options.stack)
         self.state = state_for(pipeline, self.stack)
         self.record: dict[str, Any] = {}
-        self._saving = threading.RLock()
-        self._stop = threading.Event()  # the record is mutated by step threads, saved by all
+        self._saving = threading.RLock()  # the record is mutated by step threads, saved by all
+        self._stop = threading.Event()  # set on Ctrl-C: step threads stop following their jobs
+        self._prepared: tuple[Any, ...] | None = None
 
     def _save(self) -> None:
         with self._saving:
@@ -144,13 +150,21 @@ class Runner:
 
         return lookup
 
+    def prepare(self) -> dict[str, str]:
+        """Hash the inputs and decide what runs (step -> "cached" | "run" | "excluded"), once per runner:
+        `pipeline watch` asks first, then runs what this found."""
+        if self._prepared is None:
+            memo = self.state.read("hashes.json") or {}
+            hasher = Hasher(self.pipeline.root, memo)
+            keys, hashes = cache_keys(self.pipeline, self.stack.name, hasher)
+            decided, entries = plan(self.pipeline, self.options, self.state, keys, hasher)
+            self._prepared = (memo, keys, hashes, decided, entries)
+        return self._prepared[3]
+
     def run(self) -> dict[str, Any]:
         pipeline, options = self.pipeline, self.options
-        memo = self.state.read("hashes.json") or {}
-        hasher = Hasher(pipeline.root, memo)
-        keys, hashes = cache_keys(pipeline, self.stack.name, hasher)
-        decided = plan(pipeline, options, self.state, keys, hasher)
-        self.hasher = hasher
+        self.prepare()
+        memo, keys, hashes, decided, entries = self._prepared
         run_id = PipelineState.new_run_id()
         file_sha = hashlib.sha256(pipeline.path.read_bytes()).hexdigest()
         self.record = {"run": run_id, "pipeline": pipeline.name, "file": str(pipeline.path), "file_sha256": file_sha,
@@ -163,7 +177,7 @@ class Runner:
         outputs: dict[str, dict[str, Any]] = {}
         for name in pipeline.order:
             if decided[name] == "cached":
-                cached = self.state.read("cache", f"{name}-{keys[name]}.json")
+                cached = entries[name]
                 outputs[name] = cached["outputs"]
                 self.record["steps"][name].update(outputs=cached["outputs"], cached_from=cached.get("run"))
         self.view.start(self.record)

@@ -28,7 +28,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -162,15 +162,22 @@ def _where(path: Path, *keys: str) -> str:
     return f"{path}: " + ".".join(keys)
 
 
-def _walk(value: Any, key: str) -> list[tuple[str, str]]:
-    """(key path, string) for every string inside `value`: dicts dotted, list items as key[i]."""
+def map_strings(value: Any, key: str, fn: Callable[[str, str], Any]) -> Any:
+    """`value` with every string inside replaced by `fn(key path, string)`: dict keys dotted, list items
+    as key[i]. The one walk over a step's `with` (references, paths, data inputs)."""
     if isinstance(value, str):
-        return [(key, value)]
+        return fn(key, value)
     if isinstance(value, dict):
-        return [pair for k, v in value.items() for pair in _walk(v, f"{key}.{k}" if key else str(k))]
+        return {k: map_strings(v, f"{key}.{k}" if key else str(k), fn) for k, v in value.items()}
     if isinstance(value, list):
-        return [pair for i, v in enumerate(value) for pair in _walk(v, f"{key}[{i}]")]
-    return []
+        return [map_strings(v, f"{key}[{i}]", fn) for i, v in enumerate(value)]
+    return value
+
+
+def _strings(value: Any) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    map_strings(value, "", lambda key, text: found.append((key, text)))
+    return found
 
 
 def _field_type(kind: str, key: str) -> str | None:
@@ -183,7 +190,7 @@ def _field_type(kind: str, key: str) -> str | None:
 
 def _parse_refs(path: Path, name: str, step: Step, pipe: PipelineFile) -> list[Ref]:
     refs = []
-    for key, text in _walk(step.with_, ""):
+    for key, text in _strings(step.with_):
         for match in REF.finditer(text):
             parts = match.group(1).split(".")
             where = _where(path, "steps", name, "with", key)

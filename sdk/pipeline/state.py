@@ -33,7 +33,8 @@ class PipelineState:
         self.base = base.rstrip("/")
         # Its own filesystem with no listings cache: runs and cache entries other processes write are seen.
         self.fs, self.root = fsspec.core.url_to_fs(self.base, skip_instance_cache=True, use_listings_cache=False)
-        self.local = self.fs.protocol in ("file", "local") or "file" in (self.fs.protocol or ())
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.local = "file" in protocols
         self._lock: Any = None
 
     def uri(self, *parts: str) -> str:
@@ -98,6 +99,20 @@ class PipelineState:
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         self._lock = handle
+
+    def held(self) -> bool:
+        """Whether a run holds the lock now (a local state folder; on an object store: unknown, so True)."""
+        if not self.local:
+            return True
+        import fcntl
+
+        try:
+            with open(self._path("lock"), "a+") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+        except OSError:
+            return True
 
     def unlock(self) -> None:
         if self._lock is not None:

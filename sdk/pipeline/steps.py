@@ -103,7 +103,7 @@ def curate(ctx: StepContext, w: dict[str, Any]) -> dict[str, Any]:
     # One folder per step, not per key: an index reading it sees the same documents (ids) again and updates
     # only what changed. A cached result whose files were rewritten since is not reused (runner.verified).
     out = ctx.state.uri("outputs", ctx.name)
-    data = curate_to(w["source"], out, cfg, title=f"Curation of {w['source']} (pipeline step {ctx.name})")
+    _, data = curate_to(w["source"], out, cfg, title=f"Curation of {w['source']} (pipeline step {ctx.name})")
     ctx.details["curation"] = {k: data[k] for k in ("documents", "kept", "dropped", "dropped_by_reason") if k in data}
     ctx.progress(f"kept {data.get('kept')} of {data.get('documents')}")
     uris = data["outputs"]

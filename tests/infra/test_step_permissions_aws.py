@@ -16,7 +16,6 @@ prefix, role, account, region, service namespace) are refused.
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -24,8 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import stack_config
-from .test_pipeline_trigger_config import TRIGGERS
+from .test_pipeline_trigger import run as run_with_trigger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
@@ -40,11 +38,7 @@ REGION, ACCOUNT, STACK = "us-east-1", "123456789012", "dev-aws"
 
 @pytest.fixture(scope="module")
 def program():
-    from stackwise.infra.config import InfraConfig
-    from stackwise.infra.offline import run_offline
-
-    raw, source = stack_config(STACK)
-    return run_offline(InfraConfig.load({**copy.deepcopy(raw), "pipelineTrigger": TRIGGERS[STACK]}, source), STACK)
+    return run_with_trigger(STACK)  # the program the trigger tests build (cached there)
 
 
 def role_statements(program, policy_name: str | None = None) -> list[dict]:

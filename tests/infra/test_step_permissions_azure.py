@@ -14,7 +14,6 @@ action of the steps' roles must be needed by some request.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 import sys
@@ -23,8 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import stack_config
-from .test_pipeline_trigger_config import TRIGGERS
+from .test_pipeline_trigger import run as run_with_trigger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
@@ -63,11 +61,7 @@ def test_arm_action_rule():
 
 @pytest.fixture(scope="module")
 def program():
-    from stackwise.infra.config import InfraConfig
-    from stackwise.infra.offline import run_offline
-
-    raw, source = stack_config(STACK)
-    return run_offline(InfraConfig.load({**copy.deepcopy(raw), "pipelineTrigger": TRIGGERS[STACK]}, source), STACK)
+    return run_with_trigger(STACK)  # the program the trigger tests build (cached there)
 
 
 @pytest.fixture(scope="module")

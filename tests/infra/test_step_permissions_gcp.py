@@ -14,7 +14,6 @@ permissions, and actAs must be granted on the job service account itself, not on
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 import time
@@ -22,8 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import stack_config
-from .test_pipeline_trigger_config import TRIGGERS
+from .test_pipeline_trigger import run as run_with_trigger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
@@ -60,11 +58,7 @@ def test_permission_rule_matches_the_reference_pages():
 
 @pytest.fixture(scope="module")
 def program():
-    from stackwise.infra.config import InfraConfig
-    from stackwise.infra.offline import run_offline
-
-    raw, source = stack_config(STACK)
-    return run_offline(InfraConfig.load({**copy.deepcopy(raw), "pipelineTrigger": TRIGGERS[STACK]}, source), STACK)
+    return run_with_trigger(STACK)  # the program the trigger tests build (cached there)
 
 
 @pytest.fixture(scope="module")

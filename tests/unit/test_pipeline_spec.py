@@ -128,6 +128,12 @@ def test_dvc_lock_hashes_are_used_for_the_files_it_tracks(project):
     assert Hasher(project).hash("train.jsonl", "w").startswith("sha256:")
     digest = hashlib.sha256((project / "train.jsonl").read_bytes()).hexdigest()
     assert Hasher(project).hash("train.jsonl", "w") == f"sha256:{digest}"
+    # `dvc add docs.jsonl` writes docs.jsonl.dvc beside it
+    docs = (project / "docs.jsonl").read_bytes()
+    docs_md5 = hashlib.md5(docs).hexdigest()  # noqa: S324 - DVC's own content hash
+    (project / "docs.jsonl.dvc").write_text(yaml.safe_dump({"outs": [{"md5": docs_md5, "size": len(docs),
+                                                                      "hash": "md5", "path": "docs.jsonl"}]}))
+    assert Hasher(project).hash("docs.jsonl", "w") == f"dvc:md5:{docs_md5}"
 
 
 def test_object_store_inputs_are_hashed_by_their_etags_over_real_http(tmp_path, monkeypatch):
