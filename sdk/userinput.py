@@ -215,3 +215,14 @@ def env_threads() -> int | None:
             fix="set it to a whole number from 1 to 4096 (e.g. STACKWISE_THREADS=4), or unset it",
         )
     return value
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes, read in 1 MiB blocks (hashlib.file_digest needs Python 3.11)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

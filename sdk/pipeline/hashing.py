@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..userinput import file_sha256
 
 _CHECKSUM_KEYS = ("ETag", "etag", "md5Hash", "content_md5", "crc32c", "md5")
 
@@ -90,11 +91,7 @@ class Hasher:
         known = self.memo.get(key)
         if known and known[0] == stat.st_size and known[1] == stat.st_mtime_ns:
             return known[2]
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        value = f"sha256:{digest.hexdigest()}"
+        value = f"sha256:{file_sha256(path)}"
         self.memo[key] = [stat.st_size, stat.st_mtime_ns, value]
         return value
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...errors import MissingDependencyError, SpecError, StoreError
+from ...userinput import file_sha256
 
 if TYPE_CHECKING:
     from ..spec import Pipeline
@@ -76,14 +77,6 @@ class Bundle:
             except OSError as exc:
                 raise StoreError(f"cannot upload {name} to the artifact store: {exc}", where=f"{self.folder}/{name}",
                                  fix="check this machine's credentials for the store (and that it exists)") from None
-
-
-def _file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _expand(path: Path) -> list[Path]:
@@ -154,7 +147,7 @@ def make_bundle(pipeline: "Pipeline", stack: Any) -> Bundle:
     files: dict[str, Path | bytes] = {FILE_NAME: pipeline.path.read_bytes()}
     files.update(local_inputs(pipeline))
     files.update(stack_texts(stack))
-    listing = sorted((name, hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else _file_sha(src))
+    listing = sorted((name, hashlib.sha256(src).hexdigest() if isinstance(src, bytes) else file_sha256(src))
                      for name, src in files.items())
     digest = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     store = str(stack.outputs.artifact_store).rstrip("/")
