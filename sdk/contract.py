@@ -130,6 +130,43 @@ class NetworkOutput(_Strict):
         default_factory=list, description="GCP: names of the ranges reserved for Vertex AI's peering.")
 
 
+#: A Kubernetes object name (an RFC 1123 label: namespaces, service accounts, queues).
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+
+
+class KubernetesOutput(_Strict):
+    """Where and how jobs and endpoints run on a Kubernetes cluster (a stack whose
+    `stackwise:compute` is `{kind: kubernetes}`; docs/kubernetes.md).
+
+    The cluster is reached through the submitting machine's kubeconfig (its file and context are
+    stack config, `stackwise:kubernetes.kubeconfig` / `.context`, never outputs: a kubeconfig may
+    hold credentials). These outputs say what the program installed on the cluster.
+    """
+
+    namespace: str = Field(pattern=_K8S_NAME, description="Namespace jobs, endpoints and their services live in.")
+    service_account: str | None = Field(None, pattern=_K8S_NAME, description="Service account pods run as (bound "
+                                        "to the cloud identity that reads the artifact store); None: `default`.")
+    queue: str | None = Field(None, pattern=_K8S_NAME, description="Kueue LocalQueue jobs are submitted to "
+                              "(`kueue.x-k8s.io/queue-name`); None: no Kueue.")
+    cluster: str | None = Field(None, description="The cluster's name, when the program created it (EKS, GKE, AKS).")
+    gpu_label: str = Field("nvidia.com/gpu.product", description="Node label whose value names a node's GPU "
+                           "(NVIDIA GPU feature discovery's by default).")
+    gpu_values: dict[str, str] = Field(default_factory=dict, description="Catalog GPU -> value of gpu_label "
+                                       "(absent GPUs: GPU feature discovery's product names).")
+    gpu_tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        description="Tolerations GPU pods get (GPU node pools are tainted so CPU pods stay off them).")
+    spot_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of spot / preemptible "
+                                          "nodes, added to the pods of a spot job.")
+    spot_tolerations: list[dict[str, str]] = Field(default_factory=list, description="Tolerations of a spot job.")
+    autoscaled_gpus: list[str] = Field(default_factory=list, description="Catalog GPUs a node pool scales up from "
+                                       "zero: a job asking for one is not refused when no such node exists yet.")
+    gateway: str | None = Field(None, description="`namespace/name` of the Gateway API Gateway endpoints' HTTPRoutes "
+                                "attach to; None: each endpoint's Service only (no traffic split).")
+    metrics_url: str | None = Field(None, description="Prometheus server URL KEDA queries to scale endpoints on "
+                                    "the serving metrics; None: no autoscaling beyond min replicas.")
+
+
 class StackOutputs(_Strict):
     """Everything an adapter may know about a stack; exported by infra/ for every stack."""
 
@@ -146,6 +183,8 @@ class StackOutputs(_Strict):
     secrets: dict[str, str] = Field(default_factory=dict, description="Named secret references.")
     network: NetworkOutput | None = Field(
         None, description="The private network jobs and endpoints run in (absent: the cloud's default).")
+    kubernetes: KubernetesOutput | None = Field(
+        None, description="The cluster jobs and endpoints run on, for a stack whose compute kind is kubernetes.")
     # Cloud-specific coordinates: only the active cloud's are set.
     gcp_project: str | None = None
     azure_subscription_id: str | None = None

@@ -2,7 +2,7 @@
 
 `platform.deploy("chat@champion")` resolves the reference through the model registry into a
 `DeployTarget` (name, version, artifact URI, base model) and hands it to the stack's
-`DeployBackend` (chosen by `stack.cloud` from `stackwise.registry.DEPLOY`, imported lazily).
+`DeployBackend` (chosen by `stack.deploy_kind`, the cloud or `kubernetes`, from `stackwise.registry.DEPLOY`, imported lazily).
 
 How a cloud implements it (adapters/deploy/<cloud>.py):
 

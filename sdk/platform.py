@@ -123,7 +123,7 @@ class Platform:
         if getattr(self, "_deployer", None) is None:
             from .registry import DEPLOY, load
 
-            self._deployer = load(DEPLOY, self.stack.cloud, "deploy")(self.stack)
+            self._deployer = load(DEPLOY, self.stack.deploy_kind, "deploy")(self.stack)
         return self._deployer
 
     def deploy(self, model_ref: str, traffic: dict[str, int] | None = None,

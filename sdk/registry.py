@@ -30,6 +30,7 @@ COMPUTE: dict[str, AdapterRef] = {
     "aws": AdapterRef("stackwise.adapters.compute.sagemaker:SageMakerCompute", "aws"),
     "gcp": AdapterRef("stackwise.adapters.compute.vertex:VertexCompute", "gcp"),
     "azure": AdapterRef("stackwise.adapters.compute.azureml:AzureMLCompute", "azure"),
+    "kubernetes": AdapterRef("stackwise.adapters.compute.kubernetes:KubernetesCompute", "kubernetes"),
 }
 
 # Inference endpoints (sdk/deploy.py): one DeployBackend per cloud.
@@ -38,6 +39,7 @@ DEPLOY: dict[str, AdapterRef] = {
     "aws": AdapterRef("stackwise.adapters.deploy.sagemaker:SageMakerDeploy", "aws"),
     "gcp": AdapterRef("stackwise.adapters.deploy.vertex:VertexDeploy", "gcp"),
     "azure": AdapterRef("stackwise.adapters.deploy.azureml:AzureMLDeploy", "azure"),
+    "kubernetes": AdapterRef("stackwise.adapters.deploy.kubernetes:KubernetesDeploy", "kubernetes"),
 }
 
 VECTOR_STORES: dict[str, AdapterRef] = {

@@ -29,9 +29,14 @@ _NAMESPACE = "stackwise"
 # Keys the SDK reads from any stack file. The Pulumi program validates the rest of a
 # cloud stack's config; the local stack is wholly the SDK's, so its keys are checked here.
 _LOCAL_KEYS = {"cloud", "region", "artifactStore", "vectorStore", "embeddingModel", "trackingUri", "compute",
-               "allowedLicenses", "allowGated", "maxJobCostUsd"}
-# Compute backends a local stack may choose (`stackwise:compute: {kind: ...}`).
-LOCAL_COMPUTE = ("local", "container")
+               "allowedLicenses", "allowGated", "maxJobCostUsd", "kubernetes"}
+# Compute backends a stack may choose (`stackwise:compute: {kind: ...}`): a local stack runs jobs as
+# processes, in its training image, or on a Kubernetes cluster; a cloud stack on the cloud's ML service
+# (`managed`, the default) or on a Kubernetes cluster (docs/kubernetes.md).
+LOCAL_COMPUTE = ("local", "container", "kubernetes")
+CLOUD_COMPUTE = ("managed", "kubernetes")
+# `stackwise:kubernetes` keys the SDK reads on the submitting machine (the rest become outputs).
+KUBERNETES_CLIENT_KEYS = ("kubeconfig", "context")
 
 
 @dataclass(frozen=True)
@@ -59,11 +64,19 @@ class Stack:
 
     @property
     def compute_kind(self) -> str:
-        """Which compute backend runs this stack's jobs: the cloud's, or on a local stack `local`
-        (processes) or `container` (the stack's training image, with podman or docker)."""
-        if not self.is_local:
-            return self.cloud
-        return str((self.config.get("compute") or {}).get("kind", "local"))
+        """Which compute backend runs this stack's jobs: the cloud's ML service, a Kubernetes
+        cluster (`kubernetes`), or on a local stack `local` (processes) or `container` (the stack's
+        training image, with podman or docker)."""
+        kind = (self.config.get("compute") or {}).get("kind")
+        if kind == "kubernetes":
+            return "kubernetes"
+        return self.cloud if not self.is_local else str(kind or "local")
+
+    @property
+    def deploy_kind(self) -> str:
+        """Which deploy backend serves this stack's endpoints: a stack whose jobs run on Kubernetes
+        serves there too; otherwise the cloud's endpoints (`local`: `stackwise serve`)."""
+        return "kubernetes" if self.compute_kind == "kubernetes" else self.cloud
 
 
 def stack_name(name: str | None = None) -> str:
@@ -123,6 +136,11 @@ def load_stack(name: str | None = None) -> Stack:
             )
     if cloud == "local":
         _check_local_compute(config.get("compute"), source)
+    else:
+        _check_cloud_compute(config.get("compute"), source)
+    compute = config.get("compute")
+    if isinstance(compute, dict) and compute.get("kind") == "kubernetes":
+        _check_kubernetes(config.get("kubernetes"), source, cloud)
     region = config.get("region") or ("local" if cloud == "local" else None)
     if not isinstance(region, str):
         raise ConfigError(
@@ -135,17 +153,57 @@ def _check_local_compute(compute: Any, source: str) -> None:
     if compute is None:
         return
     where = f"{source}: config.stackwise:compute"
-    fix = ("set compute to {kind: local} (jobs as processes) or {kind: container, image: IMAGE} "
-           "(jobs in the training image: build it with `stackwise image build`), optional engine: podman|docker")
+    fix = ("set compute to {kind: local} (jobs as processes), {kind: container, image: IMAGE} "
+           "(jobs in the training image: build it with `stackwise image build`), optional engine: podman|docker, "
+           "or {kind: kubernetes, image: IMAGE} (jobs on a cluster, with stackwise:kubernetes; docs/kubernetes.md)")
     if not isinstance(compute, dict) or set(compute) - {"kind", "image", "engine"}:
         raise ConfigError("stackwise:compute must be a mapping with kind, image and engine", where=where, fix=fix)
     kind = compute.get("kind", "local")
     if kind not in LOCAL_COMPUTE:
-        raise ConfigError(f"unknown compute kind {shorten(kind)} for the local stack", where=where, fix=fix)
-    if kind == "container" and not (isinstance(compute.get("image"), str) and compute["image"].strip()):
-        raise ConfigError("a container compute stack names no image", where=where, fix=fix)
+        raise ConfigError(f"unknown compute kind {shorten(kind)} for the local stack{_did_you_mean(kind, LOCAL_COMPUTE)}",
+                          where=where, fix=fix)
+    if kind in ("container", "kubernetes") and not (isinstance(compute.get("image"), str) and compute["image"].strip()):
+        raise ConfigError(f"a {kind} compute stack names no image", where=where, fix=fix)
     if compute.get("engine") not in (None, "podman", "docker"):
         raise ConfigError(f"unknown container engine {shorten(compute.get('engine'))}", where=where, fix=fix)
+
+
+def _check_cloud_compute(compute: Any, source: str) -> None:
+    if compute is None:
+        return
+    where = f"{source}: config.stackwise:compute"
+    fix = ("leave stackwise:compute out (jobs on the cloud's ML service), or set it to {kind: kubernetes} "
+           "with stackwise:kubernetes (jobs and endpoints on a cluster; docs/kubernetes.md)")
+    if not isinstance(compute, dict) or set(compute) - {"kind"}:
+        raise ConfigError("stackwise:compute of a cloud stack must be a mapping with only kind", where=where, fix=fix)
+    kind = compute.get("kind", "managed")
+    if kind not in CLOUD_COMPUTE:
+        raise ConfigError(f"unknown compute kind {shorten(kind)}{_did_you_mean(kind, CLOUD_COMPUTE)}", where=where,
+                          fix=fix)
+
+
+def _check_kubernetes(settings: Any, source: str, cloud: str) -> None:
+    """A kubernetes compute stack names its cluster settings (the namespace at least, on a local stack;
+    a cloud stack's program defaults it)."""
+    where = f"{source}: config.stackwise:kubernetes"
+    if settings is None and cloud != "local":
+        return
+    if not isinstance(settings, dict) or (cloud == "local" and not settings.get("namespace")):
+        raise ConfigError("a kubernetes compute stack needs stackwise:kubernetes with at least a namespace",
+                          where=where, fix="add stackwise:kubernetes: {namespace: NAME, context: KUBECONFIG-CONTEXT} "
+                          "(docs/kubernetes.md lists every key)")
+    for key in KUBERNETES_CLIENT_KEYS:
+        if settings.get(key) is not None and not (isinstance(settings[key], str) and settings[key].strip()):
+            raise ConfigError(f"stackwise:kubernetes.{key} must be a non-empty string", where=where,
+                              fix=f"set {key} to a {'file path' if key == 'kubeconfig' else 'kubeconfig context name'}, "
+                              "or remove it to use the default")
+
+
+def _did_you_mean(value: Any, choices: tuple[str, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _read_config(text: str, where: str) -> dict[str, Any]:
@@ -192,7 +250,33 @@ def local_outputs(stack: Stack) -> StackOutputs:
         embedding_model=str(stack.config.get("embeddingModel", "all-MiniLM-L6-v2")),
         tracking_uri=stack.config.get("trackingUri") or f"sqlite:///{base / 'mlflow.db'}",
         training_image=(stack.config.get("compute") or {}).get("image"),
+        kubernetes=_local_kubernetes(stack) if stack.compute_kind == "kubernetes" else None,
     )
+
+
+def _local_kubernetes(stack: Stack) -> Any:
+    """A local stack's cluster settings as outputs: `stackwise:kubernetes` less the client keys
+    (kubeconfig, context), camelCase keys as in every stack file."""
+    from pydantic import ValidationError
+
+    from .contract import KubernetesOutput
+
+    settings = {k: v for k, v in (stack.config.get("kubernetes") or {}).items() if k not in KUBERNETES_CLIENT_KEYS}
+    fields = {"".join("_" + c.lower() if c.isupper() else c for c in key): value for key, value in settings.items()}
+    where = f"{stack.source}: config.stackwise:kubernetes"
+    try:
+        return KubernetesOutput.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(root)"
+        camel = key.split("_")[0] + "".join(w.title() for w in key.split("_")[1:])
+        if first["type"] == "extra_forbidden":
+            known = sorted({*KUBERNETES_CLIENT_KEYS, *(n.split("_")[0] + "".join(w.title() for w in n.split("_")[1:])
+                                                     for n in KubernetesOutput.model_fields)})
+            raise ConfigError(f"unknown key stackwise:kubernetes.{camel}", where=where,
+                              fix=f"remove it or correct its spelling; stackwise:kubernetes reads: {', '.join(known)}") from None
+        raise ConfigError(f"bad value for stackwise:kubernetes.{camel}: {first['msg']}", where=where,
+                          fix="correct it (docs/kubernetes.md lists every key)") from None
 
 
 def _local_vector_store(stack: Stack, vector: Any, under) -> VectorStoreOutput:
