@@ -159,6 +159,8 @@ class KubernetesOutput(_Strict):
     spot_selector: dict[str, str] = Field(default_factory=dict, description="Node labels of spot / preemptible "
                                           "nodes, added to the pods of a spot job.")
     spot_tolerations: list[dict[str, str]] = Field(default_factory=list, description="Tolerations of a spot job.")
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="Labels every job and endpoint pod gets "
+                                       "(AKS workload identity needs `azure.workload.identity/use: \"true\"`).")
     autoscaled_gpus: list[str] = Field(default_factory=list, description="Catalog GPUs a node pool scales up from "
                                        "zero: a job asking for one is not refused when no such node exists yet.")
     gateway: str | None = Field(None, description="`namespace/name` of the Gateway API Gateway endpoints' HTTPRoutes "
