@@ -1,7 +1,7 @@
 """The entrypoint of every cloud job: `python -m stackwise.adapters.compute.bootstrap`.
 
 It runs inside the stack's training image on each node of a SageMaker training job, a Vertex
-CustomJob or an Azure ML command job, and imports no control-plane SDK (only fsspec):
+CustomJob, an Azure ML command job or a Kubernetes Job, and imports no control-plane SDK (only fsspec):
 
 1. reads the spec and the job context (`stackwise.contract.JobContext`: artifact store, vector
    store, tracking URI, secret references): inline from `$STACKWISE_SPEC_B64` and
@@ -11,7 +11,8 @@ CustomJob or an Azure ML command job, and imports no control-plane SDK (only fss
    that names it, before any workload starts;
 2. turns the cloud's description of the cluster into the variables the workloads read:
    `MASTER_ADDR`, `MASTER_PORT`, `NODE_RANK`, `NNODES` (SageMaker: resourceconfig.json;
-   Vertex: `CLUSTER_SPEC`; Azure ML's PyTorch distribution sets them already);
+   Vertex: `CLUSTER_SPEC`; Azure ML's PyTorch distribution sets them already; a Kubernetes
+   Indexed Job: `JOB_COMPLETION_INDEX` is the rank, the adapter sets the rest);
 3. runs `python -m stackwise.workloads.<kind> --spec spec.json --context context.json --result result.json`
    (an argument `train`, which SageMaker passes to the image, is ignored);
 4. node 0 copies `result.json` (or `error.json`) to the job's folder, where the adapter's
@@ -65,6 +66,9 @@ def cluster_env(env: Mapping[str, str], sagemaker_config: str = SAGEMAKER_RESOUR
     for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK"):
         if env.get(key):
             out[key] = env[key]
+    # A Kubernetes Indexed Job gives each pod its completion index: the node's rank.
+    if env.get("JOB_COMPLETION_INDEX") and "NODE_RANK" not in out:
+        out["NODE_RANK"] = env["JOB_COMPLETION_INDEX"]
     out.setdefault("NODE_RANK", "0")
     # Azure ML's PyTorch distribution sets MASTER_ADDR/MASTER_PORT/NODE_RANK (kept above) but not
     # the node count; the Azure request carries it as STACKWISE_NNODES.
@@ -148,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     job_uri = env["STACKWISE_JOB_URI"].rstrip("/")
     work = Path(tempfile.mkdtemp(prefix="stackwise-job-"))
     cluster = cluster_env(env)
-    ranked = os.path.isfile(SAGEMAKER_RESOURCE_CONFIG) or env.get("CLUSTER_SPEC") or env.get("NODE_RANK")
+    ranked = (os.path.isfile(SAGEMAKER_RESOURCE_CONFIG) or env.get("CLUSTER_SPEC") or env.get("NODE_RANK")
+              or env.get("JOB_COMPLETION_INDEX"))
     if int(cluster["NNODES"]) > 1 and not ranked:
         # Every node would take rank 0: one shard indexed N times, the others never (and a job that "succeeds").
         print(f"error: this job runs on {cluster['NNODES']} nodes but nothing tells this node its rank\n"
-              "  where: NODE_RANK, CLUSTER_SPEC and /opt/ml/input/config/resourceconfig.json are all unset\n"
+              "  where: NODE_RANK, JOB_COMPLETION_INDEX, CLUSTER_SPEC and /opt/ml/input/config/resourceconfig.json "
+              "are all unset\n"
               "  fix: run the job through its platform's distribution (Azure ML: PyTorch distribution), "
               "which sets them", file=sys.stderr, flush=True)
         return 2
