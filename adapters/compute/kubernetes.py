@@ -111,6 +111,13 @@ def build_manifests(spec: Any, stack: Any, name: str, attempt: int = 1) -> list[
     """The Job (and for several nodes its headless Service) for `spec` on `stack`, as data: no call."""
     outputs = stack.outputs
     cluster = kube.cluster_outputs(stack)
+    if "://" not in outputs.artifact_store or outputs.artifact_store.startswith("file://"):
+        raise ConfigError(
+            f"stack {stack.name!r} keeps its artifacts in a folder of this machine ({outputs.artifact_store}), "
+            "which pods on a cluster cannot reach",
+            where=f"{stack.source}: stackwise:artifactStore",
+            fix="set stackwise:artifactStore to an object store the pods reach (s3://, gs://, az://; MinIO on "
+            "premises is s3:// with AWS_ENDPOINT_URL)")
     image = require_output(outputs.training_image, "training_image", stack,
                            "export the training image (`pulumi up` builds and pushes it; or build and push it with "
                            "`stackwise image build --push` and set stackwise:compute.image)")

@@ -357,3 +357,13 @@ def test_a_cloud_stacks_compute_kind_is_checked_with_a_suggestion(tmp_path, writ
     assert (load_stack("dev").compute_kind, load_stack("dev").deploy_kind) == ("kubernetes", "kubernetes")
     write_project(tmp_path, {"dev": make_stack_yaml("aws", "us-east-1")})
     assert (load_stack("dev").compute_kind, load_stack("dev").deploy_kind) == ("aws", "aws")
+
+
+def test_a_cluster_stack_whose_artifacts_are_a_local_folder_is_refused(tmp_path, write_project):
+    from stackwise.adapters.compute.kubernetes import build_manifests
+    from stackwise.specs import IndexSpec
+
+    write_project(tmp_path, {"lab": ON_PREM.replace("  stackwise:artifactStore: s3://minio-artifacts\n", "")})
+    with pytest.raises(ConfigError) as caught:
+        build_manifests(IndexSpec(source="s3://b/docs/", index="kb"), load_stack("lab"), "sw-index-0123456789abcdef-1")
+    assert "pods on a cluster cannot reach" in caught.value.what and "stackwise:artifactStore" in caught.value.where
