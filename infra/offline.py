@@ -34,6 +34,8 @@ _AZURE_NAME_KEYS = {"BlobContainer": "containerName", "OnlineEndpoint": "endpoin
                     "deploymentName", "Compute": "computeName", "Secret": "secretName", "Vault": "vaultName",
                     "StorageAccount": "accountName", "Registry": "registryName"}
 PLAN_SECRET = "offline-placeholder-not-a-key"
+# A cluster's CA certificate as the clouds answer it (base64 PEM); a placeholder, not a certificate.
+FAKE_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCm9mZmxpbmUtcGxhY2Vob2xkZXIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
 
 
 @dataclass
@@ -93,6 +95,10 @@ class _Recorder(pulumi.runtime.Mocks):
                 return physical, state
             if typ == "aws:ecr/repository:Repository":
                 state["repositoryUrl"] = f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}"
+            if typ == "aws:eks/cluster:Cluster":  # what EKS answers: the API endpoint, its CA, its security group
+                state.update(endpoint=f"https://{digest.upper()}.gr7.{region}.eks.amazonaws.com",
+                             certificateAuthority={"data": FAKE_CA},
+                             vpcConfig={**(inputs.get("vpcConfig") or {}), "clusterSecurityGroupId": f"sg-{digest}"})
             if typ == "aws:ec2/vpcEndpoint:VpcEndpoint" and inputs.get("vpcEndpointType", "Gateway") == "Gateway":
                 state["prefixListId"] = f"pl-{digest}"  # what AWS answers for a gateway endpoint
             return f"{physical}-id", state
