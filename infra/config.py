@@ -477,6 +477,14 @@ class InfraConfig(_Model):
             if name not in self.allowed_gpus:
                 raise ValueError(f"kubernetes.nodePool.gpu {name} is not in allowedGpus ({', '.join(self.allowed_gpus)})")
             _from_catalog(catalog.offer, name, self.cloud, pool.count)
+            uses = [("training", self.training.gpu, self.training.count)]
+            if self.endpoint is not None:
+                uses.append(("endpoint", self.endpoint.gpu, self.endpoint.count))
+            for key, wanted, count in uses:
+                if _from_catalog(catalog.canonical_gpu, wanted) != name or count > pool.count:
+                    raise ValueError(f"kubernetes.nodePool.gpu is {pool.count} x {name}, but {key} asks for {count} x "
+                                     f"{_from_catalog(catalog.canonical_gpu, wanted)}: the created cluster has no other "
+                                     f"GPU nodes; make {key}.gpu {name} (count at most {pool.count}) or change the pool")
             if pool.max_nodes > self.max_endpoint_replicas:
                 raise ValueError(f"kubernetes.nodePool.maxNodes {pool.max_nodes} exceeds maxEndpointReplicas "
                                  f"{self.max_endpoint_replicas} (the policy bound on nodes and replicas)")

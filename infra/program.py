@@ -309,9 +309,13 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
     platform = gcp.TrainingPlatform(prefix, gcp.TrainingPlatformArgs(
         project=config.gcp_project, region=config.region, cidr=config.network.cidr, labels=tags,
         pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
-        images=_images(config)))
+        images=_images(config), **({"extra_apis": ("container",)} if _on_kubernetes(config) else {})))
     endpoint = None
-    if config.endpoint is not None:
+    if config.endpoint is not None and _on_kubernetes(config):
+        ep = config.endpoint
+        endpoint = _cluster_endpoint(ep, ep.image or platform.serving_image or platform.repository.repository_id.apply(
+            lambda repo: f"{config.region}-docker.pkg.dev/{config.gcp_project}/{repo}/serve:latest"))
+    elif config.endpoint is not None:
         ep = config.endpoint
         image = ep.image or platform.serving_image or platform.repository.repository_id.apply(
             lambda repo: f"{config.region}-docker.pkg.dev/{config.gcp_project}/{repo}/serve:latest")
@@ -333,7 +337,21 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
         amount_usd=config.monthly_budget_usd, billing_account=config.gcp_billing_account,
         project=config.gcp_project, emails=config.budget_alert_emails, labels=tags,
         after=list(platform.apis.values())))
+    kubernetes = {}
+    if _on_kubernetes(config):
+        from .gcp.gke import GkeCluster, GkeClusterArgs
+
+        k8s = config.cluster
+        cluster = GkeCluster(f"{prefix}-k8s", GkeClusterArgs(
+            create=k8s.create_cluster, project=config.gcp_project, region=config.region,
+            namespace=k8s.namespace or "", service_account=k8s.service_account,
+            job_service_account_id=platform.service_account.name,
+            job_service_account_email=platform.service_account.email, labels=tags, node_pool=k8s.node_pool,
+            offer=_pool_offer(config), network=platform.network.id, subnetwork=platform.subnet.id,
+            cidr=config.network.cidr, kms_key_id=platform.key.id, after=list(platform.apis.values())))
+        kubernetes = {"kubernetes": _kubernetes(prefix, config, cluster, platform.service_account.email)}
     return {
+        **kubernetes,
         "artifact_store": platform.artifact_store,
         "job_role": platform.service_account.email,
         "training_image": platform.training_image,
@@ -356,7 +374,11 @@ def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str
         pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
         images=_images(config)))
     endpoint = None
-    if config.endpoint is not None:
+    if config.endpoint is not None and _on_kubernetes(config):
+        ep = config.endpoint
+        endpoint = _cluster_endpoint(ep, ep.image or platform.serving_image or platform.registry.login_server.apply(
+            lambda s: f"{s}/serve:latest"))
+    elif config.endpoint is not None:
         ep = config.endpoint
         image = ep.image or platform.serving_image or platform.registry.login_server.apply(
             lambda s: f"{s}/serve:latest")
@@ -377,7 +399,20 @@ def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str
     azure.Budget(f"{prefix}-budget", azure.BudgetArgs(
         amount_usd=config.monthly_budget_usd, resource_group_id=platform.resource_group.id,
         emails=config.budget_alert_emails))
+    kubernetes = {}
+    if _on_kubernetes(config):
+        from .azure.aks import AksCluster, AksClusterArgs
+        from .common import subnets
+
+        k8s = config.cluster
+        cluster = AksCluster(f"{prefix}-k8s", AksClusterArgs(
+            create=k8s.create_cluster, location=config.region, resource_group=platform.resource_group.name,
+            namespace=k8s.namespace or "", service_account=k8s.service_account, identity_name=platform.identity.name,
+            tags=tags, oidc_issuer=k8s.oidc_issuer, node_pool=k8s.node_pool, offer=_pool_offer(config),
+            tier=k8s.cluster_tier, vnet_name=platform.vnet.name, subnet_cidr=subnets(config.network.cidr, 2)[1]))
+        kubernetes = {"kubernetes": _kubernetes(prefix, config, cluster, platform.identity.client_id)}
     return {
+        **kubernetes,
         "artifact_store": platform.artifact_store,
         "job_role": platform.identity.id,
         "training_image": platform.training_image,

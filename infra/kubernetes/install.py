@@ -39,7 +39,7 @@ class ClusterInstall(pulumi.ComponentResource):
             # Not a credential (the exec plugin gets a token when `pulumi up` runs); kept secret anyway,
             # so nothing of the cluster's endpoint lands in plain state or plans.
             self.provider = k8s.Provider(f"{name}-provider", kubeconfig=pulumi.Output.secret(args.kubeconfig),
-                                         delete_unreachable=False, opts=pulumi.ResourceOptions(parent=self))
+                                         opts=pulumi.ResourceOptions(parent=self))
         else:
             self.provider = k8s.Provider(f"{name}-provider", context=args.context,
                                          opts=pulumi.ResourceOptions(parent=self))
