@@ -476,7 +476,10 @@ class InfraConfig(_Model):
             name = _from_catalog(catalog.canonical_gpu, pool.gpu)
             if name not in self.allowed_gpus:
                 raise ValueError(f"kubernetes.nodePool.gpu {name} is not in allowedGpus ({', '.join(self.allowed_gpus)})")
-            _from_catalog(catalog.offer, name, self.cloud, pool.count)
+            try:
+                _from_catalog(catalog.offer, name, self.cloud, pool.count)
+            except ValueError as exc:
+                raise ValueError(f"kubernetes.nodePool {exc}") from None
             uses = [("training", self.training.gpu, self.training.count)]
             if self.endpoint is not None:
                 uses.append(("endpoint", self.endpoint.gpu, self.endpoint.count))
@@ -528,7 +531,13 @@ class InfraConfig(_Model):
         try:
             config = cls.model_validate(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
+            errors = exc.errors()
+            # A union's branches each report (loc ends in the branch: `str`, `QueueConfig`): the model's
+            # branch says what is wrong with a mapping, the first error otherwise.
+            first = next((e for e in errors if any(str(p)[:1].isupper() and str(p).endswith("Config")
+                                                   for p in e["loc"])), errors[0])
+            first = {**first, "loc": tuple(p for p in first["loc"] if not (str(p) in _UNION_TAGS or (
+                str(p)[:1].isupper() and str(p).endswith("Config"))))}
             key = ".".join(str(p) for p in first["loc"]) or "(stack)"
             message = first["msg"].removeprefix("Value error, ")
             named = _CROSS_CHECK_KEY.match(message) if not first["loc"] else None
@@ -553,6 +562,8 @@ class InfraConfig(_Model):
         return config
 
 
+# Union branch tags pydantic puts in error locations (`queue.str`, `queue.QueueConfig.gpus`).
+_UNION_TAGS = {"str", "int", "float", "bool", "list", "dict"}
 # Cross-checks of the kubernetes settings start with the key they are about.
 _CROSS_CHECK_KEY = re.compile(r"^((?:kubernetes|compute)(?:\.[A-Za-z]+)*) ")
 

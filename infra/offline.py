@@ -138,7 +138,7 @@ class _Recorder(pulumi.runtime.Mocks):
                 state["keyUri"] = f"https://{inputs.get('vaultName', 'vault')}.vault.azure.net/keys/{state['name']}"
                 state["keyUriWithVersion"] = f"{state['keyUri']}/{hashlib.sha1(rid.encode()).hexdigest()[:32]}"
             if typ == "azure-native:containerservice:ManagedCluster":
-                state.update(oidcIssuerProfile={"enabled": True, "issuerUrl": f"https://{region}.oic.prod-aks.azure.com/"
+                state.update(oidcIssuerProfile={"enabled": True, "issuerURL": f"https://{region}.oic.prod-aks.azure.com/"
                                                 f"{FAKE_TENANT}/{digest}/"},
                              privateFQDN=f"{state['name']}-{digest}.privatelink.{region}.azmk8s.io")
             if typ == "azure-native:containerregistry:Registry":

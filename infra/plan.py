@@ -149,8 +149,9 @@ def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
     """Monthly cost line items of the idle stack, priced from the GPU catalog."""
     items: list[dict[str, Any]] = []
 
-    def add(resource: RecordedResource, usd: float, basis: str) -> None:
-        items.append({"resource": resource.name, "type": resource.type, "monthly_usd": round(usd, 2), "basis": basis})
+    def add(resource: RecordedResource, usd: float, basis: str, part: str | None = None) -> None:
+        items.append({"resource": f"{resource.name}/{part}" if part else resource.name, "type": resource.type,
+                      "monthly_usd": round(usd, 2), "basis": basis})
 
     def gpu(resource: RecordedResource, instance: str | None, replicas: float, what: str) -> None:
         offer = catalog.offer_for_instance(cloud, instance or "")
@@ -162,7 +163,8 @@ def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
             f"{replicas:g} x {offer.instance} ({offer.count} x {offer.gpu}) {what} at ${offer.on_demand_hourly}/h "
             f"on demand, {offer.region} list price of {offer.as_of}{checked}")
 
-    def node_pool(resource: RecordedResource, cloud_: str, instance: str, low: Any, high: Any, spot: bool) -> None:
+    def node_pool(resource: RecordedResource, cloud_: str, instance: str, low: Any, high: Any, spot: bool,
+                  part: str | None = None) -> None:
         """A Kubernetes node pool while idle: its minimum nodes all month; the maximum is the ceiling."""
         low_n, high_n = float(low or 0), float(high or low or 0)
         # The GPU catalog names SageMaker's ml.* types on AWS (EKS nodes are the EC2 types behind them).
@@ -176,14 +178,14 @@ def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
             add(resource, low_n * hourly * catalog.HOURS_PER_MONTH,
                 f"{low_n:g} x {instance} ({offer.count} x {offer.gpu}) minimum nodes at ${hourly}/h "
                 f"{'spot' if spot else 'on demand'}{aws_note}, {offer.region} list price of {offer.as_of}{note}; "
-                f"ceiling {high_n:g} nodes: ${high_n * hourly * catalog.HOURS_PER_MONTH:,.2f}/month")
+                f"ceiling {high_n:g} nodes: ${high_n * hourly * catalog.HOURS_PER_MONTH:,.2f}/month", part)
             return
         fixed = catalog.fixed_monthly(f"node#{cloud_}:{instance}")
         if fixed is None:
-            add(resource, 0.0, f"{instance}: not in the catalog, not priced")
+            add(resource, 0.0, f"{instance}: not in the catalog, not priced", part)
             return
         add(resource, low_n * fixed.usd, f"{low_n:g} x {instance} minimum nodes (system pool) at ${fixed.usd:.2f}/month "
-            f"each: {fixed.source}; ceiling {high_n:g} nodes: ${high_n * fixed.usd:,.2f}/month")
+            f"each: {fixed.source}; ceiling {high_n:g} nodes: ${high_n * fixed.usd:,.2f}/month", part)
 
     for r in resources:
         inputs = r.inputs
@@ -220,7 +222,7 @@ def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
                 add(r, fixed.usd, f"AKS {tier} tier control plane: {fixed.source}")
             for profile in inputs.get("agentPoolProfiles") or []:
                 node_pool(r, "azure", profile.get("vmSize") or "", profile.get("minCount") or profile.get("count"),
-                          profile.get("maxCount"), profile.get("scaleSetPriority") == "Spot")
+                          profile.get("maxCount"), profile.get("scaleSetPriority") == "Spot", profile.get("name"))
         elif r.type == "aws:ec2/vpcEndpoint:VpcEndpoint":
             if inputs.get("vpcEndpointType") == "Interface" and (fixed := catalog.fixed_monthly(f"{r.type}#Interface")):
                 zones = len(inputs.get("subnetIds") or []) or 1  # one network interface per zone's subnet
