@@ -322,8 +322,9 @@ _CLOUD_NAMES = {
                                       "1-40 lower-case letters, digits or -, starting with a letter"),
     "gcp:container/nodePool:NodePool": ("name", re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"),
                                         "1-40 lower-case letters, digits or -, starting with a letter"),
-    "azure-native:containerservice:ManagedCluster": ("resourceName", re.compile(r"^[a-zA-Z0-9]$|^[a-zA-Z0-9][-_a-zA-Z0-9]{0,61}[a-zA-Z0-9]$"),
-                                                     "1-63 letters, digits, - or _"),
+    "azure-native:containerservice:ManagedCluster": (
+        "resourceName", re.compile(r"^[a-zA-Z0-9]$|^[a-zA-Z0-9][-_a-zA-Z0-9]{0,61}[a-zA-Z0-9]$"),
+        "1-63 letters, digits, - or _"),
     "azure-native:containerservice:AgentPool": ("agentPoolName", re.compile(r"^[a-z][a-z0-9]{0,11}$"),
                                                 "1-12 lower-case letters or digits, starting with a letter"),
 }

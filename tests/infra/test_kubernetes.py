@@ -93,8 +93,10 @@ def test_the_validator_refuses_what_the_api_server_would():
     bad_role["rules"][0]["verb"] = bad_role["rules"][0].pop("verbs")
     bad_monitor = m.pod_monitor("sw-dev")
     bad_monitor["spec"]["podMetricsEndpoints"][0]["port"] = 8000  # a port *name* (string)
+    typo = m.pod_monitor("sw-dev")
+    typo["spec"]["podMetricsEndpoints"][0]["intervall"] = "15s"  # an unknown field: strict validation refuses it
     for obj, fragment in ((bad_queue, "'flavors' is a required property"), (bad_role, "'verbs' is a required"),
-                          (bad_monitor, "8000"),
+                          (bad_monitor, "8000"), (typo, "'intervall' was unexpected"),
                           (m.namespace("Sw_Dev"), "DNS subdomain")):
         with pytest.raises(ManifestError, match=fragment):
             validate_manifest(obj)
