@@ -17,11 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-try:  # the shared constant, once stackwise/kube.py exists
-    from stackwise.kube import KUBERNETES_VERSION  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - until the lead's module lands
-    KUBERNETES_VERSION = "1.33.0"
-    """The Kubernetes version manifests target and are validated against."""
+from stackwise.adapters.kube import KUBERNETES_VERSION  # the version manifests target and are validated against
 
 CRDS = Path(__file__).resolve().parent / "golden" / "crds"
 

@@ -14,9 +14,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from stackwise.adapters.kube import MANAGED_BY
+
 from ..config import GPU_LABEL, GPU_TAINT, SPOT_LABEL, SPOT_TAINT
 
-MANAGED_BY = {"app.kubernetes.io/managed-by": "stackwise"}
 RBAC_GROUP = "rbac.authorization.k8s.io"
 KUEUE_VERSION = "kueue.x-k8s.io/v1beta1"
 """Served by every Kueue release up to v0.19 (v1beta2 is its storage version since v0.15)."""
