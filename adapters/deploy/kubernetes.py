@@ -349,8 +349,9 @@ def scaling_triggers(endpoint_output: Any, metrics_url: str, namespace: str, dep
     if scaling.target_latency_ms is not None:
         total = _metric("e2e_request_latency_seconds_sum")
         count = _metric("e2e_request_latency_seconds_count")
-        # 0/0 while idle is NaN, which KEDA reads as 0 with ignoreNullValues: no scale-out without traffic.
-        query = (f"sum(rate({total}{{{pods}}}[{RATE_WINDOW}])) / sum(rate({count}{{{pods}}}[{RATE_WINDOW}]))")
+        # Idle, both rates are 0: the clamp makes that 0, not NaN (KEDA before 2.20 fails on NaN).
+        query = (f"sum(rate({total}{{{pods}}}[{RATE_WINDOW}])) / "
+                 f"clamp_min(sum(rate({count}{{{pods}}}[{RATE_WINDOW}])), 1e-9)")
         triggers.append({"type": "prometheus", "name": "latency", "metricType": "Value",
                          "metadata": {**base, "query": query,
                                       "threshold": _number(scaling.target_latency_ms / 1000)}})
