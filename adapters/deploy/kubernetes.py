@@ -518,7 +518,7 @@ class KubernetesDeploy(DeployBackend):
         deployments = self._deployments(out.name)
         if not deployments:
             return Deployment(endpoint=out.name, cloud=self.cloud, state="absent", url=url)
-        weights = self._weights(out.name)
+        weights = self._weights(out.name, deployments)
         variants = []
         for dep in deployments:
             env, labels = _env(dep), dep.metadata.labels or {}
@@ -531,7 +531,7 @@ class KubernetesDeploy(DeployBackend):
         return Deployment(endpoint=out.name, cloud=self.cloud, state=endpoint_state([v.state for v in variants]),
                           url=url, variants=variants)
 
-    def _weights(self, endpoint: str) -> dict[str, int]:
+    def _weights(self, endpoint: str, deployments: list[Any]) -> dict[str, int]:
         """Version object name -> percent: the HTTPRoute's weights, else the endpoint Service's one version."""
         front = endpoint_object_name(endpoint)
         if gateway_ref(self.stack) is not None:
@@ -543,7 +543,7 @@ class KubernetesDeploy(DeployBackend):
         service = self._service(front)
         selector = dict(service.spec.selector or {}) if service is not None and service.spec else {}
         if MODEL_LABEL in selector and VERSION_LABEL in selector:
-            for dep in self._deployments(endpoint):
+            for dep in deployments:
                 if all((dep.metadata.labels or {}).get(k) == v for k, v in selector.items()):
                     return {dep.metadata.name: 100}
         return {}
@@ -576,9 +576,8 @@ class KubernetesDeploy(DeployBackend):
         return self.describe(out.name)
 
     def _create(self, manifest: dict[str, Any], target: Any, made: list[dict[str, Any]]) -> None:
-        """Create one object; an existing one of this version (left by an interrupted deploy) is
-        brought to `manifest`; one of the same name that is not this version's is a ConfigError."""
-        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        """Create one object of a version; an existing one of this version (left by an interrupted
+        deploy) is brought to `manifest`; one of the same name that is not this version's is a ConfigError."""
         made.append(manifest)  # removed again if anything of this deploy fails, also when it existed
         try:
             self._send("create", manifest)
@@ -586,17 +585,31 @@ class KubernetesDeploy(DeployBackend):
         except kube.Conflict:
             pass
         existing = self._send("get", manifest)
-        labels = (existing.get("metadata") or {}).get("labels") or {}
-        wanted = manifest["metadata"]["labels"]
-        if any(labels.get(k) != wanted[k] for k in (ENDPOINT_LABEL, MODEL_LABEL, VERSION_LABEL)):
+        try:
+            self._check_owner(manifest, existing, (ENDPOINT_LABEL, MODEL_LABEL, VERSION_LABEL), target.key)
+        except ConfigError:
             made.pop()  # not ours: never deleted
-            raise ConfigError(f"a {kind} named {name} already exists in namespace {self.namespace} and is not "
-                              f"{target.key} of endpoint {wanted[ENDPOINT_LABEL]}",
-                              where=f"namespace {self.namespace}, {kind} {name}",
-                              fix=f"delete or rename that {kind} (kubectl delete {kind.lower()} {name} -n "
-                                  f"{self.namespace}), or deploy to another endpoint")
-        if kind != "Deployment":  # a Deployment's selector is immutable, and one of this version runs it already
-            self._send("patch", manifest, {"metadata": {"labels": wanted}, "spec": manifest["spec"]})
+            raise
+        if manifest["kind"] != "Deployment":  # a Deployment's selector is immutable; this version's runs already
+            self._send("patch", manifest, {"metadata": {"labels": manifest["metadata"]["labels"]},
+                                           "spec": manifest["spec"]})
+
+    def _check_owner(self, manifest: dict[str, Any], existing: Any, keys: tuple[str, ...], whose: str) -> None:
+        """ConfigError unless `existing` (a dict or a client model) carries `manifest`'s `keys` labels and
+        stackwise's managed-by: an object of the same name made by someone else is never taken over."""
+        if isinstance(existing, dict):
+            labels = (existing.get("metadata") or {}).get("labels") or {}
+        else:
+            labels = existing.metadata.labels or {}
+        wanted = manifest["metadata"]["labels"]
+        if all(labels.get(k) == wanted[k] for k in (*keys, *kube.MANAGED_BY)):
+            return
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        raise ConfigError(f"a {kind} named {name} already exists in namespace {self.namespace} and is not "
+                          f"stackwise's {whose} of endpoint {wanted[ENDPOINT_LABEL]}",
+                          where=f"namespace {self.namespace}, {kind} {name}",
+                          fix=f"delete or rename that {kind} (kubectl delete {kind.lower()} {name} -n "
+                              f"{self.namespace}), or deploy to another endpoint")
 
     def _send(self, verb: str, manifest: dict[str, Any], body: Any = None) -> Any:
         """create / get / patch / delete one manifest's object; returns the object as a dict."""
@@ -642,19 +655,23 @@ class KubernetesDeploy(DeployBackend):
         gateway = gateway_ref(self.stack) is not None
         selector = endpoint_selector(out.name, None if gateway else versions[primary])
         service = self._service(front)
+        wanted = service_manifest(self.stack, front, out.name, selector)
         if service is None:
-            self._create_front(service_manifest(self.stack, front, out.name, selector), made)
-        elif dict(service.spec.selector or {}) != selector:
-            patch = {k: None for k in (service.spec.selector or {}) if k not in selector}
-            self._send("patch", {"kind": "Service", "metadata": {"name": front}},
-                       {"spec": {"selector": {**patch, **selector}}})
+            self._create_front(wanted, made)
+        else:
+            self._check_owner(wanted, service, (ENDPOINT_LABEL,), "Service")
+            if dict(service.spec.selector or {}) != selector:
+                gone = {k: None for k in (service.spec.selector or {}) if k not in selector}
+                self._send("patch", wanted, {"spec": {"selector": {**gone, **selector}}})
         if not gateway:
             return
         route = route_manifest(self.stack, out, [(names[key], pct) for key, pct in split.items()])
         existing = self._route(front)
         if existing is None:
             self._create_front(route, made)
-        elif route_shape(existing) != route_shape(route):  # weights alone: this one PATCH
+            return
+        self._check_owner(route, existing, (ENDPOINT_LABEL,), "HTTPRoute")
+        if route_shape(existing) != route_shape(route):  # weights alone: this one PATCH
             self._send("patch", route, {"spec": {**route["spec"], "hostnames": route["spec"].get("hostnames")}})
 
     def _create_front(self, manifest: dict[str, Any], made: list[dict[str, Any]]) -> None:
@@ -663,6 +680,7 @@ class KubernetesDeploy(DeployBackend):
             self._send("create", manifest)
             made.append(manifest)
         except kube.Conflict:
+            self._check_owner(manifest, self._send("get", manifest), (ENDPOINT_LABEL,), manifest["kind"])
             self._send("patch", manifest, {"spec": manifest["spec"]})
 
     def undeploy(self, key: str, endpoint: str | None = None) -> Deployment:

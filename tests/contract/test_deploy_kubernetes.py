@@ -633,3 +633,15 @@ def test_a_local_stack_serves_its_one_endpoint_with_the_serve_image(kube, tmp_pa
     assert manifest["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.lan/stackwise/serve:latest"
     assert "serviceAccountName" not in manifest["spec"]["template"]["spec"]
     assert dep.traffic == {"chat:1": 100} and posted(kube, ROUTES) == []
+
+
+def test_an_endpoint_service_of_someone_else_is_not_taken_over(kube, tmp_path, monkeypatch):
+    foreign = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "chat", "namespace": NS,
+                                                                   "labels": {"app": "chat-ui"}},
+               "spec": {"selector": {"app": "chat-ui"}, "ports": [{"port": 80}]}}
+    kube.put_object(foreign, "services")
+    deployer = backend(kube, tmp_path, monkeypatch, gateway=None)
+    with pytest.raises(ConfigError, match="Service named chat already exists"):
+        deployer.deploy([target(1)], {"chat:1": 100})
+    assert kube.get("v1", "services", NS, "chat")["spec"]["selector"] == {"app": "chat-ui"}
+    assert [o["metadata"]["name"] for o in kube.objects.values()] == ["chat"]  # chat:1's objects removed again
