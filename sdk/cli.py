@@ -33,6 +33,9 @@ app.add_typer(image_app, name="image")
 
 StackOpt = Annotated[Optional[str], typer.Option("--stack", "-s", help="Stack name (default: $STACKWISE_STACK or local).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what the stack's compute backend would create for "
+                                         "the job (Kubernetes manifests as YAML, a cloud's job request as JSON) and "
+                                         "submit nothing.")]
 NewOpt = Annotated[bool, typer.Option("--new", help="Start a fresh run (a new job identity) instead of returning the "
                                       "running job of this spec or resuming its checkpoints.")]
 RunNameOpt = Annotated[Optional[str], typer.Option("--run-name", help="Name a run of this spec (1-12 lowercase letters, "
@@ -158,6 +161,16 @@ def _progress_text(job_id: str, event: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _print_rendered(rendered: Any, as_json: bool) -> None:
+    """`--dry-run`: the backend's request as data (YAML documents for Kubernetes manifests)."""
+    if as_json or not isinstance(rendered, list):
+        print(json.dumps(rendered, indent=2, sort_keys=True))
+        return
+    import yaml
+
+    print(yaml.safe_dump_all(rendered, sort_keys=False, width=120), end="")
+
+
 def _run_job(handle, detach: bool, as_json: bool, print_report: Any, needs: str | None = None) -> None:
     """Print the submitted job's id (--detach), or follow it to the end and print its report.
 
@@ -224,6 +237,7 @@ def index(
     to_stack: Annotated[Optional[str], typer.Option("--to-stack", help="With SOURCE 'copy': the stack to copy the index to.")] = None,
     to_index: Annotated[Optional[str], typer.Option("--to-index", help="With SOURCE 'copy': the target index name (default: --index).")] = None,
     curate: Annotated[Optional[str], typer.Option("--curate", help="Curate the input first with this curation YAML (dedup, quality, language, PII, bias screen: docs/curation.md).")] = None,
+    dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Index documents into a vector index of the active stack (incremental: reruns embed only what changed).
@@ -261,6 +275,9 @@ def index(
         raise SpecError(first["msg"].removeprefix("Value error, "), where="stackwise index options",
                         fix="see `stackwise index --help`") from None
     _check_source(source)
+    if dry_run:
+        _print_rendered(platform.render(spec, new=new, run_name=run_name), as_json)
+        return
     _run_job(platform.index(spec, new=new, run_name=run_name), detach, as_json, _print_index_report, needs="chunks")
 
 
@@ -526,6 +543,7 @@ def finetune(
     run_name: RunNameOpt = None,
     stack: StackOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
+    dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Fine-tune a causal LM (LoRA, QLoRA or full) on the active stack.
@@ -588,6 +606,9 @@ def finetune(
     _, placement = platform.plan_finetune(spec)
     if not as_json:
         _print_placement(placement)
+    if dry_run:
+        _print_rendered(platform.render(spec, new=new, run_name=run_name), as_json)
+        return
     _run_job(platform.finetune(spec, new=new, run_name=run_name), detach, as_json, _print_finetune_report)
 
 
@@ -691,6 +712,7 @@ def eval_command(
     run_name: RunNameOpt = None,
     stack: StackOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
+    dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Evaluate a model (against an optional baseline) on the active stack: metrics, MLflow runs, a report."""
@@ -712,6 +734,9 @@ def eval_command(
         from .evaluation.data import read_eval_data
 
         read_eval_data(data)  # fail fast on a missing or malformed file
+    if dry_run:
+        _print_rendered(_platform(stack).render(spec, new=new, run_name=run_name), as_json)
+        return
     _run_job(_platform(stack).evaluate(spec, new=new, run_name=run_name), detach, as_json, _print_eval_report,
              needs="candidate")
 

@@ -99,6 +99,26 @@ class Platform:
             self._placements[key] = plan_finetune(spec, self.stack)
         return self._placements[key]
 
+    def render(self, spec: Any, *, new: bool = False, run_name: str | None = None) -> Any:
+        """What submitting `spec` would create on the stack's compute backend, as data, with no call:
+        a Kubernetes stack's manifests (a list), a cloud's job request (SageMaker, Vertex AI, Azure ML),
+        for the spec's first attempt. A fine-tune is placed first (`plan_finetune`). The local stack
+        runs jobs as processes and has nothing to render (ConfigError)."""
+        from stackwise.adapters.compute._cloud import check_paths, job_name, with_run
+
+        from .errors import ConfigError
+
+        if spec.kind == "finetune":
+            spec, _ = self.plan_finetune(spec)
+        build = getattr(self.compute, "build", None)
+        if build is None:
+            raise ConfigError(f"stack {self.stack.name!r} runs its jobs on this machine (compute kind "
+                              f"{self.stack.compute_kind}): there is no job request to print", where="--dry-run",
+                              fix="use --dry-run with a cloud or kubernetes stack")
+        spec = with_run(spec, new, run_name)
+        check_paths(spec, self.stack)
+        return build(spec, job_name(spec, 1), 1)
+
     def evaluate(self, spec: "EvaluateSpec | None" = None, *, new: bool = False, run_name: str | None = None,
                  **fields: Any) -> JobHandle:
         """Submit an evaluation job (a spec, or its fields as keywords) and return its handle at once.

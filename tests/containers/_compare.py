@@ -14,6 +14,20 @@ import pytest
 STACKS = Path(__file__).resolve().parents[2] / "stacks"
 
 
+def s3_env(endpoint: str) -> dict[str, str]:
+    """What the containers and the host need to reach moto's S3 (LanceDB's object store included)."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1"}
+
+
+def lee_articles(count: int) -> list[str]:
+    """The first `count` articles of gensim's Lee news corpus."""
+    gensim = pytest.importorskip("gensim")
+    path = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
+    return [x.strip() for x in path.read_text(encoding="latin-1").splitlines() if x.strip()][:count]
+
+
 def host_search(stack: str, query: str, index: str, cwd: Path, secret: str | None = None, **env: str) -> list[dict]:
     """`stackwise search QUERY --stack STACK --json` in a fresh process, as a user on the host runs it
     (the stack's outputs from $STACKWISE_OUTPUTS, the project's stacks/ folder, `env` added); `secret`

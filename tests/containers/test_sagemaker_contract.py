@@ -24,7 +24,7 @@ pytest.importorskip("boto3", reason="install stackwise[aws]")
 pytest.importorskip("moto", reason="install stackwise[dev]")
 pytest.importorskip("lancedb", reason="install stackwise[local]")
 
-from _compare import assert_same_top5_as_local, host_search  # noqa: E402
+from _compare import assert_same_top5_as_local, host_search, lee_articles, s3_env  # noqa: E402
 from sagemaker_emulator import SageMakerEmulator  # noqa: E402
 from sagemaker_runner import SageMakerRunner  # noqa: E402
 
@@ -40,16 +40,9 @@ def emulator():
     server.stop()
 
 
-def _aws_env(endpoint: str) -> dict[str, str]:
-    """What the containers and the host need to reach moto's S3 (LanceDB's object store included)."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true",
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true", "AWS_MAX_ATTEMPTS": "1"}
-
-
 @pytest.fixture
 def aws(emulator, monkeypatch, tmp_path):
-    for key, value in _aws_env(emulator.endpoint).items():
+    for key, value in s3_env(emulator.endpoint).items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(key, raising=False)
@@ -62,12 +55,6 @@ def aws(emulator, monkeypatch, tmp_path):
     if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
         s3.create_bucket(Bucket=BUCKET)
     return emulator
-
-
-def _articles() -> list[str]:
-    gensim = pytest.importorskip("gensim")
-    path = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
-    return [x.strip() for x in path.read_text(encoding="latin-1").splitlines() if x.strip()][:ARTICLES]
 
 
 def _outputs(tmp_path: Path, image: str) -> Path:
@@ -88,7 +75,7 @@ def test_a_sharded_index_job_runs_in_containers_and_the_host_searches_its_index(
     from stackwise.jobs import JobState
 
     s3 = boto3.client("s3", region_name="us-east-1")
-    texts = _articles()
+    texts = lee_articles(ARTICLES)
     for number, text in enumerate(texts):
         s3.put_object(Bucket=BUCKET, Key=f"data/docs/lee-{number:03d}.txt", Body=(text + "\n").encode())
     monkeypatch.setenv("STACKWISE_OUTPUTS", str(_outputs(tmp_path, images["train"]["image"])))
@@ -98,7 +85,7 @@ def test_a_sharded_index_job_runs_in_containers_and_the_host_searches_its_index(
     assert handle.status() is JobState.PENDING
 
     runner = SageMakerRunner(aws, engine, tmp_path / "sagemaker",
-                             {**_aws_env(aws.endpoint), "OMP_NUM_THREADS": "1", "STACKWISE_THREADS": "1"})
+                             {**s3_env(aws.endpoint), "OMP_NUM_THREADS": "1", "STACKWISE_THREADS": "1"})
     codes = runner.run(handle.id, timeout=900)
     assert codes == [0, 0], runner.log(handle.id, "algo-1")[-3000:] + runner.log(handle.id, "algo-2")[-3000:]
     for host in ("algo-1", "algo-2"):
@@ -137,7 +124,7 @@ def test_a_finetune_killed_in_its_container_resumes_in_the_next_attempts_contain
     from stackwise.specs import FineTuneSpec
     from stackwise.training.tiny import build_tiny_model
 
-    texts = _articles() * 8
+    texts = lee_articles(ARTICLES) * 8
     model = build_tiny_model(tmp_path / "tiny", texts, vocab_size=300)
     s3 = boto3.client("s3", region_name="us-east-1")
     for path in model.iterdir():
@@ -153,7 +140,7 @@ def test_a_finetune_killed_in_its_container_resumes_in_the_next_attempts_contain
                                   "logging_every": 5, "eval_max_examples": 8, "precision": "fp32"})
     first = platform.finetune(spec)
     runner = SageMakerRunner(aws, engine, tmp_path / "sagemaker",
-                             {**_aws_env(aws.endpoint), "OMP_NUM_THREADS": "2", "STACKWISE_THREADS": "2"})
+                             {**s3_env(aws.endpoint), "OMP_NUM_THREADS": "2", "STACKWISE_THREADS": "2"})
     running = runner.start(first.id)
     marker = running[0][2] / "checkpoints" / "checkpoint-50" / "stackwise-complete"
     deadline = time.monotonic() + 600

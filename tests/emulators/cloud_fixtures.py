@@ -33,6 +33,18 @@ OUTPUTS: dict[str, dict[str, Any]] = {
         "default_gpu": "L4", "vector_store": {"kind": "embedded", "uri": "gs://sw-dev-artifacts/vectors"},
         "gcp_project": "my-project",
     },
+    "dev-k8s": {
+        "cloud": "aws", "region": "us-east-1", "artifact_store": "s3://sw-dev-artifacts",
+        "job_role": "arn:aws:iam::123456789012:role/sw-dev-jobs-role",
+        "training_image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/sw-dev-images:train",
+        "default_gpu": "A10G", "vector_store": {"kind": "embedded", "uri": "s3://sw-dev-artifacts/vectors"},
+        "kubernetes": {"namespace": "sw-dev", "service_account": "stackwise-jobs", "cluster": "sw-dev",
+                       "gpu_label": "stackwise.dev/gpu", "gpu_values": {"T4": "T4", "L4": "L4", "A10G": "A10G"},
+                       "spot_selector": {"stackwise.dev/spot": "true"},
+                       "spot_tolerations": [{"key": "stackwise.dev/spot", "operator": "Equal", "value": "true",
+                                             "effect": "NoSchedule"}],
+                       "autoscaled_gpus": ["A10G"]},
+    },
     "dev-azure": {
         "cloud": "azure", "region": "eastus", "artifact_store": "az://artifacts",
         "job_role": "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sw-dev/providers/"

@@ -98,7 +98,7 @@ class KubeServer:
         self.validator = validator
         self.objects: dict[Key, dict] = {}
         self.logs: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (ns, pod) -> [(timestamp, line)]
-        self.requests: list[tuple[str, str, Any]] = []  # (method, path, body) of every call
+        self.requests: list[tuple[str, str, Any]] = []  # (method, path with query, body) of every call
         self.forbidden: set[str] = set()
         self._failures: list[int] = []
         self._version = 0
@@ -220,7 +220,7 @@ class KubeServer:
         url = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         with self._lock:
-            self.requests.append((method, url.path, copy.deepcopy(body)))
+            self.requests.append((method, raw_path, copy.deepcopy(body)))
             if self._failures:
                 code = self._failures.pop(0)
                 return code, status_body(code, "ServiceUnavailable" if code >= 500 else "TooManyRequests",

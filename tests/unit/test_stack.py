@@ -298,3 +298,72 @@ def test_errors_are_value_errors_with_what_where_fix(project):
     assert isinstance(error, stackwise.StackwiseError) and error.exit_code == 2
     assert error.where and error.fix
     assert f"where: {error.where}" in str(error) and f"fix: {error.fix}" in str(error)
+
+
+# -- compute kinds ---------------------------------------------------------------------------------
+ON_PREM = """config:
+  stackwise:cloud: local
+  stackwise:artifactStore: s3://minio-artifacts
+  stackwise:compute: {kind: kubernetes, image: registry.internal/stackwise/train:1}
+  stackwise:kubernetes:
+    context: lab
+    namespace: ml-jobs
+    serviceAccount: stackwise-jobs
+    queue: team-a
+    gpuValues: {A100-80GB: a100-80}
+    gpuLabel: lab.example.com/gpu
+"""
+
+
+def test_a_local_stack_on_a_cluster_derives_its_kubernetes_outputs(tmp_path, write_project):
+    write_project(tmp_path, {"lab": ON_PREM})
+    stack = load_stack("lab")
+    assert (stack.compute_kind, stack.deploy_kind) == ("kubernetes", "kubernetes")
+    cluster = stack.outputs.kubernetes
+    assert (cluster.namespace, cluster.service_account, cluster.queue) == ("ml-jobs", "stackwise-jobs", "team-a")
+    assert cluster.gpu_label == "lab.example.com/gpu" and cluster.gpu_values == {"A100-80GB": "a100-80"}
+    assert stack.outputs.training_image == "registry.internal/stackwise/train:1"
+    assert stack.outputs.artifact_store == "s3://minio-artifacts"
+
+
+@pytest.mark.parametrize("change, message, fix", [
+    ("    namspace: x\n", "unknown key stackwise:kubernetes.namspace", "namespace"),
+    ("    queue: Team_A\n", "bad value for stackwise:kubernetes.queue", "docs/kubernetes.md"),
+])
+def test_a_bad_kubernetes_key_of_a_local_stack_is_named(tmp_path, write_project, change, message, fix):
+    write_project(tmp_path, {"lab": ON_PREM.replace("    queue: team-a\n", change)})
+    with pytest.raises(ConfigError) as caught:
+        load_stack("lab").outputs
+    assert message in caught.value.what and fix in caught.value.fix
+    assert "Pulumi.lab.yaml" in caught.value.where
+
+
+def test_a_local_cluster_stack_needs_a_namespace_and_an_image(tmp_path, write_project):
+    write_project(tmp_path, {"lab": ON_PREM.replace("    namespace: ml-jobs\n", "")})
+    with pytest.raises(ConfigError, match="at least a namespace"):
+        load_stack("lab")
+    write_project(tmp_path, {"lab": ON_PREM.replace(", image: registry.internal/stackwise/train:1", "")})
+    with pytest.raises(ConfigError, match="names no image"):
+        load_stack("lab")
+
+
+def test_a_cloud_stacks_compute_kind_is_checked_with_a_suggestion(tmp_path, write_project, make_stack_yaml):
+    text = make_stack_yaml("aws", "us-east-1") + "  stackwise:compute: {kind: kubernets}\n"
+    write_project(tmp_path, {"dev": text})
+    with pytest.raises(ConfigError) as caught:
+        load_stack("dev")
+    assert "did you mean 'kubernetes'" in caught.value.what and "kind: kubernetes" in caught.value.fix
+    write_project(tmp_path, {"dev": make_stack_yaml("aws", "us-east-1") + "  stackwise:compute: {kind: kubernetes}\n"})
+    assert (load_stack("dev").compute_kind, load_stack("dev").deploy_kind) == ("kubernetes", "kubernetes")
+    write_project(tmp_path, {"dev": make_stack_yaml("aws", "us-east-1")})
+    assert (load_stack("dev").compute_kind, load_stack("dev").deploy_kind) == ("aws", "aws")
+
+
+def test_a_cluster_stack_whose_artifacts_are_a_local_folder_is_refused(tmp_path, write_project):
+    from stackwise.adapters.compute.kubernetes import build_manifests
+    from stackwise.specs import IndexSpec
+
+    write_project(tmp_path, {"lab": ON_PREM.replace("  stackwise:artifactStore: s3://minio-artifacts\n", "")})
+    with pytest.raises(ConfigError) as caught:
+        build_manifests(IndexSpec(source="s3://b/docs/", index="kb"), load_stack("lab"), "sw-index-0123456789abcdef-1")
+    assert "pods on a cluster cannot reach" in caught.value.what and "stackwise:artifactStore" in caught.value.where
