@@ -646,3 +646,19 @@ def test_an_endpoint_service_of_someone_else_is_not_taken_over(kube, tmp_path, m
         deployer.deploy([target(1)], {"chat:1": 100})
     assert kube.get("v1", "services", NS, "chat")["spec"]["selector"] == {"app": "chat-ui"}
     assert [o["metadata"]["name"] for o in kube.objects.values()] == ["chat"]  # chat:1's objects removed again
+
+
+def test_stackwise_endpoints_shows_the_cluster_s_versions(kube, tmp_path, monkeypatch, capsys):
+    from stackwise.cli import main
+
+    backend(kube, tmp_path, monkeypatch).deploy([target(1), target(2)], {"chat:1": 75, "chat:2": 25})
+    settle(kube)
+    monkeypatch.setattr(sys, "argv", ["stackwise", "endpoints", "--stack", "dev-k8s", "--json"])
+    try:
+        main()
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    shown = json.loads(capsys.readouterr().out)
+    shown = shown[0] if isinstance(shown, list) else shown
+    assert shown["traffic"] == {"chat:1": 75, "chat:2": 25} and shown["state"] == "ready"
+    assert shown["cloud"] == "kubernetes" and [v["name"] for v in shown["variants"]] == ["chat-chat-v1", "chat-chat-v2"]
