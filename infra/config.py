@@ -253,7 +253,7 @@ class PipelineTriggerConfig(_Model):
 
 # A Kubernetes object name (an RFC 1123 label): namespaces, service accounts, queues, groups' Roles.
 K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
-# The labels and taints of the node pools the program creates (docs/kubernetes-infra.md): jobs and
+# The labels and taints of the node pools the program creates (docs/kubernetes.md): jobs and
 # endpoints select the GPU by GPU_LABEL, tolerate the GPU taint, and spot jobs the spot taint.
 GPU_LABEL = "stackwise.dev/gpu"
 SPOT_LABEL = "stackwise.dev/spot"

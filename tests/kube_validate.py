@@ -55,6 +55,7 @@ def validate_manifest(obj: dict[str, Any]) -> None:
     """Raise ManifestError unless `obj` is a valid object of its apiVersion and kind."""
     if not isinstance(obj, dict) or not obj.get("apiVersion") or not obj.get("kind"):
         raise ManifestError(f"not a Kubernetes object (apiVersion and kind): {obj!r:.200}")
+    obj = {k: v for k, v in obj.items() if k != "status"}  # a write to the main resource ignores it
     api_version, kind = obj["apiVersion"], obj["kind"]
     name = (obj.get("metadata") or {}).get("name")
     where = f"{kind} {name!r} ({api_version})"
@@ -87,6 +88,7 @@ def validate_manifest(obj: dict[str, Any]) -> None:
 
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 
@@ -97,6 +99,8 @@ def _check_metadata(meta: dict[str, Any], where: str) -> None:
     name = meta.get("name")
     if not (isinstance(name, str) and len(name) <= 253 and _SUBDOMAIN.fullmatch(name)):
         raise ManifestError(f"{where}: metadata.name {name!r} is not a DNS subdomain name")
+    if where.startswith("Service ") and not (len(name) <= 63 and _DNS1035.fullmatch(name)):
+        raise ManifestError(f"{where}: metadata.name {name!r} is not a DNS-1035 label (a Service's name must be)")
     for key, value in (meta.get("labels") or {}).items():
         prefix, _, short = str(key).rpartition("/")
         if (prefix and not (len(prefix) <= 253 and _SUBDOMAIN.fullmatch(prefix))) or not _LABEL_NAME.fullmatch(short):

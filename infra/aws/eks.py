@@ -24,7 +24,7 @@ GPU_AMI = "AL2023_x86_64_NVIDIA"
 SYSTEM_AMI = "AL2023_x86_64_STANDARD"
 # Interface endpoints private nodes need beyond the platform's (ECR, logs, STS): EC2 (node
 # bootstrap, the VPC CNI), EKS (the autoscaler's DescribeNodegroup), EKS Auth (Pod Identity's
-# credentials) and Auto Scaling (the autoscaler). See docs/kubernetes-infra.md.
+# credentials) and Auto Scaling (the autoscaler). See docs/kubernetes.md.
 NODE_ENDPOINTS = ("ec2", "eks", "eks-auth", "autoscaling")
 _EFFECT = {"NoSchedule": "NO_SCHEDULE", "NoExecute": "NO_EXECUTE", "PreferNoSchedule": "PREFER_NO_SCHEDULE"}
 
@@ -92,7 +92,7 @@ class EksCluster(pulumi.ComponentResource):
         self.cluster = aws.eks.Cluster(
             f"{name}-eks", name=name, role_arn=cluster_role.arn,
             # Private API endpoint only: `pulumi up` and the SDK reach it from the VPC or a network
-            # connected to it, like the rest of the stack (docs/kubernetes-infra.md).
+            # connected to it, like the rest of the stack (docs/kubernetes.md).
             vpc_config={"subnet_ids": args.subnet_ids, "endpoint_private_access": True,
                         "endpoint_public_access": False},
             access_config={"authentication_mode": "API", "bootstrap_cluster_creator_admin_permissions": True},
