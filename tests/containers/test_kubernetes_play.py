@@ -112,5 +112,8 @@ def test_index_pods_of_a_two_worker_job_run_under_podman_kube_play(images, engin
         cloud_hits = host_search("dev-k8s", QUERY, "kb", tmp_path, **{k: v for k, v in s3_env(s3_server.endpoint).items()})
         assert_same_top5_as_local(cloud_hits, texts, QUERY, tmp_path)
     finally:
+        import s3fs
+
         kube.stop()
         s3_server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()  # bound to the stopped server (see test_compute_kubernetes.py)

@@ -68,14 +68,18 @@ def s3():
 
 @pytest.fixture
 def aws_env(s3, monkeypatch, tmp_path):
+    import boto3
+    import s3fs
+
     aws_moto_env(s3.endpoint, tmp_path, monkeypatch)
     s3.reset()
-    import boto3
-
     client = boto3.client("s3", region_name="us-east-1")
     if BUCKET not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
         client.create_bucket(Bucket=BUCKET)
-    return s3
+    yield s3
+    # s3fs caches its filesystems by their arguments, not by the endpoint in the environment: one
+    # left here would send a later module's S3 calls to this module's moto server once it is gone.
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ def _local_stack(tmp_path: Path, compute: str) -> Path:
 
 
 @pytest.mark.parametrize("compute, message", [
-    ("  stackwise:compute:\n    kind: kubernetes\n", "unknown compute kind 'kubernetes'"),
+    ("  stackwise:compute:\n    kind: slurm\n", "unknown compute kind 'slurm'"),
     ("  stackwise:compute:\n    kind: container\n", "names no image"),
     ("  stackwise:compute:\n    kind: container\n    image: x\n    engine: lxc\n", "unknown container engine 'lxc'"),
     ("  stackwise:compute:\n    kind: container\n    image: x\n    gpus: 2\n", "must be a mapping with kind, image"),
