@@ -15,8 +15,10 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stackwise import catalog
+from stackwise.contract import VectorStoreKind
 from stackwise.errors import ConfigError
 from stackwise.images import DEFAULT_BASE_IMAGE, DEFAULT_EXTRAS
+from stackwise.registry import vector_store_kinds
 
 REQUIRED_TAGS = ("project", "env", "owner", "cost-center")
 _LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -55,7 +57,7 @@ class VectorStoreConfig(_Model):
     """Where indexes live: the embedded store on the object store, a Pinecone serverless index the
     program creates, or a Weaviate or Milvus cluster run elsewhere (`host` + `apiKeySecret`)."""
 
-    kind: Literal["embedded", "pinecone", "weaviate", "milvus"] = "embedded"
+    kind: VectorStoreKind = "embedded"
     host: str | None = Field(None, description="weaviate / milvus: the existing cluster's URL.")
     api_key_secret: str | None = Field(
         None, description="weaviate / milvus: secret reference of its API key or token (aws-sm://, gcp-sm://, "
@@ -70,12 +72,13 @@ class VectorStoreConfig(_Model):
 
     @model_validator(mode="after")
     def _external_cluster(self) -> "VectorStoreConfig":
-        external = self.kind in ("weaviate", "milvus")
+        external = self.kind in vector_store_kinds("external")
         if external and not (self.host and self.host.startswith(("http://", "https://"))):
             raise ValueError(f"kind {self.kind} needs host: the URL of the existing {self.kind} cluster "
                              "(this program does not create one; see docs/stacks.md)")
         if not external and (self.host or self.api_key_secret):
-            raise ValueError(f"host and apiKeySecret are for weaviate or milvus clusters, not kind {self.kind}")
+            raise ValueError(f"host and apiKeySecret are for {' or '.join(vector_store_kinds('external'))} clusters, "
+                             f"not kind {self.kind}")
         if self.api_key_secret and not _SECRET_REF.fullmatch(self.api_key_secret):
             raise ValueError("apiKeySecret must be a secret reference such as aws-sm://ARN or env://NAME, "
                              "never the key itself")

@@ -16,6 +16,7 @@ import pulumi
 
 from stackwise import catalog
 from stackwise.contract import StackOutputs
+from stackwise.registry import vector_store_kinds
 
 from .config import EndpointConfig, InfraConfig, QueueConfig
 
@@ -74,7 +75,7 @@ def _vector_store(prefix: str, config: InfraConfig, secrets: Secrets, artifact_s
     store = config.vector_store
     if store.kind == "embedded":
         return artifact_store.apply(lambda root: {"kind": "embedded", "uri": f"{root.rstrip('/')}/vectors"})
-    if store.kind in ("weaviate", "milvus"):  # a cluster run elsewhere: exported, not created
+    if store.kind in vector_store_kinds("external"):  # a cluster run elsewhere: exported, not created
         return pulumi.Output.from_input({"kind": store.kind, "host": store.host, "api_key_secret": store.api_key_secret})
     from .pinecone import VectorIndex, VectorIndexArgs
 

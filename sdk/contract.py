@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .registry import vector_store_kinds
+
 Cloud = Literal["local", "aws", "gcp", "azure"]
 CLOUDS: tuple[str, ...] = ("local", "aws", "gcp", "azure")
 
@@ -33,10 +35,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The registered vector store kinds (`stackwise.registry.VECTOR_STORES`), read when this module loads.
+VectorStoreKind = Literal[vector_store_kinds()]  # type: ignore[valid-type]
+
+
 class VectorStoreOutput(_Strict):
     """Where the stack's vector store lives."""
 
-    kind: Literal["embedded", "pinecone", "weaviate", "milvus"] = Field(
+    kind: VectorStoreKind = Field(
         description="Engine: the embedded store (local disk or the object store), or a hosted one."
     )
     uri: str | None = Field(None, description="Embedded store: a folder or object-store URI.")

@@ -27,8 +27,9 @@ checks it):
   ranges are refused for Pinecone with a clear error. Booleans are not numbers.
 
 `parse_filter` validates a dict into a typed tree (`Cond`, `And`, `Or`) and raises `SpecError`
-naming the bad key, operator or value. The `to_*` functions are pure translations, one per
-store, each with its own tests (tests/unit/test_filters.py).
+naming the bad key, operator or value. Each store owns its dialect: a pure translation of the
+tree beside its adapter (`stackwise.adapters.vectors.<store>_filters`: `to_lance`, `to_pinecone`,
+`to_milvus`, `to_weaviate`), each with its own tests (tests/unit/test_filters.py).
 """
 
 from __future__ import annotations
@@ -36,15 +37,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from .errors import SpecError
 from .userinput import shorten
-
-if TYPE_CHECKING:
-    from weaviate.collections.classes.filters import _Filters
 
 Scalar = Union[str, int, float, bool]
 
@@ -54,6 +52,8 @@ NOT_FILTERABLE = ("id", "text", "vector", "chunk")
 COLUMN_KEYS = ("doc_id", "source")
 OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin")
 RANGE_OPS = ("gt", "gte", "lt", "lte")
+# The infix symbol of each range operator, as SQL (the embedded store) and Milvus write it.
+RANGE_SYMBOLS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 MAX_DEPTH = 16  # levels of $and/$or (see the module docstring)
 _FIX_SYNTAX = ('write {"key": value}, {"key": [a, b]}, {"key": {"$gte": 1, "$lt": 5}}, '
                '{"$and": [...]} or {"$or": [...]}; operators: ' + " ".join(OPERATORS))
@@ -85,8 +85,8 @@ def _is_scalar(value: Any) -> bool:
         return math.isfinite(value)
     return isinstance(value, (str, int, bool))
 
-def _kind(value: Any) -> str:
-    """'bool', 'num' or 'str': the comparable family of a scalar."""
+def scalar_kind(value: Any) -> str:
+    """'bool', 'num' or 'str': the comparable family of a scalar (the stores' dialects use it too)."""
     if isinstance(value, bool):
         return "bool"
     return "num" if isinstance(value, (int, float)) else "str"
@@ -128,7 +128,7 @@ def _key_conds(key: str, spec: Any, where: str) -> list[Cond]:
             else:
                 conds.append(Cond(key, name, _scalar(key, op, value, where)))
         bounds = [c for c in conds if c.op in RANGE_OPS]
-        kinds = {_kind(c.value) for c in bounds}
+        kinds = {scalar_kind(c.value) for c in bounds}
         if "bool" in kinds:
             raise _fail(f"filter {key!r} compares a boolean with $gt/$gte/$lt/$lte", where,
                         "ranges take numbers or strings; filter booleans with equality")
@@ -231,208 +231,6 @@ def parse_filter_args(items: Iterable[str], where: str = "--filter") -> dict[str
     result: dict[str, Any] = merged if not extra else {"$and": [{k: v} for k, v in merged.items()] + extra}
     parse_filter(result, where)
     return result
-
-# -- translations ---------------------------------------------------------------------------------
-def _bad_for(store: str, cond: Cond, why: str, fix: str) -> SpecError:
-    return SpecError(f"{store} cannot apply filter {cond.key!r} ${cond.op} {shorten(cond.value)}: {why}",
-                     where="filter", fix=fix)
-
-PINECONE_MAX_IN = 10_000  # values in one $in / $nin (Pinecone's documented limit)
-
-def to_pinecone(expr: Expr | None) -> dict[str, Any] | None:
-    """Pinecone's metadata filter language (pure).
-
-    `$ne`/`$nin` on a metadata key add `$exists: true`, so records without the key never
-    match (the portable meaning); `$in`/`$nin` with booleans, which Pinecone's `$in` does not
-    take, become `$or`/`$and` of `$eq`/`$ne`. String ranges are refused: Pinecone compares
-    numbers only."""
-    if expr is None:
-        return None
-    if isinstance(expr, And):
-        return {"$and": [to_pinecone(e) for e in expr.items]}
-    if isinstance(expr, Or):
-        return {"$or": [to_pinecone(e) for e in expr.items]}
-    key, op, value = expr.key, expr.op, expr.value
-    if op in RANGE_OPS and _kind(value) != "num":
-        raise _bad_for("Pinecone", expr, "Pinecone compares only numbers with $gt/$gte/$lt/$lte",
-                       "store the field as a number, or filter strings with equality or $in")
-    if op in ("in", "nin") and len(value) > PINECONE_MAX_IN:
-        raise SpecError(f"Pinecone cannot apply filter {key!r} ${op} with {len(value):,} values: it takes at "
-                        f"most {PINECONE_MAX_IN:,}", where="filter", fix="split the query, or filter on a coarser field")
-    if op in ("in", "nin") and any(isinstance(v, bool) for v in value):
-        parts = [{key: {"$eq" if op == "in" else "$ne": v}} for v in value]
-        cond = parts[0] if len(parts) == 1 else {"$or" if op == "in" else "$and": parts}
-    else:
-        cond = {key: {f"${op}": list(value) if op in ("in", "nin") else value}}
-    if op in ("ne", "nin") and key not in COLUMN_KEYS:
-        return {"$and": [{key: {"$exists": True}}, cond]}
-    return cond
-
-def _milvus_literal(value: Scalar) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(value, ensure_ascii=False)  # double-quoted, with backslash escapes
-
-def _milvus_list(values: Iterable[Scalar]) -> str:
-    return "[" + ", ".join(_milvus_literal(v) for v in values) + "]"
-
-_COMPARE = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}  # the same in Milvus and SQL
-
-def _milvus_cond(cond: Cond) -> str:
-    key, op, value = cond.key, cond.op, cond.value
-    if key in COLUMN_KEYS:  # VARCHAR columns
-        return {
-            "eq": lambda: f"{key} == {_milvus_literal(value)}",
-            "ne": lambda: f"{key} != {_milvus_literal(value)}",
-            "in": lambda: (f"{key} == {_milvus_literal(value[0])}" if len(value) == 1
-                           else f"{key} in {_milvus_list(value)}"),
-            "nin": lambda: f"{key} not in {_milvus_list(value)}",
-        }.get(op, lambda: f"{key} {_COMPARE[op]} {_milvus_literal(value)}")()
-    field = f"metadata[{json.dumps(key)}]"
-    if op in ("eq", "in"):
-        values = [value] if op == "eq" else list(value)
-        terms = [f"{field} == {_milvus_literal(v)}" for v in values]
-        terms.append(f"json_contains_any({field}, {_milvus_list(values)})")
-        return "(" + " or ".join(terms) + ")"
-    if op in ("ne", "nin"):
-        # Milvus's `!=` is true where the key is missing: `exists` keeps those out (the
-        # portable meaning); `!=` is true for a list, which must also not contain the value.
-        values = [value] if op == "ne" else list(value)
-        terms = [f"(exists {field})"] + [f"{field} != {_milvus_literal(v)}" for v in values]
-        terms.append(f"not json_contains_any({field}, {_milvus_list(values)})")
-        return "(" + " and ".join(terms) + ")"
-    return f"{field} {_COMPARE[op]} {_milvus_literal(value)}"
-
-def _milvus(expr: Expr, top: bool) -> str:
-    if isinstance(expr, Cond):
-        return _milvus_cond(expr)
-    joiner = " and " if isinstance(expr, And) else " or "
-    inner = joiner.join(_milvus(e, False) for e in expr.items)
-    return inner if top and isinstance(expr, And) else f"({inner})"
-
-def to_milvus(expr: Expr | None) -> str:
-    """A Milvus boolean expression over the adapter's fields ('' for no filter; pure).
-
-    `doc_id` and `source` are VARCHAR fields; other keys live in the JSON field `metadata`
-    and are read as `metadata["key"]`; a JSON array matches through `json_contains_any`.
-    Strings are double-quoted JSON literals (quotes and backslashes escaped)."""
-    if expr is None:
-        return ""
-    return _milvus(expr, True)
-
-@dataclass(frozen=True)
-class LanceColumn:
-    """A metadata key the embedded store also keeps as a typed column of its own.
-
-    `kind` is 'str', 'num' or 'bool'. Only columns that hold every stored value of the key
-    (no list or other type was ever written for it) may be passed to `to_lance`."""
-
-    name: str
-    kind: str
-
-def sql_quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-def _sql_literal(value: Scalar) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return sql_quote(str(value))
-
-def _json_path(key: str) -> str:
-    return sql_quote('$["' + key + '"]')
-
-def _lance_json_eq(key: str, value: Scalar) -> str:
-    """`metadata[key]` equals `value`, or is a list containing it (list metadata from JSONL).
-
-    Compares JSON forms, as stored: 3 and 3.0 are different values here."""
-    path = _json_path(key)
-    as_json = sql_quote(json.dumps(value, ensure_ascii=False))
-    return f"(json_extract(metadata, {path}) = {as_json} OR json_array_contains(metadata, {path}, {_sql_literal(value)}))"
-
-def _lance_json(cond: Cond) -> str:
-    key, op, value = cond.key, cond.op, cond.value
-    extracted = f"json_extract(metadata, {_json_path(key)})"
-    if op in ("eq", "in", "ne", "nin"):
-        values = [value] if op in ("eq", "ne") else list(value)
-        terms = [_lance_json_eq(key, v) for v in values]
-        any_of = terms[0] if len(terms) == 1 else "(" + " OR ".join(terms) + ")"
-        return any_of if op in ("eq", "in") else f"({extracted} IS NOT NULL AND NOT {any_of})"
-    if _kind(value) == "num":
-        # JSON strings, booleans and lists do not cast to a number: NULL, no match.
-        return f"TRY_CAST({extracted} AS DOUBLE) {_COMPARE[op]} {_sql_literal(value)}"
-    # A JSON string: strip the quotes (escapes inside are compared as written).
-    unquoted = f"regexp_replace({extracted}, '^\"(.*)\"$', '${{1}}')"
-    return f"({extracted} LIKE '\"%' AND {unquoted} {_COMPARE[op]} {_sql_literal(value)})"
-
-def _lance_column(cond: Cond, column: str, kind: str) -> str:
-    op, value = cond.op, cond.value
-    values = [value] if op in ("eq", "ne") else list(value) if op in ("in", "nin") else [value]
-    same = [v for v in values if _kind(v) == kind]
-    if op in ("eq", "in"):
-        if not same:
-            return "FALSE"
-        return f"{column} = {_sql_literal(same[0])}" if len(same) == 1 else \
-            f"{column} IN ({', '.join(_sql_literal(v) for v in same)})"
-    if op in ("ne", "nin"):
-        if not same:
-            return f"{column} IS NOT NULL"
-        return f"{column} <> {_sql_literal(same[0])}" if len(same) == 1 else \
-            f"{column} NOT IN ({', '.join(_sql_literal(v) for v in same)})"
-    if not same:
-        return "FALSE"
-    return f"{column} {_COMPARE[op]} {_sql_literal(value)}"
-
-def _lance(expr: Expr, columns: Mapping[str, LanceColumn], top: bool) -> str:
-    if isinstance(expr, Cond):
-        if expr.key in COLUMN_KEYS:
-            return _lance_column(expr, expr.key, "str")
-        column = columns.get(expr.key)
-        if column is not None:
-            return _lance_column(expr, f"`{column.name}`", column.kind)
-        return _lance_json(expr)
-    joiner = " AND " if isinstance(expr, And) else " OR "
-    inner = joiner.join(_lance(e, columns, False) for e in expr.items)
-    return inner if top and isinstance(expr, And) else f"({inner})"
-
-def to_lance(expr: Expr | None, columns: Mapping[str, LanceColumn] | None = None) -> str | None:
-    """A LanceDB (DataFusion SQL) `where` predicate (pure; None for no filter).
-
-    `doc_id` and `source` are string columns. A metadata key listed in `columns` is compared
-    on its typed column (fast, and indexable); any other key is read from the JSON `metadata`
-    column with Lance's JSON functions. Strings are single-quoted with quotes doubled."""
-    if expr is None:
-        return None
-    return _lance(expr, columns or {}, True)
-
-def to_weaviate(expr: Expr | None, *, property_name: Callable[[str], str] | None = None) -> "_Filters | None":
-    """A `weaviate.classes.query.Filter` (pure; None for no filter). Imports weaviate lazily.
-
-    `property_name` maps a filter key to the collection's property name (default: the key).
-    eq/ne/ranges map to `equal`/`not_equal`/`greater_than`...; `$in` is `any_of` equalities and
-    `$nin` `all_of` inequalities (not `contains_any`, which tokenizes text properties). On an
-    array property Weaviate's `equal` matches an element. Whether `not_equal` matches objects
-    without the property is the adapter's to settle (the contract suite checks it)."""
-    if expr is None:
-        return None
-    from weaviate.classes.query import Filter
-
-    if isinstance(expr, And):
-        return Filter.all_of([to_weaviate(e, property_name=property_name) for e in expr.items])
-    if isinstance(expr, Or):
-        return Filter.any_of([to_weaviate(e, property_name=property_name) for e in expr.items])
-    prop = Filter.by_property(property_name(expr.key) if property_name else expr.key)
-    op, value = expr.op, expr.value
-    if op == "in":
-        return Filter.any_of([prop.equal(v) for v in value])
-    if op == "nin":
-        return Filter.all_of([prop.not_equal(v) for v in value])
-    method = {"eq": prop.equal, "ne": prop.not_equal, "gt": prop.greater_than,
-              "gte": prop.greater_or_equal, "lt": prop.less_than, "lte": prop.less_or_equal}[op]
-    return method(value)
 
 def parse_filter_json(text: str, where: str = "--where-json") -> dict[str, Any]:
     """A portable filter written as JSON text (the CLI's `--where-json`), validated."""

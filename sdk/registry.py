@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from .errors import ConfigError, MissingDependencyError
 
@@ -42,12 +42,52 @@ DEPLOY: dict[str, AdapterRef] = {
     "kubernetes": AdapterRef("stackwise.adapters.deploy.kubernetes:KubernetesDeploy", "kubernetes"),
 }
 
-VECTOR_STORES: dict[str, AdapterRef] = {
-    "embedded": AdapterRef("stackwise.adapters.vectors.embedded:EmbeddedStore", "local"),
-    "pinecone": AdapterRef("stackwise.adapters.vectors.pinecone:PineconeStore", "pinecone"),
-    "milvus": AdapterRef("stackwise.adapters.vectors.milvus:MilvusStore", "milvus"),
-    "weaviate": AdapterRef("stackwise.adapters.vectors.weaviate:WeaviateStore", "weaviate"),
+Placement = Literal["embedded", "external", "provisioned"]
+
+
+@dataclass(frozen=True)
+class StoreRef(AdapterRef):
+    """A vector store kind: its adapter, its extra, and where the store lives (`placement`).
+
+    - "embedded": files under a folder or object-store URI (`path` in a local stack's
+      `stackwise:vectorStore`, under the artifact store on a cloud stack; `uri` in the outputs).
+      The adapter is built from that URI.
+    - "external": a cluster run elsewhere, named by `host` and an optional `apiKeySecret` (a
+      secret reference); a cloud stack exports it and creates nothing.
+    - "provisioned": a hosted service the cloud stack's Pulumi program creates (its component
+      in infra/); a local stack reaches it, as an external one, by `host` and `apiKeySecret`.
+
+    Adapters of every placement but "embedded" are built from the stack's `VectorStoreOutput`.
+    """
+
+    placement: Placement = "external"
+
+    @property
+    def hosted(self) -> bool:
+        """Reached over the network at `host` (with an optional `apiKeySecret`)."""
+        return self.placement != "embedded"
+
+
+# The one list of vector store kinds: the contract's and the infra config's `kind`, a local
+# stack's hosted stores and `open_store` all derive from it (`vector_store_kinds`). Adding a
+# store is an entry here plus its adapter module (and, for a new client library, its extra in
+# pyproject.toml; a "provisioned" store also needs the component that creates it in infra/).
+VECTOR_STORES: dict[str, StoreRef] = {
+    "embedded": StoreRef("stackwise.adapters.vectors.embedded:EmbeddedStore", "local", "embedded"),
+    "pinecone": StoreRef("stackwise.adapters.vectors.pinecone:PineconeStore", "pinecone", "provisioned"),
+    "weaviate": StoreRef("stackwise.adapters.vectors.weaviate:WeaviateStore", "weaviate", "external"),
+    "milvus": StoreRef("stackwise.adapters.vectors.milvus:MilvusStore", "milvus", "external"),
 }
+
+
+def vector_store_kinds(*placements: Placement) -> tuple[str, ...]:
+    """The registered vector store kinds, in registry order: all, or those of these placements."""
+    return tuple(kind for kind, ref in VECTOR_STORES.items() if not placements or ref.placement in placements)
+
+
+def hosted_vector_store_kinds() -> tuple[str, ...]:
+    """The kinds reached at a `host` (every placement but "embedded")."""
+    return tuple(kind for kind, ref in VECTOR_STORES.items() if ref.hosted)
 
 
 def require(module: str, extra: str, purpose: str = "") -> ModuleType:

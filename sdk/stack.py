@@ -22,6 +22,7 @@ from typing import Any
 from .contract import CLOUDS, StackOutputs, VectorStoreOutput
 from .errors import ConfigError
 from .paths import stacks_dir, state_dir
+from .registry import VECTOR_STORES, hosted_vector_store_kinds, vector_store_kinds
 from .userinput import load_yaml, read_text, shorten
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -280,15 +281,17 @@ def _local_kubernetes(stack: Stack) -> Any:
 
 
 def _local_vector_store(stack: Stack, vector: Any, under) -> VectorStoreOutput:
-    """The local stack's vector store: the embedded one, or a hosted store reached from this
-    machine (`{kind: pinecone|weaviate|milvus, host: URL, apiKeySecret: env://NAME}`), so
-    local jobs can index into a hosted store without a cloud stack."""
+    """The local stack's vector store: an embedded one under `path`, or a hosted store reached
+    from this machine (`{kind: <a hosted kind>, host: URL, apiKeySecret: env://NAME}`), so
+    local jobs can index into a hosted store without a cloud stack. Which kinds are which:
+    `stackwise.registry.VECTOR_STORES`."""
     where = f"{stack.source}: config.stackwise:vectorStore"
     kind = vector.get("kind", "embedded") if isinstance(vector, dict) else None
-    if kind == "embedded":
-        return VectorStoreOutput(kind="embedded", uri=under(str(vector.get("path", "vectors"))))
+    ref = VECTOR_STORES.get(kind) if isinstance(kind, str) else None
+    if ref is not None and not ref.hosted:
+        return VectorStoreOutput(kind=kind, uri=under(str(vector.get("path", "vectors"))))
     hosted = {"kind", "host", "apiKeySecret"}
-    if kind in ("pinecone", "weaviate", "milvus") and vector.get("host") and not set(vector) - hosted:
+    if ref is not None and vector.get("host") and not set(vector) - hosted:
         try:
             return VectorStoreOutput(kind=kind, host=str(vector["host"]), api_key_secret=vector.get("apiKeySecret"))
         except ValueError as exc:
@@ -297,8 +300,8 @@ def _local_vector_store(stack: Stack, vector: Any, under) -> VectorStoreOutput:
     raise ConfigError(
         "the local stack's vector store must be the embedded store or a hosted one with a host",
         where=where,
-        fix="set vectorStore to {kind: embedded, path: vectors}, or to "
-        "{kind: pinecone|weaviate|milvus, host: URL, apiKeySecret: env://NAME}",
+        fix=f"set vectorStore to {{kind: {'|'.join(vector_store_kinds('embedded'))}, path: vectors}}, or to "
+        f"{{kind: {'|'.join(hosted_vector_store_kinds())}, host: URL, apiKeySecret: env://NAME}}",
     )
 
 

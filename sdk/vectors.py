@@ -229,6 +229,6 @@ def open_store(config: "VectorStoreOutput") -> VectorStore:
     from .registry import VECTOR_STORES, load
 
     cls = load(VECTOR_STORES, config.kind, "vector store")
-    if config.kind == "embedded":
-        return cls(config.uri)
-    return cls(config)
+    if VECTOR_STORES[config.kind].hosted:
+        return cls(config)
+    return cls(config.uri)

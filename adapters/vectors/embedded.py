@@ -7,7 +7,7 @@ deployments), so an index built here can move to the cloud without re-embedding.
 
 One table per index. Metadata is stored whole as a JSON column (what reads return). Scalar
 metadata keys are also kept as typed columns of their own ("promoted": `meta_<key>`), so the
-portable filter (`stackwise.filters.to_lance`) compares plain columns, with a BITMAP or BTREE
+portable filter (`embedded_filters.to_lance`) compares plain columns, with a BITMAP or BTREE
 scalar index after `optimize`, instead of parsing JSON per row: filtered queries at 100k rows
 7x (equality) to 68x (a 9-value `$in`) faster, measured by bench/filters.py. Which keys: those of the first batch written into an
 empty index whose values all have one type (string, integer, float or boolean); an index
@@ -53,7 +53,8 @@ import pyarrow as pa
 
 from stackwise.adapters.vectors import graph as graphs
 from stackwise.errors import StoreError
-from stackwise.filters import COLUMN_KEYS, KEY_PATTERN, NOT_FILTERABLE, Expr, LanceColumn, parse_filter, sql_quote, to_lance
+from stackwise.adapters.vectors.embedded_filters import LanceColumn, sql_quote, to_lance
+from stackwise.filters import COLUMN_KEYS, KEY_PATTERN, NOT_FILTERABLE, Expr, parse_filter
 from stackwise.vectors import (
     Filter,
     Hit,
@@ -103,7 +104,7 @@ def _quote(value: str) -> str:
 
 
 def to_where(filter: Filter | Expr | None, columns: dict[str, LanceColumn] | None = None) -> str | None:
-    """Translate a portable filter into a Lance SQL predicate (pure; `stackwise.filters.to_lance`).
+    """Translate a portable filter into a Lance SQL predicate (pure; `embedded_filters.to_lance`).
 
     `columns`: the index's promoted metadata columns; without them every metadata key is read
     from the JSON column (the path indexes written before promotion take)."""

@@ -11,7 +11,7 @@ model and dimension are the collection's description. Collections are created wi
 consistency, so a read sees every write acknowledged before it.
 
 The portable filter becomes a Milvus boolean expression (`to_milvus_expr`, i.e.
-`stackwise.filters.to_milvus`); a metadata key matches a value or a JSON array that contains
+`milvus_filters.to_milvus`); a metadata key matches a value or a JSON array that contains
 it, as in the embedded store.
 """
 
@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from stackwise.errors import StoreError
 from stackwise.registry import require
-from stackwise.filters import Expr, parse_filter, to_milvus
+from stackwise.filters import Expr, parse_filter
 from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_same_model
 
 from ._hosted import check_index_name, redact, resolve_secret
+from .milvus_filters import to_milvus
 
 if TYPE_CHECKING:
     from stackwise.contract import VectorStoreOutput
@@ -56,7 +57,7 @@ def _literal(value: Any) -> str:
 
 def to_milvus_expr(filter: Filter | Expr | None) -> str:
     """Translate a portable filter into a Milvus boolean expression ('' for no filter; pure;
-    `stackwise.filters.to_milvus`)."""
+    `milvus_filters.to_milvus`)."""
     return to_milvus(parse_filter(filter))
 
 

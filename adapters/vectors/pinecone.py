@@ -11,7 +11,7 @@ Layout in one Pinecone index (the stack's `vector_store.host`, provisioned by in
 
 Each chunk is one vector; its doc_id, source, chunk number, text and the user's metadata are
 flat Pinecone metadata, so the portable filter translates to Pinecone's filter language
-(`to_pinecone_filter`, i.e. `stackwise.filters.to_pinecone`). Upserts are split under Pinecone's request limits (1,000 vectors,
+(`to_pinecone_filter`, i.e. `pinecone_filters.to_pinecone`). Upserts are split under Pinecone's request limits (1,000 vectors,
 2 MB) and sent in parallel; every request is retried with backoff on 429, 5xx and connection
 errors (the SDK retries each request a few times itself; this adapter retries again
 across longer outages). A batch that still fails raises a StoreError that says how many
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from stackwise.errors import SpecError, StoreError
 from stackwise.registry import require
-from stackwise.filters import Expr, parse_filter, to_pinecone
+from stackwise.filters import Expr, parse_filter
 from stackwise.vectors import Filter, Hit, IndexInfo, Record, VectorStore, check_dimensions, check_same_model
 
 from ._hosted import (
@@ -44,6 +44,7 @@ from ._hosted import (
     resolve_secret,
     with_retries,
 )
+from .pinecone_filters import to_pinecone
 
 if TYPE_CHECKING:
     from stackwise.contract import VectorStoreOutput
@@ -74,7 +75,7 @@ _TOO_LARGE = re.compile(r"4\s*MB|response size|too large|exceeds", re.IGNORECASE
 
 def to_pinecone_filter(filter: Filter | Expr | None) -> dict[str, Any] | None:
     """Translate a portable filter into Pinecone's metadata filter language (pure;
-    `stackwise.filters.to_pinecone`). Pinecone matches a list-valued field when the list
+    `pinecone_filters.to_pinecone`). Pinecone matches a list-valued field when the list
     contains the value, as the embedded store does; string ranges are refused (SpecError)."""
     return to_pinecone(parse_filter(filter))
 

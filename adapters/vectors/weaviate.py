@@ -16,7 +16,7 @@ strings are text (field tokenization), lists of strings text[], numbers number, 
 boolean; properties are added to the collection when a key is first written. Values that do
 not fit (nested objects, null, keys with '.' or '-', a value of another type than the key's
 property) are kept JSON-encoded under `stackwise_extra`: returned intact, not filterable.
-The portable filter is translated by `stackwise.filters.to_weaviate` after `to_weaviate_filter`
+The portable filter is translated by `weaviate_filters.to_weaviate` after `to_weaviate_filter`
 fits it to the collection's property types (see there).
 
 Writes are gRPC batch imports (`insert_many`) that report per-object errors: the objects that
@@ -196,14 +196,16 @@ def to_weaviate_filter(filter: Filter | None, types: dict[str, str]) -> Any:
     properties have `types` (pure). None for no filter; the string "nothing" when no object
     can match (callers skip the request).
 
-    Leaves are translated by `stackwise.filters.to_weaviate`; this adds what depends on the
+    Leaves are translated by `weaviate_filters.to_weaviate`; this adds what depends on the
     collection: values fitted to the property types (`_typed`), and `$ne`/`$nin` on metadata
     keys ANDed with "the property is set" (`is_none(False)`, which needs the collection's
     `indexNullState`), so a record without the key never matches, as the portable filter says.
     """
     from weaviate.classes.query import Filter as WFilter
 
-    from stackwise.filters import And, Cond, parse_filter, to_weaviate
+    from stackwise.filters import And, Cond, parse_filter
+
+    from .weaviate_filters import to_weaviate
 
     check_filter(filter)
     expr = parse_filter(filter)

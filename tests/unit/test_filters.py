@@ -1,24 +1,18 @@
 """The portable filter model (`stackwise.filters`): parsing, CLI items, and each store's pure
-translation. Whether the translations select the right rows is checked against the real
-engines: LanceDB here, Pinecone's protocol and Milvus in the contract suite."""
+translation (`stackwise.adapters.vectors.<store>_filters`). Whether the translations select the
+right rows is checked against the real engines: LanceDB here, Pinecone's protocol and Milvus in
+the contract suite."""
 
 from __future__ import annotations
 
 import pytest
 
 from stackwise.errors import SpecError
-from stackwise.filters import (
-    And,
-    Cond,
-    LanceColumn,
-    Or,
-    parse_filter,
-    parse_filter_args,
-    to_lance,
-    to_milvus,
-    to_pinecone,
-    to_weaviate,
-)
+from stackwise.adapters.vectors.embedded_filters import LanceColumn, to_lance
+from stackwise.adapters.vectors.milvus_filters import to_milvus
+from stackwise.adapters.vectors.pinecone_filters import to_pinecone
+from stackwise.adapters.vectors.weaviate_filters import to_weaviate
+from stackwise.filters import And, Cond, Or, parse_filter, parse_filter_args
 
 
 # -- parse_filter ----------------------------------------------------------------------------------
