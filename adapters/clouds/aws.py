@@ -1,5 +1,5 @@
-"""AWS: the one module that imports boto3 for the SageMaker adapters (adapters/compute/sagemaker.py,
-adapters/deploy/sagemaker.py).
+"""AWS: credentials, clients and error mapping for the SageMaker adapters (adapters/compute/sagemaker.py,
+adapters/deploy/sagemaker.py): the one module that imports boto3 and botocore.
 
 - `session(stack, purpose)`: a boto3 session in the stack's region (credentials from boto3's chain);
 - `call(fn, what, stack=..., usage=...)`: one boto3 call, its errors mapped by botocore's error

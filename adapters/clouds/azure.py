@@ -1,5 +1,5 @@
-"""Azure: the one module that imports azure-ai-ml, azure-identity and azure-core for the Azure ML
-adapters (adapters/compute/azureml.py, adapters/deploy/azureml.py).
+"""Azure: credentials, clients and error mapping for the Azure ML adapters (adapters/compute/azureml.py,
+adapters/deploy/azureml.py), which use azure-ai-ml's entities to build their requests.
 
 - `credential()`: DefaultAzureCredential (az login, a service principal's variables, a managed identity);
 - `ml_client(stack, credential, arm_endpoint)`: the workspace's `MLClient`; `arm_endpoint` (or

@@ -1,5 +1,5 @@
-"""GCP: the one module that imports google-cloud-aiplatform and google-auth for the Vertex AI
-adapters (adapters/compute/vertex.py, adapters/deploy/vertex.py).
+"""GCP: credentials, clients and error mapping for the Vertex AI adapters (adapters/compute/vertex.py,
+adapters/deploy/vertex.py), which build their requests with `aiplatform()`'s message types.
 
 - `client(kind, stack, ...)`: an `aiplatform_v1` service client over REST at the stack's regional
   endpoint (or `$STACKWISE_VERTEX_ENDPOINT`), with the given credentials or Application Default
