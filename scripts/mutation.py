@@ -57,7 +57,7 @@ TARGETS: dict[str, Target] = {
     "documents": Target("sdk/documents.py", ("tests/unit/test_index_identity.py", "tests/unit/test_documents.py")),
     "index": Target("sdk/workloads/index.py", ("tests/unit/test_index_identity.py", "tests/e2e/test_index_search.py")),
     "embedded": Target("adapters/vectors/embedded.py", ("tests/contract/test_embedded_store.py",)),
-    "submit": Target("adapters/compute/_cloud.py", ("tests/contract/test_compute_sagemaker.py",)),
+    "submit": Target("adapters/compute/base.py", ("tests/contract/test_compute_sagemaker.py",)),
 }
 
 # Of the variants at one site, the one kept: the opposite operator where there is one.

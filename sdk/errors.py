@@ -62,3 +62,26 @@ class CostLimitError(StackwiseError, RuntimeError):
 
 class StoreError(StackwiseError, RuntimeError):
     """The vector store refused an operation (dimension mismatch, unknown index, ...)."""
+
+
+class CloudError(StackwiseError, RuntimeError):
+    """A cloud API refused or failed a call; the message says what to change. `code` is the cloud's
+    own error code when it gave one (botocore's `Error.Code`, Google's status, Azure's `error.code`),
+    for callers that treat one refusal as an answer (a name taken, a job already ended)."""
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None, code: str | None = None):
+        self.code = code
+        super().__init__(what, where=where, fix=fix)
+
+
+class CredentialsError(CloudError):
+    """No usable credentials for the cloud; the message says how to configure them."""
+
+
+class QuotaError(CloudError):
+    """The account's quota (or the region's capacity) does not cover the request."""
+
+
+class TransientError(Exception):
+    """A throttling or 5xx answer: worth retrying with the same request (never shown to a user:
+    `with_retries` turns the last one into a CloudError)."""

@@ -104,7 +104,8 @@ class Platform:
         a Kubernetes stack's manifests (a list), a cloud's job request (SageMaker, Vertex AI, Azure ML),
         for the spec's first attempt. A fine-tune is placed first (`plan_finetune`). The local stack
         runs jobs as processes and has nothing to render (ConfigError)."""
-        from stackwise.adapters.compute._cloud import check_paths, job_name, with_run
+        from stackwise.adapters.compute.base import job_name
+        from stackwise.adapters.compute.checks import check_paths, with_run
 
         from .errors import ConfigError
 

@@ -35,7 +35,7 @@ COMPUTE: dict[str, AdapterRef] = {
 
 # Inference endpoints (sdk/deploy.py): one DeployBackend per cloud.
 DEPLOY: dict[str, AdapterRef] = {
-    "local": AdapterRef("stackwise.serving:LocalDeploy", "serve"),
+    "local": AdapterRef("stackwise.adapters.deploy.local:LocalDeploy", "serve"),
     "aws": AdapterRef("stackwise.adapters.deploy.sagemaker:SageMakerDeploy", "aws"),
     "gcp": AdapterRef("stackwise.adapters.deploy.vertex:VertexDeploy", "gcp"),
     "azure": AdapterRef("stackwise.adapters.deploy.azureml:AzureMLDeploy", "azure"),

@@ -304,26 +304,14 @@ def _loopback_http(url: str) -> bool:
     return parsed.scheme == "http" and parsed.hostname in ("127.0.0.1", "localhost", "::1")
 
 
-def _google_status(exc: Exception) -> str:
-    """The canonical status (`FAILED_PRECONDITION`, ...) of a Google API error. Over REST,
-    google-api-core picks the exception class by HTTP status alone (400 -> BadRequest), so the
-    status Google's error JSON names is read from the response."""
-    try:
-        return str(exc.response.json()["error"]["status"])  # type: ignore[attr-defined]
-    except Exception:
-        code = getattr(exc, "grpc_status_code", None)
-        if code is not None:
-            return str(getattr(code, "name", ""))
-        # An error without a body: the HTTP status says enough for these.
-        return {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND"}.get(getattr(exc, "code", 0), "")
-
-
 def _read_gcp(ref: SecretRef, what: str) -> str:
     match = _GCP_NAME.fullmatch(ref.path)
     if not match:
         raise ConfigError("malformed gcp-sm secret reference", where=f"secret reference {ref.text}",
                           fix="write it as gcp-sm://projects/PROJECT/secrets/SECRET[/versions/VERSION]")
     name = ref.path if match.group(3) else f"{ref.path}/versions/latest"
+    from stackwise.adapters.clouds.gcp import status_of
+
     secretmanager = require("google.cloud.secretmanager_v1", EXTRA, "reading GCP Secret Manager secrets")
     client_options = require("google.api_core.client_options", EXTRA, "reading GCP Secret Manager secrets")
     api_exceptions = require("google.api_core.exceptions", EXTRA, "reading GCP Secret Manager secrets")
@@ -343,7 +331,7 @@ def _read_gcp(ref: SecretRef, what: str) -> str:
     except auth_exceptions.GoogleAuthError as exc:
         raise _fail(what, ref, f"Google credentials could not be used ({type(exc).__name__})", _GCP_FIX_CREDS) from None
     except api_exceptions.GoogleAPICallError as exc:
-        status = _google_status(exc)
+        status = status_of(exc)
         if status == "NOT_FOUND":
             raise _fail(what, ref, f"Secret Manager has no secret version {name}",
                         "check the project, secret and version, or run `pulumi up` to create it") from None

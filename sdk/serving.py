@@ -2,9 +2,9 @@
 
 Two modes, one server (FastAPI + uvicorn, the `serve` extra):
 
-- **Deploy state** (the local stack). `stackwise deploy` records the endpoint's versions in
-  `<state dir>/endpoints/<endpoint>.json` (written atomically): each with its artifact folder, base
-  model and traffic percent. The server rereads that file whenever it changes, so a new deploy or
+- **Deploy state** (the local stack). `stackwise deploy` (adapters/deploy/local.py) records the
+  endpoint's versions in `<state dir>/endpoints/<endpoint>.json` (written atomically): each with its
+  artifact folder, base model and traffic percent. The server rereads that file whenever it changes, so a new deploy or
   a traffic change takes effect on the next request with no restart. Each request is routed to
   one version by the traffic weights: with a `user`, by a hash of it (a user always meets the same
   version while the split stands); without, by smooth weighted round robin, which is deterministic
@@ -65,8 +65,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .contract import EndpointOutput
-from .deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name, version_key
+from .deploy import Deployment, Variant, version_key
 from .errors import InputError, SpecError, StackwiseError
 from .paths import state_dir
 
@@ -115,63 +114,6 @@ def write_state(dep: Deployment) -> None:
             "variants": [asdict(v) for v in dep.variants]}
     tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
     os.replace(tmp, path)  # a server reading it sees the old or the new state, never half
-
-
-class LocalDeploy(DeployBackend):
-    """The local endpoint: deploy state under the state folder, served by `stackwise serve`."""
-
-    cloud = "local"
-
-    def endpoint_output(self, endpoint: str | None = None) -> Any:
-        if self.stack.outputs.endpoints:
-            return super().endpoint_output(endpoint)
-        # The local stack always has one endpoint; its URL is where `stackwise serve` listens by default.
-        if endpoint not in (None, DEFAULT_ENDPOINT):
-            from .errors import ConfigError
-
-            raise ConfigError(f"stack {self.stack.name!r} has no endpoint named {endpoint!r}",
-                              where=f"stack {self.stack.name}", fix=f"the local stack's endpoint is {DEFAULT_ENDPOINT!r}")
-        return EndpointOutput(name=DEFAULT_ENDPOINT, url=f"http://127.0.0.1:{DEFAULT_PORT}/v1")
-
-    def describe(self, endpoint: str | None = None) -> Deployment:
-        out = self.endpoint_output(endpoint)
-        dep = read_state(out.name)
-        dep.url = dep.url or out.url
-        return dep
-
-    @staticmethod
-    def _check_artifact(target: DeployTarget) -> None:
-        folder = local_folder(target.artifact_uri)
-        if folder is None or not folder.is_dir():
-            raise SpecError(f"{target.key} lives at {target.artifact_uri}, which is not a folder on this machine",
-                            where=f"model registry, {target.key} source",
-                            fix="deploy versions of the local stack's registry (`stackwise models show NAME`)")
-        if not any((folder / f).is_file() for f in ("config.json", "adapter_config.json", "rag.yaml")):
-            raise SpecError(f"{target.key} at {folder} is not a saved model or adapter (no config.json)",
-                            where=str(folder), fix="register a folder written by save_pretrained")
-
-    def deploy(self, targets: list[DeployTarget], traffic: dict[str, int], endpoint: str | None = None) -> Deployment:
-        current = self.describe(endpoint)
-        new, split = self.plan(current, targets, traffic)
-        for target in new:
-            self._check_artifact(target)
-        variants = [Variant(model=v.model, version=v.version, traffic=split[v.key], state="ready", name=v.name,
-                            artifact_uri=v.artifact_uri, base_model=v.base_model) for v in current.variants]
-        variants += [Variant(model=t.model, version=t.version, traffic=split[t.key], state="ready",
-                             name=variant_name(t.model, t.version), artifact_uri=t.artifact_uri,
-                             base_model=t.base_model) for t in new]
-        dep = Deployment(endpoint=current.endpoint, cloud="local", state="ready", url=current.url, variants=variants)
-        if new or dep.traffic != current.traffic or current.state == "absent":
-            write_state(dep)
-        return dep
-
-    def undeploy(self, key: str, endpoint: str | None = None) -> Deployment:
-        current = self.describe(endpoint)
-        if self.check_removable(current, key) is None:
-            return current
-        current.variants = [v for v in current.variants if v.key != key]
-        write_state(current)
-        return current
 
 
 # -- routing -------------------------------------------------------------------------------------
@@ -1233,12 +1175,12 @@ def serve(stack: Any, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT, 
     """Run the local endpoint in the foreground until interrupted. Beyond loopback it needs an API
     key to exist, unless `insecure` (`guard_exposure`)."""
     from .errors import ConfigError
-    from .registry import require
+    from .registry import DEPLOY, load, require
 
     if stack.cloud != "local":
         raise ConfigError(f"`stackwise serve` serves the local stack; {stack.name!r} is on {stack.cloud}",
                           where=f"stack {stack.name}", fix="use `stackwise endpoints --stack NAME` to see a cloud endpoint")
-    name = LocalDeploy(stack).endpoint_name(endpoint)
+    name = load(DEPLOY, "local", "deploy")(stack).endpoint_name(endpoint)  # the local stack's DeployBackend
     require("uvicorn", "serve", "stackwise serve")
     require_keys = guard_exposure(host, insecure)
     import uvicorn

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from stackwise.adapters.kube import KUBERNETES_VERSION  # the version manifests target and are validated against
+from stackwise.adapters.clouds.kubernetes import KUBERNETES_VERSION  # the version manifests target and are validated against
 
 CRDS = Path(__file__).resolve().parent / "golden" / "crds"
 

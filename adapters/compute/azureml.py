@@ -33,25 +33,25 @@ the GET-first order means a submit does not rely on it).
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from datetime import datetime
 from typing import Any
 
-from stackwise import catalog
-from stackwise.errors import ConfigError, JobNotFoundError
+from stackwise.adapters.clouds import azure
+from stackwise.adapters.clouds.azure import workspace_id
+from stackwise.adapters.clouds.common import require_output, require_store, with_retries
+from stackwise.errors import CloudError, JobNotFoundError
 from stackwise.jobs import JobInfo, JobState
 from stackwise.registry import require
 
-from ._cloud import (ENV_SPEC, CloudCompute, CloudError, CredentialsError, QuotaError, TransientError,
-                     bootstrap_command, check_max_runtime, decode_spec, identity_fields, job_environment, job_name,
-                     job_uri, processes_per_node, require_output, strategy, with_retries)
+from .base import (ENV_SPEC, CloudCompute, bootstrap_command, decode_spec, identity_fields, job_environment, job_gpu,
+                   job_name, job_uri, processes_per_node, strategy)
+from .checks import check_max_runtime
 
 #: the AmlCompute cluster infra/azure/platform.py creates (`compute_name`); a test checks they agree
 CLUSTER = "gpu"
 ENVIRONMENT = "stackwise-train"
 CPU_SIZE = "Standard_D8s_v3"
-PROVIDER = "Microsoft.MachineLearningServices"
 STATES = {
     "NotStarted": JobState.PENDING,
     "Queued": JobState.PENDING,
@@ -68,20 +68,6 @@ STATES = {
     "Failed": JobState.FAILED,
     "Canceled": JobState.CANCELLED,
 }
-CREDENTIALS_FIX = ("sign in with `az login` (and `az account set --subscription <id>`), or set AZURE_CLIENT_ID, "
-                   "AZURE_TENANT_ID and AZURE_CLIENT_SECRET for a service principal; on an Azure VM or in a job, "
-                   "a managed identity is used")
-
-
-def workspace_id(stack: Any) -> str:
-    outputs = stack.outputs
-    sub = require_output(outputs.azure_subscription_id, "azure_subscription_id", stack,
-                         "export azure_subscription_id (the Pulumi program does)")
-    rg = require_output(outputs.azure_resource_group, "azure_resource_group", stack,
-                        "export azure_resource_group (the Pulumi program does)")
-    ws = require_output(outputs.azure_workspace, "azure_workspace", stack,
-                        "export azure_workspace (the Pulumi program does)")
-    return f"/subscriptions/{sub}/resourceGroups/{rg}/providers/{PROVIDER}/workspaces/{ws}"
 
 
 def environment_version(image: str) -> str:
@@ -91,10 +77,7 @@ def environment_version(image: str) -> str:
 
 def vm_size(spec: Any, stack: Any) -> str:
     """The Azure VM size for the spec's GPU and count (from the GPU catalog); CPU jobs get CPU_SIZE."""
-    gpu = spec.compute.gpu or (stack.outputs.default_gpu if spec.kind == "finetune" else None)
-    if not gpu:
-        return CPU_SIZE
-    return catalog.offer(gpu, "azure", spec.compute.count).instance
+    return azure.vm_size(job_gpu(spec, stack), spec.compute.count, CPU_SIZE)
 
 
 def instance_count(spec: Any) -> int:
@@ -174,33 +157,15 @@ class AzureMLCompute(CloudCompute):
 
     cloud = "azure"
     states = STATES
-    retry_after_cap_s = 30.0
+    retry_after_cap_s = azure.RETRY_AFTER_CAP_S
 
     def __init__(self, stack: Any, credential: Any = None, arm_endpoint: str | None = None):
         super().__init__(stack)
         self.workspace_id = workspace_id(stack)
-        outputs = stack.outputs
-        if not outputs.artifact_store.startswith("az://"):
-            raise ConfigError(f"stack {stack.name!r} is on Azure but its artifact store is {outputs.artifact_store!r}",
-                              where="stack outputs: artifact_store",
-                              fix="export an az:// artifact store (the Pulumi program does)")
-        ml = require("azure.ai.ml", "azure", "the Azure ML compute adapter")
-        self._ml = ml
-        self._core_exceptions = require("azure.core.exceptions", "azure")
-        if credential is None:
-            identity = require("azure.identity", "azure", "Azure credentials")
-            credential = identity.DefaultAzureCredential(exclude_interactive_browser_credential=True)
-        kwargs: dict[str, Any] = {"enable_telemetry": False, "retry_total": 0, "show_progress": False}
-        endpoint = arm_endpoint or os.environ.get("STACKWISE_AZURE_ARM_ENDPOINT")
-        if endpoint:
-            base = endpoint.rstrip("/") + "/"
-            # azure-ai-ml refuses to redefine a cloud name, so the name carries the endpoint.
-            kwargs["cloud"] = "stackwise-" + hashlib.sha256(base.encode()).hexdigest()[:12]
-            kwargs["cloud_metadata"] = {"azure_portal": base, "resource_manager": base, "active_directory": base,
-                                        "aml_resource_id": base, "storage_endpoint": "core.windows.net",
-                                        "registry_discovery_endpoint": base}
-        self.client = ml.MLClient(credential, outputs.azure_subscription_id, outputs.azure_resource_group,
-                                  outputs.azure_workspace, **kwargs)
+        require_store(stack, "az", "Azure")
+        self._ml = require("azure.ai.ml", "azure", "the Azure ML compute adapter")
+        self.client = azure.ml_client(stack, azure.credential() if credential is None else credential, arm_endpoint,
+                                      "the Azure ML compute adapter")
         self._cluster: dict[str, str] | None = None
         self._cluster_read = False
         self._environments: set[str] = set()
@@ -228,55 +193,14 @@ class AzureMLCompute(CloudCompute):
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One MLClient call; its errors become TransientError (retried) or a clear StackwiseError."""
-        exc = self._core_exceptions
-        outputs = self.stack.outputs
-        where = f"workspace {outputs.azure_workspace} (resource group {outputs.azure_resource_group})"
-        try:
-            return fn(*args, **kwargs)
-        except exc.ClientAuthenticationError as error:
-            raise CredentialsError(f"no usable Azure credentials for {what}: {_first_line(error)}", where=where,
-                                   fix=CREDENTIALS_FIX) from None
-        except exc.ResourceNotFoundError:
-            raise JobNotFoundError(f"not found: {what}", where=where,
-                                   fix=f"list jobs with `stackwise jobs list --stack {self.stack.name}`") from None
-        except exc.ResourceExistsError as error:
-            raise CloudError(f"Conflict: {what}: {_message(error)}", where=where,
-                             fix="the resource exists already") from None
-        except exc.HttpResponseError as error:
-            status = int(getattr(error, "status_code", 0) or 0)
-            code, message = _code(error), _message(error)
-            if status == 429 and "quota" not in message.lower():
-                self._honour_retry_after(error)
-                raise TransientError(f"{what}: throttled ({code}) {message}") from None
-            if status >= 500:
-                raise TransientError(f"{what}: {status} {code} {message}") from None
-            if status in (401, 403):
-                raise CredentialsError(f"Azure refused {what}: {code} {message}", where=where,
-                                       fix="check `az login` / the service principal, and that it holds the "
-                                       "AzureML Data Scientist role on the workspace") from None
-            if "quota" in (code + message).lower():
-                raise QuotaError(f"Azure ML quota exceeded for {what}: {message}", where=f"{where}, {self.stack.region}",
-                                 fix="request more quota (Azure portal > Quotas > Machine learning: the VM family "
-                                 "named above, dedicated or low priority cores), or choose a smaller GPU/count") from None
-            if "vmsize" in (code + message).lower().replace(" ", "") or "vm size" in message.lower():
-                raise CloudError(f"Azure ML does not offer the requested VM size here: {message}",
-                                 where=f"region {self.stack.region}",
-                                 fix="choose a GPU the region offers (see `stackwise plan`), or a stack in another "
-                                 "region") from None
-            raise CloudError(f"Azure ML refused {what}: {status} {code} {message}", where=where,
-                             fix="correct the request or the stack outputs") from None
-        except exc.ServiceRequestError as error:  # connection refused or reset: retry
-            raise TransientError(f"{what}: {error}") from None
+        return azure.call(lambda: fn(*args, **kwargs), what, stack=self.stack, not_found=self._not_found,
+                          retry_after_cap_s=self.retry_after_cap_s)
 
-    def _honour_retry_after(self, error: Any) -> None:
-        response = getattr(error, "response", None)
-        value = response.headers.get("Retry-After") if response is not None else None
-        try:
-            delay = min(float(value), self.retry_after_cap_s) if value else 0.0
-        except ValueError:
-            delay = 0.0
-        if delay > 0:
-            time.sleep(delay)
+    def _not_found(self, what: str) -> JobNotFoundError:
+        out = self.stack.outputs
+        return JobNotFoundError(f"not found: {what}",
+                                where=f"workspace {out.azure_workspace} (resource group {out.azure_resource_group})",
+                                fix=f"list jobs with `stackwise jobs list --stack {self.stack.name}`")
 
     # -- the cloud calls -----------------------------------------------------------------------
     def _prepare(self, spec: Any, name: str, attempt: int) -> None:
@@ -327,7 +251,7 @@ class AzureMLCompute(CloudCompute):
         try:
             self._call(f"create job {name}", self.client.jobs.create_or_update, self._entity(request, name))
         except CloudError as exc:
-            if exc.what.startswith("Conflict"):
+            if exc.code == "Conflict":
                 return name  # the name is ours (digest + client token): a retried PUT found our job
             raise
         return name
@@ -421,7 +345,7 @@ class AzureMLCompute(CloudCompute):
             poller = self._call(f"cancel job {job_id}", self.client.jobs.begin_cancel, job_id)
             self._call(f"cancel job {job_id}", poller.result)
         except CloudError as exc:
-            if "ended" in exc.what.lower() or "terminal" in exc.what.lower():
+            if azure.has_ended(exc):
                 return  # it ended meanwhile: cancel leaves an ended job as it is
             raise
 
@@ -434,17 +358,3 @@ def _seconds(duration: str) -> int:
         raise ValueError(f"not an ISO 8601 duration: {duration}")
     hours, minutes, secs = (int(v or 0) for v in match.groups())
     return hours * 3600 + minutes * 60 + secs
-
-
-def _first_line(error: Any) -> str:
-    return str(getattr(error, "message", None) or error).strip().splitlines()[0][:300]
-
-
-def _code(error: Any) -> str:
-    inner = getattr(error, "error", None)
-    return str(getattr(inner, "code", None) or getattr(error, "reason", "") or "")
-
-
-def _message(error: Any) -> str:
-    inner = getattr(error, "error", None)
-    return str(getattr(inner, "message", None) or _first_line(error))

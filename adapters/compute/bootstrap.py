@@ -22,7 +22,7 @@ An index job with `workers: N` runs on N nodes, one shard each: the bootstrap se
 `STACKWISE_SHARD_INDEX` = the node's rank and `STACKWISE_SHARD_COUNT` = the node count (the
 workload refuses a count other than the spec's workers), and every node copies its report to
 `<job>/shards/<rank>/result.json` (or `error.json`); every cloud adapter (SageMaker, Vertex,
-Azure ML: the shared `_cloud.py` `outputs_for`) reads and sums them when it builds a SUCCEEDED
+Azure ML: the shared `base.py` `outputs_for`) reads and sums them when it builds a SUCCEEDED
 job's outputs (`stackwise.workloads.index.merge_reports`).
 """
 

@@ -28,7 +28,8 @@ from typing import Any
 
 from stackwise.errors import ConfigError
 
-from ._cloud import _DATA_FIELDS, _MODEL_FIELDS, ENV_CONTEXT, ENV_JOB_URI, ENV_KIND, ENV_SPEC, _is_local, b64
+from .base import ENV_CONTEXT, ENV_JOB_URI, ENV_KIND, ENV_SPEC, b64
+from .checks import DATA_FIELDS, MODEL_FIELDS, is_local
 from .local import LocalCompute
 
 CONTAINER_FILE = "container.json"
@@ -39,10 +40,10 @@ PASS_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_", "HF_", "TRANSFORMERS_", "STACKWISE
 def _local_paths(spec: Any, cwd: str) -> list[str]:
     """Absolute paths on this machine that the spec names (files, folders, a glob's folder)."""
     found = []
-    for field in _DATA_FIELDS.get(spec.kind, ()) + _MODEL_FIELDS.get(spec.kind, ()):
+    for field in DATA_FIELDS.get(spec.kind, ()) + MODEL_FIELDS.get(spec.kind, ()):
         raw = getattr(spec, field, None)
         for value in raw if isinstance(raw, list) else [raw]:
-            if not isinstance(value, str) or not _is_local(value):
+            if not isinstance(value, str) or not is_local(value):
                 continue
             path = value.removeprefix("file://")
             if glob.has_magic(path):

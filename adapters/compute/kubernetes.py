@@ -31,6 +31,9 @@ name returned instead of a second job), speaking the Kubernetes API with the off
 - **Cancel** deletes the Job with foreground propagation (its pods and Service go with it);
   a Job that is gone reads as CANCELLED.
 - **Logs** are the pods' logs, read with timestamps so that each call returns new lines only.
+
+(About 450 lines: the Job's manifests, the state read from the Job and its pods, and the backend
+that sends and reads them are one protocol; each part alone is short.)
 """
 
 from __future__ import annotations
@@ -42,17 +45,15 @@ import time
 from typing import Any
 
 from stackwise import catalog
-from stackwise.adapters import kube
-from stackwise.adapters.compute._cloud import (ENV_CONTEXT, ENV_JOB_URI, ENV_KIND, ENV_SPEC, CloudCompute,
-                                               b64, bootstrap_command, identity_fields, job_context, job_uri,
-                                               node_count, parse_job_name, require_output)
+from stackwise.adapters.clouds import kubernetes as kube
+from stackwise.adapters.clouds.common import require_output
+from stackwise.adapters.clouds.kubernetes import GFD_PRODUCTS, GPU_RESOURCE, node_selector
+from stackwise.adapters.compute.base import (ENV_CONTEXT, ENV_JOB_URI, ENV_KIND, ENV_SPEC, CloudCompute, b64,
+                                             bootstrap_command, identity_fields, job_context, job_gpu, job_uri,
+                                             node_count, parse_job_name)
 from stackwise.errors import ConfigError, SpecError
 from stackwise.jobs import JobInfo, JobState
 
-#: GPU feature discovery's `nvidia.com/gpu.product` value of each catalog GPU (the default node label).
-GFD_PRODUCTS = {"T4": "Tesla-T4", "L4": "NVIDIA-L4", "A10G": "NVIDIA-A10G", "A100-40GB": "NVIDIA-A100-SXM4-40GB",
-                "A100-80GB": "NVIDIA-A100-SXM4-80GB", "H100": "NVIDIA-H100-80GB-HBM3"}
-GPU_RESOURCE = "nvidia.com/gpu"
 SPEC_ANNOTATION = f"{kube.DOMAIN}/spec"
 IDENTITY_LABEL = f"{kube.DOMAIN}/identity"
 ATTEMPT_LABEL = f"{kube.DOMAIN}/attempt"
@@ -65,37 +66,16 @@ MASTER_PORT = 29500
 BAD_INPUT_EXIT = 2
 
 
-def _label_value(value: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "-", value)[:63]
-    return cleaned.strip("-_.") or "x"
-
-
 def gpu_of(spec: Any, stack: Any) -> str | None:
     """The catalog GPU the job's pods ask for, or None for a CPU job (as on every cloud: a
     fine-tune with no GPU named takes the stack's default GPU)."""
-    gpu = spec.compute.gpu or (stack.outputs.default_gpu if spec.kind == "finetune" else None)
+    gpu = job_gpu(spec, stack)
     if not gpu:
         return None
     try:
         return catalog.canonical_gpu(gpu)
     except ConfigError as exc:
         raise SpecError(exc.what, where="spec.compute.gpu", fix=exc.fix or "") from None
-
-
-def node_selector(gpu: str | None, spot: bool, cluster: Any, stack: Any) -> dict[str, str]:
-    selector: dict[str, str] = {}
-    if gpu:
-        value = cluster.gpu_values.get(gpu) or (GFD_PRODUCTS.get(gpu) if cluster.gpu_label == "nvidia.com/gpu.product"
-                                                else None)
-        if value is None:
-            raise ConfigError(
-                f"stack {stack.name!r} does not say which nodes carry a {gpu}",
-                where=f"stack outputs: kubernetes.gpu_values (label {cluster.gpu_label})",
-                fix=f"add {gpu}: <value of {cluster.gpu_label} on those nodes> to stackwise:kubernetes.gpuValues")
-        selector[cluster.gpu_label] = value
-    if spot:
-        selector.update(cluster.spot_selector)
-    return selector
 
 
 def _resources(kind: str, gpu: str | None, count: int) -> dict[str, Any]:
@@ -126,7 +106,7 @@ def build_manifests(spec: Any, stack: Any, name: str, attempt: int = 1) -> list[
     nodes = node_count(spec)
     namespace = cluster.namespace
     labels = {**kube.MANAGED_BY, IDENTITY_LABEL: spec.identity, ATTEMPT_LABEL: str(attempt), KIND_LABEL: spec.kind,
-              STACK_LABEL: _label_value(stack.name)}
+              STACK_LABEL: kube.label_value(stack.name)}
     if cluster.queue:
         labels[kube.KUEUE_QUEUE_LABEL] = cluster.queue
     env = {ENV_KIND: spec.kind, ENV_JOB_URI: job_uri(outputs.artifact_store, name), "PYTHONUNBUFFERED": "1",
@@ -269,8 +249,7 @@ class KubernetesCompute(CloudCompute):
 
     def __init__(self, stack: Any, api_client: Any = None):
         super().__init__(stack)
-        self._api_client = api_client
-        self._apis: dict[str, Any] = {}
+        self._apis = kube.Apis(stack, api_client)
 
     # -- clients ------------------------------------------------------------------------------------
     @property
@@ -278,13 +257,7 @@ class KubernetesCompute(CloudCompute):
         return kube.cluster_outputs(self.stack).namespace
 
     def _api(self, name: str) -> Any:
-        if name not in self._apis:
-            if self._api_client is None:
-                self._api_client = kube.api_client(self.stack)
-            from kubernetes import client
-
-            self._apis[name] = getattr(client, name)(self._api_client)
-        return self._apis[name]
+        return self._apis.get(name)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return kube.call(lambda: fn(*args, **kwargs), what, stack=self.stack, namespace=self.namespace)
@@ -420,7 +393,7 @@ class KubernetesCompute(CloudCompute):
 
     def _list(self, limit: int) -> list[JobInfo]:
         selector = ",".join(f"{k}={v}" for k, v in {**kube.MANAGED_BY,
-                                                    STACK_LABEL: _label_value(self.stack.name)}.items())
+                                                    STACK_LABEL: kube.label_value(self.stack.name)}.items())
         jobs = self._call("list Jobs", self._api("BatchV1Api").list_namespaced_job, self.namespace,
                           label_selector=selector).items
         jobs.sort(key=lambda j: _timestamp(j.metadata.creation_timestamp) or 0.0, reverse=True)

@@ -327,7 +327,7 @@ class LocalCompute:
         """Run `spec` as job `<kind>-<digest>-<attempt>`. While the spec's latest job is PENDING or
         RUNNING it is returned instead; once it ended, the next attempt starts (the same guarantee
         as the cloud adapters). `new` (or another `run_name`) starts a fresh identity."""
-        from ._cloud import with_run
+        from .checks import with_run
 
         spec = with_run(spec, new, run_name)
         self._preflight(spec)

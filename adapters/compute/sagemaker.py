@@ -38,17 +38,16 @@ import json
 from datetime import datetime
 from typing import Any
 
-from stackwise import catalog
+from stackwise.adapters.clouds import aws
+from stackwise.adapters.clouds.common import require_output, require_store
 from stackwise.contract import checkpoint_uri
-from stackwise.errors import ConfigError, JobNotFoundError
+from stackwise.errors import CloudError, JobNotFoundError
 from stackwise.jobs import JobInfo, JobState
-from stackwise.registry import require
 
-from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, check_max_runtime,
-                     identity_fields, job_context, job_environment, job_name, job_uri, node_count, parse_job_name,
-                     processes_per_node, require_output, strategy)
+from .base import (CloudCompute, identity_fields, job_context, job_environment, job_gpu, job_name, job_uri, node_count,
+                   parse_job_name, processes_per_node, strategy)
+from .checks import check_max_runtime
 
-CPU_INSTANCE = "ml.m5.xlarge"
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
 CHANNEL = "stackwise"  # the input channel holding spec.json and context.json
@@ -65,16 +64,11 @@ STATES = {
 # Secondary statuses before the container runs.
 _PENDING_SECONDARY = {"Starting", "Pending", "Downloading", "LaunchingMLInstances", "PreparingTrainingStack",
                       "DownloadingTrainingImage", "Restarting"}
-_TRANSIENT_CODES = {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded",
-                    "ServiceUnavailable", "InternalFailure", "InternalServerError", "InternalError"}
 
 
 def instance_type(spec: Any, stack: Any) -> str:
     """The SageMaker instance type for the spec's GPU and count (from the GPU catalog)."""
-    gpu = spec.compute.gpu or (stack.outputs.default_gpu if spec.kind == "finetune" else None)
-    if not gpu:
-        return CPU_INSTANCE
-    return catalog.offer(gpu, "aws", spec.compute.count).instance
+    return aws.instance_type(job_gpu(spec, stack), spec.compute.count)
 
 
 def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int = 1) -> dict[str, Any]:
@@ -138,23 +132,10 @@ def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int =
     if spec.kind == "finetune":
         request["CheckpointConfig"] = {"S3Uri": checkpoint_uri(outputs.artifact_store, spec.output_name),
                                        "LocalPath": CHECKPOINT_PATH}
-    vpc = vpc_config(stack)
+    vpc = aws.vpc_config(stack)
     if vpc:
         request["VpcConfig"] = vpc
     return request
-
-
-def vpc_config(stack: Any) -> dict[str, list[str]] | None:
-    """The `VpcConfig` of the stack's private network (jobs and endpoint models), or None for a
-    stack that exports no network (outputs synced before it existed: SageMaker's own network)."""
-    network = stack.outputs.network
-    if network is None or not network.subnets:
-        return None
-    if not network.security_groups:
-        raise ConfigError(f"stack {stack.name!r} exports subnets but no security group",
-                          where="stack outputs: network.security_groups",
-                          fix="export the jobs' security group id (the Pulumi program does); run `stackwise sync`")
-    return {"SecurityGroupIds": list(network.security_groups), "Subnets": list(network.subnets)}
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -166,50 +147,6 @@ def _ts(value: Any) -> float | None:
     return value.timestamp() if isinstance(value, datetime) else None
 
 
-def call_aws(stack: Any, what: str, fn: Any, usage: str = "training job", **kwargs: Any) -> Any:
-    """One boto3 call; its errors become TransientError (retried) or a clear StackwiseError naming
-    what to do (credentials, quota for `usage`, an instance type the region lacks)."""
-    exc_mod = require("botocore.exceptions", "aws")
-    try:
-        return fn(**kwargs)
-    except (exc_mod.NoCredentialsError, exc_mod.PartialCredentialsError) as exc:
-        raise CredentialsError(
-            f"no AWS credentials for {what}: {exc}",
-            where=f"stack {stack.name!r} (region {stack.region})",
-            fix="configure credentials: `aws configure` or `aws sso login`, or set AWS_PROFILE / "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
-        ) from None
-    except (exc_mod.EndpointConnectionError, exc_mod.ConnectTimeoutError, exc_mod.ReadTimeoutError) as exc:
-        raise TransientError(f"{what}: {exc}") from None
-    except exc_mod.ClientError as exc:
-        error = exc.response.get("Error", {})
-        code, message = str(error.get("Code", "")), str(error.get("Message", ""))
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-        if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-            raise TransientError(f"{what}: {code} {message}") from None
-        if code in ("ExpiredToken", "ExpiredTokenException", "UnrecognizedClientException",
-                    "InvalidClientTokenId", "InvalidSignatureException"):
-            raise CredentialsError(
-                f"AWS rejected the credentials for {what}: {code}", where=message,
-                fix="refresh them (`aws sso login`, new keys) or choose another AWS_PROFILE") from None
-        if code == "ResourceLimitExceeded":
-            raise QuotaError(
-                f"SageMaker quota exceeded for {what}: {message}",
-                where=f"account quotas in {stack.region}",
-                fix=f"request an increase in Service Quotas (SageMaker, '<instance type> for {usage} usage'"
-                + (" or 'for spot training job usage'" if usage == "training job" else "")
-                + "), or choose a smaller GPU/count",
-            ) from None
-        if code == "ValidationException" and "instance" in message.lower() and "type" in message.lower():
-            raise CloudError(
-                f"SageMaker does not offer the requested instance type here: {message}",
-                where=f"region {stack.region}",
-                fix="choose a GPU the region offers (see `stackwise plan`), or a stack in another region",
-            ) from None
-        raise CloudError(f"SageMaker refused {what}: {code}: {message}", where=f"region {stack.region}",
-                         fix="correct the request or the stack outputs") from None
-
-
 class SageMakerCompute(CloudCompute):
     """Jobs as SageMaker training jobs; the handle id is the training job name."""
 
@@ -218,14 +155,8 @@ class SageMakerCompute(CloudCompute):
 
     def __init__(self, stack: Any, session: Any = None):
         super().__init__(stack)
-        if not stack.outputs.artifact_store.startswith("s3://"):
-            raise ConfigError(
-                f"stack {stack.name!r} is on AWS but its artifact store is {stack.outputs.artifact_store!r}",
-                where="stack outputs: artifact_store",
-                fix="export an s3:// artifact store (the Pulumi program does)",
-            )
-        boto3 = require("boto3", "aws", "the SageMaker compute adapter")
-        self._session = session or boto3.session.Session(region_name=stack.region)
+        require_store(stack, "s3", "AWS")
+        self._session = session or aws.session(stack, "the SageMaker compute adapter")
         self.sagemaker = self._session.client("sagemaker")
         self.s3 = self._session.client("s3")
         self.logs_client = self._session.client("logs")
@@ -240,7 +171,7 @@ class SageMakerCompute(CloudCompute):
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
         """One API call; its errors become TransientError (retried) or a clear CloudError."""
-        return call_aws(self.stack, what, fn, **kwargs)
+        return aws.call(lambda: fn(**kwargs), what, stack=self.stack)
 
     # -- the cloud calls -----------------------------------------------------------------------
     def _prepare(self, spec: Any, name: str, attempt: int) -> None:
@@ -269,7 +200,7 @@ class SageMakerCompute(CloudCompute):
             self._call(f"CreateTrainingJob {name}", self.sagemaker.create_training_job, **request)
         except CloudError as exc:
             # A create that landed before its answer was lost: the job is ours.
-            if "ResourceInUse" in exc.what or "unique" in exc.what.lower():
+            if aws.name_taken(exc):
                 return name
             raise
         return name
@@ -286,7 +217,7 @@ class SageMakerCompute(CloudCompute):
             return self._call(f"DescribeTrainingJob {job_id}", self.sagemaker.describe_training_job,
                               TrainingJobName=job_id)
         except CloudError as exc:
-            if "Could not find" in exc.what or "ResourceNotFound" in exc.what:
+            if aws.is_missing(exc):
                 raise JobNotFoundError(f"no SageMaker training job {job_id!r}", where=f"region {self.stack.region}",
                                        fix="list jobs with `stackwise jobs list --stack " + self.stack.name + "`") from None
             raise
@@ -342,7 +273,7 @@ class SageMakerCompute(CloudCompute):
         try:
             self._call(f"StopTrainingJob {job_id}", self.sagemaker.stop_training_job, TrainingJobName=job_id)
         except CloudError as exc:
-            if "not in" in exc.what.lower() or "already" in exc.what.lower():
+            if aws.has_ended(exc):
                 return  # it ended meanwhile: cancel leaves an ended job as it is
             raise
 
@@ -361,7 +292,7 @@ class SageMakerCompute(CloudCompute):
             streams = self._call("DescribeLogStreams", self.logs_client.describe_log_streams,
                                  logGroupName=LOG_GROUP, logStreamNamePrefix=f"{job_id}/")
         except CloudError as exc:
-            if "ResourceNotFound" in exc.what:
+            if aws.is_missing(exc):
                 return [], tokens  # the job has not written a line yet
             raise
         lines: list[str] = []

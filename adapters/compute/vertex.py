@@ -31,15 +31,15 @@ import json
 import os
 from typing import Any
 
-from stackwise import catalog
+from stackwise.adapters.clouds import gcp
+from stackwise.adapters.clouds.common import require_output, require_store
 from stackwise.contract import checkpoint_uri
-from stackwise.errors import ConfigError, JobNotFoundError
+from stackwise.errors import CloudError, CredentialsError, JobNotFoundError, TransientError
 from stackwise.jobs import JobInfo, JobState
-from stackwise.registry import require
 
-from ._cloud import (CloudCompute, CloudError, CredentialsError, QuotaError, TransientError, bootstrap_command,
-                     check_max_runtime, decode_spec, identity_fields, job_environment, job_name, job_uri, node_count,
-                     parse_job_name, require_output, strategy)
+from .base import (CloudCompute, bootstrap_command, decode_spec, identity_fields, job_environment, job_gpu, job_name,
+                   job_uri, node_count, parse_job_name, strategy)
+from .checks import check_max_runtime
 
 CPU_MACHINE = "n1-standard-8"
 ENV_CHECKPOINT_DIR = "STACKWISE_CHECKPOINT_DIR"  # read by stackwise.training.trainer
@@ -63,21 +63,13 @@ LOG_PAGE = 1000
 
 
 def machine_spec(spec: Any, stack: Any) -> dict[str, Any]:
-    gpu = spec.compute.gpu or (stack.outputs.default_gpu if spec.kind == "finetune" else None)
-    if not gpu:
-        return {"machineType": CPU_MACHINE}
-    offer = catalog.offer(gpu, "gcp", spec.compute.count)
-    return {"machineType": offer.instance, "acceleratorType": offer.accelerator, "acceleratorCount": offer.count}
+    return gcp.machine_spec(job_gpu(spec, stack), spec.compute.count, CPU_MACHINE)
 
 
 def fuse_path(uri: str) -> str:
     """The path of a gs:// URI inside a Vertex AI job, where Cloud Storage FUSE mounts every bucket
     the job's service account can read under /gcs/."""
     return "/gcs/" + uri.removeprefix("gs://")
-
-
-def _label(value: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]
 
 
 def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int = 1) -> dict[str, Any]:
@@ -119,7 +111,7 @@ def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int =
     return {
         "displayName": name,
         "jobSpec": job_spec,
-        "labels": {LABEL: name, "stackwise-stack": _label(stack.name), "stackwise-kind": spec.kind,
+        "labels": {LABEL: name, "stackwise-stack": gcp.label(stack.name), "stackwise-kind": spec.kind,
                    "stackwise-strategy": strategy(spec), IDENTITY_LABEL: spec.identity,
                    "stackwise-attempt": str(attempt)},
     }
@@ -140,29 +132,11 @@ class VertexCompute(CloudCompute):
         self._log_session: Any = None
         self.project = require_output(stack.outputs.gcp_project, "gcp_project", stack,
                                       "export gcp_project (the Pulumi program does)")
-        if not stack.outputs.artifact_store.startswith("gs://"):
-            raise ConfigError(f"stack {stack.name!r} is on GCP but its artifact store is "
-                              f"{stack.outputs.artifact_store!r}", where="stack outputs: artifact_store",
-                              fix="export a gs:// artifact store (the Pulumi program does)")
+        require_store(stack, "gs", "GCP")
         self.location = stack.region
-        self.parent = f"projects/{self.project}/locations/{self.location}"
-        aiplatform = require("google.cloud.aiplatform_v1", "gcp", "the Vertex AI compute adapter")
-        self._types = aiplatform
-        self._exceptions = require("google.api_core.exceptions", "gcp")
-        self._auth_exceptions = require("google.auth.exceptions", "gcp")
-        endpoint = api_endpoint or os.environ.get("STACKWISE_VERTEX_ENDPOINT") or f"{self.location}-aiplatform.googleapis.com"
-        from google.api_core.client_options import ClientOptions
-
-        try:
-            self.client = aiplatform.JobServiceClient(credentials=credentials, transport="rest",
-                                                      client_options=ClientOptions(api_endpoint=endpoint))
-        except self._auth_exceptions.DefaultCredentialsError as exc:
-            raise CredentialsError(
-                f"no Google Cloud credentials: {exc}".split(". ")[0],
-                where=f"stack {stack.name!r} (project {self.project})",
-                fix="run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS "
-                "to a service account key file",
-            ) from None
+        self.parent = gcp.where(stack)
+        self._types = gcp.aiplatform("the Vertex AI compute adapter")
+        self.client = gcp.client("JobServiceClient", stack, credentials, api_endpoint, "the Vertex AI compute adapter")
 
     def build(self, spec: Any, name: str, attempt: int = 1) -> dict[str, Any]:
         return build_request(spec, self.stack, name, attempt)
@@ -171,42 +145,12 @@ class VertexCompute(CloudCompute):
         return checkpoint_uri(self.stack.outputs.artifact_store, output_name)
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        exc = self._exceptions
-        try:
-            return fn(*args, **kwargs)
-        except self._auth_exceptions.DefaultCredentialsError as error:
-            raise CredentialsError(f"no Google Cloud credentials for {what}", where=str(error)[:200],
-                                   fix="run `gcloud auth application-default login`") from None
-        except (exc.TooManyRequests, exc.ResourceExhausted) as error:
-            if "quota metrics" in str(error.message).lower() or "gpus" in str(error.message).lower():
-                raise QuotaError(f"Vertex AI quota exceeded for {what}: {error.message}",
-                                 where=f"project {self.project}, {self.location}",
-                                 fix="request more quota (IAM & Admin > Quotas: the 'custom_model_training_*' "
-                                 "metric named above), or choose a smaller GPU/count or another region") from None
-            raise TransientError(f"{what}: {error.message}") from None
-        except (exc.ServiceUnavailable, exc.InternalServerError, exc.GatewayTimeout, exc.BadGateway,
-                exc.DeadlineExceeded) as error:
-            raise TransientError(f"{what}: {error}") from None
-        except (exc.Unauthenticated, exc.PermissionDenied) as error:
-            raise CredentialsError(f"Google Cloud refused {what}: {error.message}", where=f"project {self.project}",
-                                   fix="check `gcloud auth application-default login` and the roles of the "
-                                   "account (Vertex AI User)") from None
-        except exc.NotFound:
-            raise JobNotFoundError(f"no Vertex AI job for {what}", where=self.parent,
-                                   fix=f"list jobs with `stackwise jobs list --stack {self.stack.name}`") from None
-        except exc.BadRequest as error:  # REST maps every 400 here (InvalidArgument, FailedPrecondition)
-            message = str(error.message)
-            if "machine type" in message.lower() or "accelerator" in message.lower():
-                raise CloudError(f"Vertex AI does not offer the requested machine here: {message}",
-                                 where=f"location {self.location}",
-                                 fix="choose a GPU the region offers (see `stackwise plan`), or another region") from None
-            raise CloudError(f"Vertex AI refused {what}: {message}", where=self.parent,
-                             fix="correct the request or the stack outputs") from None
-        except exc.GoogleAPICallError as error:
-            raise CloudError(f"Vertex AI refused {what}: {error}", where=self.parent,
-                             fix="correct the request or the stack outputs") from None
-        except OSError as error:  # connection refused or reset: retry
-            raise TransientError(f"{what}: {error}") from None
+        """One API call; its errors become TransientError (retried), JobNotFoundError or a clear CloudError."""
+        return gcp.call(lambda: fn(*args, **kwargs), what, stack=self.stack, not_found=self._not_found)
+
+    def _not_found(self, what: str) -> JobNotFoundError:
+        return JobNotFoundError(f"no Vertex AI job for {what}", where=self.parent,
+                                fix=f"list jobs with `stackwise jobs list --stack {self.stack.name}`")
 
     def _create(self, request: dict[str, Any], name: str) -> str:
         job = self._types.CustomJob.from_json(json.dumps(request))
@@ -261,7 +205,7 @@ class VertexCompute(CloudCompute):
                                         name=f"{self.parent}/customJobs/{job_id}"))
 
     def _list(self, limit: int) -> list[JobInfo]:
-        request = self._types.ListCustomJobsRequest(parent=self.parent, filter=f'labels.stackwise-stack="{_label(self.stack.name)}"',
+        request = self._types.ListCustomJobsRequest(parent=self.parent, filter=f'labels.stackwise-stack="{gcp.label(self.stack.name)}"',
                                                     page_size=min(limit, 100))
         jobs = []
         for job in self._call("list CustomJobs", self.client.list_custom_jobs, request=request):
@@ -275,7 +219,7 @@ class VertexCompute(CloudCompute):
             self._call(f"cancel CustomJob {job_id}", self.client.cancel_custom_job,
                        name=f"{self.parent}/customJobs/{job_id}")
         except CloudError as exc:
-            if "ended" in exc.what or "FAILED_PRECONDITION" in exc.what:
+            if exc.code == "FAILED_PRECONDITION":  # the job has ended: cancel leaves it as it is
                 return
             raise
 
@@ -284,19 +228,7 @@ class VertexCompute(CloudCompute):
         """An authorized HTTP session for Cloud Logging, with the credentials the job client uses
         (google-cloud-logging is not a dependency: `entries:list` is one REST call)."""
         if self._log_session is None:
-            from google.auth.transport.requests import AuthorizedSession
-
-            credentials = self._credentials
-            if credentials is None:
-                import google.auth
-
-                try:
-                    credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-                except self._auth_exceptions.DefaultCredentialsError:
-                    raise CredentialsError("no Google Cloud credentials to read the job's logs",
-                                           where=f"project {self.project}",
-                                           fix="run `gcloud auth application-default login`") from None
-            self._log_session = AuthorizedSession(credentials)
+            self._log_session = gcp.authorized_session(self._credentials, self.stack, "read the job's logs")
         return self._log_session
 
     def _log_lines(self, job_id: str, cursor: Any) -> tuple[list[str], Any]:

@@ -1,6 +1,7 @@
 """Azure deploy: model versions as deployments of the stack's Azure ML managed online endpoint
-(`azure-ai-ml` `MLClient.online_endpoints` / `online_deployments`, built like the compute
-adapter's client: same credentials, same error mapping, same custom-cloud endpoint for tests).
+(`azure-ai-ml` `MLClient.online_endpoints` / `online_deployments`; the client, credentials, error
+mapping and custom-cloud endpoint for tests are `stackwise.adapters.clouds.azure`'s, as the compute
+adapter's are).
 
 The Pulumi program creates the endpoint (`endpoints[].name` is its name); `deploy` fills it:
 - a version added: one `ManagedOnlineDeployment` named `deployment_name(model, version)` with the
@@ -31,11 +32,13 @@ import os
 import re
 from typing import Any
 
-from stackwise import catalog
+from stackwise.adapters.clouds import azure
+from stackwise.adapters.clouds.common import Retry, require_store, with_retries
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
-from stackwise.errors import ConfigError, JobNotFoundError, SpecError
-from stackwise.registry import require
+from stackwise.errors import ConfigError, SpecError
 from stackwise.serve_targets import rag_deploy_environment
+
+from . import base
 
 CPU_SIZE = "Standard_DS3_v2"
 TAG_MODEL, TAG_VERSION = "stackwise-model", "stackwise-version"
@@ -51,7 +54,6 @@ INFERENCE_ROUTES = {"liveness_route": "/", "readiness_route": "/health", "scorin
 NAME_MAX = 32
 _VALID_NAME = re.compile(r"^[a-zA-Z]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 # Azure Monitor autoscale (the values infra/azure/endpoint.py uses for the endpoint's own deployment).
-ARM = "https://management.azure.com/"
 AUTOSCALE_API = "2022-10-01"
 SCALE_IN_GPU_PERCENT = 25  # remove a replica below this GPU busy % (or half of gpu_percent, if lower)
 COOLDOWNS = (300, 600)  # default (scale-out, scale-in) seconds: a managed replica takes minutes to start
@@ -85,21 +87,14 @@ def deployment_name(model: str, version: str) -> str:
 
 def serving_image(stack: Any, endpoint_output: Any) -> str:
     """The endpoint's serving image, else the `serve` image beside the training image in the registry."""
-    if endpoint_output.serving_image:
-        return endpoint_output.serving_image
-    training = stack.outputs.training_image
-    if training and ".azurecr.io/" in training:
-        return training.rsplit("/", 1)[0] + "/serve:latest"
-    raise ConfigError(f"stack {stack.name!r} exports no serving image for endpoint {endpoint_output.name!r}",
-                      where="stack outputs: endpoints[].serving_image",
-                      fix="export serving_image for the endpoint (the Pulumi program does)")
+    return base.serving_image(
+        stack, endpoint_output,
+        lambda training: training.rsplit("/", 1)[0] + "/serve:latest" if ".azurecr.io/" in training else None,
+        fix="export serving_image for the endpoint (the Pulumi program does)")
 
 
 def instance_type(stack: Any, endpoint_output: Any) -> str:
-    gpu = endpoint_output.gpu or stack.outputs.default_gpu
-    if not gpu:
-        return CPU_SIZE
-    return catalog.offer(gpu, "azure", endpoint_output.gpu_count).instance
+    return azure.vm_size(base.endpoint_gpu(stack, endpoint_output), endpoint_output.gpu_count, CPU_SIZE)
 
 
 def deployment_request(stack: Any, endpoint_output: Any, target: DeployTarget,
@@ -208,50 +203,38 @@ class AzureMLDeploy(DeployBackend):
     def __init__(self, stack: Any, credential: Any = None, arm_endpoint: str | None = None):
         super().__init__(stack)
         self._credential = credential
-        self._arm_endpoint = arm_endpoint or os.environ.get("STACKWISE_AZURE_ARM_ENDPOINT")
-        self._compute: Any = None
-        self._arm: Any = None
+        self._arm_endpoint = arm_endpoint or os.environ.get(azure.ENV_ARM_ENDPOINT)
+        self._client: Any = None
+        self._arm: azure.ArmClient | None = None
+        self.retry = Retry()
 
     @property
-    def compute(self) -> Any:
-        """The compute adapter: it builds the MLClient (credentials, endpoint) and maps errors."""
-        if self._compute is None:
-            from stackwise.adapters.compute.azureml import AzureMLCompute
-
-            self._compute = AzureMLCompute(self.stack, credential=self.credential, arm_endpoint=self._arm_endpoint)
-        return self._compute
+    def workspace_id(self) -> str:
+        """The ARM id of the stack's workspace (ConfigError when an output is missing)."""
+        return azure.workspace_id(self.stack)
 
     @property
     def credential(self) -> Any:
         """One credential for MLClient and the autoscale settings (DefaultAzureCredential unless given)."""
         if self._credential is None:
-            identity = require("azure.identity", "azure", "Azure credentials")
-            self._credential = identity.DefaultAzureCredential(exclude_interactive_browser_credential=True)
+            self._credential = azure.credential()
         return self._credential
+
+    @property
+    def client(self) -> Any:
+        """The workspace's MLClient (built on first use: the constructor makes no call)."""
+        if self._client is None:
+            self.workspace_id  # noqa: B018 - the outputs it needs, checked first
+            require_store(self.stack, "az", "Azure")
+            self._client = azure.ml_client(self.stack, self.credential, self._arm_endpoint,
+                                           "the Azure ML deploy adapter")
+        return self._client
 
     def _arm_call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """One ARM REST request (autoscale settings), its errors raised as azure-core's, as MLClient's are."""
-        from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ResourceExistsError,
-                                           ResourceNotFoundError, map_error)
-        from azure.core.rest import HttpRequest
-        from azure.mgmt.core.exceptions import ARMErrorFormat
-
-        base = (self._arm_endpoint or ARM).rstrip("/")
         if self._arm is None:
-            from azure.core.pipeline import policies
-            from azure.mgmt.core import ARMPipelineClient
-            from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy
-
-            self._arm = ARMPipelineClient(base_url=base, policies=[
-                policies.HeadersPolicy(), policies.UserAgentPolicy("stackwise"), policies.RetryPolicy(retry_total=0),
-                ARMChallengeAuthenticationPolicy(self.credential, f"{base}/.default")])
-        response = self._arm.send_request(HttpRequest(method, f"{base}{path}", params={"api-version": AUTOSCALE_API},
-                                                      json=body))
-        if response.status_code >= 400:
-            map_error(response.status_code, response, {401: ClientAuthenticationError, 404: ResourceNotFoundError,
-                                                       409: ResourceExistsError})
-            raise HttpResponseError(response=response, error_format=ARMErrorFormat)
-        return response
+            self._arm = azure.ArmClient(self.credential, self._arm_endpoint)
+        return self._arm.send(method, path, AUTOSCALE_API, body)
 
     def _set_autoscale(self, body: dict[str, Any] | None, path: str) -> None:
         """PUT one deployment's autoscale setting (`body`), or DELETE it (None; a missing one is fine)."""
@@ -261,22 +244,15 @@ class AzureMLDeploy(DeployBackend):
         else:
             self._call(f"create autoscale setting {name}", self._arm_call, "PUT", path, body)
 
-    @property
-    def client(self) -> Any:
-        return self.compute.client
-
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One MLClient call, retried on throttling and 5xx; a missing resource means the stack is not up."""
-        from stackwise.adapters.compute._cloud import with_retries
+        return with_retries(lambda: azure.call(lambda: fn(*args, **kwargs), what, stack=self.stack,
+                                               not_found=self._not_found),
+                            self.retry, f"azure: {what}")
 
-        def once() -> Any:
-            try:
-                return self.compute._call(what, fn, *args, **kwargs)
-            except JobNotFoundError:
-                raise ConfigError(f"Azure ML has no resource for {what}", where=self.compute.workspace_id,
-                                  fix="`pulumi up` the stack (it creates the endpoint), then `stackwise sync`") from None
-
-        return with_retries(once, self.compute.retry, f"azure: {what}")
+    def _not_found(self, what: str) -> ConfigError:
+        return ConfigError(f"Azure ML has no resource for {what}", where=self.workspace_id,
+                           fix="`pulumi up` the stack (it creates the endpoint), then `stackwise sync`")
 
     # -- reading ----------------------------------------------------------------------------
     def describe(self, endpoint: str | None = None) -> Deployment:
@@ -334,7 +310,7 @@ class AzureMLDeploy(DeployBackend):
         new, split = self.plan(current, targets, traffic)
         requests = [deployment_request(self.stack, out, t, rag_deploy_environment(self.stack, t))
                     for t in new]  # all checked (a RAG app's generator pinned) before any call
-        scaled = [autoscale_setting(self.stack, out, r["name"], self.compute.workspace_id) if out.scaling else None
+        scaled = [autoscale_setting(self.stack, out, r["name"], self.workspace_id) if out.scaling else None
                   for r in requests]
         names = {v.key: v.name for v in current.variants}
         for target, request, setting in zip(new, requests, scaled):

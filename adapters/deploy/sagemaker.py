@@ -26,23 +26,23 @@ its artifact from S3 through the VPC's gateway endpoint and has no internet rout
 Names derive from the endpoint, the version and a digest of what it runs, so a retried or
 repeated deploy finds what it made and creates nothing twice. Requests are pure functions
 (`model_request`, `endpoint_config_request`); they never hold credentials.
+
+(About 430 lines: the autoscaling builders stay beside the backend because infra/aws/endpoint.py
+gives the endpoint's own variant its policies from them, so one definition serves both.)
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from typing import Any
 
-from stackwise import catalog
-from stackwise.adapters.compute.sagemaker import vpc_config
+from stackwise.adapters.clouds import aws
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
-from stackwise.errors import ConfigError, SpecError
-from stackwise.registry import require
+from stackwise.errors import CloudError, ConfigError, SpecError
 from stackwise.serve_targets import rag_deploy_environment
 
-CPU_INSTANCE = "ml.m5.xlarge"
+from . import base
+
 STATES = {"Creating": "creating", "Updating": "updating", "SystemUpdating": "updating", "RollingBack": "updating",
           "InService": "ready", "Deleting": "updating", "Failed": "failed", "UpdateRollbackFailed": "failed",
           # takes no requests (SageMaker's own words); no deploy brings it back by waiting
@@ -141,25 +141,15 @@ def variants_to_deregister(old: list[dict[str, Any]], new: list[dict[str, Any]])
     return [v["VariantName"] for v in old if kept.get(v["VariantName"], "") != v.get("InstanceType")]
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
 def serving_image(stack: Any, endpoint_output: Any) -> str:
     """The endpoint's serving image, else the stack registry's `serve` tag (the Pulumi default)."""
-    if endpoint_output.serving_image:
-        return endpoint_output.serving_image
-    training = stack.outputs.training_image
-    if training and ".dkr.ecr." in training:
-        return training.rsplit(":", 1)[0] + ":serve"
-    raise ConfigError(f"stack {stack.name!r} exports no serving image for endpoint {endpoint_output.name!r}",
-                      where="stack outputs: endpoints[].serving_image",
-                      fix="export serving_image for the endpoint (or a training_image in ECR, whose :serve tag is used)")
+    return base.serving_image(
+        stack, endpoint_output, lambda training: training.rsplit(":", 1)[0] + ":serve" if ".dkr.ecr." in training else None,
+        fix="export serving_image for the endpoint (or a training_image in ECR, whose :serve tag is used)")
 
 
 def instance_type(stack: Any, endpoint_output: Any) -> str:
-    gpu = endpoint_output.gpu or stack.outputs.default_gpu
-    return catalog.offer(gpu, "aws", endpoint_output.gpu_count).instance if gpu else CPU_INSTANCE
+    return aws.instance_type(base.endpoint_gpu(stack, endpoint_output), endpoint_output.gpu_count)
 
 
 ENV_VALUE_MAX = 1024  # CreateModel's limit on one environment value (botocore: EnvironmentValue)
@@ -180,7 +170,7 @@ def model_name(endpoint: str, target: DeployTarget, image: str, rag_env: dict[st
     parts: tuple[Any, ...] = (target.artifact_uri, target.base_model, image)
     if rag_env:
         parts += (rag_env,)
-    return f"{endpoint}-{variant_name(target.model, target.version)}"[:NAME_HEAD] + "-" + _digest(*parts)
+    return f"{endpoint}-{variant_name(target.model, target.version)}"[:NAME_HEAD] + "-" + base.digest(*parts)
 
 
 def model_request(stack: Any, endpoint_output: Any, target: DeployTarget,
@@ -212,7 +202,7 @@ def model_request(stack: Any, endpoint_output: Any, target: DeployTarget,
     request = {"ModelName": model_name(endpoint_output.name, target, image, rag_env), "ExecutionRoleArn": role,
                "PrimaryContainer": container,
                "Tags": [{"Key": "stackwise-stack", "Value": stack.name}, {"Key": "stackwise-model", "Value": target.key}]}
-    vpc = vpc_config(stack)
+    vpc = aws.vpc_config(stack)
     if vpc:  # the same private network the Pulumi-made model runs in
         request["VpcConfig"] = vpc
     return request
@@ -224,7 +214,7 @@ def endpoint_config_request(stack: Any, endpoint_output: Any, variants: list[dic
                    "InstanceType": v.get("instance_type") or instance_type(stack, endpoint_output),
                    "InitialInstanceCount": int(v.get("count") or endpoint_output.min_replicas),
                    "InitialVariantWeight": float(v["weight"])} for v in variants]
-    name = f"{endpoint_output.name}"[:NAME_HEAD] + "-" + _digest(production)
+    name = f"{endpoint_output.name}"[:NAME_HEAD] + "-" + base.digest(production)
     return {"EndpointConfigName": name, "ProductionVariants": production,
             "Tags": [{"Key": "stackwise-stack", "Value": stack.name}]}
 
@@ -243,9 +233,8 @@ class SageMakerDeploy(DeployBackend):
         self._models: dict[str, dict[str, Any]] = {}
 
     def _boto(self, service: str) -> Any:
-        boto3 = require("boto3", "aws", "the SageMaker deploy adapter")
         if self._session is None:
-            self._session = boto3.session.Session(region_name=self.stack.region)
+            self._session = aws.session(self.stack, "the SageMaker deploy adapter")
         return self._session.client(service)
 
     @property
@@ -262,20 +251,14 @@ class SageMakerDeploy(DeployBackend):
         return self._scaling_client
 
     def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        from stackwise.adapters.compute.sagemaker import call_aws
-
-        return call_aws(self.stack, what, fn, usage="endpoint", **kwargs)
-
-    def _missing(self, exc: Exception) -> bool:
-        text = str(exc)
-        return "Could not find" in text or "does not exist" in text
+        return aws.call(lambda: fn(**kwargs), what, stack=self.stack, usage="endpoint")
 
     # -- reading ----------------------------------------------------------------------------
     def _raw(self, name: str) -> dict[str, Any] | None:
         try:
             return self._call("DescribeEndpoint", self.sagemaker.describe_endpoint, EndpointName=name)
-        except Exception as exc:
-            if self._missing(exc):
+        except CloudError as exc:
+            if aws.is_missing(exc):
                 return None
             raise
 
@@ -378,8 +361,8 @@ class SageMakerDeploy(DeployBackend):
         try:
             self._call("DescribeModel", self.sagemaker.describe_model, ModelName=request["ModelName"])
             return
-        except Exception as exc:
-            if not self._missing(exc):
+        except CloudError as exc:
+            if not aws.is_missing(exc):
                 raise
         self._call("CreateModel", self.sagemaker.create_model, **request)
 
@@ -388,8 +371,8 @@ class SageMakerDeploy(DeployBackend):
             self._call("DescribeEndpointConfig", self.sagemaker.describe_endpoint_config,
                        EndpointConfigName=request["EndpointConfigName"])
             return
-        except Exception as exc:
-            if not self._missing(exc):
+        except CloudError as exc:
+            if not aws.is_missing(exc):
                 raise
         self._call("CreateEndpointConfig", self.sagemaker.create_endpoint_config, **request)
 

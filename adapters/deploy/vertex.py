@@ -1,5 +1,5 @@
 """GCP deploy: model versions as deployed models of the stack's Vertex AI endpoint
-(`google.cloud.aiplatform_v1`, REST transport, the same way the compute adapter builds clients).
+(`google.cloud.aiplatform_v1` over REST, clients and error mapping from `stackwise.adapters.clouds.gcp`).
 
 Per version, one Vertex Model uploaded with `models:upload` under a stable `modelId` (the
 endpoint, version and a digest of artifact, base and image), holding the version's artifact
@@ -18,58 +18,42 @@ Long-running operations are awaited (`operation.result`). The request builders a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from typing import Any
 
-from stackwise import catalog
+from stackwise.adapters.clouds import gcp
+from stackwise.adapters.clouds.common import require_store
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
 from stackwise.errors import ConfigError, SpecError
-from stackwise.registry import require
 from stackwise.serve_targets import rag_deploy_environment
+
+from . import base
 
 CPU_MACHINE = "n1-standard-4"
 LABEL_MODEL, LABEL_VERSION = "stackwise-model", "stackwise-version"
 OPERATION_TIMEOUT_S = 3600
 
 
-def _digest(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def _label(value: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "-" for c in value.lower())[:63]
-
-
 def serving_image(stack: Any, endpoint_output: Any) -> str:
     """The endpoint's serving image, else the registry's `serve` tag beside the training image."""
-    if endpoint_output.serving_image:
-        return endpoint_output.serving_image
-    training = stack.outputs.training_image
-    if training and "-docker.pkg.dev/" in training:
-        return training.rsplit("/", 1)[0] + "/serve:latest"
-    raise ConfigError(f"stack {stack.name!r} exports no serving image for endpoint {endpoint_output.name!r}",
-                      where="stack outputs: endpoints[].serving_image",
-                      fix="export serving_image for the endpoint (the Pulumi program does)")
+    return base.serving_image(
+        stack, endpoint_output,
+        lambda training: training.rsplit("/", 1)[0] + "/serve:latest" if "-docker.pkg.dev/" in training else None,
+        fix="export serving_image for the endpoint (the Pulumi program does)")
 
 
 def machine_spec(stack: Any, endpoint_output: Any) -> dict[str, Any]:
-    gpu = endpoint_output.gpu or stack.outputs.default_gpu
-    if not gpu:
-        return {"machineType": CPU_MACHINE}
-    offer = catalog.offer(gpu, "gcp", endpoint_output.gpu_count)
-    return {"machineType": offer.instance, "acceleratorType": offer.accelerator, "acceleratorCount": offer.count}
+    return gcp.machine_spec(base.endpoint_gpu(stack, endpoint_output), endpoint_output.gpu_count, CPU_MACHINE)
 
 
 def model_id(endpoint: str, target: DeployTarget, image: str, rag_env: dict[str, str] | None = None) -> str:
     """Vertex model ids: a letter first, then at most 62 of [a-z0-9-]. A RAG app's pinned generator
     is part of what the model runs (a model version's id is as it always was)."""
-    base = _label(f"m-{endpoint}-{variant_name(target.model, target.version)}").replace("_", "-")[:53]
+    head = gcp.label(f"m-{endpoint}-{variant_name(target.model, target.version)}").replace("_", "-")[:53]
     parts: tuple[Any, ...] = (target.artifact_uri, target.base_model, image)
     if rag_env:
         parts += (rag_env,)
-    return f"{base}-{_digest(*parts)}"
+    return f"{head}-{base.digest(*parts)}"
 
 
 def upload_request(stack: Any, endpoint_output: Any, target: DeployTarget,
@@ -91,8 +75,8 @@ def upload_request(stack: Any, endpoint_output: Any, target: DeployTarget,
             "containerSpec": {"imageUri": image, "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
                               "ports": [{"containerPort": 8080}], "predictRoute": "/v1/completions",
                               "healthRoute": "/health"},
-            "labels": {LABEL_MODEL: _label(target.model), LABEL_VERSION: _label(target.version),
-                       "stackwise-stack": _label(stack.name)},
+            "labels": {LABEL_MODEL: gcp.label(target.model), LABEL_VERSION: gcp.label(target.version),
+                       "stackwise-stack": gcp.label(stack.name)},
         },
     }
 
@@ -128,44 +112,31 @@ class VertexDeploy(DeployBackend):
         if not stack.outputs.gcp_project:
             raise ConfigError(f"stack {stack.name!r} exports no gcp_project", where="stack outputs: gcp_project",
                               fix="export gcp_project (the Pulumi program does)")
-        self.parent = f"projects/{stack.outputs.gcp_project}/locations/{stack.region}"
+        self.parent = gcp.where(stack)
         self._credentials = credentials
         self._api_endpoint = api_endpoint
         self._clients: tuple[Any, Any] | None = None
         self._labels: dict[str, dict[str, str]] = {}
 
-    def _compute(self) -> Any:
-        from stackwise.adapters.compute.vertex import VertexCompute
-
-        return VertexCompute(self.stack, credentials=self._credentials, api_endpoint=self._api_endpoint)
-
     @property
     def clients(self) -> tuple[Any, Any]:
-        """(EndpointServiceClient, ModelServiceClient), built like the compute adapter's."""
+        """(EndpointServiceClient, ModelServiceClient), with the stack's credentials (a clear
+        CredentialsError without them)."""
         if self._clients is None:
-            aiplatform = require("google.cloud.aiplatform_v1", "gcp", "the Vertex AI deploy adapter")
-            from google.api_core.client_options import ClientOptions
-
-            self._types = aiplatform
-            # The compute adapter resolves credentials (a clear CredentialsError without them)
-            # and maps Vertex errors; its client is never used here.
-            self._mapper = self._compute()
-            endpoint = (self._api_endpoint or os.environ.get("STACKWISE_VERTEX_ENDPOINT")
-                        or f"{self.stack.region}-aiplatform.googleapis.com")
-            options = ClientOptions(api_endpoint=endpoint)
-            self._clients = (
-                aiplatform.EndpointServiceClient(credentials=self._credentials, transport="rest", client_options=options),
-                aiplatform.ModelServiceClient(credentials=self._credentials, transport="rest", client_options=options))
+            require_store(self.stack, "gs", "GCP")
+            self._types = gcp.aiplatform("the Vertex AI deploy adapter")
+            self._clients = tuple(gcp.client(kind, self.stack, self._credentials, self._api_endpoint,
+                                             "the Vertex AI deploy adapter")
+                                  for kind in ("EndpointServiceClient", "ModelServiceClient"))
         return self._clients
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        from stackwise.errors import JobNotFoundError
+        """One API call (not retried); a missing resource means the stack is not up."""
+        return gcp.call(lambda: fn(*args, **kwargs), what, stack=self.stack, not_found=self._not_found)
 
-        try:
-            return self._mapper._call(what, fn, *args, **kwargs)
-        except JobNotFoundError:  # the compute mapper's NotFound: say it about endpoints here
-            raise ConfigError(f"Vertex AI has no resource for {what}", where=self.parent,
-                              fix="`pulumi up` the stack (it creates the endpoint), then `stackwise sync`") from None
+    def _not_found(self, what: str) -> ConfigError:
+        return ConfigError(f"Vertex AI has no resource for {what}", where=self.parent,
+                           fix="`pulumi up` the stack (it creates the endpoint), then `stackwise sync`")
 
     def resource(self, endpoint: str | None = None) -> str:
         name = self.endpoint_name(endpoint)

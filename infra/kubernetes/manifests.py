@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from stackwise.adapters.kube import MANAGED_BY
+from stackwise.adapters.clouds.kubernetes import MANAGED_BY
 
 from ..config import GPU_LABEL, GPU_TAINT, SPOT_LABEL, SPOT_TAINT
 

@@ -312,7 +312,7 @@ def test_throttling_honours_retry_after_then_succeeds(compute, azure_env):
 
 
 def test_errors_say_how_to_fix(compute, azure_env, caplog):
-    from stackwise.adapters.compute._cloud import CloudError, QuotaError
+    from stackwise.errors import CloudError, QuotaError
 
     caplog.set_level("DEBUG")
     azure_env.faults.append("quota")
@@ -331,7 +331,7 @@ def test_errors_say_how_to_fix(compute, azure_env, caplog):
 
 
 def test_missing_credentials_say_how_to_sign_in(azure_env, tmp_path, monkeypatch):
-    from stackwise.adapters.compute._cloud import CredentialsError
+    from stackwise.errors import CredentialsError
 
     azure_cli_login(azure_env, tmp_path / "nobody", monkeypatch, logged_in=False)
     platform = use_stack("dev-azure", tmp_path, monkeypatch)

@@ -201,7 +201,7 @@ def test_throttling_is_retried_and_a_lost_answer_never_makes_a_second_job(comput
 
 
 def test_quota_and_instance_type_errors_say_how_to_fix(compute, aws_env):
-    from stackwise.adapters.compute._cloud import CloudError, QuotaError
+    from stackwise.errors import CloudError, QuotaError
 
     aws_env.faults.append("quota")
     with pytest.raises(QuotaError, match="Service Quotas"):
@@ -216,7 +216,7 @@ def test_quota_and_instance_type_errors_say_how_to_fix(compute, aws_env):
 
 
 def test_missing_credentials_say_how_to_configure_them(platform, monkeypatch):
-    from stackwise.adapters.compute._cloud import CredentialsError
+    from stackwise.errors import CredentialsError
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

@@ -197,7 +197,7 @@ def test_retries_and_a_lost_answer_make_one_job(compute, server):
 
 
 def test_quota_and_machine_errors_say_how_to_fix(compute, server):
-    from stackwise.adapters.compute._cloud import CloudError, QuotaError
+    from stackwise.errors import CloudError, QuotaError
 
     server.faults.append("quota")
     with pytest.raises(QuotaError, match="Quotas"):
@@ -209,7 +209,7 @@ def test_quota_and_machine_errors_say_how_to_fix(compute, server):
 
 
 def test_routing_without_credentials_says_how_to_log_in(platform):
-    from stackwise.adapters.compute._cloud import CredentialsError
+    from stackwise.errors import CredentialsError
 
     with pytest.raises(CredentialsError, match="gcloud auth application-default login"):
         platform.compute
@@ -251,7 +251,7 @@ def log_server():
 def test_logs_come_from_cloud_logging(platform, server, log_server):
     from google.auth.credentials import AnonymousCredentials
 
-    from stackwise.adapters.compute._cloud import CredentialsError
+    from stackwise.errors import CredentialsError
     from stackwise.adapters.compute.vertex import VertexCompute
 
     log_server.reset()

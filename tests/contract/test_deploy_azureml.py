@@ -61,8 +61,8 @@ def connect(tmp_path, monkeypatch, endpoints=None, **extra):
     monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
     monkeypatch.delenv("STACKWISE_STACK", raising=False)
     platform = stackwise.connect("dev-azure")
-    compute = platform.deployer.compute
-    compute.retry = type(compute.retry)(attempts=3, base_s=0.01, max_s=0.05)
+    deployer = platform.deployer
+    deployer.retry = type(deployer.retry)(attempts=3, base_s=0.01, max_s=0.05)
     return platform
 
 
@@ -343,7 +343,7 @@ def test_the_server_refuses_a_setting_arm_would(azure, tmp_path, monkeypatch, ch
     deployer = connect(tmp_path, monkeypatch, endpoints=[SCALED]).deployer
     deployer.deploy([target(1)], {"chat:1": 100})
     out = deployer.endpoint_output()
-    body = autoscale_setting(deployer.stack, out, "chat-v1", deployer.compute.workspace_id)
+    body = autoscale_setting(deployer.stack, out, "chat-v1", deployer.workspace_id)
     change(body["properties"]["profiles"][0]["rules"][0])
     answer = requests.put(f"{azure.endpoint.rstrip('/')}{autoscale_setting_path(deployer.stack, ENDPOINT, 'other')}",
                           params={"api-version": "2022-10-01"}, json=body, headers={"Authorization": "Bearer test"},

@@ -168,7 +168,7 @@ def test_a_version_s_objects_match_the_golden_manifests(kube, tmp_path, monkeypa
 
 def test_the_validator_refuses_what_the_api_server_refuses(kube, tmp_path, monkeypatch):
     """The judge is not a pass-through: a wrong field in each kind is refused (a 422 from the stand-in)."""
-    from stackwise.adapters.deploy import kubernetes as k8s
+    from stackwise.adapters.deploy import kubernetes_manifests as k8s
 
     platform = connect(kube, tmp_path, monkeypatch)
     out = platform.deployer.endpoint_output()
@@ -513,7 +513,7 @@ def test_a_name_taken_by_a_foreign_object_is_refused_and_kept(kube, tmp_path, mo
 
 
 def test_objects_left_by_an_interrupted_deploy_are_adopted(kube, tmp_path, monkeypatch):
-    from stackwise.adapters.deploy import kubernetes as k8s
+    from stackwise.adapters.deploy import kubernetes_manifests as k8s
 
     platform = connect(kube, tmp_path, monkeypatch)
     service = k8s.version_service(platform.stack, "chat", target(1))
@@ -600,7 +600,7 @@ def test_no_secret_value_reaches_the_cluster(kube, tmp_path, monkeypatch):
 def test_names_are_dns_labels_and_distinct(endpoint_name, model, version):
     import re
 
-    from stackwise.adapters.deploy.kubernetes import endpoint_object_name, label_value, version_name
+    from stackwise.adapters.deploy.kubernetes_manifests import endpoint_object_name, label_value, version_name
 
     name = version_name(endpoint_name, model, version)
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 52

@@ -80,7 +80,7 @@ def test_training_jobs_run_in_the_stacks_private_network(aws_env, network, tmp_p
 
 
 def test_a_network_that_does_not_exist_is_refused_by_the_service(aws_env, network, tmp_path, monkeypatch):
-    from stackwise.adapters.compute._cloud import CloudError
+    from stackwise.errors import CloudError
 
     platform = connect(tmp_path, monkeypatch, network={**network, "subnets": ["subnet-0000000000deadbee"]})
     with pytest.raises(CloudError, match="subnet-0000000000deadbee"):

@@ -81,7 +81,7 @@ def test_custom_jobs_are_peered_with_the_stacks_network(server, tmp_path, monkey
     ({"network": NETWORK, "reserved_ip_ranges": []}, "not peered"),
 ])
 def test_vertex_refuses_a_network_it_cannot_peer_with(server, tmp_path, monkeypatch, network, message):
-    from stackwise.adapters.compute._cloud import CloudError
+    from stackwise.errors import CloudError
 
     server.reset()
     platform = connect(server, tmp_path, monkeypatch, network=network)

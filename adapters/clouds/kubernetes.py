@@ -1,5 +1,7 @@
-"""What the Kubernetes compute and deploy adapters share: reaching the stack's cluster, mapping the
-API's answers onto stackwise's errors, and the labels every stackwise object on a cluster carries.
+"""Kubernetes: the one module that imports the `kubernetes` client for the Kubernetes compute and
+deploy adapters (adapters/compute/kubernetes.py, adapters/deploy/kubernetes.py): reaching the stack's
+cluster, mapping the API's answers onto stackwise's errors (`call`, by HTTP status), and the names
+and labels every stackwise object on a cluster carries (`label_value`, `dns_label`).
 
 The cluster is reached with the submitting machine's kubeconfig: `stackwise:kubernetes.kubeconfig`
 (else `$KUBECONFIG`, else `~/.kube/config`) and `stackwise:kubernetes.context` (else its current
@@ -16,14 +18,15 @@ certificates never appear in a message.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stackwise.adapters.compute._cloud import CloudError, CredentialsError, TransientError
-from stackwise.errors import ConfigError, SpecError
+from stackwise.errors import CloudError, ConfigError, CredentialsError, SpecError, TransientError
 
 T = TypeVar("T")
 
@@ -36,10 +39,42 @@ DOMAIN = "stackwise.dev"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "stackwise"}
 #: Kueue: the label that submits a workload to a LocalQueue (kueue.x-k8s.io/queue-name).
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+#: GPU feature discovery's `nvidia.com/gpu.product` value of each catalog GPU (the default node label).
+GFD_PRODUCTS = {"T4": "Tesla-T4", "L4": "NVIDIA-L4", "A10G": "NVIDIA-A10G", "A100-40GB": "NVIDIA-A100-SXM4-40GB",
+                "A100-80GB": "NVIDIA-A100-SXM4-80GB", "H100": "NVIDIA-H100-80GB-HBM3"}
 
 _SETUP_FIX = ("write a kubeconfig for the cluster (EKS: `aws eks update-kubeconfig --name CLUSTER`; GKE: "
               "`gcloud container clusters get-credentials CLUSTER`; AKS: `az aks get-credentials -n CLUSTER -g GROUP`), "
               "or point stackwise:kubernetes.kubeconfig at one")
+
+
+_LABEL = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _digest(text: str, n: int = 6) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def label_value(text: str) -> str:
+    """`text` as a label value: itself when valid (63 characters of [A-Za-z0-9._-], alphanumeric at both
+    ends), else a cleaned head and 6 hex digits of it."""
+    if len(text) <= 63 and _LABEL.fullmatch(text):
+        return text
+    clean = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:56].strip("-_.")
+    return f"{clean}-{_digest(text)}" if clean else _digest(text)
+
+
+def dns_label(text: str, limit: int = 63) -> str:
+    """`text` as a DNS-1035 label (a letter first; lowercase letters, digits, '-'; at most `limit`):
+    itself when it already is one, else a cleaned head and 6 hex digits of `text`, so two different
+    texts never share a name."""
+    clean = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    if clean == text and len(clean) <= limit and clean[:1].isalpha():
+        return clean
+    if not clean[:1].isalpha():
+        clean = f"x-{clean}".rstrip("-")
+    return clean[:limit - 7].rstrip("-") + "-" + _digest(text)
 
 
 class NotFound(Exception):
@@ -67,6 +102,24 @@ def cluster_outputs(stack: Any) -> Any:
             "or add the section to the outputs file",
         )
     return found
+
+
+def node_selector(gpu: str | None, spot: bool, cluster: Any, stack: Any) -> dict[str, str]:
+    """The node selector of a pod on `gpu` (None: any node), on spot nodes when `spot`, from the stack's
+    `kubernetes` outputs (`cluster`); a GPU the stack maps to no node label is a ConfigError."""
+    selector: dict[str, str] = {}
+    if gpu:
+        value = cluster.gpu_values.get(gpu) or (GFD_PRODUCTS.get(gpu) if cluster.gpu_label == "nvidia.com/gpu.product"
+                                                else None)
+        if value is None:
+            raise ConfigError(
+                f"stack {stack.name!r} does not say which nodes carry a {gpu}",
+                where=f"stack outputs: kubernetes.gpu_values (label {cluster.gpu_label})",
+                fix=f"add {gpu}: <value of {cluster.gpu_label} on those nodes> to stackwise:kubernetes.gpuValues")
+        selector[cluster.gpu_label] = value
+    if spot:
+        selector.update(cluster.spot_selector)
+    return selector
 
 
 def kubeconfig_path(stack: Any) -> tuple[str | None, str]:
@@ -130,6 +183,29 @@ def api_client(stack: Any) -> Any:
     except (ConfigException, OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"the kubeconfig context {context or current.get('name')!r} is unusable: "
                           f"{str(exc).splitlines()[0][:200]}", where=f"{origin} ({path})", fix=_SETUP_FIX) from None
+
+
+class Apis:
+    """The cluster's API groups (`CoreV1Api`, `AppsV1Api`, `BatchV1Api`, `CustomObjectsApi`), built on
+    first use on one ApiClient: the one given, else `api_client(stack)`."""
+
+    def __init__(self, stack: Any, client: Any = None):
+        self.stack = stack
+        self._client = client
+        self._apis: dict[str, Any] = {}
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = api_client(self.stack)
+        return self._client
+
+    def get(self, name: str) -> Any:
+        if name not in self._apis:
+            from kubernetes import client
+
+            self._apis[name] = getattr(client, name)(self.client)
+        return self._apis[name]
 
 
 def _incluster() -> Any:
