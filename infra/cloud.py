@@ -127,6 +127,8 @@ class InfraCloud(ABC):
     config_fields: Mapping[str, tuple[Any, Any]] = {}
     """Top-level `stackwise:` keys only this cloud reads: field name -> (type, pydantic Field),
     added to `InfraConfig` (e.g. GCP's `gcp_project`, key `gcpProject`)."""
+    pipeline_target: str = ""
+    """`stackwise pipeline compile --target` of the pipelines its trigger runs (empty: no trigger)."""
     spot_tolerations: tuple[dict[str, str], ...] = ()
     """Taints the cloud puts on its own spot nodes, which spot pods must tolerate besides stackwise's."""
 
@@ -140,6 +142,20 @@ class InfraCloud(ABC):
         """Cross-checks of a stack's config (raise ValueError saying what to set). Called for every
         cloud on every stack: `config.cloud` may be another cloud, whose stacks must not set this
         cloud's keys (`config_fields` are refused there already)."""
+
+    def check_schedule(self, trigger: Any, source: str) -> None:
+        """Check `stackwise:pipelineTrigger`'s schedule in the cloud's own syntax (raise ConfigError)."""
+        raise self._no_trigger(source)
+
+    def read_pipeline(self, path: Any, text: str, parameters: dict[str, Any], source: str) -> Any:
+        """The compiled pipeline at `path` (its `text`), checked to declare `parameters` (raise ConfigError)."""
+        raise self._no_trigger(source)
+
+    def _no_trigger(self, source: str) -> Exception:
+        from stackwise.errors import ConfigError
+
+        return ConfigError(f"stackwise:pipelineTrigger is not supported on {self.name}", where=source,
+                           fix="remove stackwise:pipelineTrigger")
 
     # -- the program ---------------------------------------------------------------------------------
     @abstractmethod

@@ -50,6 +50,7 @@ def _check_model_reachable(config: InfraConfig) -> None:
 class AwsCloud(InfraCloud):
     name = "aws"
     provider = "aws"
+    pipeline_target = "sagemaker"
 
     @property
     def policy(self) -> PolicyRules:
@@ -66,6 +67,16 @@ class AwsCloud(InfraCloud):
                              "name, so its pods run as the job role (EKS Pod Identity); or set createCluster: true")
         if config.cloud != self.name and k8s.cluster_name:
             raise ValueError("kubernetes.clusterName is for aws (EKS Pod Identity) only")
+
+    def check_schedule(self, trigger: Any, source: str) -> None:
+        from ..pipeline_trigger import check_eventbridge_schedule
+
+        check_eventbridge_schedule(self.name, trigger, source)
+
+    def read_pipeline(self, path: Any, text: str, parameters: dict[str, Any], source: str) -> Any:
+        from ..pipeline_trigger import sagemaker_definition
+
+        return sagemaker_definition(text, path, parameters, source)
 
     def platform(self, prefix: str, config: InfraConfig, secrets: Secrets) -> PlatformOutputs:
         from ..program import image_build_args, on_kubernetes

@@ -36,6 +36,7 @@ AKS_USE_LABEL = "azure.workload.identity/use"
 class AzureCloud(InfraCloud):
     name = "azure"
     provider = "azure-native"
+    pipeline_target = "azureml"
     # AKS taints its spot nodes itself.
     spot_tolerations = ({"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal", "value": "spot",
                          "effect": "NoSchedule"},)
@@ -60,6 +61,16 @@ class AzureCloud(InfraCloud):
                              "identity (workload identity); or set createCluster: true")
         if config.cloud != self.name and (k8s.oidc_issuer or k8s.cluster_tier != "free"):
             raise ValueError("kubernetes.oidcIssuer and kubernetes.clusterTier are for azure (AKS) only")
+
+    def check_schedule(self, trigger: Any, source: str) -> None:
+        from ..pipeline_trigger import check_recurrence
+
+        check_recurrence(trigger, source)
+
+    def read_pipeline(self, path: Any, text: str, parameters: dict[str, Any], source: str) -> Any:
+        from .pipeline_job import read_pipeline_job
+
+        return read_pipeline_job(path, parameters, source)
 
     def platform(self, prefix: str, config: InfraConfig, secrets: Secrets) -> PlatformOutputs:
         from stackwise import catalog

@@ -37,6 +37,7 @@ class VectorStoreConfig(ConfigModel):
     index: str = Field("stackwise", pattern=r"^[a-z0-9-]{1,45}$", description="Pinecone index name.")
     dimension: int = Field(384, ge=1, le=20000, description="Vector size (384 for all-MiniLM-L6-v2).")
     metric: Literal["cosine", "dotproduct", "euclidean"] = "cosine"
+    # Pinecone's own list of the clouds it hosts serverless indexes on (not stackwise.clouds).
     cloud: Literal["aws", "gcp", "azure"] | None = Field(
         None, description="Where Pinecone hosts the serverless index (default: the stack's cloud)."
     )

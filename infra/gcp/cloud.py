@@ -28,6 +28,7 @@ GKE_SA_ANNOTATION = "iam.gke.io/gcp-service-account"
 class GcpCloud(InfraCloud):
     name = "gcp"
     provider = "gcp"
+    pipeline_target = "vertex"
     config_fields = {
         "gcp_project": (str | None, Field(None, description="GCP project id (gcp stacks).")),
         "gcp_billing_account": (str | None, Field(None, description="GCP billing account id for the budget "
@@ -44,6 +45,16 @@ class GcpCloud(InfraCloud):
         project, billing = getattr(config, "gcp_project", None), getattr(config, "gcp_billing_account", None)
         if config.cloud == self.name and not (project and billing):
             raise ValueError("gcp stacks need gcpProject and gcpBillingAccount")
+
+    def check_schedule(self, trigger: Any, source: str) -> None:
+        from ..pipeline_trigger import check_unix_cron_schedule
+
+        check_unix_cron_schedule(self.name, trigger, source)
+
+    def read_pipeline(self, path: Any, text: str, parameters: dict[str, Any], source: str) -> Any:
+        from ..pipeline_trigger import vertex_definition
+
+        return vertex_definition(text, path, parameters, source)
 
     def platform(self, prefix: str, config: InfraConfig, secrets: Secrets) -> PlatformOutputs:
         from ..program import image_build_args, on_kubernetes
