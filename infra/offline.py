@@ -9,9 +9,7 @@ Runs with `preview=False`: with a preview, unknown outputs would skip every `.ap
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
-import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,18 +23,12 @@ from pulumi.runtime.sync_await import _sync_await
 
 from stackwise.contract import StackOutputs
 
+from .cloud import Fake, cloud_of_type
 from .config import InfraConfig
 from .program import Secrets, build, export
 
-FAKE_ACCOUNT = "123456789012"
-FAKE_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
-FAKE_TENANT = "11111111-1111-1111-1111-111111111111"
-# Azure resources whose name the program sets through a type-specific input.
-_AZURE_NAME_KEYS = {"BlobContainer": "containerName", "OnlineEndpoint": "endpointName", "OnlineDeployment":
-                    "deploymentName", "Compute": "computeName", "Secret": "secretName", "Vault": "vaultName",
-                    "StorageAccount": "accountName", "Registry": "registryName",
-                    "ManagedCluster": "resourceName"}
 PLAN_SECRET = "offline-placeholder-not-a-key"
+"""What a faked call answers for a credential (a registry password, an access token)."""
 # A cluster's CA certificate as the clouds answer it (base64 PEM); a placeholder, not a certificate.
 FAKE_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCm9mZmxpbmUtcGxhY2Vob2xkZXIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
 
@@ -76,77 +68,26 @@ def _type_of(urn: str) -> str:
 
 
 class _Recorder(pulumi.runtime.Mocks):
-    """Mocks that fake provider-computed outputs, the way each cloud would shape them."""
+    """Mocks that fake provider-computed outputs, the way each cloud would shape them: the cloud
+    whose provider a type or token belongs to answers (`InfraCloud.fake_resource`, `fake_call`);
+    this class answers for the providers no cloud owns (images, Pinecone, Kubernetes)."""
 
     def __init__(self, config: InfraConfig):
         self.config = config
 
+    def _fake(self, **fields: str) -> Fake:
+        # PLAN_SECRET is read at each call: a test plants its own to prove no output shows it.
+        return Fake(config=self.config, secret=PLAN_SECRET, **fields)
+
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict]:
         inputs = dict(args.inputs)
         typ, name = args.typ, args.name
-        digest = hashlib.sha1(f"{typ}/{name}".encode()).hexdigest()[:8]
+        digest = Fake.digest_of(typ, name)
         physical = str(inputs.get("name") or f"{name}-{digest}")
         state: dict[str, Any] = {**inputs, "name": physical}
-        region, project = self.config.region, self.config.gcp_project or "project"
-        if typ.startswith("aws:"):
-            service = typ.split(":")[1].split("/")[0]
-            state["arn"] = f"arn:aws:{service}:{region}:{FAKE_ACCOUNT}:{physical}"
-            if typ == "aws:iam/role:Role":  # IAM is global: no region in its ARNs
-                state["arn"] = f"arn:aws:iam::{FAKE_ACCOUNT}:role/{physical}"
-            if typ == "aws:s3/bucket:Bucket":  # bucket ARNs name neither region nor account
-                state.update(bucket=physical, arn=f"arn:aws:s3:::{physical}")
-                return physical, state
-            if typ == "aws:ecr/repository:Repository":
-                state["repositoryUrl"] = f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}"
-            if typ == "aws:eks/cluster:Cluster":  # what EKS answers: the API endpoint, its CA, its security group
-                state.update(endpoint=f"https://{digest.upper()}.gr7.{region}.eks.amazonaws.com",
-                             certificateAuthority={"data": FAKE_CA},
-                             vpcConfig={**(inputs.get("vpcConfig") or {}), "clusterSecurityGroupId": f"sg-{digest}"})
-            if typ == "aws:ec2/vpcEndpoint:VpcEndpoint" and inputs.get("vpcEndpointType", "Gateway") == "Gateway":
-                state["prefixListId"] = f"pl-{digest}"  # what AWS answers for a gateway endpoint
-            return f"{physical}-id", state
-        if typ.startswith("gcp:"):
-            if typ == "gcp:serviceaccount/account:Account":
-                state["email"] = f"{inputs['accountId']}@{project}.iam.gserviceaccount.com"
-            if typ == "gcp:vertex/aiEndpoint:AiEndpoint":
-                state["name"] = digest
-            if typ == "gcp:vertex/aiEndpointWithModelGardenDeployment:AiEndpointWithModelGardenDeployment":
-                state["endpoint"] = f"projects/{project}/locations/{region}/endpoints/{digest}"
-            if typ == "gcp:container/cluster:Cluster":  # the private endpoint's address and the cluster CA
-                state.update(endpoint="172.16.0.34", masterAuth={"clusterCaCertificate": FAKE_CA})
-            if typ == "gcp:monitoring/notificationChannel:NotificationChannel":
-                state["name"] = f"projects/{project}/notificationChannels/{digest}"
-            return f"projects/{project}/locations/{region}/{name}", state
-        if typ.startswith("azure-native:"):
-            rid = f"/subscriptions/{FAKE_SUBSCRIPTION}/resourceGroups/rg/providers/{typ.split(':')[1]}/{physical}"
-            key = _AZURE_NAME_KEYS.get(typ.rsplit(":", 1)[-1])
-            if key and inputs.get(key):
-                state["name"] = inputs[key]
-            state.setdefault("name", physical)
-            identity = state.get("identity")
-            if isinstance(identity, dict) and isinstance(identity.get("userAssignedIdentities"), list):
-                # Inputs list identity ids; ARM answers with a map keyed by id.
-                state["identity"] = {**identity, "userAssignedIdentities": {
-                    i: {"principalId": "principal", "clientId": "client"} for i in identity["userAssignedIdentities"]}}
-            if typ == "azure-native:managedidentity:UserAssignedIdentity":
-                state.update(principalId=f"{digest}-principal", clientId=f"{digest}-client")
-            if typ == "azure-native:keyvault:Vault":
-                state["properties"] = {**(inputs.get("properties") or {}),
-                                       "vaultUri": f"https://{state['name']}.vault.azure.net/"}
-            if typ == "azure-native:keyvault:Key":
-                # What Key Vault answers: the key's URI, and the same pinned to its first version.
-                state["keyUri"] = f"https://{inputs.get('vaultName', 'vault')}.vault.azure.net/keys/{state['name']}"
-                state["keyUriWithVersion"] = f"{state['keyUri']}/{hashlib.sha1(rid.encode()).hexdigest()[:32]}"
-            if typ == "azure-native:containerservice:ManagedCluster":
-                state.update(oidcIssuerProfile={"enabled": True, "issuerURL": f"https://{region}.oic.prod-aks.azure.com/"
-                                                f"{FAKE_TENANT}/{digest}/"},
-                             privateFQDN=f"{state['name']}-{digest}.privatelink.{region}.azmk8s.io")
-            if typ == "azure-native:containerregistry:Registry":
-                state["loginServer"] = f"{state['name']}.azurecr.io"
-            if typ == "azure-native:machinelearningservices:OnlineEndpoint":
-                state["properties"] = {**inputs.get("properties", {}),
-                                       "scoringUri": f"https://{state['name']}.{region}.inference.ml.azure.com/score"}
-            return rid, state
+        cloud = cloud_of_type(typ)
+        if cloud is not None:
+            return cloud.fake_resource(typ, inputs, state, self._fake(name=name, physical=physical, digest=digest)), state
         if typ == "docker-build:index:Image":
             # What a push reports: the manifest digest, and the first tag pinned to it.
             state["digest"] = "sha256:" + hashlib.sha256(f"{typ}/{name}".encode()).hexdigest()
@@ -158,39 +99,9 @@ class _Recorder(pulumi.runtime.Mocks):
         return f"{physical}-id", state
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict, list]:
-        token = args.token
-        if token.endswith("getProjectServiceAccount"):
-            return {"emailAddress": "service-123456789@gs-project-accounts.iam.gserviceaccount.com"}, []
-        if token.endswith("getProject"):
-            return {"number": "123456789", "projectId": self.config.gcp_project}, []
-        if token.endswith("getClientConfig"):  # azure-native's and gcp's (its access token)
-            return {"subscriptionId": FAKE_SUBSCRIPTION, "tenantId": FAKE_TENANT, "clientId": "client",
-                    "objectId": "object", "accessToken": PLAN_SECRET, "project": self.config.gcp_project,
-                    "region": self.config.region}, []
-        if token == "azure-native:logic:listWorkflowTriggerCallbackUrl":
-            # A Logic App trigger's URL carries its SAS signature: a secret the plan never shows.
-            workflow, name = args.args.get("workflowName", "workflow"), args.args.get("triggerName", "manual")
-            return {"value": f"https://prod-00.{self.config.region}.logic.azure.com/workflows/{workflow}/triggers/"
-                             f"{name}/paths/invoke?api-version=2016-10-01&sp=%2Ftriggers%2F{name}%2Frun&sv=1.0"
-                             f"&sig={PLAN_SECRET}", "method": "POST"}, []
-        if token == "azure-native:containerservice:listManagedClusterUserCredentials":
-            # An Entra ID cluster's user kubeconfig: server and CA, and kubelogin to get a token (no secret).
-            name = args.args.get("resourceName", "cluster")
-            server = f"https://{name}.privatelink.{self.config.region}.azmk8s.io:443"
-            kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": name,
-                          "clusters": [{"name": name, "cluster": {"server": server,
-                                                                  "certificate-authority-data": FAKE_CA}}],
-                          "contexts": [{"name": name, "context": {"cluster": name, "user": "clusterUser"}}],
-                          "users": [{"name": "clusterUser", "user": {"exec": {
-                              "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "kubelogin",
-                              "args": ["get-token", "--login", "devicecode"]}}}]}
-            value = base64.b64encode(json.dumps(kubeconfig).encode()).decode()
-            return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}, []
-        if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
-            return {"userName": "AWS", "password": PLAN_SECRET, "authorizationToken": PLAN_SECRET,
-                    "proxyEndpoint": f"https://{FAKE_ACCOUNT}.dkr.ecr.{self.config.region}.amazonaws.com",
-                    "expiresAt": "2099-01-01T00:00:00Z", "id": self.config.region}, []
-        return {}, []
+        cloud = cloud_of_type(args.token)
+        answer = cloud.fake_call(args.token, dict(args.args or {}), self._fake()) if cloud is not None else None
+        return answer or {}, []
 
 
 class _Monitor(_mocks.MockMonitor):

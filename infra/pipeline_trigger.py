@@ -4,7 +4,9 @@
 definition file must exist, parse as that cloud's pipeline and declare every parameter the
 trigger passes, so a bad value fails with exit 2 naming the key before anything is deployed.
 The components read the same file with `read_definition`. Pure Python (json, yaml, zoneinfo);
-Azure's pipeline job YAML is read with azure-ai-ml (infra/azure/pipeline_job.py).
+Azure's pipeline job YAML is read with azure-ai-ml (infra/azure/pipeline_job.py). Which reader
+and which schedule syntax apply is the stack's cloud's say (`InfraCloud.read_pipeline`,
+`check_schedule`, `pipeline_target`); the readers and checks each cloud uses are here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stackwise.errors import ConfigError
+
+from .cloud import infra_cloud
 
 if TYPE_CHECKING:
     from .config import InfraConfig, PipelineTriggerConfig
@@ -79,13 +83,14 @@ def checked(config: "InfraConfig", source: str) -> "InfraConfig":
     """`config` with its trigger checked for the cloud and its definition named by absolute path."""
     trigger = config.pipeline_trigger
     assert trigger is not None
-    _check_schedule(config.cloud, trigger, source)
+    cloud = infra_cloud(config.cloud)
+    cloud.check_schedule(trigger, source)
     path = Path(trigger.definition).expanduser()
     if not path.is_absolute():
         path = project_root(source) / path
     if not path.is_file():
         raise ConfigError(f"{KEY}.definition names no file: {path}", where=f"{source}: {KEY}.definition",
-                          fix=f"run `stackwise pipeline compile --target {TARGETS[config.cloud]}` to write it, "
+                          fix=f"run `stackwise pipeline compile --target {cloud.pipeline_target}` to write it, "
                               "or correct the path (relative to the project folder, where stacks/ is)")
     resolved = trigger.model_copy(update={"definition": str(path)})
     definition = read_definition(resolved, config.cloud, source)
@@ -98,9 +103,6 @@ def checked(config: "InfraConfig", source: str) -> "InfraConfig":
     return config.model_copy(update={"pipeline_trigger": resolved})
 
 
-TARGETS = {"aws": "sagemaker", "gcp": "vertex", "azure": "azureml"}
-
-
 def read_definition(trigger: "PipelineTriggerConfig", cloud: str, source: str) -> Any:
     """The compiled pipeline for `cloud`, with the trigger's parameters checked against it."""
     path = Path(trigger.definition)
@@ -108,20 +110,14 @@ def read_definition(trigger: "PipelineTriggerConfig", cloud: str, source: str) -
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise _bad("definition", f"cannot read {path}: {exc}", source, "point it at the compiled file") from None
-    if cloud == "aws":
-        return _sagemaker(text, path, trigger.parameters, source)
-    if cloud == "gcp":
-        return _vertex(text, path, trigger.parameters, source)
-    from .azure.pipeline_job import read_pipeline_job
-
-    return read_pipeline_job(path, trigger.parameters, source)
+    return infra_cloud(cloud).read_pipeline(path, text, trigger.parameters, source)
 
 
 def _bad(key: str, what: str, source: str, fix: str) -> ConfigError:
     return ConfigError(f"bad value for {KEY}.{key}: {what}", where=f"{source}: {KEY}.{key}", fix=fix)
 
 
-def _sagemaker(text: str, path: Path, parameters: dict[str, Any], source: str) -> SageMakerDefinition:
+def sagemaker_definition(text: str, path: Path, parameters: dict[str, Any], source: str) -> SageMakerDefinition:
     fix = "point it at the JSON `stackwise pipeline compile --target sagemaker` writes"
     try:
         data = json.loads(text)
@@ -146,7 +142,7 @@ def _sagemaker(text: str, path: Path, parameters: dict[str, Any], source: str) -
                                parameters={k: _text(v) for k, v in parameters.items()})
 
 
-def _vertex(text: str, path: Path, parameters: dict[str, Any], source: str) -> VertexDefinition:
+def vertex_definition(text: str, path: Path, parameters: dict[str, Any], source: str) -> VertexDefinition:
     import yaml
 
     fix = "point it at the PipelineSpec `stackwise pipeline compile --target vertex` writes (JSON or YAML)"
@@ -193,27 +189,37 @@ def _text(value: Any) -> str:
 _NAMES = {"month": "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split(), "dow": "SUN MON TUE WED THU FRI SAT".split()}
 
 
-def _check_schedule(cloud: str, trigger: "PipelineTriggerConfig", source: str) -> None:
-    if cloud == "azure":
-        if trigger.schedule:
-            raise _bad("schedule", "Azure Logic Apps take a recurrence, not a cron line", source,
-                       "write recurrence: {frequency: Day, interval: 1, hours: [3], minutes: [0]} instead")
-        if trigger.time_zone and ("/" in trigger.time_zone
-                                  or not re.fullmatch(r"[A-Za-z][A-Za-z0-9 .+()'-]{0,63}", trigger.time_zone)):
-            raise _bad("timeZone", f"{trigger.time_zone!r} is not a Windows time zone name", source,
-                       "Logic Apps take Windows names, e.g. UTC, W. Europe Standard Time, Pacific Standard Time")
-        return
+def check_recurrence(trigger: "PipelineTriggerConfig", source: str) -> None:
+    """A Logic Apps schedule (Azure): a recurrence, and a Windows time zone name."""
+    if trigger.schedule:
+        raise _bad("schedule", "Azure Logic Apps take a recurrence, not a cron line", source,
+                   "write recurrence: {frequency: Day, interval: 1, hours: [3], minutes: [0]} instead")
+    if trigger.time_zone and ("/" in trigger.time_zone
+                              or not re.fullmatch(r"[A-Za-z][A-Za-z0-9 .+()'-]{0,63}", trigger.time_zone)):
+        raise _bad("timeZone", f"{trigger.time_zone!r} is not a Windows time zone name", source,
+                   "Logic Apps take Windows names, e.g. UTC, W. Europe Standard Time, Pacific Standard Time")
+
+
+def _no_recurrence(cloud: str, example: str, trigger: "PipelineTriggerConfig", source: str) -> None:
     if trigger.recurrence is not None:
         raise _bad("recurrence", f"recurrence is Azure's syntax; {cloud} stacks take schedule", source,
-                   "write schedule: " + ("cron(0 3 * * ? *)" if cloud == "aws" else "'0 3 * * *'"))
-    if cloud == "aws":
-        if trigger.time_zone not in (None, "UTC", "Etc/UTC"):
-            raise _bad("timeZone", "EventBridge rules run in UTC", source, "drop timeZone and write the cron in UTC")
-        if trigger.schedule and (problem := eventbridge_schedule_problem(trigger.schedule)):
-            raise _bad("schedule", f"{trigger.schedule!r}: {problem}", source,
-                       "write an EventBridge expression: cron(0 3 * * ? *) (minutes hours day-of-month month "
-                       "day-of-week year, UTC) or rate(1 day)")
-        return
+                   f"write schedule: {example}")
+
+
+def check_eventbridge_schedule(cloud: str, trigger: "PipelineTriggerConfig", source: str) -> None:
+    """An EventBridge schedule (AWS): cron(...) or rate(...), in UTC."""
+    _no_recurrence(cloud, "cron(0 3 * * ? *)", trigger, source)
+    if trigger.time_zone not in (None, "UTC", "Etc/UTC"):
+        raise _bad("timeZone", "EventBridge rules run in UTC", source, "drop timeZone and write the cron in UTC")
+    if trigger.schedule and (problem := eventbridge_schedule_problem(trigger.schedule)):
+        raise _bad("schedule", f"{trigger.schedule!r}: {problem}", source,
+                   "write an EventBridge expression: cron(0 3 * * ? *) (minutes hours day-of-month month "
+                   "day-of-week year, UTC) or rate(1 day)")
+
+
+def check_unix_cron_schedule(cloud: str, trigger: "PipelineTriggerConfig", source: str) -> None:
+    """A unix-cron schedule with an IANA time zone (GCP's Cloud Scheduler)."""
+    _no_recurrence(cloud, "'0 3 * * *'", trigger, source)
     if trigger.time_zone and trigger.time_zone not in _zones():
         raise _bad("timeZone", f"{trigger.time_zone!r} is not an IANA time zone", source,
                    "write a tz database name such as Etc/UTC or Europe/Paris")

@@ -16,6 +16,7 @@ from typing import Any
 from stackwise import catalog
 from stackwise.stack import Stack
 
+from .cloud import infra_cloud
 from .config import InfraConfig
 from .offline import OfflineRun, RecordedResource, run_offline
 
@@ -145,101 +146,63 @@ def key_settings(inputs: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
-    """Monthly cost line items of the idle stack, priced from the GPU catalog."""
-    items: list[dict[str, Any]] = []
+class Pricer:
+    """Collects the monthly line items of one stack's idle resources (`InfraCloud.price` adds its
+    cloud's), priced from the GPU catalog."""
 
-    def add(resource: RecordedResource, usd: float, basis: str, part: str | None = None) -> None:
-        items.append({"resource": f"{resource.name}/{part}" if part else resource.name, "type": resource.type,
-                      "monthly_usd": round(usd, 2), "basis": basis})
+    def __init__(self, cloud: str):
+        self.cloud = cloud
+        self.items: list[dict[str, Any]] = []
 
-    def gpu(resource: RecordedResource, instance: str | None, replicas: float, what: str) -> None:
-        offer = catalog.offer_for_instance(cloud, instance or "")
+    def add(self, resource: RecordedResource, usd: float, basis: str, part: str | None = None) -> None:
+        self.items.append({"resource": f"{resource.name}/{part}" if part else resource.name, "type": resource.type,
+                           "monthly_usd": round(usd, 2), "basis": basis})
+
+    def gpu(self, resource: RecordedResource, instance: str | None, replicas: float, what: str) -> None:
+        """`replicas` instances of a catalog instance type running all month."""
+        offer = catalog.offer_for_instance(self.cloud, instance or "")
         if offer is None:
-            add(resource, 0.0, f"{instance}: not in the GPU catalog, not priced")
+            self.add(resource, 0.0, f"{instance}: not in the GPU catalog, not priced")
             return
         checked = "" if offer.verified else " (price unverified: see stackwise/data/gpu_catalog.yaml)"
-        add(resource, offer.monthly(replicas),
-            f"{replicas:g} x {offer.instance} ({offer.count} x {offer.gpu}) {what} at ${offer.on_demand_hourly}/h "
-            f"on demand, {offer.region} list price of {offer.as_of}{checked}")
+        self.add(resource, offer.monthly(replicas),
+                 f"{replicas:g} x {offer.instance} ({offer.count} x {offer.gpu}) {what} at ${offer.on_demand_hourly}/h "
+                 f"on demand, {offer.region} list price of {offer.as_of}{checked}")
 
-    def node_pool(resource: RecordedResource, cloud_: str, instance: str, low: Any, high: Any, spot: bool,
-                  part: str | None = None) -> None:
-        """A Kubernetes node pool while idle: its minimum nodes all month; the maximum is the ceiling."""
+    def node_pool(self, resource: RecordedResource, instance: str, low: Any, high: Any, spot: bool,
+                  part: str | None = None, catalog_prefix: str = "", note: str = "") -> None:
+        """A Kubernetes node pool while idle: its minimum nodes all month; the maximum is the ceiling.
+        The catalog names the instance `catalog_prefix + instance`; `note` follows the price."""
         low_n, high_n = float(low or 0), float(high or low or 0)
-        # The GPU catalog names SageMaker's ml.* types on AWS (EKS nodes are the EC2 types behind them).
-        offer = catalog.offer_for_instance(cloud_, f"ml.{instance}" if cloud_ == "aws" else instance)
+        offer = catalog.offer_for_instance(self.cloud, f"{catalog_prefix}{instance}")
         if offer is not None:
             hourly = offer.hourly(spot)
             checked = "on_demand" if not spot else "spot"
-            note = "" if checked in offer.checked else f" ({'spot' if spot else 'on-demand'} price unverified: see " \
-                "stackwise/data/gpu_catalog.yaml)"
-            aws_note = " (SageMaker's ml.* list price: EC2 bills the node less)" if cloud_ == "aws" else ""
-            add(resource, low_n * hourly * catalog.HOURS_PER_MONTH,
-                f"{low_n:g} x {instance} ({offer.count} x {offer.gpu}) minimum nodes at ${hourly}/h "
-                f"{'spot' if spot else 'on demand'}{aws_note}, {offer.region} list price of {offer.as_of}{note}; "
-                f"ceiling {high_n:g} nodes: ${high_n * hourly * catalog.HOURS_PER_MONTH:,.2f}/month", part)
+            unverified = "" if checked in offer.checked else f" ({'spot' if spot else 'on-demand'} price unverified: " \
+                "see stackwise/data/gpu_catalog.yaml)"
+            self.add(resource, low_n * hourly * catalog.HOURS_PER_MONTH,
+                     f"{low_n:g} x {instance} ({offer.count} x {offer.gpu}) minimum nodes at ${hourly}/h "
+                     f"{'spot' if spot else 'on demand'}{note}, {offer.region} list price of {offer.as_of}{unverified}; "
+                     f"ceiling {high_n:g} nodes: ${high_n * hourly * catalog.HOURS_PER_MONTH:,.2f}/month", part)
             return
-        fixed = catalog.fixed_monthly(f"node#{cloud_}:{instance}")
+        fixed = catalog.fixed_monthly(f"node#{self.cloud}:{instance}")
         if fixed is None:
-            add(resource, 0.0, f"{instance}: not in the catalog, not priced", part)
+            self.add(resource, 0.0, f"{instance}: not in the catalog, not priced", part)
             return
-        add(resource, low_n * fixed.usd, f"{low_n:g} x {instance} minimum nodes (system pool) at ${fixed.usd:.2f}/month "
-            f"each: {fixed.source}; ceiling {high_n:g} nodes: ${high_n * fixed.usd:,.2f}/month", part)
+        self.add(resource, low_n * fixed.usd, f"{low_n:g} x {instance} minimum nodes (system pool) at "
+                 f"${fixed.usd:.2f}/month each: {fixed.source}; ceiling {high_n:g} nodes: ${high_n * fixed.usd:,.2f}/month",
+                 part)
 
+
+def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
+    """Monthly cost line items of the idle stack, priced from the GPU catalog: the stack's cloud
+    prices its own resources (`InfraCloud.price`); any other with a fixed catalog price has it."""
+    owner = infra_cloud(cloud)
+    pricer = Pricer(cloud)
     for r in resources:
-        inputs = r.inputs
-        if r.type == "aws:sagemaker/endpointConfiguration:EndpointConfiguration":
-            for variant in inputs.get("productionVariants") or []:
-                gpu(r, variant.get("instanceType"), float(variant.get("initialInstanceCount") or 0), "minimum replicas")
-        elif r.type == "gcp:vertex/aiEndpointWithModelGardenDeployment:AiEndpointWithModelGardenDeployment":
-            dedicated = (inputs.get("deployConfig") or {}).get("dedicatedResources") or {}
-            spec = dedicated.get("machineSpec") or {}
-            gpu(r, spec.get("machineType"), float(dedicated.get("minReplicaCount") or 0), "minimum replicas")
-        elif r.type == "azure-native:machinelearningservices:OnlineDeployment":
-            props = inputs.get("properties") or {}
-            minimum = (props.get("scaleSettings") or {}).get("minInstances") or (inputs.get("sku") or {}).get("capacity")
-            gpu(r, props.get("instanceType"), float(minimum or 0), "minimum instances")
-        elif r.type == "azure-native:machinelearningservices:Compute":
-            props = (inputs.get("properties") or {}).get("properties") or {}
-            nodes = float((props.get("scaleSettings") or {}).get("minNodeCount") or 0)
-            gpu(r, props.get("vmSize"), nodes, "idle cluster nodes")
-        elif r.type == "aws:eks/nodeGroup:NodeGroup":
-            scaling = inputs.get("scalingConfig") or {}
-            node_pool(r, "aws", (inputs.get("instanceTypes") or [""])[0], scaling.get("minSize"),
-                      scaling.get("maxSize"), inputs.get("capacityType") == "SPOT")
-        elif r.type == "gcp:container/nodePool:NodePool":
-            node = inputs.get("nodeConfig") or {}
-            scaling = inputs.get("autoscaling") or {}
-            node_pool(r, "gcp", node.get("machineType") or "", scaling.get("totalMinNodeCount"),
-                      scaling.get("totalMaxNodeCount"), bool(node.get("spot")))
-        elif r.type == "azure-native:containerservice:AgentPool":
-            node_pool(r, "azure", inputs.get("vmSize") or "", inputs.get("minCount"), inputs.get("maxCount"),
-                      inputs.get("scaleSetPriority") == "Spot")
-        elif r.type == "azure-native:containerservice:ManagedCluster":
-            tier = (inputs.get("sku") or {}).get("tier") or "Free"
-            if fixed := catalog.fixed_monthly(f"{r.type}#{tier}"):
-                add(r, fixed.usd, f"AKS {tier} tier control plane: {fixed.source}")
-            for profile in inputs.get("agentPoolProfiles") or []:
-                node_pool(r, "azure", profile.get("vmSize") or "", profile.get("minCount") or profile.get("count"),
-                          profile.get("maxCount"), profile.get("scaleSetPriority") == "Spot", profile.get("name"))
-        elif r.type == "aws:ec2/vpcEndpoint:VpcEndpoint":
-            if inputs.get("vpcEndpointType") == "Interface" and (fixed := catalog.fixed_monthly(f"{r.type}#Interface")):
-                zones = len(inputs.get("subnetIds") or []) or 1  # one network interface per zone's subnet
-                add(r, fixed.usd * zones, f"{zones} zone(s) x ${fixed.usd:.2f}: {fixed.source}")
-        elif r.type == "azure-native:machinelearningservices:Workspace":
-            network = inputs.get("managedNetwork") or {}
-            rules = (network.get("outboundRules") or {}).values()
-            # FQDN outbound rules run on an Azure Firewall the workspace provisions and bills.
-            if any(rule.get("type") == "FQDN" for rule in rules):
-                sku = network.get("firewallSku") or "Standard"
-                if fixed := catalog.fixed_monthly(f"{r.type}#firewall-{sku}"):
-                    add(r, fixed.usd, fixed.source)
-        else:
-            fixed = catalog.fixed_monthly(r.type)
-            if fixed is not None:
-                add(r, fixed.usd, fixed.source)
-    total = round(sum(i["monthly_usd"] for i in items), 2)
-    return {"monthly_usd": total, "items": items,
+        if not owner.price(r, pricer) and (fixed := catalog.fixed_monthly(r.type)) is not None:
+            pricer.add(r, fixed.usd, fixed.source)
+    total = round(sum(i["monthly_usd"] for i in pricer.items), 2)
+    return {"monthly_usd": total, "items": pricer.items,
             "note": "idle stack: endpoints at minimum replicas, clusters at minimum nodes; storage, requests "
                     "and jobs are usage-based and not included"}

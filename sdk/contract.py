@@ -8,14 +8,26 @@ references (`env://NAME`, `aws-sm://ARN`, `gcp-sm://...`, `azure-kv://...`).
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import clouds as _clouds
 from .registry import vector_store_kinds
 
-Cloud = Literal["local", "aws", "gcp", "azure"]
-CLOUDS: tuple[str, ...] = ("local", "aws", "gcp", "azure")
+
+def _known_cloud(value: str) -> str:
+    # Checked against the registry when validating (not frozen into a Literal at import), so a
+    # cloud added to `stackwise.clouds.CLOUDS` is valid here with no other change.
+    if value not in _clouds.stack_clouds():
+        raise ValueError(f"Input should be {_clouds.one_of(_clouds.stack_clouds())}")
+    return value
+
+
+#: A stack's cloud: `local` or a name of `stackwise.clouds.CLOUDS`.
+Cloud = Annotated[str, AfterValidator(_known_cloud)]
+#: The clouds of this installation, as declared in `stackwise.clouds` (at import).
+CLOUDS: tuple[str, ...] = _clouds.stack_clouds()
 
 _SECRET_REF = re.compile(r"^(env|file|aws-sm|gcp-sm|azure-kv)://\S+$")
 

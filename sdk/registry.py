@@ -7,6 +7,7 @@ Nothing heavy is imported until an adapter is used; a missing dependency becomes
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
@@ -24,23 +25,44 @@ class AdapterRef:
         return f"pip install 'stackwise[{self.extra}]'"
 
 
-COMPUTE: dict[str, AdapterRef] = {
+class _WithClouds(Mapping[str, AdapterRef]):
+    """An adapter table: its own entries, then one per cloud of `stackwise.clouds.CLOUDS` (that
+    cloud's `part` adapter), then `after`. The clouds are read on each lookup, so a cloud
+    declared there is here with no other change."""
+
+    def __init__(self, before: dict[str, AdapterRef], part: str, after: dict[str, AdapterRef]):
+        self._before, self._part, self._after = before, part, after
+
+    def _entries(self) -> dict[str, AdapterRef]:
+        from .clouds import CLOUDS
+
+        clouds = {name: AdapterRef(getattr(c, self._part), c.extra) for name, c in CLOUDS.items()}
+        return {**self._before, **clouds, **self._after}
+
+    def __getitem__(self, key: str) -> AdapterRef:
+        return self._entries()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries())
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+
+# Where jobs run (`stack.compute_kind`): the local ones, each cloud's managed service, a cluster.
+COMPUTE: Mapping[str, AdapterRef] = _WithClouds({
     "local": AdapterRef("stackwise.adapters.compute.local:LocalCompute", "local"),
     "container": AdapterRef("stackwise.adapters.compute.container:ContainerCompute", "local"),
-    "aws": AdapterRef("stackwise.adapters.compute.sagemaker:SageMakerCompute", "aws"),
-    "gcp": AdapterRef("stackwise.adapters.compute.vertex:VertexCompute", "gcp"),
-    "azure": AdapterRef("stackwise.adapters.compute.azureml:AzureMLCompute", "azure"),
+}, "compute", {
     "kubernetes": AdapterRef("stackwise.adapters.compute.kubernetes:KubernetesCompute", "kubernetes"),
-}
+})
 
 # Inference endpoints (sdk/deploy.py): one DeployBackend per cloud.
-DEPLOY: dict[str, AdapterRef] = {
+DEPLOY: Mapping[str, AdapterRef] = _WithClouds({
     "local": AdapterRef("stackwise.adapters.deploy.local:LocalDeploy", "serve"),
-    "aws": AdapterRef("stackwise.adapters.deploy.sagemaker:SageMakerDeploy", "aws"),
-    "gcp": AdapterRef("stackwise.adapters.deploy.vertex:VertexDeploy", "gcp"),
-    "azure": AdapterRef("stackwise.adapters.deploy.azureml:AzureMLDeploy", "azure"),
+}, "deploy", {
     "kubernetes": AdapterRef("stackwise.adapters.deploy.kubernetes:KubernetesDeploy", "kubernetes"),
-}
+})
 
 Placement = Literal["embedded", "external", "provisioned"]
 
@@ -102,7 +124,7 @@ def require(module: str, extra: str, purpose: str = "") -> ModuleType:
         ) from None
 
 
-def load(table: dict[str, AdapterRef], key: str, what: str) -> Any:
+def load(table: Mapping[str, AdapterRef], key: str, what: str) -> Any:
     """The adapter class registered under `key` in `table`."""
     ref = table.get(key)
     if ref is None:

@@ -19,7 +19,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .contract import CLOUDS, StackOutputs, VectorStoreOutput
+from .clouds import stack_clouds
+from .contract import StackOutputs, VectorStoreOutput
 from .errors import ConfigError
 from .paths import stacks_dir, state_dir
 from .registry import VECTOR_STORES, hosted_vector_store_kinds, vector_store_kinds
@@ -121,11 +122,11 @@ def load_stack(name: str | None = None) -> Stack:
             fix=f"choose one of: {known}; or create stacks/Pulumi.{chosen}.yaml",
         )
     cloud = config.get("cloud")
-    if cloud not in CLOUDS:
+    if cloud not in stack_clouds():
         raise ConfigError(
             f"stack {chosen!r} names an unknown cloud {shorten(cloud)}",
             where=f"{source}: config.stackwise:cloud",
-            fix=f"set stackwise:cloud to one of: {', '.join(CLOUDS)}",
+            fix=f"set stackwise:cloud to one of: {', '.join(stack_clouds())}",
         )
     if cloud == "local":
         unknown = sorted(set(config) - _LOCAL_KEYS)

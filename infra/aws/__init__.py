@@ -1,8 +1,6 @@
-"""AWS components: training platform (SageMaker needs no standing cluster), endpoint, budget."""
+"""AWS: the training platform (SageMaker needs no standing cluster), endpoint, pipeline trigger,
+budget and EKS cluster; `CLOUD` is what the program, mocks, plan and policy pack use (cloud.py)."""
 
-from .budget import Budget, BudgetArgs
-from .endpoint import InferenceEndpoint, InferenceEndpointArgs
-from .platform import TrainingPlatform, TrainingPlatformArgs
+from .cloud import CLOUD
 
-__all__ = ["Budget", "BudgetArgs", "InferenceEndpoint", "InferenceEndpointArgs", "TrainingPlatform",
-           "TrainingPlatformArgs"]
+__all__ = ["CLOUD"]

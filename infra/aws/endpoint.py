@@ -19,8 +19,9 @@ from stackwise.adapters.deploy.sagemaker import SCALABLE_DIMENSION, tracking_pol
 from stackwise.catalog import Offer
 
 from ..config import AlarmsConfig, EndpointConfig
-from ..common import has_local_nvme, is_hf_model
+from ..common import is_hf_model
 from ._provider import aws
+from .policy import has_local_nvme
 
 VARIANT = "primary"
 """The production variant the Pulumi program creates (`stackwise deploy` adds `<model>-v<version>` ones)."""

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stackwise.adapters.compute._cloud import JOB_NAME_PREFIX
+from stackwise.adapters.compute.base import JOB_NAME_PREFIX
 from stackwise.adapters.deploy.sagemaker import SCALABLE_DIMENSION, owned_name_pattern
 
 SAGEMAKER = "sagemaker.amazonaws.com"

@@ -1,8 +1,6 @@
-"""Azure components: training platform (with an AmlCompute cluster at 0..N), endpoint, budget."""
+"""Azure: the training platform (an AmlCompute cluster at 0..N), endpoint, pipeline trigger, budget
+and AKS cluster; `CLOUD` is what the program, mocks, plan and policy pack use (cloud.py)."""
 
-from .budget import Budget, BudgetArgs
-from .endpoint import InferenceEndpoint, InferenceEndpointArgs
-from .platform import TrainingPlatform, TrainingPlatformArgs
+from .cloud import CLOUD
 
-__all__ = ["Budget", "BudgetArgs", "InferenceEndpoint", "InferenceEndpointArgs", "TrainingPlatform",
-           "TrainingPlatformArgs"]
+__all__ = ["CLOUD"]

@@ -1,8 +1,6 @@
-"""GCP components: training platform (Vertex AI needs no standing cluster), endpoint, budget."""
+"""GCP: the training platform (Vertex AI needs no standing cluster), endpoint, pipeline trigger,
+budget and GKE cluster; `CLOUD` is what the program, mocks, plan and policy pack use (cloud.py)."""
 
-from .budget import Budget, BudgetArgs
-from .endpoint import InferenceEndpoint, InferenceEndpointArgs
-from .platform import TrainingPlatform, TrainingPlatformArgs
+from .cloud import CLOUD
 
-__all__ = ["Budget", "BudgetArgs", "InferenceEndpoint", "InferenceEndpointArgs", "TrainingPlatform",
-           "TrainingPlatformArgs"]
+__all__ = ["CLOUD"]

@@ -109,7 +109,7 @@ def namespace(name: str, stack: str = "") -> dict[str, Any]:
 def service_account(namespace: str, name: str, annotations: dict[str, Any] | None = None,
                     labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The service account every job and endpoint pod runs as, annotated for the cloud's workload
-    identity (`workload_identity`)."""
+    identity (the cloud's `InfraCloud.workload_identity`)."""
     return {"apiVersion": "v1", "kind": "ServiceAccount",
             "metadata": _meta(name, namespace, labels=labels, annotations=annotations)}
 
@@ -174,29 +174,7 @@ def manifests(install: Install) -> list[dict[str, Any]]:
     return found
 
 
-# -- workload identity ------------------------------------------------------------------------------
-GKE_SA_ANNOTATION = "iam.gke.io/gcp-service-account"
-AKS_CLIENT_ID_ANNOTATION = "azure.workload.identity/client-id"
-AKS_USE_LABEL = "azure.workload.identity/use"
-IRSA_ANNOTATION = "eks.amazonaws.com/role-arn"
-
-
-def workload_identity(cloud: str, identity: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    """(service account annotations, pod labels) that make pods run as the platform's job identity.
-
-    AWS uses EKS Pod Identity (an association of namespace/service account with the job role,
-    made through the EKS API: no annotation; the IRSA annotation `eks.amazonaws.com/role-arn`
-    would need the role to trust the cluster's OIDC provider, and would win over Pod Identity in
-    the SDKs' credential chain). GCP: the Google service account's email; AKS: the user-assigned
-    identity's client id, and the pod label that makes the webhook inject the token.
-    """
-    if cloud == "gcp":
-        return {GKE_SA_ANNOTATION: identity}, {}
-    if cloud == "azure":
-        return {AKS_CLIENT_ID_ANNOTATION: identity}, {AKS_USE_LABEL: "true"}
-    return {}, {}
-
-
+# -- workload identity (the annotations are each cloud's: `InfraCloud.workload_identity`) -----------
 def identity_subject(namespace: str, service_account: str) -> str:
     """The service account as OIDC tokens name it (AKS federated credential subject)."""
     return f"system:serviceaccount:{namespace}:{service_account}"

@@ -162,7 +162,7 @@ def test_the_policy_pack_refuses_the_aws_managed_sns_key(offline_run):
 
 
 def test_endpoint_configs_on_local_nvme_instances_carry_no_kms_key(offline_run):
-    from stackwise.infra.common import has_local_nvme
+    from stackwise.infra.aws.policy import has_local_nvme
 
     from .test_policies import violations
 

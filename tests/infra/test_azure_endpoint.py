@@ -107,7 +107,7 @@ def test_the_shorthand_model_becomes_the_model_version_s_arm_id(offline_run):
     (deployment,) = by_type(run, "OnlineDeployment")
     (group,) = by_type(run, "resources:ResourceGroup")
     (workspace,) = by_type(run, "machinelearningservices:Workspace")
-    from stackwise.infra.offline import FAKE_SUBSCRIPTION
+    from stackwise.infra.azure.cloud import FAKE_SUBSCRIPTION
 
     assert deployment.inputs["properties"]["model"] == (
         f"/subscriptions/{FAKE_SUBSCRIPTION}/resourceGroups/{group.state['name']}/providers/"

@@ -128,7 +128,7 @@ def test_names_unique_beyond_the_resource_group_carry_the_stack_s_suffix():
     # with the same env cannot hold the name, and a re-created stack (new resource group) does
     # not meet its soft-deleted Key Vault's reserved name.
     from stackwise.infra.azure import names
-    from stackwise.infra.offline import FAKE_SUBSCRIPTION
+    from stackwise.infra.azure.cloud import FAKE_SUBSCRIPTION
 
     run = longest_run(*LONGEST[0])
     (group,) = [r for r in run.resources if r.type == "azure-native:resources:ResourceGroup"]

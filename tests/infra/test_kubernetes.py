@@ -68,12 +68,13 @@ def kube_objects(run) -> dict[str, dict]:
 
 # -- the manifests ----------------------------------------------------------------------------------
 def test_every_manifest_validates_against_its_schema():
+    from stackwise.infra.cloud import infra_cloud
     from stackwise.infra.kubernetes import manifests as m
 
     queue = m.Queue(name="stackwise", cluster_queue="sw-dev-stackwise", gpus=4, cpu=64, memory="256Gi",
                     gpu_node_labels={"stackwise.dev/gpu": "A10G"})
     for cloud, identity in (("aws", None), ("gcp", "jobs@p.iam.gserviceaccount.com"), ("azure", "client-id")):
-        annotations, labels = m.workload_identity(cloud, identity)
+        annotations, labels = infra_cloud(cloud).workload_identity(identity)
         install = m.Install(namespace="sw-dev", service_account="stackwise-jobs", sa_annotations=annotations,
                             submitters=("ml-team", "oidc:ml-admins"), queue=queue, pod_monitor=True, stack="dev-k8s")
         objects = m.manifests(install)
