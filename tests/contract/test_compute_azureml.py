@@ -34,11 +34,11 @@ pytest.importorskip("cryptography", reason="install stackwise[azure]")
 
 from azureml_runner import AzureMLRunner  # noqa: E402
 from azureml_server import AzureMLServer  # noqa: E402
-from cloud_fixtures import (JOB_STORE_KEY, JOB_STORE_KEY_ENV, OUTPUTS, azure_cli_login, check_golden,  # noqa: E402
-                            finetune_spec, index_spec, job_vector_store, real_index_job, use_stack)
+from cloud_fixtures import OUTPUTS, azure_cli_login, check_golden, finetune_spec, index_spec, use_stack  # noqa: E402
+from drivers import CloudComputeDriver, ComputeCloud, cloud_backend, contract_stack, offline_stack, served  # noqa: E402
 
 from stackwise.jobs import JobState  # noqa: E402
-from stackwise.testing.compute import ComputeContract, ComputeDriver  # noqa: E402
+from stackwise.testing.compute import ComputeContract  # noqa: E402
 
 # azure-ai-ml's own use of marshmallow warns on every schema; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated")
@@ -46,12 +46,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is depre
 WS = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/sw-dev/providers/"
       "Microsoft.MachineLearningServices/workspaces/sw-dev-ws")
 
-
-@pytest.fixture(scope="module")
-def server():
-    srv = AzureMLServer().start()
-    yield srv
-    srv.stop()
+server = served(AzureMLServer)
 
 
 @pytest.fixture
@@ -72,58 +67,27 @@ def platform(azure_env, tmp_path, monkeypatch):
 def compute(platform):
     from stackwise.adapters.compute.azureml import AzureMLCompute
 
-    backend = platform.compute
-    assert isinstance(backend, AzureMLCompute)
-    backend.retry = type(backend.retry)(attempts=4, base_s=0.01, max_s=0.05)
-    return backend
+    return cloud_backend(platform.compute, AzureMLCompute)
 
 
-class AzureDriver(ComputeDriver):
-    timeout = 10.0
+def _run(server, name, workdir, env):
+    runner = AzureMLRunner(server, None, workdir / "azureml", env)
+    return dict(enumerate(runner.run(name, timeout=120))), lambda rank: runner.log(name, rank)
 
-    def __init__(self, compute, server, job_store=None, workdir=None, azurite=None):
-        self.compute, self.server, self.job_store = compute, server, job_store
-        self.workdir, self.azurite = workdir, azurite
 
-    def backend(self):
-        return self.compute
-
-    def spec(self, outcome, n=0):
-        return index_spec(n)
-
-    def real_job(self, workers=1):
-        # The report spells the source as canonical_source does: az://, not adlfs's first name abfs://.
-        return real_index_job("az://artifacts", job_vector_store(self.job_store.url), f"azure-real-{workers}", workers)
-
-    def leave_stale_result(self, handle, report):
-        import fsspec
-
-        workers = handle.info().spec.get("workers") or 1
-        for key in ["result.json"] + ([f"shards/{i}/result.json" for i in range(workers)] if workers > 1 else []):
-            with fsspec.open(f"az://artifacts/jobs/{handle.id}/{key}", "w") as out:
-                out.write(json.dumps(report))
-
-    def run(self, handle):
-        # What a node needs to reach Azurite (Azure ML would give the job's managed identity).
-        runner = AzureMLRunner(self.server, None, self.workdir / "azureml",
-                               {**self.azurite, JOB_STORE_KEY_ENV: JOB_STORE_KEY})
-        codes = runner.run(handle.id, timeout=120)
-        assert set(codes) == {0}, "\n".join(runner.log(handle.id, rank)[-3000:] for rank in range(len(codes)))
-
-    def advance(self, handle, outcome):
-        self.server.move(handle.id, {"succeed": "Completed", "fail": "Failed", "hold": "Running"}[outcome])
-
-    def bad_spec(self):
-        return index_spec(99, gpu="L4")  # the catalog has no L4 on Azure
+# The report spells the source as canonical_source does: az://, not adlfs's first name abfs://.
+AZUREML = ComputeCloud(name="azure", root="az://artifacts", run=_run,
+                       move=lambda server, name, outcome: server.move(
+                           name, {"succeed": "Completed", "fail": "Failed", "hold": "Running"}[outcome]),
+                       bad_spec=lambda: index_spec(99, gpu="L4"))  # the catalog has no L4 on Azure
 
 
 class TestAzureMLContract(ComputeContract):
     @pytest.fixture
     def platform(self, azure_env, job_store, azurite, tmp_path, monkeypatch):
-        for key, value in {**azurite, JOB_STORE_KEY_ENV: JOB_STORE_KEY}.items():
+        for key, value in azurite.items():
             monkeypatch.setenv(key, value)
-        job_store.reset()
-        yield use_stack("dev-azure", tmp_path, monkeypatch, vector_store=job_vector_store(job_store.url))
+        yield contract_stack("dev-azure", job_store, tmp_path, monkeypatch)
         # adlfs (here and in the adapter's result reader) makes fsspec's IO loop, which runs in another
         # thread, this thread's event loop; a later asyncio user here (Pulumi's offline run in
         # test_the_cluster_name_and_size_are_the_ones_infra_creates) then runs that loop and breaks.
@@ -140,15 +104,12 @@ class TestAzureMLContract(ComputeContract):
 
     @pytest.fixture
     def driver(self, compute, azure_env, job_store, azurite, tmp_path):
-        return AzureDriver(compute, azure_env, job_store, tmp_path, azurite)
+        # What a node needs to reach Azurite (Azure ML would give the job's managed identity).
+        return CloudComputeDriver(AZUREML, compute, azure_env, job_store, tmp_path, dict(azurite))
 
 
 def _stack():
-    from stackwise.contract import StackOutputs
-    from stackwise.stack import Stack
-
-    return Stack(name="dev-azure", cloud="azure", region="eastus", config={}, source="test",
-                 _outputs=StackOutputs.model_validate(OUTPUTS["dev-azure"]))
+    return offline_stack("dev-azure")
 
 
 def _job_puts(server):

@@ -30,14 +30,15 @@ pytest.importorskip("kubernetes_validate", reason="install stackwise[dev]")
 pytest.importorskip("boto3", reason="install stackwise[aws]")
 pytest.importorskip("moto", reason="install stackwise[dev]")
 
-from cloud_fixtures import (JOB_STORE_KEY, JOB_STORE_KEY_ENV, OUTPUTS, aws_moto_env, check_golden,  # noqa: E402
-                            finetune_spec, index_spec, job_vector_store, real_index_job, use_stack)
+from cloud_fixtures import OUTPUTS, check_golden, finetune_spec, index_spec, use_stack  # noqa: E402
+from drivers import (CloudComputeDriver, ComputeCloud, aws_node_env, cloud_backend, contract_stack,  # noqa: E402
+                     moto_s3, served)
 from kube_runner import KubeRunner  # noqa: E402
 from kube_server import KubeServer  # noqa: E402
 from sagemaker_emulator import SageMakerEmulator  # noqa: E402
 
 from stackwise.jobs import JobState  # noqa: E402
-from stackwise.testing.compute import ComputeContract, ComputeDriver  # noqa: E402
+from stackwise.testing.compute import ComputeContract  # noqa: E402
 
 BUCKET = "sw-dev-artifacts"
 NAMESPACE = "sw-dev"
@@ -52,31 +53,15 @@ def validate(obj: dict) -> None:
     validate_manifest(obj)
 
 
-@pytest.fixture(scope="module")
-def kube():
-    server = KubeServer(validator=validate).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server = SageMakerEmulator().start()  # moto in server mode: S3 is what the jobs use here
-    yield server
-    server.stop()
+kube = served(KubeServer, validator=validate)
+s3 = served(SageMakerEmulator)  # moto in server mode: S3 is what the jobs use here
 
 
 @pytest.fixture
 def aws_env(s3, monkeypatch, tmp_path):
-    import boto3
     import s3fs
 
-    aws_moto_env(s3.endpoint, tmp_path, monkeypatch)
-    s3.reset()
-    client = boto3.client("s3", region_name="us-east-1")
-    if BUCKET not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
-        client.create_bucket(Bucket=BUCKET)
-    yield s3
+    yield moto_s3(s3, tmp_path, monkeypatch, BUCKET)
     # s3fs caches its filesystems by their arguments, not by the endpoint in the environment: one
     # left here would send a later module's S3 calls to this module's moto server once it is gone.
     s3fs.S3FileSystem.clear_instance_cache()
@@ -105,77 +90,43 @@ def platform(cluster, aws_env, tmp_path, monkeypatch):
 def compute(platform):
     from stackwise.adapters.compute.kubernetes import KubernetesCompute
 
-    backend = platform.compute
-    assert isinstance(backend, KubernetesCompute)
-    backend.retry = type(backend.retry)(attempts=4, base_s=0.01, max_s=0.05)
-    return backend
-
-
-def _node_env(endpoint: str) -> dict[str, str]:
-    """What a pod needs to reach moto's S3 (on a cluster, the service account's cloud identity)."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    return cloud_backend(platform.compute, KubernetesCompute)
 
 
 def _status(kube, name, status):
     kube.update_status("batch/v1", "jobs", NAMESPACE, name, status)
 
 
-class KubeDriver(ComputeDriver):
-    timeout = 10.0
+def _move(kube, name, outcome):
+    if outcome == "succeed":
+        _status(kube, name, {"active": 0, "ready": 0, "succeeded": 1, "completionTime": "2026-12-05T10:00:00Z",
+                             "conditions": [{"type": "Complete", "status": "True"}]})
+    elif outcome == "fail":
+        _status(kube, name, {"active": 0, "ready": 0, "failed": 3, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "Job has reached the specified backoff limit"}]})
+    else:
+        _status(kube, name, {"active": 1, "ready": 1, "startTime": "2026-12-05T10:00:00Z"})
 
-    def __init__(self, compute, kube, s3, job_store=None, workdir=None):
-        self.compute, self.kube, self.s3, self.job_store, self.workdir = compute, kube, s3, job_store, workdir
 
-    def backend(self):
-        return self.compute
+def _run(kube, name, workdir, env):
+    codes = KubeRunner(kube, None, workdir / "kube", env).run(name, NAMESPACE, timeout=120)
+    return codes, lambda i: (workdir / "kube" / name / f"{i}.log").read_text()
 
-    def spec(self, outcome, n=0):
-        return index_spec(n)
 
-    def real_job(self, workers=1):
-        return real_index_job(f"s3://{BUCKET}", job_vector_store(self.job_store.url), f"k8s-real-{workers}", workers)
-
-    def leave_stale_result(self, handle, report):
-        import boto3
-
-        workers = handle.info().spec.get("workers") or 1
-        keys = ["result.json"] + ([f"shards/{i}/result.json" for i in range(workers)] if workers > 1 else [])
-        for key in keys:
-            boto3.client("s3").put_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/{key}", Body=json.dumps(report).encode())
-
-    def run(self, handle):
-        runner = KubeRunner(self.kube, None, self.workdir / "kube",
-                            {**_node_env(self.s3.endpoint), JOB_STORE_KEY_ENV: JOB_STORE_KEY})
-        codes = runner.run(handle.id, NAMESPACE, timeout=120)
-        assert set(codes.values()) == {0}, "\n".join(
-            (self.workdir / "kube" / handle.id / f"{i}.log").read_text()[-3000:] for i in codes)
-
-    def advance(self, handle, outcome):
-        if outcome == "succeed":
-            _status(self.kube, handle.id, {"active": 0, "ready": 0, "succeeded": 1, "completionTime": "2026-12-05T10:00:00Z",
-                                           "conditions": [{"type": "Complete", "status": "True"}]})
-        elif outcome == "fail":
-            _status(self.kube, handle.id, {"active": 0, "ready": 0, "failed": 3, "conditions": [
-                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                 "message": "Job has reached the specified backoff limit"}]})
-        else:
-            _status(self.kube, handle.id, {"active": 1, "ready": 1, "startTime": "2026-12-05T10:00:00Z"})
-
-    def bad_spec(self):
-        return index_spec(99, gpu="H100")  # dev-k8s says which nodes carry T4, L4 and A10G only
+KUBERNETES = ComputeCloud(name="k8s", root=f"s3://{BUCKET}", move=_move, run=_run,
+                          # dev-k8s says which nodes carry T4, L4 and A10G only
+                          bad_spec=lambda: index_spec(99, gpu="H100"))
 
 
 class TestKubernetesContract(ComputeContract):
     @pytest.fixture
     def platform(self, cluster, aws_env, job_store, tmp_path, monkeypatch):
-        job_store.reset()
-        monkeypatch.setenv(JOB_STORE_KEY_ENV, JOB_STORE_KEY)
-        return _platform(tmp_path, monkeypatch, vector_store=job_vector_store(job_store.url))
+        return contract_stack("dev-k8s", job_store, tmp_path, monkeypatch)
 
     @pytest.fixture
     def driver(self, compute, cluster, aws_env, job_store, tmp_path):
-        return KubeDriver(compute, cluster, aws_env, job_store, tmp_path)
+        return CloudComputeDriver(KUBERNETES, compute, cluster, job_store, tmp_path, aws_node_env(aws_env.endpoint))
 
 
 # -- manifests ---------------------------------------------------------------------------------

@@ -21,34 +21,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 pytest.importorskip("boto3", reason="install stackwise[aws]")
 pytest.importorskip("moto", reason="install stackwise[dev]")
 
-from cloud_fixtures import (JOB_STORE_KEY, JOB_STORE_KEY_ENV, aws_moto_env, check_golden, finetune_spec,  # noqa: E402
-                            index_spec, job_vector_store, opt_ml_available, real_index_job, use_stack)
+from cloud_fixtures import check_golden, finetune_spec, index_spec, opt_ml_available, use_stack  # noqa: E402
+from drivers import (CloudComputeDriver, ComputeCloud, aws_node_env, cloud_backend, contract_stack,  # noqa: E402
+                     moto_s3, offline_stack, served)
 from sagemaker_emulator import SageMakerEmulator  # noqa: E402
 from sagemaker_runner import SageMakerRunner  # noqa: E402
 
 from stackwise.jobs import JobState  # noqa: E402
-from stackwise.testing.compute import ComputeContract, ComputeDriver  # noqa: E402
+from stackwise.testing.compute import ComputeContract  # noqa: E402
 
 BUCKET = "sw-dev-artifacts"
 
-
-@pytest.fixture(scope="module")
-def emulator():
-    server = SageMakerEmulator().start()
-    yield server
-    server.stop()
+emulator = served(SageMakerEmulator)
 
 
 @pytest.fixture
 def aws_env(emulator, monkeypatch, tmp_path):
-    aws_moto_env(emulator.endpoint, tmp_path, monkeypatch)
-    emulator.reset()
-    import boto3
-
-    s3 = boto3.client("s3", region_name="us-east-1")
-    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-        s3.create_bucket(Bucket=BUCKET)
-    return emulator
+    return moto_s3(emulator, tmp_path, monkeypatch, BUCKET)
 
 
 @pytest.fixture
@@ -60,10 +49,7 @@ def platform(aws_env, tmp_path, monkeypatch):
 def compute(platform):
     from stackwise.adapters.compute.sagemaker import SageMakerCompute
 
-    backend = platform.compute
-    assert isinstance(backend, SageMakerCompute)
-    backend.retry = type(backend.retry)(attempts=4, base_s=0.01, max_s=0.05)
-    return backend
+    return cloud_backend(platform.compute, SageMakerCompute)
 
 
 @pytest.fixture(scope="module")
@@ -72,78 +58,41 @@ def opt_ml():
     return opt_ml_available()
 
 
-class SageMakerDriver(ComputeDriver):
-    timeout = 10.0
-
-    def __init__(self, compute, emulator, job_store=None, workdir=None, opt_ml=None):
-        self.compute, self.emulator, self.job_store = compute, emulator, job_store
-        self.workdir, self.opt_ml = workdir, opt_ml
-
-    def backend(self):
-        return self.compute
-
-    def spec(self, outcome, n=0):
-        return index_spec(n)
-
-    def real_job(self, workers=1):
-        if self.opt_ml:
-            pytest.skip(self.opt_ml)
-        return real_index_job(f"s3://{BUCKET}", job_vector_store(self.job_store.url), f"aws-real-{workers}", workers)
-
-    def leave_stale_result(self, handle, report):
-        import boto3
-
-        workers = handle.info().spec.get("workers") or 1
-        keys = ["result.json"] + ([f"shards/{i}/result.json" for i in range(workers)] if workers > 1 else [])
-        for key in keys:
-            boto3.client("s3").put_object(Bucket=BUCKET, Key=f"jobs/{handle.id}/{key}",
-                                          Body=json.dumps(report).encode())
-
-    def run(self, handle):
-        runner = SageMakerRunner(self.emulator, None, self.workdir / "sagemaker",
-                                 {**_node_env(self.emulator.endpoint), JOB_STORE_KEY_ENV: JOB_STORE_KEY})
-        codes = runner.run(handle.id, timeout=120)
-        hosts = [f"algo-{i + 1}" for i in range(len(codes))]
-        assert set(codes) == {0}, "\n".join(runner.log(handle.id, host)[-3000:] for host in hosts)
-
-    def advance(self, handle, outcome):
-        if outcome == "succeed":
-            self.emulator.move(handle.id, "Completed")
-        elif outcome == "fail":
-            self.emulator.move(handle.id, "Failed", failure="AlgorithmError: the workload exited with code 2")
-        else:
-            self.emulator.move(handle.id, "InProgress", secondary="Training")
-
-    def bad_spec(self):
-        return index_spec(99, gpu="H100", count=3)  # the catalog has no 3 x H100 instance on AWS
+def _move(emulator, job_id, outcome):
+    if outcome == "succeed":
+        emulator.move(job_id, "Completed")
+    elif outcome == "fail":
+        emulator.move(job_id, "Failed", failure="AlgorithmError: the workload exited with code 2")
+    else:
+        emulator.move(job_id, "InProgress", secondary="Training")
 
 
-def _node_env(endpoint):
-    """What an instance needs to reach moto's S3 (SageMaker would give the job's role instead)."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+def _run(emulator, job_id, workdir, env):
+    runner = SageMakerRunner(emulator, None, workdir / "sagemaker", env)
+    codes = runner.run(job_id, timeout=120)
+    return {f"algo-{i + 1}": code for i, code in enumerate(codes)}, lambda host: runner.log(job_id, host)
+
+
+SAGEMAKER = ComputeCloud(name="aws", root=f"s3://{BUCKET}", move=_move, run=_run,
+                         # the catalog has no 3 x H100 instance on AWS
+                         bad_spec=lambda: index_spec(99, gpu="H100", count=3))
 
 
 class TestSageMakerContract(ComputeContract):
     @pytest.fixture
     def platform(self, aws_env, job_store, tmp_path, monkeypatch):
-        job_store.reset()
-        monkeypatch.setenv(JOB_STORE_KEY_ENV, JOB_STORE_KEY)
-        return use_stack("dev-aws", tmp_path, monkeypatch, vector_store=job_vector_store(job_store.url))
+        return contract_stack("dev-aws", job_store, tmp_path, monkeypatch)
 
     @pytest.fixture
     def driver(self, compute, aws_env, job_store, tmp_path, opt_ml):
-        return SageMakerDriver(compute, aws_env, job_store, tmp_path, opt_ml)
+        return CloudComputeDriver(SAGEMAKER, compute, aws_env, job_store, tmp_path, aws_node_env(aws_env.endpoint),
+                                  skip=opt_ml)
 
 
 def test_finetune_request_matches_golden():
     from stackwise.adapters.compute.sagemaker import build_request
-    from stackwise.stack import Stack
-    from stackwise.contract import StackOutputs
-    from cloud_fixtures import OUTPUTS
 
-    stack = Stack(name="dev-aws", cloud="aws", region="us-east-1", config={}, source="test",
-                  _outputs=StackOutputs.model_validate(OUTPUTS["dev-aws"]))
+    stack = offline_stack("dev-aws")
     spec = finetune_spec()
     request = build_request(spec, stack)
     check_golden("sagemaker_finetune", request)
@@ -294,14 +243,9 @@ def _sharded_spec(n: int = 20):
 
 
 def test_sharded_index_request_runs_one_instance_per_worker():
-    from cloud_fixtures import OUTPUTS
-
     from stackwise.adapters.compute.sagemaker import build_request
-    from stackwise.contract import StackOutputs
-    from stackwise.stack import Stack
 
-    stack = Stack(name="dev-aws", cloud="aws", region="us-east-1", config={}, source="test",
-                  _outputs=StackOutputs.model_validate(OUTPUTS["dev-aws"]))
+    stack = offline_stack("dev-aws")
     request = build_request(_sharded_spec(), stack)
     check_golden("sagemaker_index_sharded", request)
     assert request["ResourceConfig"]["InstanceCount"] == 3

@@ -25,20 +25,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 
 pytest.importorskip("google.cloud.aiplatform_v1", reason="install stackwise[gcp]")
 
-from cloud_fixtures import (JOB_STORE_KEY, JOB_STORE_KEY_ENV, OUTPUTS, check_golden, finetune_spec,  # noqa: E402
-                            index_spec, job_vector_store, real_index_job, use_stack)
+from cloud_fixtures import check_golden, finetune_spec, index_spec, use_stack  # noqa: E402
+from drivers import CloudComputeDriver, ComputeCloud, contract_stack, fast_retries, offline_stack, served  # noqa: E402
 from vertex_runner import VertexRunner  # noqa: E402
 from vertex_server import VertexServer  # noqa: E402
 
 from stackwise.jobs import JobState  # noqa: E402
-from stackwise.testing.compute import ComputeContract, ComputeDriver  # noqa: E402
+from stackwise.testing.compute import ComputeContract  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def server():
-    srv = VertexServer().start()
-    yield srv
-    srv.stop()
+server = served(VertexServer)
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +54,16 @@ def gcs():
 
 
 @pytest.fixture
-def platform(server, gcs, tmp_path, monkeypatch):
+def gcp_env(server, gcs, tmp_path, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs)
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
     server.reset()
+    return server
+
+
+@pytest.fixture
+def platform(gcp_env, tmp_path, monkeypatch):
     return use_stack("dev-gcp", tmp_path, monkeypatch)
 
 
@@ -73,91 +73,54 @@ def compute(platform, server):
 
     from stackwise.adapters.compute.vertex import VertexCompute
 
-    backend = VertexCompute(platform.stack, credentials=AnonymousCredentials(), api_endpoint=server.endpoint)
-    backend.retry = type(backend.retry)(attempts=4, base_s=0.01, max_s=0.05)
+    backend = fast_retries(VertexCompute(platform.stack, credentials=AnonymousCredentials(),
+                                         api_endpoint=server.endpoint))
     platform._compute = backend
     return backend
 
 
-class VertexDriver(ComputeDriver):
-    timeout = 10.0
+def _move(server, job_id, outcome):
+    state = {"succeed": "JOB_STATE_SUCCEEDED", "fail": "JOB_STATE_FAILED", "hold": "JOB_STATE_RUNNING"}[outcome]
+    server.move(job_id, state, error="The replica workerpool0-0 exited with a non-zero status of 2."
+                if outcome == "fail" else None)
 
-    def __init__(self, compute, server, job_store=None, workdir=None, gcs=None):
-        self.compute, self.server, self.job_store, self.workdir, self.gcs = compute, server, job_store, workdir, gcs
 
-    def backend(self):
-        return self.compute
+def _run(server, job_id, workdir, env):
+    runner = VertexRunner(server, None, workdir / "vertex", env)
+    return runner.run(job_id, timeout=120), lambda task: runner.log(job_id, task)
 
-    def spec(self, outcome, n=0):
-        return index_spec(n)
 
-    def real_job(self, workers=1):
-        return real_index_job("gs://sw-dev-artifacts", job_vector_store(self.job_store.url), f"gcp-real-{workers}",
-                              workers)
-
-    def leave_stale_result(self, handle, report):
-        import fsspec
-
-        name = self.server.jobs[handle.id]["displayName"]
-        workers = handle.info().spec.get("workers") or 1
-        for key in ["result.json"] + ([f"shards/{i}/result.json" for i in range(workers)] if workers > 1 else []):
-            with fsspec.open(f"gs://sw-dev-artifacts/jobs/{name}/{key}", "w") as out:
-                out.write(json.dumps(report))
-
-    def run(self, handle):
-        # What a replica needs to reach the emulators (Vertex would give the job's service account).
-        # gcsfs's bucket-type probe asks the Storage Control API, which the emulator lacks; its
-        # fallback costs seconds in every process, so the probe is off.
-        env = {"STORAGE_EMULATOR_HOST": self.gcs, "NO_GCE_CHECK": "true", "GOOGLE_CLOUD_PROJECT": "my-project",
-               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", JOB_STORE_KEY_ENV: JOB_STORE_KEY}
-        runner = VertexRunner(self.server, None, self.workdir / "vertex", env)
-        codes = runner.run(handle.id, timeout=120)
-        assert set(codes.values()) == {0}, "\n".join(runner.log(handle.id, task)[-3000:] for task in codes)
-
-    def advance(self, handle, outcome):
-        state = {"succeed": "JOB_STATE_SUCCEEDED", "fail": "JOB_STATE_FAILED", "hold": "JOB_STATE_RUNNING"}[outcome]
-        self.server.move(handle.id, state, error="The replica workerpool0-0 exited with a non-zero status of 2."
-                         if outcome == "fail" else None)
-
-    def bad_spec(self):
-        return index_spec(99, gpu="A10G")  # the catalog has no A10G on GCP
+VERTEX = ComputeCloud(name="gcp", root="gs://sw-dev-artifacts", move=_move, run=_run,
+                      bad_spec=lambda: index_spec(99, gpu="A10G"),  # the catalog has no A10G on GCP
+                      folder=lambda server, job_id: server.jobs[job_id]["displayName"])
 
 
 class TestVertexContract(ComputeContract):
     @pytest.fixture
-    def platform(self, server, gcs, job_store, tmp_path, monkeypatch):
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs)
-        monkeypatch.setenv("NO_GCE_CHECK", "true")
-        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "no-such-key.json"))
-        monkeypatch.setenv(JOB_STORE_KEY_ENV, JOB_STORE_KEY)
-        server.reset()
-        job_store.reset()
-        return use_stack("dev-gcp", tmp_path, monkeypatch, vector_store=job_vector_store(job_store.url))
+    def platform(self, gcp_env, job_store, tmp_path, monkeypatch):
+        return contract_stack("dev-gcp", job_store, tmp_path, monkeypatch)
 
     @pytest.fixture
-    def driver(self, compute, server, job_store, gcs, tmp_path):
-        return VertexDriver(compute, server, job_store, tmp_path, gcs)
-
-
-def _stack():
-    from stackwise.contract import StackOutputs
-    from stackwise.stack import Stack
-
-    return Stack(name="dev-gcp", cloud="gcp", region="us-central1", config={}, source="test",
-                 _outputs=StackOutputs.model_validate(OUTPUTS["dev-gcp"]))
+    def driver(self, compute, gcp_env, job_store, gcs, tmp_path):
+        # What a replica needs to reach the emulators (Vertex would give the job's service account).
+        # gcsfs's bucket-type probe asks the Storage Control API, which the emulator lacks; its
+        # fallback costs seconds in every process, so the probe is off.
+        env = {"STORAGE_EMULATOR_HOST": gcs, "NO_GCE_CHECK": "true", "GOOGLE_CLOUD_PROJECT": "my-project",
+               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+        return CloudComputeDriver(VERTEX, compute, gcp_env, job_store, tmp_path, env)
 
 
 def test_finetune_request_matches_golden():
     from stackwise.adapters.compute.vertex import build_request
 
-    request = build_request(finetune_spec(), _stack())
+    request = build_request(finetune_spec(), offline_stack("dev-gcp"))
     check_golden("vertex_finetune", request)
     chief, workers = request["jobSpec"]["workerPoolSpecs"]
     assert chief["machineSpec"] == {"machineType": "a2-highgpu-8g", "acceleratorType": "NVIDIA_TESLA_A100",
                                     "acceleratorCount": 8}
     assert (chief["replicaCount"], workers["replicaCount"]) == ("1", "1")
     assert request["jobSpec"]["scheduling"] == {"timeout": "21600s", "strategy": "SPOT"}
-    check_golden("vertex_index", build_request(index_spec(0), _stack()))
+    check_golden("vertex_index", build_request(index_spec(0), offline_stack("dev-gcp")))
 
 
 def test_the_server_receives_the_request_and_the_spec(compute, server):
@@ -220,7 +183,8 @@ def test_sharded_index_request_runs_one_replica_per_worker():
     from stackwise.adapters.compute.vertex import build_request
     from stackwise.specs import IndexSpec
 
-    request = build_request(IndexSpec(source="gs://sw-dev-artifacts/data/corpus/", index="kb", workers=4), _stack())
+    request = build_request(IndexSpec(source="gs://sw-dev-artifacts/data/corpus/", index="kb", workers=4),
+                            offline_stack("dev-gcp"))
     check_golden("vertex_index_sharded", request)
     assert [p["replicaCount"] for p in request["jobSpec"]["workerPoolSpecs"]] == ["1", "3"]
 
@@ -255,9 +219,8 @@ def test_logs_come_from_cloud_logging(platform, server, log_server):
     from stackwise.adapters.compute.vertex import VertexCompute
 
     log_server.reset()
-    compute = VertexCompute(platform.stack, credentials=AnonymousCredentials(), api_endpoint=server.endpoint,
-                            logging_endpoint=log_server.endpoint)
-    compute.retry = type(compute.retry)(attempts=4, base_s=0.01, max_s=0.05)
+    compute = fast_retries(VertexCompute(platform.stack, credentials=AnonymousCredentials(),
+                                         api_endpoint=server.endpoint, logging_endpoint=log_server.endpoint))
     handle = compute.submit(index_spec(30))
     other = compute.submit(index_spec(31))
     assert list(handle.logs()) == []
