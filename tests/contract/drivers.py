@@ -191,6 +191,7 @@ class CloudDeployDriver(DeployDriver):
     version: Callable[[int], Any]  #: the target of `chat:<version>`
     count: Callable[[], int]  #: models and deployed models created so far on the cloud
     wait: Callable[[Any], None] = lambda backend: None  #: let an endpoint update finish
+    server: Any = None  #: the emulator, for a cloud's own checks in its contract class
 
     def backend(self) -> Any:
         return self.deployer(self.folder, None)

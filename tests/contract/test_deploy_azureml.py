@@ -23,10 +23,11 @@ pytest.importorskip("azure.ai.ml", reason="install stackwise[azure]")
 pytest.importorskip("cryptography", reason="install stackwise[azure]")
 
 from azureml_server import AzureMLServer  # noqa: E402
-from cloud_fixtures import OUTPUTS, azure_cli_login  # noqa: E402
+from cloud_fixtures import azure_cli_login, use_stack  # noqa: E402
+from drivers import CloudDeployDriver, chat_target, fast_retries, served  # noqa: E402
 
 from stackwise.deploy import DeployTarget  # noqa: E402
-from stackwise.testing.deploy import DeployContract, DeployDriver  # noqa: E402
+from stackwise.testing.deploy import DeployContract  # noqa: E402
 
 # azure-ai-ml's own use of marshmallow warns on every schema; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is deprecated")
@@ -34,12 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The `context` parameter is depre
 IMAGE = "swdevimages.azurecr.io/serve:latest"
 ENDPOINT = "sw-dev-chat"
 
-
-@pytest.fixture(scope="module")
-def server():
-    srv = AzureMLServer().start()
-    yield srv
-    srv.stop()
+server = served(AzureMLServer)
 
 
 @pytest.fixture
@@ -51,53 +47,32 @@ def azure(server, tmp_path, monkeypatch):
 
 
 def connect(tmp_path, monkeypatch, endpoints=None, **extra):
-    import stackwise
-
     endpoints = [{"name": ENDPOINT, "serving_image": IMAGE, "gpu": "T4", "min_replicas": 1}] if endpoints is None \
         else endpoints
-    path = tmp_path / "dev-azure-outputs.json"
-    path.write_text(json.dumps({**OUTPUTS["dev-azure"], "endpoints": endpoints, **extra}))
-    monkeypatch.setenv("STACKWISE_OUTPUTS", str(path))
-    monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
-    monkeypatch.delenv("STACKWISE_STACK", raising=False)
-    platform = stackwise.connect("dev-azure")
-    deployer = platform.deployer
-    deployer.retry = type(deployer.retry)(attempts=3, base_s=0.01, max_s=0.05)
+    platform = use_stack("dev-azure", tmp_path, monkeypatch, endpoints=endpoints, **extra)
+    fast_retries(platform.deployer, attempts=3)
     return platform
 
 
 def target(version: int) -> DeployTarget:
-    return DeployTarget(model="chat", version=str(version), artifact_uri=f"az://artifacts/mlflow/chat-{version}/model",
-                        base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    return chat_target("az://artifacts/mlflow", version)
 
 
 def _deployment_puts(server):
     return [(p, b) for m, p, b in server.requests if m == "PUT" and "/deployments/" in p]
 
 
-class AzureDeployDriver(DeployDriver):
-    def __init__(self, server, tmp_path, monkeypatch, endpoints=None):
-        self.server, self.tmp_path, self.monkeypatch, self.endpoints = server, tmp_path, monkeypatch, endpoints
-
-    def backend(self):
-        return connect(self.tmp_path, self.monkeypatch, endpoints=self.endpoints).deployer
-
-    def backend_without_endpoint(self):
-        bare = self.tmp_path / "bare"
-        bare.mkdir(exist_ok=True)
-        return connect(bare, self.monkeypatch, endpoints=[]).deployer
-
-    def target(self, version):
-        return target(version)
-
-    def created(self):
-        return len(_deployment_puts(self.server))
+def _driver(server, tmp_path, monkeypatch, endpoints=None):
+    return CloudDeployDriver(
+        tmp_path, lambda folder, wanted: connect(folder, monkeypatch, endpoints=endpoints if wanted is None
+                                                 else wanted).deployer,
+        target, count=lambda: len(_deployment_puts(server)), server=server)
 
 
 class TestAzureDeployContract(DeployContract):
     @pytest.fixture
     def driver(self, azure, tmp_path, monkeypatch):
-        return AzureDeployDriver(azure, tmp_path, monkeypatch)
+        return _driver(azure, tmp_path, monkeypatch)
 
 
 def test_deployment_requests(azure, tmp_path, monkeypatch):
@@ -405,7 +380,7 @@ class TestAzureDeployContractWithAutoscaling(DeployContract):
 
     @pytest.fixture
     def driver(self, azure, tmp_path, monkeypatch):
-        return AzureDeployDriver(azure, tmp_path, monkeypatch, endpoints=[SCALED])
+        return _driver(azure, tmp_path, monkeypatch, endpoints=[SCALED])
 
     def test_every_deployment_has_its_setting(self, driver, backend):
         backend.deploy([driver.target(1), driver.target(2)], {"chat:1": 100})

@@ -31,11 +31,12 @@ pytest.importorskip("kubernetes_validate", reason="install stackwise[dev]")
 
 from kube_validate import ManifestError, validate_manifest  # noqa: E402
 from cloud_fixtures import OUTPUTS, check_golden  # noqa: E402
+from drivers import CloudDeployDriver, chat_target, fast_retries, served  # noqa: E402
 from kube_server import KubeServer  # noqa: E402
 
 from stackwise.deploy import DeployTarget  # noqa: E402
 from stackwise.errors import ConfigError, SpecError  # noqa: E402
-from stackwise.testing.deploy import DeployContract, DeployDriver  # noqa: E402
+from stackwise.testing.deploy import DeployContract  # noqa: E402
 
 NS = "sw-dev"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sw-dev-images/serve:v7"
@@ -49,11 +50,7 @@ ROUTES = "/apis/gateway.networking.k8s.io/v1/namespaces/sw-dev/httproutes"
 SCALED = "/apis/keda.sh/v1alpha1/namespaces/sw-dev/scaledobjects"
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = KubeServer(validator=validate_manifest).start()
-    yield srv
-    srv.stop()
+server = served(KubeServer, validator=validate_manifest)
 
 
 @pytest.fixture
@@ -96,15 +93,11 @@ def connect(server, tmp_path, monkeypatch, *, endpoints=None, settings=None, out
 
 
 def backend(server, tmp_path, monkeypatch, **kwargs):
-    deployer = connect(server, tmp_path, monkeypatch, **kwargs).deployer
-    deployer.retry = type(deployer.retry)(attempts=3, base_s=0.0, max_s=0.0)
-    return deployer
+    return fast_retries(connect(server, tmp_path, monkeypatch, **kwargs).deployer, attempts=3, base_s=0.0, max_s=0.0)
 
 
 def target(version: int, model: str = "chat") -> DeployTarget:
-    return DeployTarget(model=model, version=str(version),
-                        artifact_uri=f"s3://sw-dev-artifacts/mlflow/{model}-{version}/model",
-                        base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    return chat_target("s3://sw-dev-artifacts/mlflow", version, model)
 
 
 def settle(server) -> None:
@@ -127,32 +120,12 @@ def posted(server, collection: str) -> list[dict]:
     return [b for m, p, b in server.requests if m == "POST" and p.split("?")[0] == collection]
 
 
-class KubernetesDriver(DeployDriver):
-    def __init__(self, server, tmp_path, monkeypatch):
-        self.server, self.tmp_path, self.monkeypatch = server, tmp_path, monkeypatch
-
-    def backend(self):
-        return backend(self.server, self.tmp_path, self.monkeypatch)
-
-    def backend_without_endpoint(self):
-        bare = self.tmp_path / "bare"
-        bare.mkdir(exist_ok=True)
-        return backend(self.server, bare, self.monkeypatch, endpoints=[])
-
-    def target(self, version):
-        return target(version)
-
-    def settle(self, backend):
-        settle(self.server)
-
-    def created(self):
-        return len(posted(self.server, DEPLOYMENTS))
-
-
 class TestKubernetesDeployContract(DeployContract):
     @pytest.fixture
     def driver(self, kube, tmp_path, monkeypatch):
-        return KubernetesDriver(kube, tmp_path, monkeypatch)
+        return CloudDeployDriver(
+            tmp_path, lambda folder, endpoints: backend(kube, folder, monkeypatch, endpoints=endpoints), target,
+            count=lambda: len(posted(kube, DEPLOYMENTS)), wait=lambda _: settle(kube), server=kube)
 
 
 # -- the manifests ------------------------------------------------------------------------------------

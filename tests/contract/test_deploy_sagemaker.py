@@ -22,74 +22,47 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 pytest.importorskip("boto3", reason="install stackwise[aws]")
 pytest.importorskip("moto", reason="install stackwise[dev]")
 
-from cloud_fixtures import OUTPUTS, aws_moto_env  # noqa: E402
+from cloud_fixtures import OUTPUTS, use_stack  # noqa: E402
+from drivers import CloudDeployDriver, chat_target, moto_s3, served  # noqa: E402
 from sagemaker_emulator import SageMakerEmulator  # noqa: E402
 
 from stackwise.deploy import DeployTarget  # noqa: E402
-from stackwise.testing.deploy import DeployContract, DeployDriver  # noqa: E402
+from stackwise.testing.deploy import DeployContract  # noqa: E402
 
 BUCKET = "sw-dev-artifacts"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/sw-dev-images:serve"
 ENDPOINT = {"name": "sw-dev-chat", "serving_image": IMAGE, "gpu": "A10G", "min_replicas": 1}
 
-
-@pytest.fixture(scope="module")
-def emulator():
-    server = SageMakerEmulator().start()
-    yield server
-    server.stop()
+emulator = served(SageMakerEmulator)
 
 
 @pytest.fixture
 def aws_env(emulator, monkeypatch, tmp_path):
-    aws_moto_env(emulator.endpoint, tmp_path, monkeypatch)
-    emulator.reset()
+    moto_s3(emulator, tmp_path, monkeypatch)
     emulator.update_delay = 0.05
     return emulator
 
 
 def connect(tmp_path, monkeypatch, endpoints=(ENDPOINT,), **extra):
-    import stackwise
-
-    path = tmp_path / "dev-aws-outputs.json"
-    path.write_text(json.dumps({**OUTPUTS["dev-aws"], "endpoints": list(endpoints), **extra}))
-    monkeypatch.setenv("STACKWISE_OUTPUTS", str(path))
-    monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
-    monkeypatch.delenv("STACKWISE_STACK", raising=False)
-    return stackwise.connect("dev-aws")
+    return use_stack("dev-aws", tmp_path, monkeypatch, endpoints=list(endpoints), **extra)
 
 
 def target(version: int) -> DeployTarget:
-    return DeployTarget(model="chat", version=str(version), artifact_uri=f"s3://{BUCKET}/mlflow/models/chat-{version}/model",
-                        base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
+    return chat_target(f"s3://{BUCKET}/mlflow/models", version)
 
 
-class SageMakerDriver(DeployDriver):
-    def __init__(self, emulator, tmp_path, monkeypatch, endpoint=ENDPOINT):
-        self.emulator, self.tmp_path, self.monkeypatch, self.endpoint = emulator, tmp_path, monkeypatch, endpoint
-
-    def backend(self):
-        return connect(self.tmp_path, self.monkeypatch, endpoints=(self.endpoint,)).deployer
-
-    def backend_without_endpoint(self):
-        bare = self.tmp_path / "bare"
-        bare.mkdir(exist_ok=True)
-        return connect(bare, self.monkeypatch, endpoints=()).deployer
-
-    def target(self, version):
-        return target(version)
-
-    def settle(self, backend):
-        backend._wait_in_service(backend.endpoint_name())
-
-    def created(self):
-        return len(self.emulator.backend._models) + len(self.emulator.backend.endpoint_configs)
+def _driver(emulator, tmp_path, monkeypatch, endpoint=ENDPOINT):
+    return CloudDeployDriver(
+        tmp_path, lambda folder, endpoints: connect(folder, monkeypatch, endpoints=(
+            (endpoint,) if endpoints is None else endpoints)).deployer, target,
+        count=lambda: len(emulator.backend._models) + len(emulator.backend.endpoint_configs),
+        wait=lambda backend: backend._wait_in_service(backend.endpoint_name()))
 
 
 class TestSageMakerDeployContract(DeployContract):
     @pytest.fixture
     def driver(self, aws_env, tmp_path, monkeypatch):
-        return SageMakerDriver(aws_env, tmp_path, monkeypatch)
+        return _driver(aws_env, tmp_path, monkeypatch)
 
 
 # The endpoint as the Pulumi program exports it with `scaling`: up to 4 replicas on requests in
@@ -103,7 +76,7 @@ class TestSageMakerDeployContractWithAutoscaling(DeployContract):
 
     @pytest.fixture
     def driver(self, aws_env, tmp_path, monkeypatch):
-        return SageMakerDriver(aws_env, tmp_path, monkeypatch, endpoint=SCALED)
+        return _driver(aws_env, tmp_path, monkeypatch, endpoint=SCALED)
 
 
 def test_requests_carry_image_model_data_instance_type_and_weights(aws_env, tmp_path, monkeypatch):

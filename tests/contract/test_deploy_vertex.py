@@ -20,38 +20,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 
 pytest.importorskip("google.cloud.aiplatform_v1", reason="install stackwise[gcp]")
 
-from cloud_fixtures import OUTPUTS  # noqa: E402
+from cloud_fixtures import use_stack  # noqa: E402
+from drivers import CloudDeployDriver, chat_target, served  # noqa: E402
 from vertex_server import VertexServer  # noqa: E402
 
 from stackwise.deploy import DeployTarget  # noqa: E402
-from stackwise.testing.deploy import DeployContract, DeployDriver  # noqa: E402
+from stackwise.testing.deploy import DeployContract  # noqa: E402
 
 IMAGE = "us-central1-docker.pkg.dev/my-project/sw-dev-images/serve:latest"
 ENDPOINT_ID = "4242"
 RESOURCE = f"projects/my-project/locations/us-central1/endpoints/{ENDPOINT_ID}"
 
-
-@pytest.fixture(scope="module")
-def server():
-    srv = VertexServer().start()
-    yield srv
-    srv.stop()
+server = served(VertexServer)
 
 
 def connect(server, tmp_path, monkeypatch, endpoints=None, **extra):
-    import stackwise
     from google.auth.credentials import AnonymousCredentials
 
     from stackwise.adapters.deploy.vertex import VertexDeploy
 
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     endpoints = [{"name": ENDPOINT_ID, "serving_image": IMAGE, "gpu": "L4", "min_replicas": 1}] if endpoints is None else endpoints
-    path = tmp_path / "dev-gcp-outputs.json"
-    path.write_text(json.dumps({**OUTPUTS["dev-gcp"], "endpoints": endpoints, **extra}))
-    monkeypatch.setenv("STACKWISE_OUTPUTS", str(path))
-    monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
-    monkeypatch.delenv("STACKWISE_STACK", raising=False)
-    platform = stackwise.connect("dev-gcp")
+    platform = use_stack("dev-gcp", tmp_path, monkeypatch, endpoints=endpoints, **extra)
     platform._deployer = VertexDeploy(platform.stack, credentials=AnonymousCredentials(), api_endpoint=server.endpoint)
     return platform
 
@@ -64,34 +54,16 @@ def vertex(server):
 
 
 def target(version: int) -> DeployTarget:
-    return DeployTarget(model="chat", version=str(version), artifact_uri=f"gs://sw-dev-artifacts/mlflow/chat-{version}/model",
-                        base_model="HuggingFaceTB/SmolLM2-135M-Instruct")
-
-
-class VertexDriver(DeployDriver):
-    def __init__(self, server, tmp_path, monkeypatch):
-        self.server, self.tmp_path, self.monkeypatch = server, tmp_path, monkeypatch
-
-    def backend(self):
-        return connect(self.server, self.tmp_path, self.monkeypatch).deployer
-
-    def backend_without_endpoint(self):
-        bare = self.tmp_path / "bare"
-        bare.mkdir(exist_ok=True)
-        return connect(self.server, bare, self.monkeypatch, endpoints=[]).deployer
-
-    def target(self, version):
-        return target(version)
-
-    def created(self):
-        deploys = sum(1 for m, p, _ in self.server.requests if m == "POST" and p.endswith(":deployModel"))
-        return len(self.server.models) + deploys
+    return chat_target("gs://sw-dev-artifacts/mlflow", version)
 
 
 class TestVertexDeployContract(DeployContract):
     @pytest.fixture
     def driver(self, vertex, tmp_path, monkeypatch):
-        return VertexDriver(vertex, tmp_path, monkeypatch)
+        return CloudDeployDriver(
+            tmp_path, lambda folder, endpoints: connect(vertex, folder, monkeypatch, endpoints=endpoints).deployer,
+            target, count=lambda: len(vertex.models) + sum(
+                1 for m, p, _ in vertex.requests if m == "POST" and p.endswith(":deployModel")))
 
 
 def test_upload_and_deploy_requests(vertex, tmp_path, monkeypatch):
