@@ -28,21 +28,18 @@ import json
 import os
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 
+from _json_http import JsonHttpServer, form_body  # noqa: E402
 from cloud_fixtures import aws_moto_env  # noqa: E402
 
 from stackwise.errors import ConfigError, StackwiseError  # noqa: E402
@@ -360,38 +357,26 @@ class _OAuthServer:
     def __init__(self, email: str, access_token: str) -> None:
         self.grants: list[dict] = []
         self.refuse = False
-        outer = self
+        self.email, self.access_token = email, access_token
+        self._http = JsonHttpServer(self._route, body=form_body)
+        self.url = self._http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
-                claims = {}
-                if form.get("assertion"):
-                    payload = form["assertion"][0].split(".")[1]
-                    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-                outer.grants.append({"grant_type": form.get("grant_type"), **claims})
-                ok = (not outer.refuse and self.path == "/token"
-                      and form.get("grant_type") == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
-                      and claims.get("iss") == email)
-                body = ({"access_token": access_token, "expires_in": 3599, "token_type": "Bearer"} if ok else
-                        {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
-                data = json.dumps(body).encode()
-                self.send_response(200 if ok else 400)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._http.server_address[1]}"
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+    def _route(self, method: str, path: str, form: dict[str, list[str]], headers) -> tuple:
+        if method != "POST":
+            return 501, {"error": "unsupported_method"}
+        claims = {}
+        if form.get("assertion"):
+            payload = form["assertion"][0].split(".")[1]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        self.grants.append({"grant_type": form.get("grant_type"), **claims})
+        ok = (not self.refuse and path == "/token"
+              and form.get("grant_type") == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]
+              and claims.get("iss") == self.email)
+        return (200, {"access_token": self.access_token, "expires_in": 3599, "token_type": "Bearer"}) if ok else \
+            (400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."})
 
     def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        self._http.stop()
 
 
 def _gcp_env(tmp_path, monkeypatch, adc: dict | None) -> None:
@@ -493,51 +478,29 @@ class _AcrServer:
     def __init__(self, ca_file: str) -> None:
         self.exchanges: list[dict[str, list[str]]] = []
         self.refuse = False
-        outer = self
+        self._http = JsonHttpServer(self._route, cert_file=ca_file, body=form_body)
+        self.host = self._http.host
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self):
-                form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode())
-                if self.path != "/oauth2/exchange":
-                    return self._send(404, {"errors": [{"code": "NOT_FOUND"}]})
-                outer.exchanges.append(form)
-                if outer.refuse or form.get("grant_type") != ["access_token"] or form.get("access_token") != [ARM_TOKEN]:
-                    return self._send(401, {"errors": [{"code": "UNAUTHORIZED", "message": "invalid token"}]})
-                return self._send(200, {"refresh_token": ACR_REFRESH})
-
-            def do_GET(self):
-                if self.path.rstrip("/") != "/v2":
-                    return self._send(404, {"errors": [{"code": "NOT_FOUND"}]})
-                expected = "Basic " + base64.b64encode(f"00000000-0000-0000-0000-000000000000:{ACR_REFRESH}".encode()).decode()
-                if self.headers.get("Authorization") == expected:
-                    return self._send(200, {})
-                return self._send(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
-                                  {"WWW-Authenticate": 'Basic realm="acr-test"',
-                                   "Docker-Distribution-Api-Version": "registry/2.0"})
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(ca_file)
-        self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
-        self.host = f"127.0.0.1:{self._http.server_address[1]}"
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+    def _route(self, method: str, path: str, form: dict[str, list[str]], headers) -> tuple:
+        if method == "POST":
+            if path != "/oauth2/exchange":
+                return 404, {"errors": [{"code": "NOT_FOUND"}]}
+            self.exchanges.append(form)
+            if self.refuse or form.get("grant_type") != ["access_token"] or form.get("access_token") != [ARM_TOKEN]:
+                return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "invalid token"}]}
+            return 200, {"refresh_token": ACR_REFRESH}
+        if method != "GET":
+            return 501, {"errors": [{"code": "UNSUPPORTED"}]}
+        if path.rstrip("/") != "/v2":
+            return 404, {"errors": [{"code": "NOT_FOUND"}]}
+        expected = "Basic " + base64.b64encode(f"00000000-0000-0000-0000-000000000000:{ACR_REFRESH}".encode()).decode()
+        if headers.get("Authorization") == expected:
+            return 200, {}
+        return 401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}, \
+            {"WWW-Authenticate": 'Basic realm="acr-test"', "Docker-Distribution-Api-Version": "registry/2.0"}
 
     def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+        self._http.stop()
 
 
 def _az_login(tmp_path, monkeypatch, logged_in: bool) -> None:

@@ -14,14 +14,13 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,10 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO / "tests" / "emulators") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests" / "emulators"))
+
+from _json_http import JsonHttpServer, raw_body  # noqa: E402
 MONITORING = REPO / "infra" / "monitoring"
 READY_TIMEOUT_S = 30.0
 
@@ -138,30 +141,17 @@ def wait_for_value(base: str, promql: str, expected: float, timeout: float = 30.
 def serve_metrics(metrics: Any) -> Iterator[str]:
     """Serve `metrics.exposition()` at http://127.0.0.1:PORT/metrics from a thread; yield "127.0.0.1:PORT"."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            if self.path != "/metrics":
-                self.send_error(404)
-                return
-            body, content_type = metrics.exposition()
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def route(method: str, path: str, body: bytes, headers: Any) -> tuple:
+        if (method, path) != ("GET", "/metrics"):
+            return 404, "not found"
+        data, content_type = metrics.exposition()
+        return 200, data, {"Content-Type": content_type}
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = JsonHttpServer(route, body=raw_body)
     try:
-        yield f"127.0.0.1:{server.server_address[1]}"
+        yield server.host
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+        server.stop()
 
 
 def _dashboard_exprs() -> list[str]:

@@ -30,11 +30,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlparse
+
+if str(Path(__file__).resolve().parents[1] / "emulators") not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
+
+from _json_http import JsonHttpServer, raw_body  # noqa: E402
 
 MAX_UPSERT = 1000
 MAX_BODY = 2 * 1024 * 1024
@@ -165,21 +171,23 @@ class PineconeServer:
         self.echo_key = True  # error messages quote the Api-Key received (see the module docstring)
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self.port = port
+        self._http: JsonHttpServer | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        assert self._http is not None, "start() the server first"
+        return self._http.url
 
     def start(self) -> "PineconeServer":
-        self._thread.start()
+        # The SDK pools its connections: HTTP/1.1. The route reads the bytes itself, so that a body
+        # too large or not JSON is answered as Pinecone answers it.
+        self._http = JsonHttpServer(self._route, body=raw_body, keep_alive=True, port=self.port)
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        assert self._http is not None
+        self._http.stop()
 
     def fail(self, path: str, status: int, times: int = 1, when: Callable[[dict[str, Any]], bool] | None = None) -> None:
         self.faults.append(Fault(path, status, times, when))
@@ -189,6 +197,36 @@ class PineconeServer:
             self.state.namespaces.clear()
         self.faults.clear()
         self.requests.clear()
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _route(self, method: str, target: str, raw: bytes, headers: Any) -> tuple:
+        url = urlparse(target)
+        length = int(headers.get("Content-Length") or 0)
+        self.requests.append((method, url.path, dict(headers)))
+        key = headers.get("Api-Key")
+        try:
+            if key != self.api_key:
+                raise ApiError(401, "UNAUTHENTICATED", "Invalid API Key")
+            if not headers.get("X-Pinecone-Api-Version"):
+                raise ApiError(400, "INVALID_ARGUMENT", "missing X-Pinecone-Api-Version header")
+            if length > MAX_BODY:
+                raise ApiError(413, "PAYLOAD_TOO_LARGE", f"request size {length} exceeds 2MB")
+            body = json.loads(raw) if raw else {}
+            fault = self._fault(url.path, body)
+            if fault is not None:
+                # Retry-After: 0 keeps the SDK's own backoff (up to seconds) out of test time.
+                return self._error(fault, "INJECTED", f"injected fault {fault}", key, {"Retry-After": "0"})
+            return 200, self.handle(method, url.path, parse_qs(url.query), body)
+        except ApiError as exc:
+            return self._error(exc.status, exc.code, exc.message, key)
+        except (ValueError, KeyError, TypeError) as exc:
+            return self._error(400, "INVALID_ARGUMENT", str(exc), key)
+
+    def _error(self, status: int, code: str, message: str, key: str | None,
+               headers: dict[str, str] | None = None) -> tuple:
+        if self.echo_key:
+            message = f"{message} (request Api-Key: {key!s})"
+        return status, {"error": {"code": code, "message": message}, "status": status}, headers or {}
 
     # -- operations ----------------------------------------------------------------------------
     def _fault(self, path: str, body: dict[str, Any]) -> int | None:
@@ -328,68 +366,12 @@ class PineconeServer:
         return {}
 
 
-def _handler(server: PineconeServer):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
-            pass
-
-        def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for k, v in (headers or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-            if server.echo_key:
-                message = f"{message} (request Api-Key: {self.headers.get('Api-Key')!s})"
-            self._send(status, {"error": {"code": code, "message": message}, "status": status}, headers)
-
-        def _serve(self, method: str) -> None:
-            url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            server.requests.append((method, url.path, dict(self.headers)))
-            try:
-                if self.headers.get("Api-Key") != server.api_key:
-                    raise ApiError(401, "UNAUTHENTICATED", "Invalid API Key")
-                if not self.headers.get("X-Pinecone-Api-Version"):
-                    raise ApiError(400, "INVALID_ARGUMENT", "missing X-Pinecone-Api-Version header")
-                if length > MAX_BODY:
-                    raise ApiError(413, "PAYLOAD_TOO_LARGE", f"request size {length} exceeds 2MB")
-                body = json.loads(raw) if raw else {}
-                fault = server._fault(url.path, body)
-                if fault is not None:
-                    # Retry-After: 0 keeps the SDK's own backoff (up to seconds) out of test time.
-                    headers = {"Retry-After": "0"}
-                    self._error(fault, "INJECTED", f"injected fault {fault}", headers)
-                    return
-                self._send(200, server.handle(method, url.path, parse_qs(url.query), body))
-            except ApiError as exc:
-                self._error(exc.status, exc.code, exc.message)
-            except (ValueError, KeyError, TypeError) as exc:
-                self._error(400, "INVALID_ARGUMENT", str(exc))
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._serve("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._serve("POST")
-
-    return Handler
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dimension", type=int, default=384)
     parser.add_argument("--api-key", required=True)
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
-    srv = PineconeServer(args.dimension, args.api_key, args.port)
+    srv = PineconeServer(args.dimension, args.api_key, args.port).start()
     print(srv.url, flush=True)
-    srv._httpd.serve_forever()
+    threading.Event().wait()

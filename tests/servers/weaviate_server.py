@@ -1,6 +1,6 @@
 """A local server speaking the part of Weaviate's REST and gRPC APIs that weaviate-client v4 uses
-for the stackwise adapter: REST on one port (http.server), gRPC `weaviate.v1.Weaviate` on another
-(grpcio, with the `*_pb2` / `*_pb2_grpc` stubs the client ships). State in memory, exact search.
+for the stackwise adapter: REST on one port (tests/emulators/_json_http.py), gRPC `weaviate.v1.Weaviate` on
+another (grpcio, with the `*_pb2` / `*_pb2_grpc` stubs the client ships). State in memory, exact search.
 
 Covered, checked as Weaviate does it:
 - REST: `GET /v1/meta` (version 1.32.0 by default, so the client takes its gRPC paths),
@@ -53,12 +53,13 @@ import fnmatch
 import json
 import re
 import struct
+import sys
 import threading
 import time
 import uuid as uuidlib
 from concurrent import futures
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import unquote, urlparse
 
@@ -80,6 +81,11 @@ QUERY_MAXIMUM_RESULTS = 10_000
 _CLASS = re.compile(r"^[A-Z][_0-9A-Za-z]{0,254}$")
 _PROP = re.compile(r"^[_A-Za-z][_0-9A-Za-z]{0,230}$")
 _RESERVED = {"_additional", "_id", "id"}
+if str(Path(__file__).resolve().parents[1] / "emulators") not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
+
+from _json_http import JsonHttpServer, raw_body  # noqa: E402
+
 OP = base_pb2.Filters
 
 
@@ -208,16 +214,15 @@ class WeaviateServer:
         self.faults: list[Fault] = []
         self.object_faults: list[ObjectFault] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _rest_handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._http: JsonHttpServer | None = None
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         weaviate_pb2_grpc.add_WeaviateServicer_to_server(_Servicer(self), self._grpc)
         self.grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        assert self._http is not None, "start() the server first"
+        return self._http.url
 
     def host(self, **params: str) -> str:
         """The `vector_store.host` value that reaches this server."""
@@ -225,14 +230,16 @@ class WeaviateServer:
         return f"{self.url}?{query}"
 
     def start(self) -> "WeaviateServer":
-        self._thread.start()
+        # The client pools its connections: HTTP/1.1. The route reads the bytes itself (a fault's
+        # `when` sees them; a body that is not JSON is answered as Weaviate answers it).
+        self._http = JsonHttpServer(self._route, body=raw_body, keep_alive=True)
         self._grpc.start()
         return self
 
     def stop(self) -> None:
         self._grpc.stop(grace=None)
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        assert self._http is not None
+        self._http.stop()
 
     def reset(self) -> None:
         with self.lock:
@@ -266,6 +273,33 @@ class WeaviateServer:
     def _echo(self, message: str, header: str | None) -> str:
         return f"{message} (request Authorization: {header})" if self.echo_key else message
 
+    # -- REST ----------------------------------------------------------------------------------
+    def _route(self, method: str, target: str, raw: bytes, headers: Any) -> tuple:
+        url = urlparse(target)
+        self.requests.append((method, url.path, dict(headers)))
+        if url.path.startswith("/v1/.well-known/"):
+            status = 200 if url.path.endswith(("/ready", "/live")) else 404
+            return status, None if status == 200 else {"error": [{"message": "not found"}]}
+        auth = headers.get("Authorization")
+        if not self._authorized(auth):
+            message = ("anonymous access not enabled, please provide an auth scheme" if auth is None else
+                       "unauthorized: invalid api key")
+            return 401, {"code": 401, "message": self._echo(message, auth)}
+        fault = self._fault(f"{method} {url.path}", raw)
+        if fault is not None:
+            return int(fault), {"error": [{"message": self._echo(f"injected fault {fault}", auth)}]}
+        try:
+            body = json.loads(raw) if raw else None
+            status, payload = self.rest(method, url.path, body)
+            if status >= 400 and isinstance(payload, dict) and isinstance(payload.get("error"), list):
+                payload = {**payload, "error": [{**e, "message": self._echo(str(e.get("message", "")), auth)}
+                                                for e in payload["error"]]}
+            return status, payload
+        except WeaviateError as exc:
+            return exc.status, {"error": [{"message": self._echo(exc.message, auth)}]}
+        except (ValueError, KeyError, TypeError) as exc:
+            return 422, {"error": [{"message": self._echo(f"invalid request: {exc}", auth)}]}
+
     # -- schema (REST) -----------------------------------------------------------------------
     def _class(self, name: str) -> WeaviateClass:
         cls = self.classes.get(name[:1].upper() + name[1:])
@@ -277,7 +311,7 @@ class WeaviateServer:
         parts = [unquote(p) for p in path.strip("/").split("/")]  # v1, ...
         with self.lock:
             if parts == ["v1", "meta"] and method == "GET":
-                return 200, {"hostname": f"http://[::]:{self._httpd.server_address[1]}", "modules": {},
+                return 200, {"hostname": f"http://[::]:{self._http.port}", "modules": {},
                              "version": self.version, "grpcMaxMessageSize": 10 * 1024 * 1024}
             if parts[:2] == ["v1", "schema"]:
                 return self._schema(method, parts[2:], body)
@@ -640,67 +674,6 @@ class _Servicer(weaviate_pb2_grpc.WeaviateServicer):
 
     def TenantsGet(self, request, context):  # noqa: N802
         return self._serve("TenantsGet", request, context, self.server.tenants_get)
-
-
-def _rest_handler(server: WeaviateServer):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:  # keep test output quiet
-            pass
-
-        def _send(self, status: int, payload: Any) -> None:
-            data = b"" if payload is None else json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _serve(self, method: str) -> None:
-            url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            server.requests.append((method, url.path, dict(self.headers)))
-            if url.path.startswith("/v1/.well-known/"):
-                status = 200 if url.path.endswith(("/ready", "/live")) else 404
-                self._send(status, None if status == 200 else {"error": [{"message": "not found"}]})
-                return
-            auth = self.headers.get("Authorization")
-            if not server._authorized(auth):
-                message = ("anonymous access not enabled, please provide an auth scheme" if auth is None else
-                           "unauthorized: invalid api key")
-                self._send(401, {"code": 401, "message": server._echo(message, auth)})
-                return
-            fault = server._fault(f"{method} {url.path}", raw)
-            if fault is not None:
-                self._send(int(fault), {"error": [{"message": server._echo(f"injected fault {fault}", auth)}]})
-                return
-            try:
-                body = json.loads(raw) if raw else None
-                status, payload = server.rest(method, url.path, body)
-                if status >= 400 and isinstance(payload, dict) and isinstance(payload.get("error"), list):
-                    payload = {**payload, "error": [{**e, "message": server._echo(str(e.get("message", "")), auth)}
-                                                    for e in payload["error"]]}
-                self._send(status, payload)
-            except WeaviateError as exc:
-                self._send(exc.status, {"error": [{"message": server._echo(exc.message, auth)}]})
-            except (ValueError, KeyError, TypeError) as exc:
-                self._send(422, {"error": [{"message": server._echo(f"invalid request: {exc}", auth)}]})
-
-        def do_GET(self) -> None:  # noqa: N802
-            self._serve("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._serve("POST")
-
-        def do_PUT(self) -> None:  # noqa: N802
-            self._serve("PUT")
-
-        def do_DELETE(self) -> None:  # noqa: N802
-            self._serve("DELETE")
-
-    return Handler
 
 
 if __name__ == "__main__":
