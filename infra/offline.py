@@ -9,7 +9,9 @@ Runs with `preview=False`: with a preview, unknown outputs would skip every `.ap
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,8 +34,11 @@ FAKE_TENANT = "11111111-1111-1111-1111-111111111111"
 # Azure resources whose name the program sets through a type-specific input.
 _AZURE_NAME_KEYS = {"BlobContainer": "containerName", "OnlineEndpoint": "endpointName", "OnlineDeployment":
                     "deploymentName", "Compute": "computeName", "Secret": "secretName", "Vault": "vaultName",
-                    "StorageAccount": "accountName", "Registry": "registryName"}
+                    "StorageAccount": "accountName", "Registry": "registryName",
+                    "ManagedCluster": "resourceName"}
 PLAN_SECRET = "offline-placeholder-not-a-key"
+# A cluster's CA certificate as the clouds answer it (base64 PEM); a placeholder, not a certificate.
+FAKE_CA = "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCm9mZmxpbmUtcGxhY2Vob2xkZXIKLS0tLS1FTkQgQ0VSVElGSUNBVEUtLS0tLQo="
 
 
 @dataclass
@@ -93,6 +98,10 @@ class _Recorder(pulumi.runtime.Mocks):
                 return physical, state
             if typ == "aws:ecr/repository:Repository":
                 state["repositoryUrl"] = f"{FAKE_ACCOUNT}.dkr.ecr.{region}.amazonaws.com/{physical}"
+            if typ == "aws:eks/cluster:Cluster":  # what EKS answers: the API endpoint, its CA, its security group
+                state.update(endpoint=f"https://{digest.upper()}.gr7.{region}.eks.amazonaws.com",
+                             certificateAuthority={"data": FAKE_CA},
+                             vpcConfig={**(inputs.get("vpcConfig") or {}), "clusterSecurityGroupId": f"sg-{digest}"})
             if typ == "aws:ec2/vpcEndpoint:VpcEndpoint" and inputs.get("vpcEndpointType", "Gateway") == "Gateway":
                 state["prefixListId"] = f"pl-{digest}"  # what AWS answers for a gateway endpoint
             return f"{physical}-id", state
@@ -103,6 +112,8 @@ class _Recorder(pulumi.runtime.Mocks):
                 state["name"] = digest
             if typ == "gcp:vertex/aiEndpointWithModelGardenDeployment:AiEndpointWithModelGardenDeployment":
                 state["endpoint"] = f"projects/{project}/locations/{region}/endpoints/{digest}"
+            if typ == "gcp:container/cluster:Cluster":  # the private endpoint's address and the cluster CA
+                state.update(endpoint="172.16.0.34", masterAuth={"clusterCaCertificate": FAKE_CA})
             if typ == "gcp:monitoring/notificationChannel:NotificationChannel":
                 state["name"] = f"projects/{project}/notificationChannels/{digest}"
             return f"projects/{project}/locations/{region}/{name}", state
@@ -126,6 +137,10 @@ class _Recorder(pulumi.runtime.Mocks):
                 # What Key Vault answers: the key's URI, and the same pinned to its first version.
                 state["keyUri"] = f"https://{inputs.get('vaultName', 'vault')}.vault.azure.net/keys/{state['name']}"
                 state["keyUriWithVersion"] = f"{state['keyUri']}/{hashlib.sha1(rid.encode()).hexdigest()[:32]}"
+            if typ == "azure-native:containerservice:ManagedCluster":
+                state.update(oidcIssuerProfile={"enabled": True, "issuerURL": f"https://{region}.oic.prod-aks.azure.com/"
+                                                f"{FAKE_TENANT}/{digest}/"},
+                             privateFQDN=f"{state['name']}-{digest}.privatelink.{region}.azmk8s.io")
             if typ == "azure-native:containerregistry:Registry":
                 state["loginServer"] = f"{state['name']}.azurecr.io"
             if typ == "azure-native:machinelearningservices:OnlineEndpoint":
@@ -158,6 +173,19 @@ class _Recorder(pulumi.runtime.Mocks):
             return {"value": f"https://prod-00.{self.config.region}.logic.azure.com/workflows/{workflow}/triggers/"
                              f"{name}/paths/invoke?api-version=2016-10-01&sp=%2Ftriggers%2F{name}%2Frun&sv=1.0"
                              f"&sig={PLAN_SECRET}", "method": "POST"}, []
+        if token == "azure-native:containerservice:listManagedClusterUserCredentials":
+            # An Entra ID cluster's user kubeconfig: server and CA, and kubelogin to get a token (no secret).
+            name = args.args.get("resourceName", "cluster")
+            server = f"https://{name}.privatelink.{self.config.region}.azmk8s.io:443"
+            kubeconfig = {"apiVersion": "v1", "kind": "Config", "current-context": name,
+                          "clusters": [{"name": name, "cluster": {"server": server,
+                                                                  "certificate-authority-data": FAKE_CA}}],
+                          "contexts": [{"name": name, "context": {"cluster": name, "user": "clusterUser"}}],
+                          "users": [{"name": "clusterUser", "user": {"exec": {
+                              "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "kubelogin",
+                              "args": ["get-token", "--login", "devicecode"]}}}]}
+            value = base64.b64encode(json.dumps(kubeconfig).encode()).decode()
+            return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}, []
         if token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
             return {"userName": "AWS", "password": PLAN_SECRET, "authorizationToken": PLAN_SECRET,
                     "proxyEndpoint": f"https://{FAKE_ACCOUNT}.dkr.ecr.{self.config.region}.amazonaws.com",

@@ -26,6 +26,8 @@ _KEY_SETTINGS = (
     "minInstances", "maxInstances", "limitAmount", "amount", "dimension", "metric", "cidrBlock", "location",
     "sku", "kind", "publicAccessPrevention", "publicNetworkAccess", "sseAlgorithm", "enableKeyRotation",
     "target", "push", "schedule", "scheduleExpression",
+    "capacityType", "minSize", "maxSize", "totalMinNodeCount", "totalMaxNodeCount", "minCount", "maxCount",
+    "scaleSetPriority", "spot", "tier",
 )
 
 
@@ -147,8 +149,9 @@ def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
     """Monthly cost line items of the idle stack, priced from the GPU catalog."""
     items: list[dict[str, Any]] = []
 
-    def add(resource: RecordedResource, usd: float, basis: str) -> None:
-        items.append({"resource": resource.name, "type": resource.type, "monthly_usd": round(usd, 2), "basis": basis})
+    def add(resource: RecordedResource, usd: float, basis: str, part: str | None = None) -> None:
+        items.append({"resource": f"{resource.name}/{part}" if part else resource.name, "type": resource.type,
+                      "monthly_usd": round(usd, 2), "basis": basis})
 
     def gpu(resource: RecordedResource, instance: str | None, replicas: float, what: str) -> None:
         offer = catalog.offer_for_instance(cloud, instance or "")
@@ -159,6 +162,30 @@ def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
         add(resource, offer.monthly(replicas),
             f"{replicas:g} x {offer.instance} ({offer.count} x {offer.gpu}) {what} at ${offer.on_demand_hourly}/h "
             f"on demand, {offer.region} list price of {offer.as_of}{checked}")
+
+    def node_pool(resource: RecordedResource, cloud_: str, instance: str, low: Any, high: Any, spot: bool,
+                  part: str | None = None) -> None:
+        """A Kubernetes node pool while idle: its minimum nodes all month; the maximum is the ceiling."""
+        low_n, high_n = float(low or 0), float(high or low or 0)
+        # The GPU catalog names SageMaker's ml.* types on AWS (EKS nodes are the EC2 types behind them).
+        offer = catalog.offer_for_instance(cloud_, f"ml.{instance}" if cloud_ == "aws" else instance)
+        if offer is not None:
+            hourly = offer.hourly(spot)
+            checked = "on_demand" if not spot else "spot"
+            note = "" if checked in offer.checked else f" ({'spot' if spot else 'on-demand'} price unverified: see " \
+                "stackwise/data/gpu_catalog.yaml)"
+            aws_note = " (SageMaker's ml.* list price: EC2 bills the node less)" if cloud_ == "aws" else ""
+            add(resource, low_n * hourly * catalog.HOURS_PER_MONTH,
+                f"{low_n:g} x {instance} ({offer.count} x {offer.gpu}) minimum nodes at ${hourly}/h "
+                f"{'spot' if spot else 'on demand'}{aws_note}, {offer.region} list price of {offer.as_of}{note}; "
+                f"ceiling {high_n:g} nodes: ${high_n * hourly * catalog.HOURS_PER_MONTH:,.2f}/month", part)
+            return
+        fixed = catalog.fixed_monthly(f"node#{cloud_}:{instance}")
+        if fixed is None:
+            add(resource, 0.0, f"{instance}: not in the catalog, not priced", part)
+            return
+        add(resource, low_n * fixed.usd, f"{low_n:g} x {instance} minimum nodes (system pool) at ${fixed.usd:.2f}/month "
+            f"each: {fixed.source}; ceiling {high_n:g} nodes: ${high_n * fixed.usd:,.2f}/month", part)
 
     for r in resources:
         inputs = r.inputs
@@ -177,6 +204,25 @@ def estimate(resources: list[RecordedResource], cloud: str) -> dict[str, Any]:
             props = (inputs.get("properties") or {}).get("properties") or {}
             nodes = float((props.get("scaleSettings") or {}).get("minNodeCount") or 0)
             gpu(r, props.get("vmSize"), nodes, "idle cluster nodes")
+        elif r.type == "aws:eks/nodeGroup:NodeGroup":
+            scaling = inputs.get("scalingConfig") or {}
+            node_pool(r, "aws", (inputs.get("instanceTypes") or [""])[0], scaling.get("minSize"),
+                      scaling.get("maxSize"), inputs.get("capacityType") == "SPOT")
+        elif r.type == "gcp:container/nodePool:NodePool":
+            node = inputs.get("nodeConfig") or {}
+            scaling = inputs.get("autoscaling") or {}
+            node_pool(r, "gcp", node.get("machineType") or "", scaling.get("totalMinNodeCount"),
+                      scaling.get("totalMaxNodeCount"), bool(node.get("spot")))
+        elif r.type == "azure-native:containerservice:AgentPool":
+            node_pool(r, "azure", inputs.get("vmSize") or "", inputs.get("minCount"), inputs.get("maxCount"),
+                      inputs.get("scaleSetPriority") == "Spot")
+        elif r.type == "azure-native:containerservice:ManagedCluster":
+            tier = (inputs.get("sku") or {}).get("tier") or "Free"
+            if fixed := catalog.fixed_monthly(f"{r.type}#{tier}"):
+                add(r, fixed.usd, f"AKS {tier} tier control plane: {fixed.source}")
+            for profile in inputs.get("agentPoolProfiles") or []:
+                node_pool(r, "azure", profile.get("vmSize") or "", profile.get("minCount") or profile.get("count"),
+                          profile.get("maxCount"), profile.get("scaleSetPriority") == "Spot", profile.get("name"))
         elif r.type == "aws:ec2/vpcEndpoint:VpcEndpoint":
             if inputs.get("vpcEndpointType") == "Interface" and (fixed := catalog.fixed_monthly(f"{r.type}#Interface")):
                 zones = len(inputs.get("subnetIds") or []) or 1  # one network interface per zone's subnet

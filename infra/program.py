@@ -17,7 +17,7 @@ import pulumi
 from stackwise import catalog
 from stackwise.contract import StackOutputs
 
-from .config import EndpointConfig, InfraConfig
+from .config import EndpointConfig, InfraConfig, QueueConfig
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,74 @@ def _endpoint_output(ep: EndpointConfig, served: Any, image: pulumi.Input[str]) 
         "gpu_count": ep.count, "min_replicas": ep.min_replicas, "scaling": scaling})
 
 
+def _on_kubernetes(config: InfraConfig) -> bool:
+    return config.compute.kind == "kubernetes"
+
+
+def _cluster_endpoint(ep: EndpointConfig, image: pulumi.Input[str]) -> pulumi.Output[dict[str, Any]]:
+    """A kubernetes stack's endpoint entry: nothing is created for it here (no cloud endpoint);
+    `stackwise deploy` (the kubernetes deploy adapter) rolls versions onto the cluster from it."""
+    scaling = _endpoint_scaling(ep, None)
+    return pulumi.Output.from_input(image).apply(lambda img: {
+        "name": ep.name, "url": None, "serving_image": img, "gpu": catalog.canonical_gpu(ep.gpu),
+        "gpu_count": ep.count, "min_replicas": ep.min_replicas, "scaling": scaling})
+
+
+def _pool_offer(config: InfraConfig):
+    pool = config.cluster.node_pool
+    return None if pool is None else catalog.offer(pool.gpu, config.cloud, pool.count)
+
+
+def _kubernetes(prefix: str, config: InfraConfig, cluster: Any, identity: pulumi.Input[str] | None
+                ) -> pulumi.Output[dict[str, Any]]:
+    """Install the stack's objects on its cluster (created, or the `context`'s) and return the
+    contract's `kubernetes` entry."""
+    from .config import GPU_LABEL, SPOT_LABEL
+    from .kubernetes import manifests
+    from .kubernetes.install import ClusterInstall, ClusterInstallArgs
+
+    k8s = config.cluster
+    assert k8s.namespace is not None
+    created = k8s.create_cluster and k8s.node_pool is not None
+    gpu = catalog.canonical_gpu(k8s.node_pool.gpu) if created else None
+    annotations, identity_labels = manifests.workload_identity(config.cloud, identity)
+    queue = None
+    if isinstance(k8s.queue, QueueConfig):
+        q = k8s.queue
+        queue = manifests.Queue(name=q.name, cluster_queue=q.cluster_queue or f"{k8s.namespace}-{q.name}",
+                                gpus=q.gpus, cpu=q.cpu, memory=q.memory,
+                                gpu_node_labels={GPU_LABEL: gpu} if gpu else {})
+    install = manifests.Install(namespace=k8s.namespace, service_account=k8s.service_account,
+                                sa_annotations=annotations, submitters=tuple(k8s.submitters), queue=queue,
+                                pod_monitor=k8s.monitored, stack=pulumi.get_stack())
+    ClusterInstall(f"{prefix}-k8s-install", ClusterInstallArgs(
+        install=install, kubeconfig=cluster.kubeconfig, context=None if k8s.create_cluster else k8s.context,
+        after=cluster.ready))
+    fields: dict[str, Any] = {
+        "namespace": k8s.namespace, "service_account": k8s.service_account,
+        "queue": queue.name if queue else k8s.queue, "pod_labels": {**k8s.pod_labels, **identity_labels},
+        "gateway": k8s.gateway, "metrics_url": k8s.metrics_url}
+    if gpu is not None:
+        spot = k8s.node_pool.spot
+        fields.update(gpu_label=GPU_LABEL, gpu_values={gpu: gpu}, autoscaled_gpus=[gpu],
+                      gpu_tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                      spot_selector={SPOT_LABEL: "true"} if spot else {},
+                      spot_tolerations=[{"key": SPOT_LABEL, "operator": "Equal", "value": "true",
+                                         "effect": "NoSchedule"}, *_CLOUD_SPOT_TOLERATIONS.get(config.cloud, [])]
+                      if spot else [])
+    else:
+        described = {"gpu_label": k8s.gpu_label, "gpu_values": k8s.gpu_values, "gpu_tolerations": k8s.gpu_tolerations,
+                     "spot_selector": k8s.spot_selector, "spot_tolerations": k8s.spot_tolerations,
+                     "autoscaled_gpus": k8s.autoscaled_gpus}
+        fields.update({key: value for key, value in described.items() if value is not None})
+    return pulumi.Output.from_input(cluster.name).apply(lambda name: {**fields, "cluster": name})
+
+
+# Taints a cloud adds to its own spot nodes, which spot pods must tolerate besides stackwise's.
+_CLOUD_SPOT_TOLERATIONS = {"azure": [{"key": "kubernetes.azure.com/scalesetpriority", "operator": "Equal",
+                                      "value": "spot", "effect": "NoSchedule"}]}
+
+
 def _images(config: InfraConfig):
     """What the platform needs to build and push the images, or None when `images.build` is off."""
     from stackwise.images import repo_root
@@ -165,6 +233,15 @@ def _check_model_reachable(config: InfraConfig) -> None:
             "true (a NAT gateway)")
 
 
+def _eks_platform(config: InfraConfig) -> dict[str, Any]:
+    """What the AWS platform adds for a kubernetes stack (nothing for a managed one)."""
+    if not _on_kubernetes(config):
+        return {}
+    from .aws.eks import NODE_ENDPOINTS
+
+    return {"eks_pod_identity": True, "node_endpoints": NODE_ENDPOINTS if config.cluster.create_cluster else ()}
+
+
 def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, Any]:
     from . import aws
 
@@ -174,9 +251,13 @@ def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
         region=config.region, cidr=config.network.cidr, tags=tags,
         pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
         external_secret_arn=_aws_secret_arn(config.vector_store.api_key_secret), images=_images(config),
-        internet_egress=config.network.internet_egress))
+        internet_egress=config.network.internet_egress, **_eks_platform(config)))
     endpoint = None
-    if config.endpoint is not None:
+    if config.endpoint is not None and _on_kubernetes(config):
+        ep = config.endpoint
+        endpoint = _cluster_endpoint(ep, ep.image or platform.serving_image or platform.repository.repository_url.apply(
+            lambda url: f"{url}:serve"))
+    elif config.endpoint is not None:
         ep = config.endpoint
         image = ep.image or platform.serving_image or platform.repository.repository_url.apply(
             lambda url: f"{url}:serve")
@@ -196,7 +277,19 @@ def _build_aws(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
             stack=pulumi.get_stack(), endpoint_name=f"{prefix}-{config.endpoint.name}" if config.endpoint else None))
     aws.Budget(f"{prefix}-budget", aws.BudgetArgs(amount_usd=config.monthly_budget_usd,
                                                   emails=config.budget_alert_emails, env=config.env, tags=tags))
+    kubernetes = {}
+    if _on_kubernetes(config):
+        from .aws.eks import EksCluster, EksClusterArgs
+
+        k8s = config.cluster
+        cluster = EksCluster(f"{prefix}-k8s", EksClusterArgs(
+            create=k8s.create_cluster, namespace=k8s.namespace or "", service_account=k8s.service_account,
+            job_role_arn=platform.role.arn, region=config.region, tags=tags, cluster_name=k8s.cluster_name,
+            node_pool=k8s.node_pool, offer=_pool_offer(config), subnet_ids=[s.id for s in platform.subnets],
+            kms_key_arn=platform.key.arn, endpoints_security_group_id=platform.endpoints_security_group.id))
+        kubernetes = {"kubernetes": _kubernetes(prefix, config, cluster, None)}
     return {
+        **kubernetes,
         "artifact_store": platform.artifact_store,
         "job_role": platform.role.arn,
         "training_image": platform.training_image,
@@ -216,9 +309,13 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
     platform = gcp.TrainingPlatform(prefix, gcp.TrainingPlatformArgs(
         project=config.gcp_project, region=config.region, cidr=config.network.cidr, labels=tags,
         pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
-        images=_images(config)))
+        images=_images(config), **({"extra_apis": ("container",)} if _on_kubernetes(config) else {})))
     endpoint = None
-    if config.endpoint is not None:
+    if config.endpoint is not None and _on_kubernetes(config):
+        ep = config.endpoint
+        endpoint = _cluster_endpoint(ep, ep.image or platform.serving_image or platform.repository.repository_id.apply(
+            lambda repo: f"{config.region}-docker.pkg.dev/{config.gcp_project}/{repo}/serve:latest"))
+    elif config.endpoint is not None:
         ep = config.endpoint
         image = ep.image or platform.serving_image or platform.repository.repository_id.apply(
             lambda repo: f"{config.region}-docker.pkg.dev/{config.gcp_project}/{repo}/serve:latest")
@@ -240,7 +337,21 @@ def _build_gcp(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str, 
         amount_usd=config.monthly_budget_usd, billing_account=config.gcp_billing_account,
         project=config.gcp_project, emails=config.budget_alert_emails, labels=tags,
         after=list(platform.apis.values())))
+    kubernetes = {}
+    if _on_kubernetes(config):
+        from .gcp.gke import GkeCluster, GkeClusterArgs
+
+        k8s = config.cluster
+        cluster = GkeCluster(f"{prefix}-k8s", GkeClusterArgs(
+            create=k8s.create_cluster, project=config.gcp_project, region=config.region,
+            namespace=k8s.namespace or "", service_account=k8s.service_account,
+            job_service_account_id=platform.service_account.name,
+            job_service_account_email=platform.service_account.email, labels=tags, node_pool=k8s.node_pool,
+            offer=_pool_offer(config), network=platform.network.id, subnetwork=platform.subnet.id,
+            cidr=config.network.cidr, kms_key_id=platform.key.id, after=list(platform.apis.values())))
+        kubernetes = {"kubernetes": _kubernetes(prefix, config, cluster, platform.service_account.email)}
     return {
+        **kubernetes,
         "artifact_store": platform.artifact_store,
         "job_role": platform.service_account.email,
         "training_image": platform.training_image,
@@ -263,7 +374,11 @@ def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str
         pinecone_api_key=secrets.pinecone_api_key if config.vector_store.kind == "pinecone" else None,
         images=_images(config)))
     endpoint = None
-    if config.endpoint is not None:
+    if config.endpoint is not None and _on_kubernetes(config):
+        ep = config.endpoint
+        endpoint = _cluster_endpoint(ep, ep.image or platform.serving_image or platform.registry.login_server.apply(
+            lambda s: f"{s}/serve:latest"))
+    elif config.endpoint is not None:
         ep = config.endpoint
         image = ep.image or platform.serving_image or platform.registry.login_server.apply(
             lambda s: f"{s}/serve:latest")
@@ -284,7 +399,20 @@ def _build_azure(prefix: str, config: InfraConfig, secrets: Secrets) -> dict[str
     azure.Budget(f"{prefix}-budget", azure.BudgetArgs(
         amount_usd=config.monthly_budget_usd, resource_group_id=platform.resource_group.id,
         emails=config.budget_alert_emails))
+    kubernetes = {}
+    if _on_kubernetes(config):
+        from .azure.aks import AksCluster, AksClusterArgs
+        from .common import subnets
+
+        k8s = config.cluster
+        cluster = AksCluster(f"{prefix}-k8s", AksClusterArgs(
+            create=k8s.create_cluster, location=config.region, resource_group=platform.resource_group.name,
+            namespace=k8s.namespace or "", service_account=k8s.service_account, identity_name=platform.identity.name,
+            tags=tags, oidc_issuer=k8s.oidc_issuer, node_pool=k8s.node_pool, offer=_pool_offer(config),
+            tier=k8s.cluster_tier, vnet_name=platform.vnet.name, subnet_cidr=subnets(config.network.cidr, 2)[1]))
+        kubernetes = {"kubernetes": _kubernetes(prefix, config, cluster, platform.identity.client_id)}
     return {
+        **kubernetes,
         "artifact_store": platform.artifact_store,
         "job_role": platform.identity.id,
         "training_image": platform.training_image,

@@ -34,6 +34,11 @@ class TrainingPlatformArgs:
     """When set, a NAT gateway in a public subnet gives jobs and endpoints a route to the internet
     (HTTPS only: Hugging Face, PyPI, a hosted vector store). Off: the network reaches only AWS
     services through VPC endpoints, and models must come from S3."""
+    eks_pod_identity: bool = False
+    """A kubernetes stack: the job role also trusts EKS Pod Identity (pods.eks.amazonaws.com), so the
+    stack's service account on its EKS cluster runs as it."""
+    node_endpoints: tuple[str, ...] = ()
+    """Interface endpoints private EKS nodes need beyond INTERFACE_ENDPOINTS (infra/aws/eks.py)."""
 
 
 # AWS services jobs and endpoints reach through interface endpoints (PrivateLink), with private
@@ -41,6 +46,9 @@ class TrainingPlatformArgs:
 # container logs, STS (regional credentials), and the vector store key (Secrets Manager).
 INTERFACE_ENDPOINTS = ("ecr.api", "ecr.dkr", "logs", "sts", "secretsmanager")
 HTTPS = 443
+# EKS Pod Identity assumes the role for a pod's service account (and tags the session with it).
+POD_IDENTITY_TRUST = {"Effect": "Allow", "Principal": {"Service": "pods.eks.amazonaws.com"},
+                      "Action": ["sts:AssumeRole", "sts:TagSession"]}
 
 
 class TrainingPlatform(pulumi.ComponentResource):
@@ -104,7 +112,8 @@ class TrainingPlatform(pulumi.ComponentResource):
             f"{name}-jobs-role",
             description="stackwise training jobs and endpoints",
             assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
+                "Effect": "Allow", "Principal": {"Service": "sagemaker.amazonaws.com"}, "Action": "sts:AssumeRole"}]
+                + ([POD_IDENTITY_TRUST] if args.eks_pod_identity else [])}),
             tags=tags, opts=child)
         aws.iam.RolePolicy(f"{name}-jobs-policy", role=self.role.id,
                            policy=_job_policy(self.bucket.arn, self.key.arn, self.repository.arn,
@@ -177,13 +186,14 @@ class TrainingPlatform(pulumi.ComponentResource):
             ingress=[{"protocol": "tcp", "from_port": HTTPS, "to_port": HTTPS,
                       "security_groups": [self.security_group.id], "description": "jobs and endpoint models"}],
             tags=tags, opts=child)
+        self.endpoints_security_group = endpoints_sg
         self.interface_endpoints = {
             service: aws.ec2.VpcEndpoint(
                 f"{name}-{service.replace('.', '-')}-endpoint", vpc_id=self.vpc.id,
                 service_name=f"com.amazonaws.{args.region}.{service}", vpc_endpoint_type="Interface",
                 private_dns_enabled=True, subnet_ids=[s.id for s in self.subnets],
                 security_group_ids=[endpoints_sg.id], tags=tags, opts=child)
-            for service in INTERFACE_ENDPOINTS
+            for service in (*INTERFACE_ENDPOINTS, *args.node_endpoints)
         }
         self.nat_gateway = None
         if args.internet_egress:

@@ -40,6 +40,8 @@ class TrainingPlatformArgs:
     images: ImageBuildArgs | None = None
     """When set, the training and serving images are built and pushed to the Docker repository
     (`.../train:latest`, `.../serve:latest`) and exported digest-pinned."""
+    extra_apis: tuple[str, ...] = ()
+    """APIs enabled besides APIS (a kubernetes stack's cluster: container)."""
 
 
 class TrainingPlatform(pulumi.ComponentResource):
@@ -57,7 +59,7 @@ class TrainingPlatform(pulumi.ComponentResource):
         project, region, labels = args.project, args.region, args.labels
         self.apis = {api: gcp.projects.Service(
             f"{name}-api-{api}", project=project, service=f"{api}.googleapis.com", disable_on_destroy=False,
-            opts=pulumi.ResourceOptions(parent=self)) for api in APIS}
+            opts=pulumi.ResourceOptions(parent=self)) for api in (*APIS, *args.extra_apis)}
         # Every other resource waits for the APIs.
         child = pulumi.ResourceOptions(parent=self, depends_on=list(self.apis.values()))
         self.agents = {api: gcp.projects.ServiceIdentity(

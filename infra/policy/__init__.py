@@ -5,7 +5,8 @@
 - required tags (project, env, owner, cost-center) on every taggable resource;
 - GPU types on the stack's allow-list (policy config `allowedGpus`);
 - endpoint replicas bounded (policy config `maxReplicas`);
-- a monthly budget with alerts.
+- a monthly budget with alerts;
+- Kubernetes names the API server and the clouds accept (objects, clusters, node pools).
 
 Real use: `pulumi preview --policy-pack infra/policy --policy-pack-config policy-config.json`.
 Tests call each policy's `validate` on the resources the program registers under mocks.
@@ -14,6 +15,7 @@ Properties are the engine's camelCase names, as both the engine and the mocks se
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -84,6 +86,14 @@ def _encryption(args: ResourceValidationArgs, report: Report) -> None:
     elif t == "azure-native:containerregistry:Registry":
         if str(_get(p, "encryption", "status") or "").lower() != "enabled":
             report("container registries must be encrypted with the stack's Key Vault key")
+    elif t == "aws:eks/cluster:Cluster":
+        configs = p.get("encryptionConfig")
+        configs = configs if isinstance(configs, list) else [configs] if configs else []
+        if not any("secrets" in (c.get("resources") or []) and _get(c, "provider", "keyArn") for c in configs):
+            report("EKS clusters must encrypt Kubernetes secrets with the stack's KMS key (encryptionConfig)")
+    elif t == "gcp:container/cluster:Cluster":
+        if _get(p, "databaseEncryption", "state") != "ENCRYPTED" or not _get(p, "databaseEncryption", "keyName"):
+            report("GKE clusters must encrypt Kubernetes secrets with the stack's key (databaseEncryption)")
     elif t == "azure-native:machinelearningservices:Workspace":
         if _get(p, "encryption", "status") != "Enabled":
             report("Azure ML workspaces must be encrypted with the stack's Key Vault key")
@@ -142,6 +152,16 @@ def _not_public(args: ResourceValidationArgs, report: Report) -> None:
     elif t == "azure-native:machinelearningservices:OnlineEndpoint":
         if _get(p, "properties", "publicNetworkAccess") != "Disabled":
             report("online endpoints must disable public network access")
+    elif t == "aws:eks/cluster:Cluster":
+        if _get(p, "vpcConfig", "endpointPublicAccess") is not False:
+            report("EKS clusters must keep their API endpoint private (vpcConfig.endpointPublicAccess false)")
+    elif t == "gcp:container/cluster:Cluster":
+        private = p.get("privateClusterConfig") or {}
+        if not (private.get("enablePrivateNodes") and private.get("enablePrivateEndpoint")):
+            report("GKE clusters must have private nodes and a private endpoint (privateClusterConfig)")
+    elif t == "azure-native:containerservice:ManagedCluster":
+        if not _get(p, "apiServerAccessProfile", "enablePrivateCluster"):
+            report("AKS clusters must be private (apiServerAccessProfile.enablePrivateCluster)")
     elif t == "azure-native:machinelearningservices:Workspace":
         if p.get("publicNetworkAccess") != "Disabled":
             report("Azure ML workspaces must disable public network access")
@@ -170,13 +190,20 @@ TAGGABLE = {
     # The pipeline trigger's (stackwise:pipelineTrigger).
     "aws:sagemaker/pipeline:Pipeline", "aws:cloudwatch/eventRule:EventRule", "gcp:workflows/workflow:Workflow",
     "gcp:eventarc/trigger:Trigger", "azure-native:logic:Workflow", "azure-native:eventgrid:SystemTopic",
+    # A kubernetes stack's cluster (stackwise:kubernetes.createCluster) and identity binding.
+    "aws:eks/cluster:Cluster", "aws:eks/nodeGroup:NodeGroup", "aws:eks/addon:Addon",
+    "aws:eks/podIdentityAssociation:PodIdentityAssociation", "gcp:container/cluster:Cluster",
+    "azure-native:containerservice:ManagedCluster", "azure-native:containerservice:AgentPool",
 }
+# Where a type keeps its tags when not under `tags` (AWS, Azure) or `labels` (GCP).
+_TAG_KEYS = {"gcp:container/cluster:Cluster": "resourceLabels"}
 
 
 def _tags(args: ResourceValidationArgs, report: Report) -> None:
     if args.resource_type not in TAGGABLE:
         return
-    tags = args.props.get("labels" if args.resource_type.startswith("gcp:") else "tags") or {}
+    key = _TAG_KEYS.get(args.resource_type) or ("labels" if args.resource_type.startswith("gcp:") else "tags")
+    tags = args.props.get(key) or {}
     missing = [t for t in REQUIRED_TAGS if not tags.get(t)]
     if missing:
         report(f"missing required tags: {', '.join(missing)}")
@@ -193,7 +220,22 @@ def _instances(t: str, p: dict) -> list[tuple[str, str]]:
         return [("azure", _get(p, "properties", "instanceType") or "")]
     if t == "azure-native:machinelearningservices:Compute":
         return [("azure", _get(p, "properties", "properties", "vmSize") or "")]
+    # Kubernetes node pools with GPUs (a GPU AMI, guest accelerators, an N-series size); the GPU
+    # catalog names SageMaker's ml.* types on AWS, EKS the EC2 types behind them.
+    if t == "aws:eks/nodeGroup:NodeGroup" and any(g in str(p.get("amiType") or "") for g in ("NVIDIA", "GPU")):
+        return [("aws", f"ml.{i}") for i in p.get("instanceTypes") or [""]]
+    if t == "gcp:container/nodePool:NodePool" and _get(p, "nodeConfig", "guestAccelerators"):
+        return [("gcp", _get(p, "nodeConfig", "machineType") or "")]
+    if t == "azure-native:containerservice:AgentPool" and _is_azure_gpu(p.get("vmSize")):
+        return [("azure", p.get("vmSize") or "")]
+    if t == "azure-native:containerservice:ManagedCluster":
+        return [("azure", q.get("vmSize") or "") for q in p.get("agentPoolProfiles") or [] if _is_azure_gpu(q.get("vmSize"))]
     return []
+
+
+def _is_azure_gpu(size: Any) -> bool:
+    """Azure's GPU sizes are the N-series (Standard_NC..., Standard_ND..., Standard_NV...)."""
+    return str(size or "").startswith("Standard_N")
 
 
 def _gpus(args: ResourceValidationArgs, report: Report) -> None:
@@ -232,6 +274,13 @@ def _replicas(args: ResourceValidationArgs, report: Report) -> None:
     elif t == "azure-native:machinelearningservices:Compute":
         s = _get(p, "properties", "properties", "scaleSettings") or {}
         bounds = (s.get("minNodeCount"), s.get("maxNodeCount"))
+    elif t == "aws:eks/nodeGroup:NodeGroup":
+        bounds = (_get(p, "scalingConfig", "minSize"), _get(p, "scalingConfig", "maxSize"))
+    elif t == "gcp:container/nodePool:NodePool":
+        a = p.get("autoscaling") or {}
+        bounds = (a.get("totalMinNodeCount", a.get("minNodeCount")), a.get("totalMaxNodeCount", a.get("maxNodeCount")))
+    elif t == "azure-native:containerservice:AgentPool":
+        bounds = (p.get("minCount"), p.get("maxCount") if p.get("enableAutoScaling") else p.get("count"))
     if bounds is None:
         return
     low, high = bounds
@@ -259,6 +308,48 @@ def _budget(args: StackValidationArgs, report: Report) -> None:
             report(f"budget {r.name} sends no alerts")
 
 
+# -- Kubernetes names -------------------------------------------------------------------------------
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Kinds whose names end up in DNS names or label values, so must be RFC 1123 labels.
+_LABEL_KINDS = {"Namespace", "Service", "LocalQueue", "ClusterQueue"}
+# What each cloud accepts for a cluster's or a node pool's name (their API references).
+_CLOUD_NAMES = {
+    "aws:eks/cluster:Cluster": ("name", re.compile(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$"), "1-100 letters, digits, - or _"),
+    "aws:eks/nodeGroup:NodeGroup": ("nodeGroupName", re.compile(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,62}$"),
+                                    "1-63 letters, digits, - or _"),
+    "gcp:container/cluster:Cluster": ("name", re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"),
+                                      "1-40 lower-case letters, digits or -, starting with a letter"),
+    "gcp:container/nodePool:NodePool": ("name", re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$"),
+                                        "1-40 lower-case letters, digits or -, starting with a letter"),
+    "azure-native:containerservice:ManagedCluster": (
+        "resourceName", re.compile(r"^[a-zA-Z0-9]$|^[a-zA-Z0-9][-_a-zA-Z0-9]{0,61}[a-zA-Z0-9]$"),
+        "1-63 letters, digits, - or _"),
+    "azure-native:containerservice:AgentPool": ("agentPoolName", re.compile(r"^[a-z][a-z0-9]{0,11}$"),
+                                                "1-12 lower-case letters or digits, starting with a letter"),
+}
+
+
+def _names(args: ResourceValidationArgs, report: Report) -> None:
+    t, p = args.resource_type, args.props
+    if t.startswith("kubernetes:") and isinstance(p.get("metadata"), dict):
+        name, kind = str(p["metadata"].get("name") or ""), str(p.get("kind") or t.rsplit(":", 1)[-1])
+        pattern = _DNS_LABEL if kind in _LABEL_KINDS else _DNS_SUBDOMAIN
+        if not pattern.fullmatch(name):
+            report(f"{kind} name {name!r} is not a valid Kubernetes name (lower-case letters, digits and '-'"
+                   f"{'' if kind in _LABEL_KINDS else ', dots between parts'}; at most "
+                   f"{63 if kind in _LABEL_KINDS else 253} characters)")
+    if t in _CLOUD_NAMES:
+        key, pattern, rule = _CLOUD_NAMES[t]
+        if p.get(key) is not None and not pattern.fullmatch(str(p[key])):
+            report(f"{key} {p[key]!r} is not a name the cloud accepts: {rule}")
+    if t == "azure-native:containerservice:ManagedCluster":
+        for profile in p.get("agentPoolProfiles") or []:
+            if not _CLOUD_NAMES["azure-native:containerservice:AgentPool"][1].fullmatch(str(profile.get("name") or "")):
+                report(f"agent pool name {profile.get('name')!r} is not a name AKS accepts: "
+                       f"{_CLOUD_NAMES['azure-native:containerservice:AgentPool'][2]}")
+
+
 _GPU_SCHEMA = PolicyConfigSchema(properties={"allowedGpus": {"type": "array", "items": {"type": "string"},
                                                              "default": DEFAULT_ALLOWED_GPUS}})
 _REPLICA_SCHEMA = PolicyConfigSchema(properties={"maxReplicas": {"type": "integer", "default": DEFAULT_MAX_REPLICAS}})
@@ -278,6 +369,9 @@ POLICIES = [
                              description="Endpoint replicas and cluster nodes have a maximum within the bound."),
     StackValidationPolicy(name="budget-present", validate=_budget,
                           description="The stack has a monthly budget with alerts."),
+    ResourceValidationPolicy(name="kubernetes-names", validate=_names,
+                             description="Kubernetes objects, clusters and node pools have names the API server "
+                                         "and the cloud accept."),
 ]
 
 

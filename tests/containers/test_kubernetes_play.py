@@ -23,6 +23,7 @@ import pytest
 
 EMULATORS = Path(__file__).resolve().parents[1] / "emulators"
 sys.path.insert(0, str(EMULATORS))
+sys.path.insert(0, str(EMULATORS.parent))  # tests/kube_validate.py
 
 pytest.importorskip("kubernetes", reason="install stackwise[kubernetes]")
 pytest.importorskip("kubernetes_validate", reason="install stackwise[dev]")
@@ -42,11 +43,9 @@ QUERY = "bushfires threaten homes near Sydney"
 
 
 def _validate(obj: dict) -> None:
-    import kubernetes_validate
+    from kube_validate import validate_manifest
 
-    from stackwise.adapters.kube import KUBERNETES_VERSION
-
-    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    validate_manifest(obj)
 
 
 def test_index_pods_of_a_two_worker_job_run_under_podman_kube_play(images, engine, tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/kube_validate.py
 
 pytest.importorskip("kubernetes", reason="install stackwise[kubernetes]")
 pytest.importorskip("kubernetes_validate", reason="install stackwise[dev]")
@@ -45,12 +46,10 @@ TOKEN = "kube-t0ken-n0t-f0r-l0gs"
 
 
 def validate(obj: dict) -> None:
-    """What the API server checks first: the object against its OpenAPI schema (strict)."""
-    import kubernetes_validate
+    """What the API server checks first: the object against its OpenAPI schema (strict), and its names."""
+    from kube_validate import validate_manifest
 
-    from stackwise.adapters.kube import KUBERNETES_VERSION
-
-    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    validate_manifest(obj)
 
 
 @pytest.fixture(scope="module")

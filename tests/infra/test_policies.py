@@ -35,7 +35,8 @@ def test_the_pack_has_every_guardrail():
     from stackwise.infra.policy import POLICIES
 
     assert {p.name for p in POLICIES} == {"encryption-at-rest", "buckets-encrypted-and-closed", "no-public-access",
-                                          "required-tags", "gpu-allow-list", "bounded-replicas", "budget-present"}
+                                          "required-tags", "gpu-allow-list", "bounded-replicas", "budget-present",
+                                          "kubernetes-names"}
 
 
 @pytest.mark.parametrize("name", CLOUD_STACKS)
