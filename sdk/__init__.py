@@ -27,6 +27,9 @@ _EXPORTS = {
     "Compute": "stackwise.specs",
     "JobHandle": "stackwise.jobs",
     "JobState": "stackwise.jobs",
+    "IndexReport": "stackwise.reports",
+    "FineTuneReport": "stackwise.reports",
+    "EvalReport": "stackwise.reports",
     "StackOutputs": "stackwise.contract",
     "load_stack": "stackwise.stack",
     "StackwiseError": "stackwise.errors",
@@ -46,6 +49,7 @@ if TYPE_CHECKING:
                          StackwiseError, StoreError)
     from .jobs import JobHandle, JobState
     from .platform import Platform, connect
+    from .reports import EvalReport, FineTuneReport, IndexReport
     from .specs import Chunking, Compute, Embedding, EvaluateSpec, FineTuneSpec, IndexSpec
     from .stack import load_stack
 

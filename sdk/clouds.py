@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LOCAL = "local"
-"""The embedded stack: no cloud, no Pulumi program (docs/local.md)."""
+"""The embedded stack: no cloud, no Pulumi program (README, "Local stack")."""
 
 
 @dataclass(frozen=True)

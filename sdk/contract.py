@@ -26,8 +26,14 @@ def _known_cloud(value: str) -> str:
 
 #: A stack's cloud: `local` or a name of `stackwise.clouds.CLOUDS`.
 Cloud = Annotated[str, AfterValidator(_known_cloud)]
-#: The clouds of this installation, as declared in `stackwise.clouds` (at import).
-CLOUDS: tuple[str, ...] = _clouds.stack_clouds()
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    # `CLOUDS`: the clouds of this installation, read from `stackwise.clouds` when asked (not frozen
+    # at import, which would depend on what was registered when this module was first imported).
+    if name == "CLOUDS":
+        return _clouds.stack_clouds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _SECRET_REF = re.compile(r"^(env|file|aws-sm|gcp-sm|azure-kv)://\S+$")
 

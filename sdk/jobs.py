@@ -11,9 +11,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import JobFailedError, SpecError, StackwiseError
+
+if TYPE_CHECKING:
+    from .reports import Report
 
 
 class JobConflictError(StackwiseError, RuntimeError):
@@ -80,6 +83,12 @@ class JobInfo:
         if self.exit_code == 2:  # the workload refused its input: bad input, as the CLI says it
             error.exit_code = 2
         return error
+
+    def report(self) -> "Report":
+        """The outputs as the report type of the job's kind (stackwise.reports.report_of)."""
+        from .reports import report_of
+
+        return report_of(self.kind, self.outputs)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -165,9 +174,11 @@ class JobHandle:
         """The job's result (empty until it has SUCCEEDED)."""
         return self.info().outputs
 
-    def result(self, timeout: float | None = None) -> dict[str, Any]:
-        """Wait, then return the outputs; raise JobFailedError if the job did not succeed."""
+    def result(self, timeout: float | None = None) -> "Report":
+        """Wait, then return the job's report, typed by its kind (`IndexReport`, `FineTuneReport`,
+        `EvalReport`: stackwise.reports), which also reads as the outputs mapping; raise
+        JobFailedError if the job did not succeed."""
         info = self.wait(timeout=timeout)
         if info.state is not JobState.SUCCEEDED:
             raise info.failure()
-        return info.outputs
+        return info.report()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .errors import InputError, SpecError, StackwiseError
 from .userinput import shorten
@@ -39,9 +39,17 @@ VERSION = re.compile(r"[1-9][0-9]{0,9}")
 
 
 class GateFailed(StackwiseError, RuntimeError):
-    """The candidate did not beat the champion on every gated metric (exit 4)."""
+    """The candidate did not beat the champion on every gated metric (exit 4).
+
+    `result` is the gate's verdict, every gated metric compared (what `promote` returns when it
+    passes); None when there was nothing to compare (the candidate has no evaluation)."""
 
     exit_code = 4
+
+    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None,
+                 result: PromotionResult | None = None):
+        super().__init__(what, where=where, fix=fix)
+        self.result = result
 
 
 class PromotionResult(BaseModel):
@@ -51,7 +59,7 @@ class PromotionResult(BaseModel):
     champion_after: str | None
     promoted: bool
     data_sha256: str | None
-    rows: list[Any]
+    rows: list[dict[str, Any]] = Field(description="One row per gated metric (stackwise.evaluation.gate.GateRow).")
     note: str = ""
 
 
@@ -368,8 +376,8 @@ class Registry:
                 where=f"gate {gate_path}, data sha256 {sha[:12]}",
                 fix="improve the candidate, or evaluate both on the same data: stackwise eval --model "
                     f"models:/{name}/{candidate} --baseline models:/{name}@champion --data ...",
+                result=result,
             )
-            error.result = result  # type: ignore[attr-defined]
             raise error
         self._move(name, candidate)
         result.promoted, result.champion_after = True, candidate

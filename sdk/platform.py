@@ -68,7 +68,9 @@ class Platform:
         """Submit an index job (a spec, or its fields as keywords) and return its handle at once.
 
         Every submit follows the job identity rules (`stackwise.specs._JobSpec`): the spec's job is
-        returned while it is PENDING or RUNNING; `new=True` starts a fresh run."""
+        returned while it is PENDING or RUNNING; `new=True` starts a fresh run. The input is not
+        read here (a bad one fails the job, exit 2): `spec.preflight()` first refuses it at once,
+        as the CLI does, for index, finetune and evaluate alike."""
         if spec is None:
             fields.setdefault("embedding", {"model": self.stack.outputs.embedding_model})
             spec = IndexSpec(**fields)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,13 @@ def write_corpus(target: Path) -> Path:
     return target
 
 
+def _report_json(value: Any) -> dict[str, Any]:
+    """A job report (stackwise.reports: a mapping, not a dict) as its JSON object."""
+    if isinstance(value, Mapping):
+        return dict(value.items())
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def run(stack: str | None, as_json: bool, follow: Callable[..., dict[str, Any]],
         print_report: Callable[[dict[str, Any]], None], skip_finetune: bool = False) -> None:
     from rich.console import Console
@@ -94,7 +101,7 @@ def run(stack: str | None, as_json: bool, follow: Callable[..., dict[str, Any]],
     console.print(f"done in {elapsed:.0f} s. Try: stackwise search 'floods in Queensland' --index {INDEX}")
     if as_json:
         print(json.dumps({"index": first, "searches": searches, "rerun": second, "finetune": tuned, "evaluate": gated, "rag": rag,
-                          "seconds": round(elapsed, 1)}, indent=2))
+                          "seconds": round(elapsed, 1)}, indent=2, default=_report_json))
 
 
 # -- fine-tuning -------------------------------------------------------------------------------
@@ -222,7 +229,7 @@ def run_evaluate_step(platform: Any, console: Any, follow: Callable[..., dict[st
         result = registry.promote(name, str(gate), version=version).model_dump()
         console.print(f"   promoted: {name} version {version} is now the champion", markup=False)
     except GateFailed as exc:
-        result = exc.result.model_dump()  # type: ignore[attr-defined]
+        result = exc.result.model_dump() if exc.result is not None else None
         console.print(f"   refused: {exc.what}; the champion stays version {champion}", markup=False)
     return {"evaluation": report, "promotion": result}
 

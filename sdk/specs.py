@@ -53,6 +53,14 @@ class _JobSpec(_Spec):
         """`<kind>-<digest>`: the same for every attempt of this spec, on every stack."""
         return f"{self.kind}-{self.digest()}"  # type: ignore[attr-defined]
 
+    def preflight(self) -> None:
+        """Check the job's local input before it is submitted (stackwise.preflight): a missing or
+        unreadable source, dataset, base or evaluation file raises its InputError or SpecError
+        (exit 2) now rather than failing the job. The CLI runs it before every submit."""
+        from .preflight import CHECKS
+
+        CHECKS[self.kind](self)  # type: ignore[attr-defined]
+
 
 class Chunking(_Spec):
     """How documents are cut into chunks (sizes in characters)."""

@@ -5,17 +5,31 @@ registry `stackwise.clouds.CLOUDS`, and gives the GPU catalog its offers (a real
 them to stackwise/data/gpu_catalog.yaml). Its Pulumi side is `CLOUD`: a small platform, an
 endpoint and a budget made of plain `pulumi.CustomResource`s of a made-up provider `fakecloud`,
 what the mocks answer for them, how `stackwise plan` prices them, and its policy rules.
+
+Its SDK side is `FakeCompute`: jobs on the fake cloud's job service, a small JSON API over HTTP
+(`FakeJobService`, on 127.0.0.1), built on the shared job base as every cloud's adapter is (one
+pure `build`, a few thin calls). Its object store speaks S3 (moto in the tests). It has no deploy
+adapter: its registry entry names `FakeDeploy`, which no test uses, so none is written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import threading
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pulumi
 
 from stackwise import catalog
+from stackwise.adapters.compute.base import (CloudCompute, bootstrap_command, decode_spec, identity_fields,
+                                             job_environment, node_count, parse_job_name)
 from stackwise.clouds import CloudRef
+from stackwise.errors import JobNotFoundError, TransientError
+from stackwise.jobs import JobInfo, JobState
 from stackwise.infra.cloud import ClusterOutputs, Fake, InfraCloud, PlatformOutputs, PolicyRules
 
 NAME = "fake"
@@ -134,3 +148,132 @@ config:
   stackwise:endpoint: {name: chat, gpu: T4, model: fake://models/chat, minReplicas: 1, maxReplicas: 2}
 """
 """A stack on the fake cloud (`stacks/Pulumi.dev-fake.yaml`)."""
+
+
+# -- the SDK side: jobs on the fake cloud's job service ----------------------------------------------
+
+class FakeJobService:
+    """The fake cloud's job API: `POST /jobs` (409 when the name is taken), `GET /jobs/NAME` (404),
+    `GET /jobs?identity=I`, `POST /jobs/NAME/stop`; states QUEUED, RUNNING, DONE, FAILED, STOPPED,
+    which the tests move with `move` (the cloud's scheduler)."""
+
+    def __init__(self) -> None:
+        from _json_http import JsonHttpServer
+
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._http = JsonHttpServer(self._route)
+        self.url = self._http.url
+
+    def stop(self) -> None:
+        self._http.stop()
+
+    def move(self, name: str, state: str, error: str | None = None) -> None:
+        import time
+
+        with self._lock:
+            job = self.jobs[name]
+            job.update(state=state, error=error)
+            if state == "RUNNING":
+                job["started_at"] = time.time()
+            elif state in ("DONE", "FAILED", "STOPPED"):
+                job["ended_at"] = time.time()
+
+    def _route(self, method: str, path: str, body: Any, headers: Any) -> tuple:
+        import time
+        from urllib.parse import parse_qs, urlsplit
+
+        url = urlsplit(path)
+        parts = [p for p in url.path.split("/") if p]
+        with self._lock:
+            if method == "POST" and parts == ["jobs"]:
+                if body["name"] in self.jobs:
+                    return 409, {"error": "NameTaken"}
+                self.jobs[body["name"]] = {**body, "state": "QUEUED", "error": None, "created_at": time.time()}
+                return 201, self.jobs[body["name"]]
+            if method == "GET" and parts == ["jobs"]:
+                identity = parse_qs(url.query).get("identity", [None])[0]
+                return 200, [j for j in self.jobs.values() if identity in (None, j["labels"]["identity"])]
+            job = self.jobs.get(parts[1]) if len(parts) >= 2 else None
+            if job is None:
+                return 404, {"error": "NotFound"}
+            if method == "POST" and parts[2:] == ["stop"]:
+                if job["state"] in ("QUEUED", "RUNNING"):
+                    job.update(state="STOPPED", ended_at=time.time())
+                return 200, job
+            return 200, job
+
+
+class FakeCompute(CloudCompute):
+    cloud = NAME
+    states = {"QUEUED": JobState.PENDING, "RUNNING": JobState.RUNNING, "DONE": JobState.SUCCEEDED,
+              "FAILED": JobState.FAILED, "STOPPED": JobState.CANCELLED}
+
+    def __init__(self, stack: Any):
+        super().__init__(stack)
+        self.endpoint = os.environ["FAKECLOUD_ENDPOINT"]
+
+    def build(self, spec: Any, name: str, attempt: int = 1) -> dict[str, Any]:
+        gpu = spec.compute.gpu or (self.stack.outputs.default_gpu if spec.kind == "finetune" else None)
+        instance = catalog.offer(gpu, NAME, spec.compute.count).instance if gpu else "fake.cpu.small"
+        return {"name": name, "instance": instance, "nodes": node_count(spec), "spot": spec.compute.spot,
+                "image": self.stack.outputs.training_image, "command": bootstrap_command(),
+                "env": {**job_environment(spec, name, self.stack, attempt, inline=True),
+                        "STACKWISE_NNODES": str(node_count(spec))},
+                "labels": {"identity": spec.identity, "attempt": attempt, "stack": self.stack.name}}
+
+    def _http(self, method: str, path: str, body: Any = None) -> Any:
+        request = urllib.request.Request(self.endpoint + path, method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return json.loads(answer.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500 or exc.code == 429:
+                raise TransientError(f"fake cloud: HTTP {exc.code}") from None
+            raise
+
+    def _create(self, request: dict[str, Any], name: str) -> str:
+        try:
+            self._http("POST", "/jobs", request)
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:  # 409: the name is taken, that job is this one
+                raise
+        return name
+
+    def _find(self, name: str) -> str | None:
+        try:
+            return self._http("GET", f"/jobs/{name}")["name"]
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def _attempts(self, identity: str) -> list[tuple[int, str]]:
+        jobs = self._http("GET", f"/jobs?identity={identity}")
+        return sorted((parse_job_name(j["name"])[1], j["name"]) for j in jobs)
+
+    def _to_info(self, job: dict[str, Any]) -> JobInfo:
+        from stackwise.adapters.compute.base import decode_spec
+
+        spec = decode_spec(job["env"]["STACKWISE_SPEC_B64"])
+        state = self.map_state(job["state"])
+        return JobInfo(id=job["name"], kind=spec["kind"], stack=self.stack_name, state=state,
+                   created_at=job["created_at"], started_at=job.get("started_at"), ended_at=job.get("ended_at"),
+                       error=job.get("error") if state is JobState.FAILED else None, spec=spec,
+                       outputs=self.outputs_for(spec, job["name"], state), **identity_fields(job["name"]))
+
+    def _describe(self, job_id: str) -> JobInfo:
+        found = self._find(job_id)
+        if found is None:
+            raise JobNotFoundError(f"no job {job_id!r} on the fake cloud", where=f"stack {self.stack_name!r}",
+                                   fix="list jobs with `stackwise jobs list`")
+        return self._to_info(self._http("GET", f"/jobs/{job_id}"))
+
+    def _list(self, limit: int) -> list[JobInfo]:
+        return [self._to_info(j) for j in self._http("GET", "/jobs")][:limit]
+
+    def _stop(self, job_id: str) -> None:
+        self._http("POST", f"/jobs/{job_id}/stop", {})
+

@@ -48,6 +48,9 @@ from .base import (ENV_SPEC, CloudCompute, bootstrap_command, decode_spec, ident
                    job_name, job_uri, processes_per_node, strategy)
 from .checks import check_max_runtime
 
+#: Azure ML's job lifetime on AmlCompute: 21 days, 7 on low-priority nodes (Azure ML service limits).
+MAX_RUNTIME_S, MAX_RUNTIME_LOW_PRIORITY_S = 21 * 86400, 7 * 86400
+
 #: the AmlCompute cluster infra/azure/platform.py creates (`compute_name`); a test checks they agree
 CLUSTER = "gpu"
 ENVIRONMENT = "stackwise-train"
@@ -102,7 +105,9 @@ def build_request(spec: Any, stack: Any, name: str | None = None,
     """
     name = name or job_name(spec, attempt)
     # Azure ML ends a job after 21 days (7 on low-priority nodes): refuse a longer max runtime now
-    check_max_runtime(spec, "azure", low_priority=bool(spec.compute.spot))
+    if spec.compute.spot:
+        check_max_runtime(spec, MAX_RUNTIME_LOW_PRIORITY_S, "Azure ML command jobs run on low-priority (spot) nodes")
+    check_max_runtime(spec, MAX_RUNTIME_S, "Azure ML command jobs run")
     outputs = stack.outputs
     ws = workspace_id(stack)
     image = require_output(outputs.training_image, "training_image", stack,

@@ -81,27 +81,16 @@ def check_paths(spec: Any, stack: Any) -> None:
             )
 
 
-# The longest run each cloud accepts for one job, in seconds: SageMaker's MaxRuntimeInSeconds
-# (28 days, CreateTrainingJob API reference) and Azure ML's job lifetime on AmlCompute (21 days;
-# 7 days on low-priority nodes: Azure ML service limits). Vertex AI documents a default timeout
-# of 7 days and no maximum, so GCP has no bound here (see docs/cloud-adapters.md).
-MAX_RUNTIME_S = {"aws": 28 * 86400, "azure": 21 * 86400}
-MAX_RUNTIME_LOW_PRIORITY_S = {"azure": 7 * 86400}
-
-
-def check_max_runtime(spec: Any, cloud: str, low_priority: bool = False) -> None:
-    """Refuse, before any cloud call, a `compute.max_runtime_s` beyond what `cloud` runs."""
-    limits = MAX_RUNTIME_LOW_PRIORITY_S if low_priority else MAX_RUNTIME_S
-    limit = limits.get(cloud) or MAX_RUNTIME_S.get(cloud)
+def check_max_runtime(spec: Any, limit_s: int | None, service: str) -> None:
+    """Refuse, before any cloud call, a `compute.max_runtime_s` beyond `limit_s`, the longest run
+    the cloud's job `service` accepts (each compute adapter states its own limit and its source)."""
     asked = int(spec.compute.max_runtime_s)
-    if limit is None or asked <= limit:
+    if limit_s is None or asked <= limit_s:
         return
-    service = {"aws": "SageMaker training jobs run", "azure": "Azure ML command jobs run"}[cloud]
-    kind = " on low-priority (spot) nodes" if low_priority and cloud in MAX_RUNTIME_LOW_PRIORITY_S else ""
     raise SpecError(
-        f"compute.max_runtime_s {asked} is more than {service}{kind}: at most {limit} s ({limit // 86400} days)",
+        f"compute.max_runtime_s {asked} is more than {service}: at most {limit_s} s ({limit_s // 86400} days)",
         where="spec.compute.max_runtime_s",
-        fix=f"set max_runtime_s to {limit} or less; a longer fine-tune resumes from its checkpoints when "
+        fix=f"set max_runtime_s to {limit_s} or less; a longer fine-tune resumes from its checkpoints when "
         "submitted again (the next attempt of the same spec)",
     )
 

@@ -36,7 +36,7 @@ from typing import IO, Any
 
 from stackwise.adapters.compute.local import ENV_JOB_ID, JobDB, _workers
 from stackwise.jobs import JobState
-from stackwise.workloads._runtime import PROGRESS_PREFIX
+from stackwise.progress import parse as parse_progress, progress_line
 
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -105,15 +105,11 @@ class _ShardLog:
         for raw in iter(stream.readline, b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
             with self.lock:
-                if line.startswith(PROGRESS_PREFIX):
-                    try:
-                        event = json.loads(line[len(PROGRESS_PREFIX):])
-                    except ValueError:
-                        event = None
-                    if isinstance(event, dict) and "stage" in event:
-                        self.progress[shard] = event
-                        self._write(PROGRESS_PREFIX + json.dumps(self._summed(event)))
-                        continue
+                event = parse_progress(line)
+                if event is not None:
+                    self.progress[shard] = event
+                    self._write(progress_line(self._summed(event)))
+                    continue
                 if line.strip():
                     self.tails[shard].append(line)
                 self._write(f"[shard {shard}] {line}")

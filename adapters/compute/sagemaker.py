@@ -48,6 +48,9 @@ from .base import (CloudCompute, identity_fields, job_context, job_environment, 
                    parse_job_name, processes_per_node, strategy)
 from .checks import check_max_runtime
 
+#: SageMaker's MaxRuntimeInSeconds bound: 28 days (CreateTrainingJob API reference).
+MAX_RUNTIME_S = 28 * 86400
+
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 CHECKPOINT_PATH = "/opt/ml/checkpoints"
 CHANNEL = "stackwise"  # the input channel holding spec.json and context.json
@@ -77,7 +80,7 @@ def build_request(spec: Any, stack: Any, name: str | None = None, attempt: int =
     `name` is the job name of the attempt (default: `job_name(spec, attempt)`).
     """
     name = name or job_name(spec, attempt)
-    check_max_runtime(spec, "aws")
+    check_max_runtime(spec, MAX_RUNTIME_S, "SageMaker training jobs run")
     outputs = stack.outputs
     role = require_output(outputs.job_role, "job_role", stack, "export the SageMaker job role ARN (the Pulumi program does)")
     image = require_output(outputs.training_image, "training_image", stack,

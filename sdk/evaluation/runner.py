@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import InputError
 from ..rag import RAG_SUITES, SUITES_WITHOUT_RAG
 from ..specs import EvaluateSpec
-from ..workloads._runtime import emit_progress
+from ..progress import emit as emit_progress
 from . import bias, generation, instructions, mmlu, qa, retrieval, safety
 from .data import EvalData
 

@@ -62,7 +62,7 @@ class Environment:
 
 @dataclass(frozen=True)
 class PipelineShape:
-    """What a workflow needs to know of a pipeline file (read by stackwise.cli_ci)."""
+    """What a workflow needs to know of a pipeline file (read by stackwise.cli.ci)."""
 
     file: str  # repository-relative, posix
     data_paths: tuple[str, ...]  # repository-relative files, folders (ending in /) or globs

@@ -93,7 +93,7 @@ def run_job(ctx: StepContext, submit: Callable[[], Any]) -> dict[str, Any]:
 
 # -- kinds ----------------------------------------------------------------------------------------
 def curate(ctx: StepContext, w: dict[str, Any]) -> dict[str, Any]:
-    from ..cli_curate import curate_to
+    from ..cli.curate import curate_to
     from ..curation import CurationConfig, load_config
     from ..curation.config import parse_config
 
@@ -162,9 +162,8 @@ def promote(ctx: StepContext, w: dict[str, Any]) -> dict[str, Any]:
     try:
         result = ctx.platform.models.promote(name, w["gate"], version=version)
     except GateFailed as exc:
-        result = getattr(exc, "result", None)
-        if result is not None:
-            ctx.details["gate"] = result.model_dump()
+        if exc.result is not None:
+            ctx.details["gate"] = exc.result.model_dump()
         raise
     ctx.details["gate"] = result.model_dump()
     ctx.progress(f"{'promoted' if result.promoted else 'kept'}: champion {name} version {result.champion_after}")

@@ -186,7 +186,7 @@ def _missing(runnable: list[str], results: list, catalog: garak_env.Catalog, out
 def write_outputs(report: RedTeamReport, out: Path) -> None:
     """redteam.json (the full report) and eval-report.json (stackwise eval's report shape, suite
     `redteam`, so the gate's `compare` and eval tooling read its metrics)."""
-    from ..workloads.evaluate import EvalReport, ModelResult
+    from ..reports import EvalReport, ModelResult
 
     (out / "redteam.json").write_text(report.model_dump_json(indent=1), encoding="utf-8")
     data = Path(report.report_jsonl)

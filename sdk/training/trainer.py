@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from ..contract import JobContext
 from ..errors import InputError
+from ..reports import FineTuneReport, Perplexity
 from ..specs import FineTuneSpec
 from .data import Collator, check_max_seq_length, read_dataset, tokenize
 
@@ -41,46 +42,6 @@ class Plan(BaseModel):
     tracking_uri: str | None = None
     artifact_store: str | None = None
     result_path: str
-
-
-class Perplexity(BaseModel):
-    before: float
-    after: float
-    reloaded: float | None = Field(None, description="After reloading the saved adapter or model from disk.")
-    eval_examples: int
-    eval_tokens: int
-
-
-class FineTuneReport(BaseModel):
-    """What a fine-tuning run produced."""
-
-    base: str
-    method: str
-    data: str
-    dataset_sha256: str
-    output: str
-    adapter: str | None = None
-    model: str | None = None
-    merged: str | None = None
-    model_card: str
-    steps: int
-    resumed_from_step: int | None = None
-    train_examples: int
-    train_loss: float | None = None
-    perplexity: Perplexity
-    tokens_per_s: float
-    peak_memory_mb: float
-    processes: int
-    strategy: str
-    device: str
-    precision: str
-    seconds: float
-    mlflow_run_id: str | None = None
-    registered_model: str | None = None
-    registered_version: str | None = None
-    tracking_error: str | None = None
-    curation: dict[str, Any] | None = Field(None, description="The curation report of the dataset (spec.curation), "
-                                            "also written beside the model as curation-report.json/.html.")
 
 
 # -- the main process ----------------------------------------------------------------------------
@@ -282,7 +243,7 @@ def last_checkpoint(folder: Path) -> Path | None:
 def _callbacks(plan: Plan, collator: Collator, is_main: bool, world: int) -> list[Any]:
     from transformers import TrainerCallback
 
-    from ..workloads._runtime import emit_progress
+    from ..progress import emit as emit_progress
 
     class Progress(TrainerCallback):
         """Progress lines (step, loss, tokens/s, ETA) for the job log, and checkpoint markers."""

@@ -1,5 +1,5 @@
-"""What every workload entrypoint shares: argument parsing, spec loading, progress events,
-and writing the result (or the error) where the compute backend collects it.
+"""What every workload entrypoint shares: argument parsing, spec loading, and writing the
+result (or the error) where the compute backend collects it (progress lines: stackwise.progress).
 
 A workload fails as the CLI does: a StackwiseError is printed and recorded (`error.json`) with
 its what, where and fix, exit code 2 (or the error's own); anything else is a bug, recorded as
@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,15 +20,9 @@ from pydantic import BaseModel, ValidationError
 
 from ..contract import JobContext
 from ..errors import SpecError, StackwiseError
+from ..progress import result_line
 
-PROGRESS_PREFIX = "@@progress "
 S = TypeVar("S", bound=BaseModel)
-
-
-def emit_progress(stage: str, done: int, total: int, **extra: Any) -> None:
-    """One machine-readable progress line in the job log; followers render it as a bar."""
-    event = {"stage": stage, "done": done, "total": total, "t": round(time.time(), 3), **extra}
-    print(PROGRESS_PREFIX + json.dumps(event), flush=True)
 
 
 def load_spec(path: str, model: type[S]) -> S:
@@ -133,4 +126,4 @@ def main(kind: str, model: type[S], run: Callable[[S, JobContext], BaseModel]) -
     payload = result.model_dump(mode="json")
     if args.result:
         _write_json(args.result, payload)
-    print("@@result " + json.dumps(payload), flush=True)
+    print(result_line(payload), flush=True)

@@ -19,40 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from ..contract import JobContext
+from ..progress import emit as emit_progress
+from ..reports import EvalReport, ModelResult
 from ..specs import EvaluateSpec
-from ._runtime import emit_progress, main
-
-
-class ModelResult(BaseModel):
-    role: str
-    ref: str
-    pinned: str
-    registered_model: str | None = None
-    version: str | None = None
-    metrics: dict[str, float]
-    examples: str
-    mlflow_run_id: str | None = None
-
-
-class EvalReport(BaseModel):
-    """What an evaluation produced."""
-
-    data: str
-    data_sha256: str
-    suites: list[str]
-    candidate: ModelResult
-    baseline: ModelResult | None = None
-    compare: list[ModelResult] = Field(default_factory=list)
-    deltas: dict[str, float] = Field(default_factory=dict)
-    leakage: dict[str, Any] = Field(default_factory=dict)
-    report_html: str
-    report_md: str
-    output: str
-    seconds: float
-    tracking_error: str | None = None
+from ._runtime import main
 
 
 def _registered(ref: str | None) -> tuple[str, str] | None:

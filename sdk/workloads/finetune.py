@@ -23,7 +23,8 @@ from pathlib import Path
 from ..contract import JobContext
 from ..errors import JobFailedError, StackwiseError
 from ..specs import FineTuneSpec
-from ..training.trainer import FineTuneReport, prepare, train
+from ..reports import FineTuneReport
+from ..training.trainer import prepare, train
 from ._runtime import main
 
 

@@ -30,15 +30,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from ..contract import JobContext
 from ..documents import Document, Source, canonical_doc_id, canonical_source, chunk_document, chunk_id, read_documents
 from ..embeddings import canonical_name, load_embedder
 from ..errors import InputError, SpecError, StoreError
+from ..progress import emit as emit_progress
+from ..reports import IndexReport, SkippedFile
 from ..specs import IndexSpec
 from ..vectors import Record, VectorStore, open_store
-from ._runtime import emit_progress, main
+from ._runtime import main
 
 ENV_SHARD_INDEX = "STACKWISE_SHARD_INDEX"
 ENV_SHARD_COUNT = "STACKWISE_SHARD_COUNT"
@@ -46,43 +46,6 @@ ENV_SHARD_COUNT = "STACKWISE_SHARD_COUNT"
 # Chunks embedded and committed together: one commit per batch keeps the number of store
 # versions small while bounding the work lost to a crash.
 BATCH_CHUNKS = 256
-
-
-class SkippedFile(BaseModel):
-    path: str
-    reason: str
-
-
-class IndexReport(BaseModel):
-    """What an index run did. `added` counts chunks of documents new to the index, `replaced`
-    new chunks of changed documents, `removed` the stale chunks those replaced, `unchanged`
-    chunks already stored, `pruned` chunks of documents gone from the source (with --prune),
-    `embedded` chunks whose vectors were computed (the chunks a changed document keeps reuse
-    their stored vectors), `migrated` stored documents whose ids came from another spelling of
-    their file (re-keyed to the canonical id without re-embedding, or dropped where the canonical
-    copy was stored too), `recovered_version` the last good version a damaged index was restored
-    to before indexing."""
-
-    index: str
-    source: str
-    model: str
-    documents: int
-    chunks: int
-    added: int = 0
-    replaced: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    pruned: int = 0
-    embedded: int = 0
-    migrated: int = 0
-    recovered_version: int | None = None
-    embedding_backend: str | None = Field(
-        None, description="What computed the vectors (torch, onnx, onnx-int8); None when nothing was embedded.")
-    skipped: list[SkippedFile] = Field(default_factory=list)
-    seconds: float = 0.0
-    shards: int = Field(1, description="How many workers' reports this one sums.")
-    curation: dict[str, Any] | None = Field(
-        None, description="The curation report (stackwise.curation.CurationReport) when the spec curates.")
 
 
 # -- shards ------------------------------------------------------------------------------------

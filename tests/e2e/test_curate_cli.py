@@ -11,7 +11,7 @@ from .conftest import lee_articles
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-W", "ignore", "-m", "stackwise.cli_curate", *args],
+    return subprocess.run([sys.executable, "-W", "ignore", "-m", "stackwise.cli.curate", *args],
                           capture_output=True, text=True, timeout=120,
                           env={"OMP_NUM_THREADS": "1", "STACKWISE_THREADS": "1", "PATH": "/usr/bin:/bin",
                                "HOME": str(Path.home())})

@@ -71,7 +71,7 @@ def world(tmp_path_factory):
 def test_rag_versions_are_evaluated_and_promoted_like_models(world, sw_home: Path, sdk_env: Path):
     from typer.testing import CliRunner
 
-    from stackwise.cli_rag import rag_app
+    from stackwise.cli.rag import rag_app
     from stackwise.model_registry import GateFailed, Registry
     from stackwise.rag import resolve_rag
 

@@ -1,6 +1,6 @@
 """`stackwise offers` end to end through the CLI's own entry point (stackwise.cli.main: errors -> exit codes).
 
-Until the command is wired into stackwise.cli, the fixture registers stackwise.cli_offers.offers on
+Until the command is wired into stackwise.cli, the fixture registers stackwise.cli.offers.offers on
 the CLI's app for the test and removes it afterwards.
 """
 
@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import stackwise.cli as cli
-from stackwise.cli_offers import offers as offers_command
+from stackwise.cli.offers import offers as offers_command
 
 
 @pytest.fixture

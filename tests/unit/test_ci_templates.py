@@ -81,7 +81,7 @@ def ci(cwd: Path, *args: str) -> tuple[int, str]:
         return proc.returncode, proc.stdout + proc.stderr
     from typer.testing import CliRunner
 
-    from stackwise.cli_ci import ci_app
+    from stackwise.cli.ci import ci_app
     from stackwise.errors import StackwiseError
 
     old = Path.cwd()
@@ -332,7 +332,7 @@ def _dispatch_env(wf: dict, inputs: dict[str, str]) -> dict[str, str]:
 
 
 def test_the_github_steps_run_here(tmp_path):
-    pytest.importorskip("stackwise.cli_pipeline", reason="the pipeline CLI (stackwise.cli_pipeline) is not built yet")
+    pytest.importorskip("stackwise.cli.pipeline", reason="the pipeline CLI (stackwise.cli.pipeline) is not built yet")
     root = _project(tmp_path / "project")
     wf = _github(root, "--env", "dev=local", "--env", "prod=local")
     summary = tmp_path / "summary.md"
@@ -368,7 +368,7 @@ def test_the_github_steps_run_here(tmp_path):
 
 
 def test_the_gitlab_scripts_run_here(tmp_path):
-    pytest.importorskip("stackwise.cli_pipeline", reason="the pipeline CLI (stackwise.cli_pipeline) is not built yet")
+    pytest.importorskip("stackwise.cli.pipeline", reason="the pipeline CLI (stackwise.cli.pipeline) is not built yet")
     root = _project(tmp_path / "project")
     assert ci(root, "--gitlab", "--env", "dev=local", "--env", "prod=local")[0] == 0
     doc = yaml.safe_load((root / ".gitlab-ci.yml").read_text())
@@ -415,7 +415,7 @@ def test_gitlab_oidc_lines_leave_credentials_each_cloud_sdk_reads(tmp_path):
 def test_ci_init_loads_no_cloud_or_ml_sdk(tmp_path):
     root = _project(tmp_path / "project")
     # Modules loaded before any code runs do not count (a namespace .pth imports `google` at start-up).
-    script = ("import sys\nbase = set(sys.modules)\nfrom stackwise.cli_ci import ci_app\n"
+    script = ("import sys\nbase = set(sys.modules)\nfrom stackwise.cli.ci import ci_app\n"
               "ci_app(['init', '--github', '--env', 'dev=dev-aws', '--env', 'prod=prod-aws'], standalone_mode=False)\n"
               "heavy = {'boto3', 'google', 'azure', 'torch', 'transformers', 'pulumi', 'mlflow', 'lancedb', 'numpy'}\n"
               "print(sorted({m.split('.')[0] for m in set(sys.modules) - base} & heavy))\n")

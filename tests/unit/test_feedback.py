@@ -212,7 +212,7 @@ def test_export_eval_holds_reviewed_answers_that_the_eval_suites_read(store: Fee
 
 
 def test_label_studio_tasks_match_the_labeling_config(store: FeedbackStore, tmp_path: Path) -> None:
-    from stackwise.cli_feedback import LABEL_STUDIO_CONFIG
+    from stackwise.cli.feedback import LABEL_STUDIO_CONFIG
 
     store.record_answer(answer(1))
     store.record_answer(answer(2, sources=[]))
@@ -387,7 +387,7 @@ def test_record_answer_from_many_threads(store: FeedbackStore) -> None:
 def test_endpoint_stats_compares_versions_and_renders(store: FeedbackStore) -> None:
     from rich.console import Console
 
-    from stackwise.cli_feedback import endpoint_stats, print_endpoint_stats
+    from stackwise.cli.feedback import endpoint_stats, print_endpoint_stats
 
     for n in range(6):
         store.record_answer(answer(n, version="1" if n < 3 else "2", answer="I don't know" if n == 5 else "yes"))
@@ -406,7 +406,7 @@ def test_endpoint_stats_compares_versions_and_renders(store: FeedbackStore) -> N
 def test_cli_review_from_a_pipe_and_exports(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from stackwise.cli_feedback import feedback_app
+    from stackwise.cli.feedback import feedback_app
 
     monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / "home"))
     store = FeedbackStore.for_stack("local")
@@ -435,7 +435,7 @@ def test_cli_review_from_a_pipe_and_exports(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_importing_feedback_loads_no_heavy_module(tmp_path: Path) -> None:
-    code = ("import sys, stackwise.feedback, stackwise.cli_feedback\n"
+    code = ("import sys, stackwise.feedback, stackwise.cli.feedback\n"
             "print([m for m in ('mlflow', 'scipy', 'numpy', 'torch', 'sqlalchemy') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

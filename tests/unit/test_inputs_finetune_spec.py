@@ -41,9 +41,10 @@ def submitted(monkeypatch, tmp_path):
     """Run `stackwise ARGS` through the console entry point with job submission faked; returns
     (exit code, output, what was submitted)."""
     import stackwise.cli as cli
+    import stackwise.cli.finetune as cli_finetune
 
     platform = FakePlatform()
-    monkeypatch.setattr(cli, "_platform", lambda stack: platform)
+    monkeypatch.setattr(cli_finetune, "connect", lambda stack: platform)
     monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / "state"))
 
     def run(capsys, *args: str):

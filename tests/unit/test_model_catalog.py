@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from stackwise import model_catalog as mc
-from stackwise.cli_catalog import catalog as catalog_command
+from stackwise.cli.catalog import catalog as catalog_command
 from stackwise.errors import ConfigError, InputError
 
 REQUIRED = ["llama-3.1-8b-instruct", "llama-3.1-70b-instruct", "llama-3.2-1b-instruct", "llama-3.2-3b-instruct",

@@ -145,7 +145,7 @@ def test_wheel_holds_only_the_stackwise_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names}
     assert top == {"stackwise", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
-    for expected in ("stackwise/__init__.py", "stackwise/cli.py", "stackwise/py.typed",
+    for expected in ("stackwise/__init__.py", "stackwise/cli/__init__.py", "stackwise/py.typed",
                      "stackwise/defaults/Pulumi.local.yaml", "stackwise/adapters/vectors/embedded.py",
                      "stackwise/infra/__init__.py", "stackwise/workloads/index.py"):
         assert expected in names, expected

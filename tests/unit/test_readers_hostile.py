@@ -240,6 +240,7 @@ def test_the_cli_passes_follow_links_into_the_spec(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
     import stackwise.cli as cli
+    import stackwise.cli.index as cli_index
 
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "a.txt").write_text("hello", encoding="utf-8")
@@ -254,8 +255,8 @@ def test_the_cli_passes_follow_links_into_the_spec(monkeypatch, tmp_path):
             specs.append(spec)
             return "job-1"
 
-    monkeypatch.setattr(cli, "_platform", lambda stack: Platform())
-    monkeypatch.setattr(cli, "_run_job", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cli_index, "connect", lambda stack: Platform())
+    monkeypatch.setattr(cli_index, "run_job", lambda *args, **kwargs: None)
     for extra, expected in (([], False), (["--follow-links"], True)):
         result = CliRunner().invoke(cli.app, ["index", "docs", "--index", "kb", *extra])
         assert result.exit_code == 0, result.output
@@ -263,7 +264,7 @@ def test_the_cli_passes_follow_links_into_the_spec(monkeypatch, tmp_path):
 
 
 def test_the_cli_lists_the_first_skipped_files_and_counts_the_rest(capsys):
-    from stackwise.cli import SKIPPED_SHOWN, _print_index_report
+    from stackwise.cli.render import SKIPPED_SHOWN, print_index_report as _print_index_report
 
     skipped = [{"path": f"file:///docs/f{i:03d}.txt", "reason": "not a regular file"} for i in range(45)]
     report = IndexReport(index="kb", source="file:///docs", model="m", documents=1, chunks=1,

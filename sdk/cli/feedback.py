@@ -9,20 +9,18 @@ format, a bad filter) raises StackwiseError, which the CLI prints and maps to ex
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Any, Optional
 
 import typer
 
-from .errors import InputError
+from ..errors import InputError
+from .common import JsonOpt, StackOpt
+from .render import get_console, print_json
 
 feedback_app = typer.Typer(help="Feedback on served answers: list it, review answers in the terminal, export "
                                 "reviewed ones as evaluation data or Label Studio tasks.", no_args_is_help=True)
 
-StackOpt = Annotated[Optional[str], typer.Option("--stack", "-s",
-                                                 help="Stack name (default: $STACKWISE_STACK or local).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 AppOpt = Annotated[Optional[str], typer.Option("--app", help="Only answers of this RAG app.")]
 VersionOpt = Annotated[Optional[str], typer.Option("--version", help="Only answers of this version.")]
 EndpointOpt = Annotated[Optional[str], typer.Option("--endpoint", "-e", help="Only answers of this endpoint.")]
@@ -45,18 +43,8 @@ LABEL_STUDIO_CONFIG = """<View>
 """
 
 
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False)
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
 def _store(stack: str | None):
-    from .feedback import FeedbackStore
+    from ..feedback import FeedbackStore
 
     return FeedbackStore.for_stack(stack)
 
@@ -85,7 +73,7 @@ def feedback_list(
     items = _store(stack).list(app=app, version=version, endpoint=endpoint, reviewed=False if unreviewed else None,
                                with_feedback=None if all_answers else True, limit=limit)
     if as_json:
-        _print_json([_item_json(i) for i in items])
+        print_json([_item_json(i) for i in items])
         return
     from rich.table import Table
 
@@ -100,7 +88,7 @@ def feedback_list(
                       _short(item.question, 40), _short(rec["answer"], 40),
                       "-" if item.score is None else f"{item.score:.2f}", notes or "-",
                       f"{item.review.decision} ({item.review.reviewer})" if item.review else "-")
-    _console().print(table)
+    get_console().print(table)
 
 
 def _show(console: Any, item: Any, position: str) -> None:
@@ -170,7 +158,7 @@ def feedback_review(
     items = [store.get(request_id)] if request_id is not None else store.list(
         app=app, version=version, endpoint=endpoint, reviewed=False, with_feedback=None if all_answers else True,
         limit=limit, oldest_first=True)
-    console = _console()
+    console = get_console()
     if not items:
         console.print("nothing to review" + ("" if all_answers else " (add --all to include answers without feedback)"))
         return
@@ -247,9 +235,9 @@ def feedback_export(
         result = {"format": fmt, "path": out, "tasks": tasks, "label_config": str(config)}
         message = f"wrote {tasks} Label Studio tasks to {out} (labeling config: {config})"
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
-        _console().print(message, markup=False)
+        get_console().print(message, markup=False)
 
 
 # -- `stackwise endpoints --stats` -------------------------------------------------------------------
@@ -259,7 +247,7 @@ def endpoint_stats(stack: Any = None, endpoint: str | None = None, app: str | No
     tests between every pair of versions (b against a, a being the one listed first)."""
     from itertools import combinations
 
-    from .feedback import FeedbackStore, compare_versions
+    from ..feedback import FeedbackStore, compare_versions
 
     store = stack if isinstance(stack, FeedbackStore) else FeedbackStore.for_stack(stack)
     versions = store.stats(endpoint=endpoint, app=app)
@@ -272,7 +260,7 @@ def print_endpoint_stats(result: dict[str, Any], console: Any = None) -> None:
     """Rich table of `endpoint_stats`, then one line per comparison."""
     from rich.table import Table
 
-    console = console or _console()
+    console = console or get_console()
     fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
     table = Table("version", "answers", "errors", "feedback", "mean score", "p50 ms", "p99 ms", "ttft p50 ms",
                   "refusal rate", title=f"online metrics{' of ' + result['endpoint'] if result['endpoint'] else ''}")

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from .errors import ConfigError, InputError, SpecError
+from ..errors import ConfigError, InputError, SpecError
 
 if TYPE_CHECKING:
-    from .pipeline.ci import CiConfig, Environment, PipelineShape
+    from ..pipeline.ci import CiConfig, Environment, PipelineShape
 
 ci_app = typer.Typer(help="Write CI/CD workflows that run the pipeline on your environments (GitHub Actions, GitLab CI).",
                      no_args_is_help=True)
@@ -56,7 +56,7 @@ def init(
 ) -> None:
     """Write a workflow that runs the pipeline on a push that changes its data, on a schedule and by hand:
     one job per environment, OIDC sign-in to each stack's cloud, and an approval before the deploy."""
-    from .pipeline import ci
+    from ..pipeline import ci
 
     if github == gitlab:
         raise SpecError("choose one platform: --github or --gitlab" + (" (not both)" if github else ""),
@@ -84,9 +84,9 @@ def init(
 
 
 def _environments(items: list[str], prod: str | None) -> list["Environment"]:
-    from .pipeline.ci import Environment
-    from .stack import load_stack, stack_files, stack_name
-    from .paths import stacks_dir
+    from ..pipeline.ci import Environment
+    from ..stack import load_stack, stack_files, stack_name
+    from ..paths import stacks_dir
 
     pairs: list[tuple[str, str]] = []
     for item in items:
@@ -124,7 +124,7 @@ def read_shape(path: Path, root: Path, environments: list["Environment"] | None 
     steps after approval, and the environment variables its steps and stacks read keys from. A file that
     does not validate gives (data/ as the data path, no steps) and its error, so a workflow can be written
     while the pipeline is being written; a missing file or one outside the repository is an InputError."""
-    from .pipeline.ci import PipelineShape, approval_split
+    from ..pipeline.ci import PipelineShape, approval_split
 
     if not path.is_file():
         raise InputError(f"pipeline file {path} not found", where="--pipeline",
@@ -135,9 +135,9 @@ def read_shape(path: Path, root: Path, environments: list["Environment"] | None 
         raise InputError(f"pipeline file {path} is outside the repository {root}", where="--pipeline",
                          fix="run `stackwise ci init` at the repository root, with a pipeline file inside it") from None
     keys = _stack_env_refs(environments or [])
-    from .pipeline.hashing import is_remote
-    from .pipeline.kinds import data_inputs
-    from .pipeline.spec import load
+    from ..pipeline.hashing import is_remote
+    from ..pipeline.kinds import data_inputs
+    from ..pipeline.spec import load
 
     try:
         pipeline = load(path)
@@ -166,7 +166,7 @@ def read_shape(path: Path, root: Path, environments: list["Environment"] | None 
 
 def _stack_env_refs(environments: list["Environment"]) -> tuple[str, ...]:
     """Names of `env://NAME` secret references in the environments' stack files (a key the CI must supply)."""
-    from .stack import load_stack
+    from ..stack import load_stack
 
     found: list[str] = []
 
@@ -209,7 +209,7 @@ def _branch(value: str) -> str:
 
 def _release() -> str | None:
     """This stackwise's version when it is a release (pinned in the install line), else None."""
-    from .version import version
+    from ..version import version
 
     current = version()
     return current if re.fullmatch(r"\d+(\.\d+)*", current) else None
@@ -222,7 +222,7 @@ def _replace(shape: "PipelineShape", **changes: Any) -> "PipelineShape":
 
 
 def _report(platform: str, cfg: "CiConfig", target: Path, unreadable: str | None) -> None:
-    from .pipeline.ci import jobs_of, secret_names
+    from ..pipeline.ci import jobs_of, secret_names
 
     jobs = " -> ".join(f"{job}{' (after approval)' if job.startswith('deploy-') else ''}"
                        for job, *_ in jobs_of(cfg))

@@ -12,21 +12,14 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from .common import JsonOpt, StackOpt, connect
+from .render import get_console, print_json
+
 rag_app = typer.Typer(help="RAG apps: retrieval, prompt template and generator as versioned config in the model "
                       "registry (register, list, show, ask).", no_args_is_help=True)
 
-# The main CLI's option aliases (copied: the main CLI imports this module).
-StackOpt = Annotated[Optional[str], typer.Option("--stack", "-s",
-                                                  help="Stack name (default: $STACKWISE_STACK or local).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
 RefArg = Annotated[str, typer.Argument(help="NAME (the champion, else the newest version), NAME@ALIAS or "
                                        "NAME/VERSION.")]
-
-
-def _cli() -> Any:
-    from . import cli
-
-    return cli
 
 
 @rag_app.command("register")
@@ -39,35 +32,35 @@ def register(
     as_json: JsonOpt = False,
 ) -> None:
     """Register a RAG app file as a new version of its `rag.name` (an identical config returns its version)."""
-    from .model_registry import check_alias
-    from .rag import load_rag_file, register_rag
+    from ..model_registry import check_alias
+    from ..rag import load_rag_file, register_rag
 
     app = load_rag_file(file)
     if alias is not None:
         check_alias(alias)
-    platform = _cli()._platform(stack)
+    platform = connect(stack)
     if app.index not in platform.vector_store.list_indexes():
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"index {app.index} is not in stack {platform.stack.name}'s vector store",
                          where=f"{file}: rag.index",
                          fix=f"index documents first: stackwise index SOURCE --index {app.index}")
     version = register_rag(app, platform.models, alias=alias)
     if as_json:
-        _cli()._print_json({"rag": app.name, "version": version, "alias": alias, "ref": f"rag:{app.name}/{version}"})
+        print_json({"rag": app.name, "version": version, "alias": alias, "ref": f"rag:{app.name}/{version}"})
         return
-    _cli()._console().print(f"registered rag:{app.name} version {version}" + (f" as {alias}" if alias else ""),
+    get_console().print(f"registered rag:{app.name} version {version}" + (f" as {alias}" if alias else ""),
                             markup=False)
 
 
 @rag_app.command("list")
 def list_command(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
     """List registered RAG apps with their latest version and aliases."""
-    from .rag import list_rags
+    from ..rag import list_rags
 
-    rows = list_rags(_cli()._platform(stack).models)
+    rows = list_rags(connect(stack).models)
     if as_json:
-        _cli()._print_json(rows)
+        print_json(rows)
         return
     from rich.table import Table
 
@@ -75,21 +68,21 @@ def list_command(stack: StackOpt = None, as_json: JsonOpt = False) -> None:
     for row in rows:
         table.add_row(row["name"], str(row["versions"]), str(row["latest"]),
                       ", ".join(f"{a}=v{v}" for a, v in sorted(row["aliases"].items())) or "-")
-    _cli()._console().print(table)
+    get_console().print(table)
 
 
 @rag_app.command("show")
 def show(ref: RefArg, stack: StackOpt = None, as_json: JsonOpt = False) -> None:
     """Show the config of one RAG app version, with the aliases that point at it."""
-    from .rag import dump_rag, resolve_rag
+    from ..rag import dump_rag, resolve_rag
 
-    registry = _cli()._platform(stack).models
+    registry = connect(stack).models
     app, version = resolve_rag(ref if ref.startswith("rag:") else f"rag:{ref}", registry)
     aliases = sorted(a for a, v in registry.show(app.name)["aliases"].items() if v == version)
     if as_json:
-        _cli()._print_json({"rag": app.name, "version": version, "aliases": aliases, "config": app.model_dump()})
+        print_json({"rag": app.name, "version": version, "aliases": aliases, "config": app.model_dump()})
         return
-    console = _cli()._console()
+    console = get_console()
     console.print(f"rag:{app.name} version {version}" + (f"  [{', '.join(aliases)}]" if aliases else ""), markup=False)
     console.print(dump_rag(app).rstrip(), markup=False)
 
@@ -109,25 +102,25 @@ def ask(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer one question here: retrieve, fill the template, generate; print the answer and its numbered sources."""
-    from .evaluation.lm import load
-    from .filters import parse_filter_args, parse_filter_json
-    from .rag import RagLM, resolve_rag, stored_vectors
+    from ..evaluation.lm import load
+    from ..filters import parse_filter_args, parse_filter_json
+    from ..rag import RagLM, resolve_rag, stored_vectors
 
     flt: dict[str, Any] | None = parse_filter_args(filters) if filters else None
     if where_json is not None:
         where = parse_filter_json(where_json, where="--where-json")
         flt = {"$and": [flt, where]} if flt else where
-    platform = _cli()._platform(stack)
+    platform = connect(stack)
     app, version = resolve_rag(ref if ref.startswith("rag:") else f"rag:{ref}", platform.models)
     generator = load(app.generator, context=platform.stack)
     rag = RagLM(app, version, generator, platform.search, stored_vectors(platform.vector_store))
     answer = rag.answer(question, k=k, filter=flt)
     if as_json:
-        _cli()._print_json({"model": rag.ref, "answer": answer.text, "annotations": answer.annotations,
+        print_json({"model": rag.ref, "answer": answer.text, "annotations": answer.annotations,
                             "sources": answer.sources, "usage": {"prompt_tokens": answer.prompt_tokens,
                                                                 "completion_tokens": answer.completion_tokens}})
         return
-    console = _cli()._console()
+    console = get_console()
     console.print(answer.text or "(empty answer)", markup=False)
     console.print(f"sources ({rag.ref}):", markup=False)
     for source, hit in zip(answer.sources, answer.hits):

@@ -2,7 +2,7 @@
 or a fine-tune dataset, writing the kept items, the exclusions and the report (JSON and HTML).
 
 `curate_command` is the command; the main CLI mounts it with `app.command("curate")(curate_command)`.
-`curate_app` is the same command as a one-command Typer app (tests; `python -m stackwise.cli_curate`).
+`curate_app` is the same command as a one-command Typer app (tests; `python -m stackwise.cli.curate`).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ curate_app = typer.Typer(help="Curate documents or a fine-tune dataset.", add_co
 def _load_source(source: str, follow_links: bool) -> tuple[str, list[Any], Any]:
     """(kind, items, originals): a single .jsonl file is a fine-tune dataset (records keep their
     format), anything else documents as `stackwise index` reads them."""
-    from .curation.io import record_items
-    from .curation.run import Item
+    from ..curation.io import record_items
+    from ..curation.run import Item
 
     if source.lower().endswith(".jsonl") and not any(c in source for c in "*?["):
-        from .training.data import read_dataset
+        from ..training.data import read_dataset
 
         dataset = read_dataset(source)
         return "records", record_items(dataset.records, dataset.lines, dataset.uri), dataset
-    from .documents import Source, read_documents
+    from ..documents import Source, read_documents
 
     documents, skipped = read_documents(Source(source, follow_links=follow_links))
     items = [Item(d.doc_id, [d.text], dict(d.metadata)) for d in documents]
@@ -35,7 +35,7 @@ def _load_source(source: str, follow_links: bool) -> tuple[str, list[Any], Any]:
 
 
 def _kept_lines(kind: str, kept: list[Any]) -> list[str]:
-    from .curation.io import with_parts
+    from ..curation.io import with_parts
 
     if kind == "records":
         return [json.dumps(with_parts(i.metadata["_record"], i.parts, i.metadata), ensure_ascii=False) for i in kept]
@@ -48,8 +48,8 @@ def curate_to(source: str, out: str, cfg: Any, *, state: str | None = None, trac
     """Curate SOURCE into the folder OUT (curated.jsonl, exclusions.jsonl, report.json, report.html) and
     return (the CurationReport, it as a dict with `outputs` (the URIs written) and `mlflow_run_id`). The command and the
     pipeline's curate step both call it."""
-    from .curation import curate
-    from .curation.io import write_outputs
+    from ..curation import curate
+    from ..curation.io import write_outputs
 
     title = title or f"Curation of {source}"
     kind, items, extra = _load_source(source, follow_links)
@@ -58,7 +58,7 @@ def curate_to(source: str, out: str, cfg: Any, *, state: str | None = None, trac
     report = result.report
     run_id = None
     if tracking_uri:
-        from .curation.report import log_to_mlflow, render_html
+        from ..curation.report import log_to_mlflow, render_html
 
         run_id = log_to_mlflow(report, tracking_uri, f"curate-{out.rstrip('/').rsplit('/', 1)[-1]}",
                                render_html(report, title), {"source": source})
@@ -86,7 +86,7 @@ def curate_command(
 ) -> None:
     """Curate SOURCE: drop duplicates, low-quality text and other languages, find or redact PII, screen for
     bias terms. Nothing is lost: dropped items go to exclusions.jsonl with their reason."""
-    from .curation import CurationConfig, load_config
+    from ..curation import CurationConfig, load_config
 
     cfg = load_config(config) if config else CurationConfig()
     report, data = curate_to(source, out, cfg, state=state, tracking_uri=tracking_uri, follow_links=follow_links)
@@ -106,7 +106,7 @@ def curate_command(
 
 def main() -> None:
     """Run the command alone, with the main CLI's error handling (a StackwiseError exits with its code)."""
-    from .errors import StackwiseError
+    from ..errors import StackwiseError
 
     try:
         curate_app()

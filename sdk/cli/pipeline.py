@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .errors import SpecError
+from ..errors import SpecError
 
 pipeline_app = typer.Typer(help="Run the lifecycle as one versioned, cached, resumable pipeline (stackwise.yaml).",
                            no_args_is_help=True)
@@ -25,7 +25,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 
 def _load(file: str, params: list[str] | None = None) -> Any:
-    from .pipeline.spec import load, parse
+    from ..pipeline.spec import load, parse
 
     pipeline = load(file)
     if params:
@@ -48,7 +48,7 @@ def _load(file: str, params: list[str] | None = None) -> Any:
 
 def _stack_name(pipeline: Any, stack: str | None) -> str:
     """--stack, else the file's `stack`, else what every command uses ($STACKWISE_STACK, else local)."""
-    from .stack import stack_name
+    from ..stack import stack_name
 
     return stack_name(stack or pipeline.file.stack)
 
@@ -71,8 +71,8 @@ def run(
 ) -> None:
     """Run the pipeline's steps on the stack in dependency order, skipping those whose inputs are unchanged.
     A rerun after a crash or Ctrl-C continues where it stopped. Exit 4 when a promotion gate refuses."""
-    from .pipeline.runner import Options, Runner, exit_code
-    from .pipeline.view import make_view
+    from ..pipeline.runner import Options, Runner, exit_code
+    from ..pipeline.view import make_view
 
     pipeline = _load(file, param)
     options = Options(stack=_stack_name(pipeline, stack), only=list(only or []), from_=from_, until=until,
@@ -87,8 +87,8 @@ def run(
 
 
 def _state(file: str, stack: str | None) -> tuple[Any, Any]:
-    from .pipeline.runner import state_for
-    from .stack import load_stack
+    from ..pipeline.runner import state_for
+    from ..stack import load_stack
 
     pipeline = _load(file)
     return pipeline, state_for(pipeline, load_stack(_stack_name(pipeline, stack)))
@@ -154,7 +154,7 @@ def show(run_id: Annotated[str, typer.Argument(help="A run id, or `latest`.")] =
     if as_json:
         sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
     elif markdown:
-        from .pipeline.report import markdown as render
+        from ..pipeline.report import markdown as render
 
         sys.stdout.write(render(record))
     else:
@@ -165,7 +165,7 @@ def _print_run(record: dict[str, Any], full: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .pipeline.view import STYLE, summary_line
+    from ..pipeline.view import STYLE, summary_line
 
     console = Console(highlight=False)
     table = Table("step", "kind", "state", "s", "key", "outputs / error", title=summary_line(record), title_justify="left")
@@ -187,8 +187,8 @@ def watch(file: FileOpt = "stackwise.yaml", stack: StackOpt = None,
           max_runs: Annotated[Optional[int], typer.Option("--max-runs", min=1, help="Stop after this many runs.")] = None,
           max_checks: Annotated[Optional[int], typer.Option("--max-checks", min=1, help="Stop after this many checks.")] = None) -> None:
     """Run the pipeline whenever its inputs change (hashes checked every --interval seconds)."""
-    from .pipeline.runner import Options, Runner, exit_code
-    from .pipeline.view import make_view
+    from ..pipeline.runner import Options, Runner, exit_code
+    from ..pipeline.view import make_view
 
     runs = checks = 0
     while True:
@@ -212,7 +212,7 @@ def example(folder: Annotated[str, typer.Argument(help="Where to write the examp
             force: Annotated[bool, typer.Option("--force", help="Overwrite files that exist.")] = False) -> None:
     """Write the quickstart's lifecycle as a pipeline: stackwise.yaml, gate, curation config and the Lee
     news data (gensim's corpus). Then: cd FOLDER && stackwise pipeline run."""
-    from .pipeline.example import write_example
+    from ..pipeline.example import write_example
 
     written = write_example(Path(folder), force=force)
     sys.stdout.write("wrote " + ", ".join(str(p) for p in written) + f"\nnext: cd {folder} && stackwise pipeline run\n")
@@ -235,8 +235,8 @@ def compile_(
     """Write the cloud's own pipeline definition (SageMaker Pipelines, Vertex AI Pipelines, Azure ML pipeline job)
     of the pipeline file: one container step per step, running `stackwise pipeline run --only STEP` on the stack
     in its training image, with the file's dependencies; validated with that cloud's SDK or API model."""
-    from .pipeline.compile import check_target, compile_definition, run_hint
-    from .stack import load_stack
+    from ..pipeline.compile import check_target, compile_definition, run_hint
+    from ..stack import load_stack
 
     check_target(target)
     pipeline = _load(file)
@@ -247,7 +247,7 @@ def compile_(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(compiled.text, encoding="utf-8")
     except OSError as exc:
-        from .errors import InputError
+        from ..errors import InputError
 
         raise InputError(f"cannot write {path}: {exc.strerror or exc}", where="--out", fix="choose a writable path") from None
     bundle, plan = compiled.bundle, compiled.plan

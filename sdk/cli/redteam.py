@@ -37,7 +37,7 @@ def redteam(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON only.")] = False,
 ) -> None:
     """Run garak's probes against a served model; print attack success rates and what could not run offline."""
-    from .redteam import run_redteam
+    from ..redteam import run_redteam
 
     names = [p for p in (s.strip() for s in probes.split(",")) if p]
     report = run_redteam(endpoint, model, names, api_key_env=api_key_env, generations=generations,

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .errors import InputError
+from ..errors import InputError
 
 offers_app = typer.Typer(help="Rank the GPU catalog's offers by price.", add_completion=False,
                          pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -115,7 +115,7 @@ def offers(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
 ) -> None:
     """Rank every GPU catalog offer that fits, cheapest first, with each price's source and date."""
-    from . import offers as ranking
+    from .. import offers as ranking
 
     request = ranking.parse_gpu_spec(gpu_spec, where="the GPU spec argument")
     cloud_list = None if clouds is None else [c.strip() for c in clouds.split(",") if c.strip()]

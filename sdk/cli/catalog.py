@@ -12,12 +12,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import InputError
+from ..errors import InputError
 
 
 def parse_fits(value: str) -> tuple[str, int]:
     """'A10G:1' -> ('A10G', 1), with the GPU checked against the GPU catalog; InputError otherwise."""
-    from .catalog import catalog as gpu_catalog
+    from ..catalog import catalog as gpu_catalog
 
     name, _, count = value.partition(":")
     fix = f"use GPU:COUNT, e.g. A10G:1; GPUs: {', '.join(gpu_catalog().gpus)}"
@@ -36,8 +36,8 @@ def parse_fits(value: str) -> tuple[str, int]:
 def rows(license: Optional[str] = None, fits: Optional[str] = None, method: str = "inference", seq_len: int = 2048,
          batch: int = 1, gradient_checkpointing: bool = False, headroom: float = 0.9) -> list[dict]:
     """One dict per catalog model that passes the filters: what the table and --json show."""
-    from . import model_catalog, sizing
-    from .licences import known
+    from .. import model_catalog, sizing
+    from ..licences import known
 
     if method not in sizing.METHODS:
         raise InputError(f"unknown method {method!r}", where="--method", fix=f"use one of: {', '.join(sizing.METHODS)}")
@@ -71,7 +71,7 @@ def catalog(
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")] = False,
 ) -> None:
     """Open models with licence, commercial terms, gating, memory for a method and the GPUs that fit."""
-    from . import model_catalog
+    from .. import model_catalog
 
     found = rows(license, fits, method, seq_len, batch, gradient_checkpointing)
     if as_json:
