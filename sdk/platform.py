@@ -64,20 +64,23 @@ class Platform:
         return self._store
 
     def index(self, spec: IndexSpec | None = None, *, new: bool = False, run_name: str | None = None,
-              **fields: Any) -> JobHandle:
+              preflight: bool = True, **fields: Any) -> JobHandle:
         """Submit an index job (a spec, or its fields as keywords) and return its handle at once.
 
         Every submit follows the job identity rules (`stackwise.specs._JobSpec`): the spec's job is
-        returned while it is PENDING or RUNNING; `new=True` starts a fresh run. The input is not
-        read here (a bad one fails the job, exit 2): `spec.preflight()` first refuses it at once,
-        as the CLI does, for index, finetune and evaluate alike."""
+        returned while it is PENDING or RUNNING; `new=True` starts a fresh run. First
+        `spec.preflight()` refuses a missing or malformed input at once (InputError, exit 2), as the
+        CLI does, for index, finetune and evaluate alike; `preflight=False` leaves the input to the
+        job, which fails with the same error (the caller checked already, or wants the job to)."""
         if spec is None:
             fields.setdefault("embedding", {"model": self.stack.outputs.embedding_model})
             spec = IndexSpec(**fields)
+        if preflight:
+            spec.preflight()
         return self.compute.submit(spec, new=new, run_name=run_name)
 
     def finetune(self, spec: FineTuneSpec | None = None, *, new: bool = False, run_name: str | None = None,
-                 **fields: Any) -> JobHandle:
+                 preflight: bool = True, **fields: Any) -> JobHandle:
         """Submit a fine-tuning job (a spec, or its fields as keywords) and return its handle at once.
 
         While the spec's job runs, submitting it again returns that job; once it ended (failed,
@@ -86,6 +89,8 @@ class Platform:
         """
         if spec is None:
             spec = FineTuneSpec(**fields)
+        if preflight:
+            spec.preflight()
         spec, _ = self.plan_finetune(spec)
         return self.compute.submit(spec, new=new, run_name=run_name)
 
@@ -123,14 +128,17 @@ class Platform:
         return build(spec, job_name(spec, 1), 1)
 
     def evaluate(self, spec: "EvaluateSpec | None" = None, *, new: bool = False, run_name: str | None = None,
-                 **fields: Any) -> JobHandle:
+                 preflight: bool = True, **fields: Any) -> JobHandle:
         """Submit an evaluation job (a spec, or its fields as keywords) and return its handle at once.
 
-        The job logs one MLflow run per model evaluated and writes an HTML + Markdown report."""
+        The job logs one MLflow run per model evaluated and writes an HTML + Markdown report.
+        `preflight` as for `index`."""
         from .specs import EvaluateSpec
 
         if spec is None:
             spec = EvaluateSpec(**fields)
+        if preflight:
+            spec.preflight()
         return self.compute.submit(spec, new=new, run_name=run_name)
 
     @property

@@ -7,7 +7,7 @@ version onto the stack's endpoint (the deploy adapter: models, endpoint configs,
 and Application Auto Scaling on each variant it adds). Those are the calls granted here, on the
 names the adapters give:
 
-- training jobs `sw-*` (`JOB_NAME_PREFIX`, adapters/compute/_cloud.py `job_name`); listing
+- training jobs `sw-*` (`JOB_NAME_PREFIX`, adapters/compute/base.py `job_name`); listing
   cannot be scoped (ListTrainingJobs supports no resource);
 - the endpoint `<endpoint>` itself (described and updated, never created: the program makes
   it), and models and endpoint configs `<endpoint>-*` (`owned_name_pattern`,

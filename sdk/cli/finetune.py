@@ -118,7 +118,7 @@ def finetune(
     if dry_run:
         print_rendered(platform.render(spec, new=new, run_name=run_name), as_json)
         return
-    run_job(platform.finetune(spec, new=new, run_name=run_name), detach, as_json, print_finetune_report)
+    run_job(platform.finetune(spec, new=new, run_name=run_name, preflight=False), detach, as_json, print_finetune_report)
 
 
 # The options that describe the job: with --spec the file describes it instead.

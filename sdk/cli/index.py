@@ -73,7 +73,8 @@ def index(
     if dry_run:
         print_rendered(platform.render(spec, new=new, run_name=run_name), as_json)
         return
-    run_job(platform.index(spec, new=new, run_name=run_name), detach, as_json, print_index_report, needs="chunks")
+    run_job(platform.index(spec, new=new, run_name=run_name, preflight=False), detach, as_json, print_index_report,
+            needs="chunks")
 
 
 def _copy_index(from_stack: str, index_name: str, to_stack: str, to_index: str | None, as_json: bool) -> None:

@@ -56,7 +56,7 @@ def eval_command(
     if dry_run:
         print_rendered(connect(stack).render(spec, new=new, run_name=run_name), as_json)
         return
-    run_job(connect(stack).evaluate(spec, new=new, run_name=run_name), detach, as_json, print_eval_report,
+    run_job(connect(stack).evaluate(spec, new=new, run_name=run_name, preflight=False), detach, as_json, print_eval_report,
              needs="candidate")
 
 

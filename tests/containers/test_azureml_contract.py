@@ -217,7 +217,8 @@ def test_a_failing_job_ends_failed_and_points_at_its_error_json(azure, azurite, 
 
     monkeypatch.setenv("STACKWISE_OUTPUTS", str(_outputs(tmp_path, images["train"]["image"])))
     monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
-    handle = stackwise.connect("dev-azure").index(source=f"az://{CONTAINER}/data/no-such-folder/", index="kb")
+    handle = stackwise.connect("dev-azure").index(source=f"az://{CONTAINER}/data/no-such-folder/", index="kb",
+                                                  preflight=False)
     assert "distribution" not in azure.jobs[handle.id]["properties"]  # one instance: no PyTorch distribution
     runner = AzureMLRunner(azure, engine, tmp_path / "azureml", {"OMP_NUM_THREADS": "1", **azurite})
     codes = runner.run(handle.id, timeout=300)

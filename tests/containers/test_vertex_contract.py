@@ -230,7 +230,7 @@ def test_a_failing_job_ends_failed_with_vertex_reason_and_its_error_json(gcp, im
     platform = stackwise.connect("dev-gcp")
     platform._compute = VertexCompute(platform.stack, credentials=AnonymousCredentials(),
                                       api_endpoint=gcp["vertex"].endpoint)
-    handle = platform.index(source=f"gs://{BUCKET}/data/no-such-folder/", index="kb")
+    handle = platform.index(source=f"gs://{BUCKET}/data/no-such-folder/", index="kb", preflight=False)
     runner = VertexRunner(gcp["vertex"], engine, tmp_path / "vertex", {**_gcp_env(gcp), "OMP_NUM_THREADS": "1"})
     codes = runner.run(handle.id, timeout=300)
     assert list(codes) == ["workerpool0-0"] and codes["workerpool0-0"] not in (0, 125, 126, 127), \

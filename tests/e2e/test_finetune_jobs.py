@@ -187,7 +187,7 @@ def test_bad_dataset_inside_the_job_exits_2_naming_the_line(sdk_env, tiny, tmp_p
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"prompt": "no completion"}\n', encoding="utf-8")
     spec = finetune_spec(tiny).model_copy(update={"data": str(bad)})
-    info = stackwise.connect().finetune(spec).wait(timeout=JOB_TIMEOUT_S)
+    info = stackwise.connect().finetune(spec, preflight=False).wait(timeout=JOB_TIMEOUT_S)
     assert info.state is JobState.FAILED and info.exit_code == 2
     assert f"{bad} line 2" in info.error and "'prompt' but no 'completion'" in info.error
     assert "Traceback" not in log_text(info)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from stackwise.errors import InputError
+
 from .conftest import (
     JOB_TIMEOUT_S,
     gone,
@@ -146,8 +148,11 @@ def test_job_failing_on_a_bad_jsonl_line_reports_where(sdk_env: Path, tmp_path: 
     assert "line 3" in refused.stderr, refused
     assert not (sdk_env / "jobs.db").exists() or run_cli(sdk_env, "jobs", "list", "--json").json() == []
 
-    # ... and a job given it anyway (through the SDK) fails with the same location and exit code 2.
-    handle = stackwise.connect().index(source=str(bad), index="bad")
+    # ... so does the SDK (Platform.index runs spec.preflight()) ...
+    with pytest.raises(InputError, match="line 3"):
+        stackwise.connect().index(source=str(bad), index="bad")
+    # ... and a job given it anyway (preflight=False) fails with the same location and exit code 2.
+    handle = stackwise.connect().index(source=str(bad), index="bad", preflight=False)
     info = handle.wait(timeout=JOB_TIMEOUT_S)
     assert info.state is JobState.FAILED, info
     assert info.exit_code == 2
