@@ -24,7 +24,7 @@ STREAM_PING_S = 15
 
 
 def _status_of(exc: BaseException) -> int:
-    from .serving import NotReadyError
+    from .serve_protocol import NotReadyError
 
     if isinstance(exc, oa.APIError):
         return exc.status
@@ -37,7 +37,7 @@ def api_error(exc: BaseException, status: int | None = None, request_id: str | N
     """An OpenAI-shaped JSON error for `exc` (no path of this machine in it)."""
     from fastapi.responses import JSONResponse
 
-    from .serving import public_text
+    from .serve_protocol import public_text
 
     status = status or _status_of(exc)
     param = getattr(exc, "param", None)
@@ -161,7 +161,7 @@ def add_routes(app: Any, backend: Any, state: Any) -> None:
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
 
-    from .serving import RequestError, read_body
+    from .serve_protocol import RequestError, read_body
 
     async def body_of(request: Any) -> bytes:
         try:

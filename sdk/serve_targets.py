@@ -161,7 +161,7 @@ def rag_target(folder: Path, key: str, version: str, engines: Engines, search: C
                          where=str(folder / RAG_FILE), fix="serve it with `stackwise serve` on the stack that holds "
                          f"index {app.index!r}")
     gen_folder = generator if generator is not None else generator_folder(app.generator, context)
-    from .serving import find_model_folder
+    from .serve_source import find_model_folder
 
     gen_folder = find_model_folder(gen_folder, f"{key}'s generator {app.generator}")
     if is_rag_folder(gen_folder):
@@ -304,7 +304,7 @@ def cloud_rag_target(folder: Path, key: str, version: str, engines: Engines, env
 def _fetch_generator(uri: str, context: Any) -> Path:
     """The generator's folder on this machine: a folder as is, a URI or short name through
     `resolve_base` (copied once into the model cache)."""
-    from .serving import local_folder
+    from .serve_source import local_folder
     from .training.models import resolve_base
 
     folder = local_folder(uri)

@@ -131,8 +131,9 @@ def endpoint_gpu(stack: Any, endpoint_output: Any) -> str | None:
 
 
 def container_env(target: DeployTarget, rag_env: dict[str, str] | None = None) -> dict[str, str]:
-    """What the serving image reads (sdk/serving.py `model_source`, `create_app`): the same variables
-    the cloud adapters set, and a RAG app version's context and pinned generator (`rag_env`)."""
+    """What the serving image reads (sdk/serve_source.py `model_source`, sdk/serving.py `create_app`):
+    the same variables the cloud adapters set, and a RAG app version's context and pinned generator
+    (`rag_env`)."""
     return {ENV_MODEL: target.model, ENV_VERSION: target.version, ENV_BASE: target.base_model or "",
             ENV_URI: target.artifact_uri, **(rag_env or {})}
 

@@ -1,4 +1,4 @@
-"""Model references, traffic splits and weighted routing (sdk/deploy.py, sdk/serving.py): pure
+"""Model references, traffic splits and weighted routing (sdk/deploy.py, sdk/serve_local.py): pure
 functions, no cloud, no model."""
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The serving contracts' pure parts (sdk/serving.py): request bodies in the OpenAI, Hugging Face
-(SageMaker) and Vertex AI shapes and their refusals, answers in the same shapes, where a cloud
-container's model comes from (and in which order), how its folder is found, the listening port,
-and the routes each contract needs on the app (no model is loaded here)."""
+"""The serving contracts' pure parts (sdk/serve_protocol.py, sdk/serve_source.py, sdk/serving.py):
+request bodies in the OpenAI, Hugging Face (SageMaker) and Vertex AI shapes and their refusals,
+answers in the same shapes, where a cloud container's model comes from (and in which order), how
+its folder is found, the listening port, and the routes each contract needs on the app (no model
+is loaded here)."""
 
 from __future__ import annotations
 
