@@ -14,6 +14,10 @@ stack's tracking store, so they flow back into evaluation.
   retrieval `{"query", "relevant"}`; `export_label_studio` writes Label Studio tasks.
 - `stats` and `compare_versions` give the online A/B figures per version with significance tests.
 - `AsyncRecorder` writes answers from a background thread so a server never waits for MLflow.
+
+This module holds the store and re-exports the names of the others: `stackwise.feedback_records`
+(the records and their vocabulary), `stackwise.feedback_export` (the exports, mixed into the
+store), `stackwise.feedback_stats` (the online figures) and `stackwise.feedback_recorder`.
 """
 
 from __future__ import annotations
@@ -21,137 +25,35 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
-import math
-import queue
 import secrets
-import threading
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
-from pydantic import BaseModel
-
 from .errors import ConfigError, InputError
+from .feedback_export import FeedbackExports
 
-EXPERIMENT = "stackwise-serving"
-#: Labels a client may send instead of a score, with the score each counts as in the statistics.
-LABELS: dict[str, float] = {"good": 1.0, "bad": 0.0, "correct": 1.0, "incorrect": 0.0, "helpful": 1.0,
-                            "unhelpful": 0.0, "harmful": 0.0}
-REVIEWS = ("approved", "corrected", "rejected")
-MAX_ID, MAX_COMMENT, MAX_CORRECTION, MAX_NAME = 64, 4000, 16000, 256
-_T = "stackwise."  # prefix of every tag and metadata key stackwise writes
+# Re-exported: `stackwise.feedback` stays the public surface.
+from .feedback_records import (  # noqa: F401
+    _T,
+    EXPERIMENT,
+    LABELS,
+    MAX_COMMENT,
+    MAX_CORRECTION,
+    MAX_ID,
+    MAX_NAME,
+    REVIEWS,
+    AnswerRecord,
+    FeedbackEntry,
+    FeedbackItem,
+    FeedbackNotFound,
+    Review,
+    VersionStats,
+    refused,
+)
+from .feedback_recorder import AsyncRecorder  # noqa: F401
+from .feedback_stats import _version_stats, compare_versions, percentile  # noqa: F401
+
 _PAGE = 500
-_log = logging.getLogger(__name__)
-
-
-class FeedbackNotFound(InputError):
-    """No answer with that request id is recorded in this store (the server answers 404)."""
-
-
-@dataclass(kw_only=True)
-class AnswerRecord:
-    """One served answer. `created` is when the request arrived (epoch seconds); `sources` are the
-    cited chunks `{"id", "doc_id", "source", "score"}` (an optional `"text"` becomes eval context)."""
-
-    request_id: str
-    endpoint: str
-    answer: str
-    app: str = ""
-    model: str = ""
-    version: str = ""
-    user: str | None = None
-    messages: list[dict[str, Any]] | None = None
-    prompt: str | None = None
-    sources: list[dict[str, Any]] = field(default_factory=list)
-    latency_ms: float = 0.0
-    ttft_ms: float | None = None
-    retrieval_ms: float | None = None
-    status: int = 200
-    finish_reason: str | None = None
-    created: float = field(default_factory=time.time)
-
-    @property
-    def question(self) -> str:
-        """The last user message (text parts joined), else the prompt."""
-        for message in reversed(self.messages or []):
-            if message.get("role") == "user":
-                content = message.get("content")
-                if isinstance(content, list):
-                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict)).strip()
-                return str(content or "")
-        return self.prompt or ""
-
-
-class FeedbackEntry(BaseModel):
-    score: float | None = None
-    label: str | None = None
-    comment: str | None = None
-    correction: str | None = None
-    user: str | None = None
-    created_ms: int | None = None
-
-
-class Review(BaseModel):
-    decision: str  # approved | corrected | rejected
-    reviewer: str
-    expected: str | None = None
-    relevant: list[str] = []
-    created_ms: int | None = None
-
-
-class FeedbackItem(BaseModel):
-    """An answer with its feedback and review, as `list` returns it."""
-
-    trace_id: str
-    record: dict[str, Any]  # the AnswerRecord's fields
-    question: str
-    feedback: list[FeedbackEntry] = []
-    review: Review | None = None
-
-    @property
-    def score(self) -> float | None:
-        """The latest score-bearing feedback (a label counts as its LABELS score)."""
-        scored = [f.score for f in self.feedback if f.score is not None]
-        return scored[-1] if scored else None
-
-    @property
-    def expected(self) -> str | None:
-        """The reviewer's expected answer, else None."""
-        return self.review.expected if self.review else None
-
-
-class VersionStats(BaseModel):
-    """Online figures of one served version (app, model, version) on one endpoint's traffic."""
-
-    app: str
-    model: str
-    version: str
-    answers: int
-    errors: int
-    feedback: int
-    scores: list[float]
-    mean_score: float | None
-    latency_p50_ms: float | None
-    latency_p99_ms: float | None
-    ttft_p50_ms: float | None
-    refusals: int
-    refusal_rate: float | None
-
-    @property
-    def label(self) -> str:
-        name = self.app or self.model or "-"
-        return f"{name} v{self.version}" if self.version else name
-
-
-def refused(answer: str) -> bool:
-    """Whether an answer declines: the safety suite's refusal patterns, or a RAG abstention
-    ("I don't know", "not in the context") as the qa suite counts them."""
-    from .evaluation.qa import _REFUSALS
-    from .evaluation.safety import refused as safety_refused
-
-    return safety_refused(answer) or any(r in answer.lower() for r in _REFUSALS)
 
 
 def trace_id_for(experiment_id: str, request_id: str) -> str:
@@ -190,10 +92,9 @@ def _quoted(value: str, name: str) -> str:
                          fix="app, version and endpoint names are plain words")
     return f"'{value}'"
 
-
-class FeedbackStore:
+class FeedbackStore(FeedbackExports):
     """Answers, feedback and reviews in one MLflow experiment of a tracking store. Thread-safe:
-    every call opens its own store session."""
+    every call opens its own store session. Its exports come from `FeedbackExports`."""
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = EXPERIMENT,
                  artifact_location: str | None = None):
@@ -366,61 +267,6 @@ class FeedbackStore:
             groups.setdefault(key, []).append(trace.info)
         return [_version_stats(key, infos) for key, infos in sorted(groups.items())]
 
-    # -- exports ---------------------------------------------------------------------------------
-    def export_eval(self, path: str | Path, *, reviewed_only: bool = True, include_predictions: bool = False,
-                    app: str | None = None, version: str | None = None) -> dict[str, int]:
-        """Write evaluation JSONL: a qa record per answer with an expected answer (a reviewer's; with
-        `reviewed_only=False` also a user's correction) and a retrieval record per answer with
-        relevant doc ids. `include_predictions` adds the served answer as `prediction`, so the qa
-        suite scores what was served. Returns counts per suite."""
-        items = self.list(app=app, version=version, reviewed=True if reviewed_only else None, limit=None,
-                          oldest_first=True)
-        lines, counts = [], {"qa": 0, "retrieval": 0}
-        for item in items:
-            if item.review is not None and item.review.decision == "rejected":
-                continue
-            expected = item.expected
-            if expected is None and not reviewed_only:
-                expected = next((f.correction for f in reversed(item.feedback) if f.correction), None)
-            if expected is None or not item.question:
-                continue
-            ref = {"request_id": item.record["request_id"], "app": item.record["app"],
-                   "version": item.record["version"]}
-            qa_rec: dict[str, Any] = {"question": item.question, "answers": [expected], **ref}
-            texts = [str(s["text"]) for s in item.record["sources"] if s.get("text")]
-            if texts:
-                qa_rec["context"] = "\n\n".join(texts)
-            if include_predictions:
-                qa_rec["prediction"] = item.record["answer"]
-            lines.append(qa_rec)
-            counts["qa"] += 1
-            if item.review is not None and item.review.relevant:
-                lines.append({"query": item.question, "relevant": item.review.relevant, **ref})
-                counts["retrieval"] += 1
-        _write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
-        return counts
-
-    def export_label_studio(self, path: str | Path, *, reviewed: bool | None = None,
-                            with_feedback: bool | None = None, app: str | None = None) -> int:
-        """Write Label Studio tasks (JSON list of {"data", "predictions"}) for LABEL_STUDIO_CONFIG:
-        the served answer is the prediction a labeller accepts or edits. Returns the task count."""
-        tasks = []
-        for item in self.list(app=app, reviewed=reviewed, with_feedback=with_feedback, limit=None, oldest_first=True):
-            rec = item.record
-            sources = "\n".join(f"[{i}] {s.get('doc_id') or s.get('source')} (score {s.get('score')})"
-                                + (f": {s['text']}" if s.get("text") else "") for i, s in enumerate(rec["sources"], 1))
-            data = {"request_id": rec["request_id"], "question": item.question, "answer": rec["answer"],
-                    "sources": sources or "(none)", "app": rec["app"], "model": rec["model"], "version": rec["version"],
-                    "user_score": item.score,
-                    "user_comment": next((f.comment for f in item.feedback if f.comment), None),
-                    "review": item.review.decision if item.review else None}
-            result = [{"id": "answer", "from_name": "answer", "to_name": "question", "type": "textarea",
-                       "value": {"text": [rec["answer"]]}}]
-            tasks.append({"data": data, "predictions": [{"model_version": rec["model"] or rec["app"] or "served",
-                                                         "result": result}]})
-        _write(path, json.dumps(tasks, indent=2, ensure_ascii=False) + "\n")
-        return len(tasks)
-
     # -- internals -------------------------------------------------------------------------------
     @staticmethod
     def _check_id(request_id: Any) -> None:
@@ -522,176 +368,3 @@ def _safe_uri(uri: str) -> str:
     from .secrets import redact
 
     return redact(re.sub(r"//[^/@]*@", "//***@", uri))
-
-
-def _write(path: str | Path, text: str) -> None:
-    """Write `text` to a local file at once (a temporary file renamed over it)."""
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(target)
-    except OSError as exc:
-        raise InputError(f"cannot write {target}: {exc.strerror or exc}", where=str(target),
-                         fix="choose a writable path") from None
-
-
-# -- online statistics -------------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0..100) with linear interpolation between ranks (numpy's default)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def _version_stats(key: tuple[str, str, str], infos: list[Any]) -> VersionStats:
-    scores, latencies, ttfts, errors, refusals = [], [], [], 0, 0
-    for info in infos:
-        meta = info.trace_metadata
-        latencies.append(float(meta.get(f"{_T}latency_ms", 0)))
-        if f"{_T}ttft_ms" in meta:
-            ttfts.append(float(meta[f"{_T}ttft_ms"]))
-        errors += int(meta.get(f"{_T}status", "200")) >= 400
-        refusals += meta.get(f"{_T}refused") == "true"
-        rated = sorted((a for a in info.assessments if a.name == "user_score" and a.valid is not False),
-                       key=lambda a: a.create_time_ms or 0)
-        if rated:
-            scores.append(float(rated[-1].value))  # one score per answer: the latest
-    ok = len(infos) - errors
-    return VersionStats(app=key[0], model=key[1], version=key[2], answers=len(infos), errors=errors,
-                        feedback=len(scores), scores=scores, mean_score=sum(scores) / len(scores) if scores else None,
-                        latency_p50_ms=percentile(latencies, 50), latency_p99_ms=percentile(latencies, 99),
-                        ttft_p50_ms=percentile(ttfts, 50), refusals=refusals,
-                        refusal_rate=refusals / ok if ok else None)
-
-
-def compare_versions(a: VersionStats, b: VersionStats, alpha: float = 0.05) -> dict[str, Any]:
-    """Whether b differs from a: Welch's t-test on feedback scores (unequal variances) with Cohen's
-    d (average-variance form), and Fisher's exact test on refusals among successful answers with
-    the odds ratio. A test without enough data gives p_value None and significant False."""
-    from .registry import require
-
-    stats = require("scipy.stats", "eval", "the significance tests")
-    out: dict[str, Any] = {"a": a.label, "b": b.label, "alpha": alpha}
-    score: dict[str, Any] = {"n_a": len(a.scores), "n_b": len(b.scores), "mean_a": a.mean_score,
-                             "mean_b": b.mean_score, "diff": None, "t": None, "p_value": None, "cohens_d": None}
-    if a.scores and b.scores:
-        score["diff"] = b.mean_score - a.mean_score  # type: ignore[operator]
-    if len(a.scores) >= 2 and len(b.scores) >= 2:
-        var_a, var_b = _variance(a.scores), _variance(b.scores)
-        if var_a + var_b > 0:
-            result = stats.ttest_ind(b.scores, a.scores, equal_var=False)
-            score["t"], score["p_value"] = float(result.statistic), float(result.pvalue)
-            score["cohens_d"] = score["diff"] / math.sqrt((var_a + var_b) / 2)
-        else:
-            score["note"] = "no variance in either version's scores"
-    else:
-        score["note"] = "needs at least 2 scored answers per version"
-    score["significant"] = score["p_value"] is not None and score["p_value"] < alpha
-    ok_a, ok_b = a.answers - a.errors, b.answers - b.errors
-    refusal: dict[str, Any] = {"rate_a": a.refusal_rate, "rate_b": b.refusal_rate, "diff": None,
-                               "odds_ratio": None, "p_value": None}
-    if ok_a > 0 and ok_b > 0:
-        refusal["diff"] = b.refusals / ok_b - a.refusals / ok_a
-        result = stats.fisher_exact([[b.refusals, ok_b - b.refusals], [a.refusals, ok_a - a.refusals]])
-        refusal["odds_ratio"], refusal["p_value"] = float(result[0]), float(result[1])
-    refusal["significant"] = refusal["p_value"] is not None and refusal["p_value"] < alpha
-    out["score"], out["refusal"] = score, refusal
-    return out
-
-
-def _variance(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-
-
-# -- the background writer ---------------------------------------------------------------------------
-class AsyncRecorder:
-    """Writes answers to a FeedbackStore from one background thread, so the caller never waits for
-    MLflow: `submit` only enqueues and, when the bounded queue is full, drops the record and counts
-    it. `add_feedback` first waits (bounded) for that request's own answer to be written."""
-
-    def __init__(self, store: FeedbackStore, maxsize: int = 1000):
-        self.store = store
-        self.submitted = self.recorded = self.dropped = self.failed = 0
-        self.last_error: str | None = None
-        self._queue: queue.Queue[AnswerRecord | None] = queue.Queue(maxsize)
-        self._pending: set[str] = set()
-        self._done = threading.Condition()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="stackwise-feedback-recorder", daemon=True)
-        self._thread.start()
-
-    def submit(self, rec: AnswerRecord) -> bool:
-        """Queue one answer; False (and counted in `dropped`) when the queue is full or closed."""
-        with self._done:
-            if self._closed:
-                self.dropped += 1
-                return False
-            try:
-                self._queue.put_nowait(rec)
-            except queue.Full:
-                self.dropped += 1
-                return False
-            self.submitted += 1
-            self._pending.add(rec.request_id)
-            return True
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every answer submitted so far is written (or failed); False on timeout."""
-        with self._done:
-            target = self.submitted
-            return self._done.wait_for(lambda: self.recorded + self.failed >= target, timeout)
-
-    def wait_recorded(self, request_id: str, timeout: float = 5.0) -> bool:
-        """Wait until `request_id`'s answer left the queue; False on timeout."""
-        with self._done:
-            return self._done.wait_for(lambda: request_id not in self._pending, timeout)
-
-    def add_feedback(self, request_id: str, timeout: float = 5.0, **feedback: Any) -> None:
-        """FeedbackStore.add_feedback, after this request's answer (if queued) is written."""
-        self.wait_recorded(request_id, timeout)
-        self.store.add_feedback(request_id, **feedback)
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued (up to `timeout`) and stop the thread; later submits are dropped."""
-        with self._done:
-            if self._closed:
-                return
-            self._closed = True
-        self.flush(timeout)
-        try:
-            self._queue.put(None, timeout=max(timeout, 0.1))
-        except queue.Full:
-            return
-        self._thread.join(timeout)
-
-    def counts(self) -> dict[str, int]:
-        return {"submitted": self.submitted, "recorded": self.recorded, "dropped": self.dropped,
-                "failed": self.failed, "queued": self._queue.qsize()}
-
-    def _run(self) -> None:
-        while True:
-            rec = self._queue.get()
-            if rec is None:
-                return
-            error = None
-            try:
-                self.store.record_answer(rec)
-            except Exception as exc:  # noqa: BLE001 - one bad write must not stop the recorder
-                error = f"{type(exc).__name__}: {str(exc)[:300]}"
-            with self._done:
-                if error:
-                    self.failed += 1
-                    if self.last_error is None:
-                        _log.warning("feedback recorder: cannot record request %s: %s", rec.request_id, error)
-                    self.last_error = error
-                else:
-                    self.recorded += 1
-                self._pending.discard(rec.request_id)
-                self._done.notify_all()
