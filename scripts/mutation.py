@@ -57,6 +57,9 @@ TARGETS: dict[str, Target] = {
     "documents": Target("sdk/documents.py", ("tests/unit/test_index_identity.py", "tests/unit/test_documents.py")),
     "index": Target("sdk/workloads/index.py", ("tests/unit/test_index_identity.py", "tests/e2e/test_index_search.py")),
     "embedded": Target("adapters/vectors/embedded.py", ("tests/contract/test_embedded_store.py",)),
+    "embedded-table": Target("adapters/vectors/embedded_table.py", ("tests/contract/test_embedded_store.py",
+                                                                     "tests/contract/test_embedded_filters.py")),
+    "embedded-damage": Target("adapters/vectors/embedded_damage.py", ("tests/contract/test_embedded_store.py",)),
     "submit": Target("adapters/compute/base.py", ("tests/contract/test_compute_sagemaker.py",)),
 }
 

@@ -1,4 +1,4 @@
-"""Local compute: each job is a process on this machine, its record a row in SQLite.
+"""Local compute: each job is a process on this machine, its record a row in SQLite (local_jobs.py).
 
 `submit` writes the spec to the job's folder and starts a detached supervisor
 (`python -m stackwise.adapters.compute.local_supervisor JOB_ID`) in its own session. The
@@ -25,7 +25,6 @@ State lives under the state folder (`.stackwise/` or `$STACKWISE_HOME`): `jobs.d
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -35,178 +34,20 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from stackwise.errors import ConfigError, JobNotFoundError
+from stackwise.errors import ConfigError
 from stackwise.jobs import JobConflictError, JobHandle, JobInfo, JobState
-from stackwise.paths import state_dir
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    stack TEXT NOT NULL,
-    state TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    ended_at REAL,
-    supervisor_pid INTEGER,
-    supervisor_started REAL,
-    workload_pid INTEGER,
-    exit_code INTEGER,
-    error TEXT,
-    outputs TEXT,
-    job_dir TEXT NOT NULL,
-    cwd TEXT NOT NULL
-)
-"""
-_ACTIVE = (JobState.PENDING.value, JobState.RUNNING.value)
+# The job records (JobDB, state_error) live in local_jobs.py; callers also import them from here.
+from .local_jobs import ACTIVE, JobDB, state_error
+
 CANCEL_GRACE_S = 10.0
 KILL_WAIT_S = 10.0  # how long a SIGKILLed process may take to be gone (it only has to be scheduled)
 ENV_JOB_ID = "STACKWISE_JOB_ID"  # in every process of a job: how its leftovers are recognised
-_SQLITE_MAX = 2**63 - 1
-
-
-def state_error(exc: BaseException, path: Path, home: Path) -> ConfigError:
-    """What a failed read or write of the state folder means, and how to fix it (never a raw
-    sqlite3 or OS error). Nothing is deleted or rewritten to get past it."""
-    text = str(exc)
-    low = text.lower()
-    code = getattr(exc, "errno", None)
-    move = f"mv {path} {path}.corrupt"
-    if "not a database" in low or "malformed" in low or "corrupt" in low:
-        return ConfigError(
-            f"the job table is corrupt or truncated ({text}); stackwise leaves it as it is",
-            where=str(path),
-            fix=f"move it aside (`{move}`) and run the command again: a new, empty job table is made "
-                "(the jobs' folders and logs under jobs/ are kept), or restore it from a backup",
-        )
-    if code == errno.ENOSPC or "disk is full" in low or "disk full" in low or code == errno.EFBIG:
-        return ConfigError(
-            f"no space left to write the state folder ({text})",
-            where=str(home),
-            fix="free space on its disk, or point STACKWISE_HOME at a folder on a disk with room",
-        )
-    if (code in (errno.EROFS, errno.EACCES, errno.EPERM) or "readonly" in low or "read-only" in low
-            or "unable to open database" in low or (home.is_dir() and not os.access(home, os.W_OK))):
-        return ConfigError(
-            f"the state folder cannot be written ({text})",
-            where=str(home),
-            fix="make it writable (a read-only mount or another user's folder cannot hold job state), "
-                "or point STACKWISE_HOME at a writable folder",
-        )
-    if "locked" in low or "busy" in low:
-        return ConfigError(
-            f"the job table stayed locked by another process ({text})",
-            where=str(path),
-            fix="wait for the other stackwise command to finish, then run this one again",
-        )
-    return ConfigError(f"the job table cannot be used ({text})", where=str(path),
-                       fix=f"check the state folder's disk; if the table is damaged, move it aside (`{move}`)")
-
-
-def _like_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-class JobDB:
-    """The SQLite job table. Each call opens its own connection: safe across processes.
-
-    A table that cannot be read or written (corrupt or truncated, a read-only or full disk)
-    raises `ConfigError` saying so; it is never recreated or overwritten."""
-
-    def __init__(self, home: Path | None = None):
-        self.home = home or state_dir()
-        self.path = self.home / "jobs.db"
-        try:
-            self.home.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise state_error(exc, self.path, self.home) from None
-        with self._db(write=True) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30.0)
-        db.row_factory = sqlite3.Row
-        return db
-
-    @contextmanager
-    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """One connection (one transaction when `write`), its failures said as `ConfigError`.
-        IntegrityError passes through: `submit` relies on it."""
-        try:
-            with closing(self._connect()) as db:
-                if write:
-                    with db:
-                        yield db
-                else:
-                    yield db
-        except sqlite3.IntegrityError:
-            raise
-        except (sqlite3.Error, OSError) as exc:
-            raise state_error(exc, self.path, self.home) from None
-
-    def insert(self, row: dict[str, Any]) -> None:
-        columns = ", ".join(row)
-        marks = ", ".join("?" for _ in row)
-        with self._db(write=True) as db:
-            db.execute(f"INSERT INTO jobs ({columns}) VALUES ({marks})", tuple(row.values()))
-
-    def update(self, job_id: str, only_if_active: bool = False, **values: Any) -> bool:
-        """Update a job; with `only_if_active`, only while it is PENDING or RUNNING (no lost races)."""
-        sets = ", ".join(f"{k} = ?" for k in values)
-        sql = f"UPDATE jobs SET {sets} WHERE id = ?"
-        params: tuple[Any, ...] = (*values.values(), job_id)
-        if only_if_active:
-            sql += " AND state IN (?, ?)"
-            params += _ACTIVE
-        with self._db(write=True) as db:
-            return db.execute(sql, params).rowcount == 1
-
-    def get(self, job_id: str) -> sqlite3.Row:
-        """The job with this id, or the one job whose id starts with it (as `docker` and `git` do).
-        The prefix is matched literally (`%` and `_` are no wildcards); one shared by several jobs
-        is refused with their ids."""
-        rows: list[sqlite3.Row] = []
-        with self._db() as db:
-            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-            if row is None and job_id.strip():
-                rows = db.execute("SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\' ORDER BY created_at DESC, id "
-                                  "LIMIT 6", (_like_escape(job_id) + "%",)).fetchall()
-                row = rows[0] if len(rows) == 1 else None
-        if row is None and len(rows) > 1:
-            shown = ", ".join(r["id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-            raise JobNotFoundError(
-                f"{job_id!r} is the start of more than one job id ({shown})",
-                where=str(self.path),
-                fix="give more of the id (or all of it: `stackwise jobs list` shows them whole)",
-            )
-        if row is None:
-            raise JobNotFoundError(
-                f"no job {job_id!r}",
-                where=str(self.path),
-                fix="list jobs with `stackwise jobs list` (jobs are kept per state folder: check STACKWISE_HOME)",
-            )
-        return row
-
-    def attempts(self, kind: str, digest: str) -> list[sqlite3.Row]:
-        """Every job of one identity, oldest first."""
-        with self._db() as db:
-            return db.execute("SELECT * FROM jobs WHERE kind = ? AND digest = ? ORDER BY created_at, id",
-                              (kind, digest)).fetchall()
-
-    def rows(self, limit: int) -> list[sqlite3.Row]:
-        """The `limit` newest jobs (any larger limit than SQLite can hold means all of them)."""
-        with self._db() as db:
-            return db.execute("SELECT * FROM jobs ORDER BY created_at DESC LIMIT ?",
-                              (max(0, min(int(limit), _SQLITE_MAX)),)).fetchall()
 
 
 def _alive(pid: int | None, started: float | None) -> bool:
@@ -338,7 +179,7 @@ class LocalCompute:
             rows = self.db.attempts(kind, spec.digest())
             if rows:
                 latest = self._reconcile(rows[-1])
-                if latest["state"] in _ACTIVE:
+                if latest["state"] in ACTIVE:
                     return JobHandle(self, latest["id"])
                 self._refuse_leftovers([*rows[:-1], latest])
             attempt = len(rows) + 1
@@ -432,7 +273,7 @@ class LocalCompute:
     def _reconcile(self, row: sqlite3.Row) -> sqlite3.Row:
         """A job whose supervisor died without recording an end is FAILED, not RUNNING forever;
         what is left of its processes is stopped first, so a FAILED job writes nothing more."""
-        if row["state"] in _ACTIVE and row["supervisor_pid"] and not _alive(
+        if row["state"] in ACTIVE and row["supervisor_pid"] and not _alive(
             row["supervisor_pid"], row["supervisor_started"]
         ):
             survivors = stop_leftovers(row)
@@ -447,7 +288,7 @@ class LocalCompute:
 
     def _refuse_leftovers(self, rows: list[sqlite3.Row]) -> None:
         """A new attempt must not race an earlier one that still runs without its supervisor."""
-        ended = [row for row in rows if row["state"] not in _ACTIVE]
+        ended = [row for row in rows if row["state"] not in ACTIVE]
         for job_id, procs in _leftovers(ended).items():
             pids = ", ".join(str(p.pid) for p in procs)
             raise JobConflictError(
@@ -511,7 +352,7 @@ class LocalCompute:
         running (its supervisor was killed) is stopped too: when this returns, none runs."""
         row = self.db.get(job_id)
         pid, started = row["supervisor_pid"], row["supervisor_started"]
-        if row["state"] not in _ACTIVE:
+        if row["state"] not in ACTIVE:
             self._stop_or_raise(row)
             return self._info(row)
         self.db.update(

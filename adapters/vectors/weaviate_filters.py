@@ -1,6 +1,6 @@
 """Weaviate's dialect of the portable filter (`stackwise.filters`): one pure translation of the
 typed tree into a `weaviate.classes.query.Filter`, used by the Weaviate adapter
-(adapters/vectors/weaviate.py, which first fits values to the collection's property types) and
+(adapters/vectors/weaviate_schema.py first fits values to the collection's property types) and
 tested on its own (tests/unit/test_filters.py). Imports weaviate only when called."""
 
 from __future__ import annotations
