@@ -6,7 +6,11 @@ to `max_batch` rows, left-padded) and merges their KV cache into the running bat
 padded on the left, masked out), then runs one decode step for every row. Positions come from each
 row's attention mask, so greedy output equals `model.generate(do_sample=False)` on the prompt alone.
 Rows leave as soon as they finish or are cancelled; new ones join at any step. Rows of different
-LoRA adapters share each forward pass through peft's mixed-batch inference (`adapter_names`)."""
+LoRA adapters share each forward pass through peft's mixed-batch inference (`adapter_names`).
+
+Over ~400 lines on purpose: one scheduler loop and the batch state it alone owns (KV caches, masks,
+adapters); apart, the batch's internals would be shared between modules.
+"""
 
 from __future__ import annotations
 

@@ -18,6 +18,9 @@ podman reads its configuration from `CONTAINERS_CONF` (scripts/containers.conf f
 hybrid cgroups or no rlimit changes).
 
 Only the standard library is imported here.
+
+Over ~400 lines on purpose: the build (base image, wheelhouse, content digest, build, push, login)
+is one sequence whose steps share the digest and the engine's handling.
 """
 
 from __future__ import annotations

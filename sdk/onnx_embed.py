@@ -20,6 +20,9 @@ Guarantees:
 
 Nothing heavy is imported at module level: onnxruntime, tokenizers and numpy load in `OnnxEncoder`;
 torch, sentence-transformers and onnx only when an export is needed.
+
+Over ~400 lines on purpose: the export, its check against PyTorch and the runtime share one cache
+layout and one set of probes; apart, the guarantee below would span modules.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Decisions a reader needs:
   the chunk's `doc_id` (`file://...`, `...jsonl#id`): a hit's `source` is the indexed folder or glob.
 - Sources that do not fit the generator's window are dropped from the end (the least relevant
   first), so every source an answer reports was in its prompt.
+
+Over ~400 lines on purpose: the app's config, its registry versions and the answer path (retrieve,
+rerank, prompt, cite) are one feature whose parts check each other.
 """
 
 from __future__ import annotations

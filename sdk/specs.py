@@ -1,5 +1,9 @@
 """Typed job specs. A spec is the whole description of a job: it is hashed, stored with the
-job record, written to `spec.json`, and read back by the workload inside the job."""
+job record, written to `spec.json`, and read back by the workload inside the job.
+
+Over ~400 lines on purpose: every job spec and its parts in one module, the single definition the
+workloads, adapters, CLI and pipelines read.
+"""
 
 from __future__ import annotations
 

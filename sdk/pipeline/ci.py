@@ -17,6 +17,9 @@ What every workflow does, per environment in order (dev -> ... -> prod), one job
   stack's artifact store, so a fresh runner sees it; a local stack's state travels as an artifact).
   A pipeline whose steps cannot be read, or that has no deploy step, runs wholly after approval (the
   first job then only validates it with `--dry-run`).
+
+Over ~400 lines on purpose: GitHub's and GitLab's workflows are built side by side from one
+`CiConfig`, so what one does the other does too.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ model and chooses where outputs go. `train` runs in every rank: it builds the mo
 QLoRA or full), trains with transformers' Trainer, checkpoints every interval and resumes from
 the last complete checkpoint on its own; rank 0 then saves the adapter (and merged model),
 measures held-out perplexity, writes the model card and logs to MLflow.
+
+Over ~400 lines on purpose: `prepare` and `train` share the run's state (paths, resume point,
+ranks, the MLflow run) step by step.
 """
 
 from __future__ import annotations
