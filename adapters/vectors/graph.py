@@ -24,7 +24,7 @@ changed). Local folders are written under a temporary name and renamed into plac
 stores the files are uploaded before the manifest, and readers copy a version's folder into
 the local cache once (STACKWISE_CACHE, default ~/.cache/stackwise).
 
-This module stays whole (over 400 lines) because it is the one place that writes and reads the
+Over ~400 lines on purpose: it stays whole because it is the one place that writes and reads the
 folder format above: the build, the loader and the search share its files and manifest, and
 splitting them would put one format's two halves in different files.
 """
