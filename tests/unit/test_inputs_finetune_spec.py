@@ -26,7 +26,7 @@ class FakePlatform:
     def __init__(self) -> None:
         self.submitted: list[tuple[FineTuneSpec, bool, str | None]] = []
 
-    def finetune(self, spec, new=False, run_name=None):
+    def finetune(self, spec, new=False, run_name=None, preflight=True):  # Platform.finetune's signature
         self.submitted.append((spec, new, run_name))
         return FakeHandle()
 

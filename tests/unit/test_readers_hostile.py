@@ -251,7 +251,7 @@ def test_the_cli_passes_follow_links_into_the_spec(monkeypatch, tmp_path):
             class outputs:  # noqa: N801
                 embedding_model = "all-MiniLM-L6-v2"
 
-        def index(self, spec, new=False, run_name=None):
+        def index(self, spec, new=False, run_name=None, preflight=True):  # Platform.index's signature
             specs.append(spec)
             return "job-1"
 
