@@ -36,7 +36,9 @@ from kube_runner import KubeRunner  # noqa: E402
 from kube_server import KubeServer  # noqa: E402
 from sagemaker_emulator import SageMakerEmulator  # noqa: E402
 
-BUCKET = "sw-dev-artifacts"
+# Its own bucket: moto's servers in one process share their S3 state, and the SageMaker container
+# test indexes the same articles into sw-dev-artifacts.
+BUCKET = "sw-k8s-artifacts"
 NAMESPACE = "sw-dev"
 ARTICLES = 12
 QUERY = "bushfires threaten homes near Sydney"
@@ -112,8 +114,12 @@ def test_index_pods_of_a_two_worker_job_run_under_podman_kube_play(images, engin
         cloud_hits = host_search("dev-k8s", QUERY, "kb", tmp_path, **{k: v for k, v in s3_env(s3_server.endpoint).items()})
         assert_same_top5_as_local(cloud_hits, texts, QUERY, tmp_path)
     finally:
+        import boto3
         import s3fs
 
+        bucket = boto3.resource("s3", region_name="us-east-1", endpoint_url=s3_server.endpoint).Bucket(BUCKET)
+        bucket.objects.all().delete()  # the state moto's other servers in this process would see
+        bucket.delete()
         kube.stop()
         s3_server.stop()
         s3fs.S3FileSystem.clear_instance_cache()  # bound to the stopped server (see test_compute_kubernetes.py)
