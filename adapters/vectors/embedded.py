@@ -67,6 +67,8 @@ from .embedded_table import (
 __all__ = ["ANN_THRESHOLD", "EmbeddedStore", "column_name", "filter_columns", "promotable", "to_where"]
 
 # Below this many rows an exact (flat) scan is fast enough and needs no index build.
+#: Runs of `optimize` after a commit lost to a concurrent one (another shard of the same job).
+COMMIT_RETRIES = 5
 ANN_THRESHOLD = 50_000
 # IVF_SQ, probing 40 partitions and re-ranking 10x candidates exactly: recall@10 0.97 at 100k
 # embedding-like vectors, where IVF_PQ with 20 probes gave 0.80 (docs/vector-store.md).
@@ -362,7 +364,23 @@ class EmbeddedStore(VectorStore):
         index, compact small commits, fold new rows into the indexes, drop versions older than
         KEEP_VERSIONS; build an IVF_SQ index once the table reaches ANN_THRESHOLD rows, and
         retrain it when the table has grown RETRAIN_GROWTH times since it was trained; last,
-        write the graph index for the version this leaves (`build_graph`)."""
+        write the graph index for the version this leaves (`build_graph`).
+
+        The shards of an index job optimize the same table at once: a commit that loses to another
+        shard's (Lance's "Retryable commit conflict") makes the whole step run again on the table's
+        new version, which finds done what the other shard did (every step checks first)."""
+        import random
+        import time
+
+        for attempt in range(1, COMMIT_RETRIES + 1):
+            try:
+                return self._optimize_once(name)
+            except RuntimeError as exc:  # Lance names no exception type: its message says retryable
+                if "Retryable commit conflict" not in str(exc) or attempt == COMMIT_RETRIES:
+                    raise
+                time.sleep(random.uniform(0.05, 0.25) * attempt)
+
+    def _optimize_once(self, name: str) -> None:
         from lancedb.index import IvfSq
 
         table = self._table(name)
