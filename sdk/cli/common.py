@@ -23,6 +23,7 @@ app = typer.Typer(
 
 StackOpt = Annotated[Optional[str], typer.Option("--stack", "-s", help="Stack name (default: $STACKWISE_STACK or local).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON only.")]
+DetachOpt = Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what the stack's compute backend would create for "
                                          "the job (Kubernetes manifests as YAML, a cloud's job request as JSON) and "
                                          "submit nothing.")]

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from .common import DryRunOpt, JsonOpt, NewOpt, RunNameOpt, StackOpt, connect, curation_config
+from .common import DetachOpt, DryRunOpt, JsonOpt, NewOpt, RunNameOpt, StackOpt, connect, curation_config
 from .jobs import run_job
 from .render import print_finetune_report, print_placement, print_rendered
 
@@ -51,7 +51,7 @@ def finetune(
     new: NewOpt = False,
     run_name: RunNameOpt = None,
     stack: StackOpt = None,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
+    detach: DetachOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ..errors import StackwiseError
-from .common import DryRunOpt, JsonOpt, NewOpt, RunNameOpt, StackOpt, YesOpt, connect, curation_config
+from .common import DetachOpt, DryRunOpt, JsonOpt, NewOpt, RunNameOpt, StackOpt, YesOpt, connect, curation_config
 from .jobs import follow, run_job
 from .render import get_console, print_index_report, print_json, print_rendered
 
@@ -18,7 +18,7 @@ def index(
     source: Annotated[str, typer.Argument(help="A file, folder or glob; a local path or an fsspec URI (s3://, gs://, az://).")],
     index_name: Annotated[str, typer.Option("--index", "-i", help="Index name.")],
     stack: StackOpt = None,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
+    detach: DetachOpt = False,
     prune: Annotated[bool, typer.Option("--prune", help="Remove chunks of documents gone from SOURCE.")] = False,
     follow_links: Annotated[bool, typer.Option("--follow-links", help="Also read symbolic links under SOURCE that lead outside it (skipped and reported by default).")] = False,
     chunk_size: Annotated[int, typer.Option(help="Chunk size in characters.")] = 1000,

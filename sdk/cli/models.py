@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .catalog import catalog as models_catalog
-from .common import DryRunOpt, JsonOpt, NewOpt, RunNameOpt, StackOpt, connect
+from .common import DetachOpt, DryRunOpt, JsonOpt, NewOpt, RunNameOpt, StackOpt, connect
 from .jobs import run_job
 from .render import get_console, print_eval_report, print_gate, print_json, print_rendered
 
@@ -33,7 +33,7 @@ def eval_command(
     new: NewOpt = False,
     run_name: RunNameOpt = None,
     stack: StackOpt = None,
-    detach: Annotated[bool, typer.Option("--detach", "-d", help="Submit and return the job id at once.")] = False,
+    detach: DetachOpt = False,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -27,6 +27,22 @@ def stack_config(name: str) -> tuple[dict, str]:
     return _read_config(path.read_text(encoding="utf-8"), str(path)), str(path)
 
 
+def load_with(name: str, **changes):
+    """The typed config of stack `name` with `changes` to its keys (None removes a key)."""
+    import copy
+
+    from stackwise.infra.config import InfraConfig
+
+    raw, source = stack_config(name)
+    raw = copy.deepcopy(raw)
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    return InfraConfig.load(raw, source)
+
+
 @pytest.fixture(autouse=True)
 def _repo_stacks(monkeypatch):
     monkeypatch.setenv("STACKWISE_STACKS_DIR", str(STACKS))

@@ -3,14 +3,12 @@ and the stack file; GPU choices are checked against the catalog and the allow-li
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from stackwise.errors import ConfigError
 from stackwise.infra.config import InfraConfig
 
-from .conftest import CLOUD_STACKS, stack_config
+from .conftest import CLOUD_STACKS, load_with, stack_config
 
 
 def test_the_cloud_stacks_exist():
@@ -23,17 +21,6 @@ def test_every_stack_file_validates(name):
     config = InfraConfig.load(raw, source)
     assert config.cloud == raw["cloud"]
     assert set(config.all_tags) >= {"project", "env", "owner", "cost-center"}
-
-
-def load_with(name: str, **changes):
-    raw, source = stack_config(name)
-    raw = copy.deepcopy(raw)
-    for key, value in changes.items():
-        if value is None:
-            raw.pop(key, None)
-        else:
-            raw[key] = value
-    return InfraConfig.load(raw, source)
 
 
 def test_unknown_key_names_the_key_and_the_file():

@@ -12,9 +12,8 @@ import pytest
 from kube_validate import ManifestError, validate_manifest
 
 from stackwise.errors import ConfigError
-from stackwise.infra.config import InfraConfig
 
-from .conftest import stack_config
+from .conftest import load_with, stack_config
 
 pulumi = pytest.importorskip("pulumi", reason="pip install 'stackwise[infra]'")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -36,15 +35,7 @@ VARIANTS = {
 _RUNS: dict[str, object] = {}
 
 
-def config(stack: str, **changes) -> InfraConfig:
-    raw, source = stack_config(stack)
-    raw = copy.deepcopy(raw)
-    for key, value in changes.items():
-        if value is None:
-            raw.pop(key, None)
-        else:
-            raw[key] = value
-    return InfraConfig.load(raw, source)
+config = load_with  # the stack's typed config with changes
 
 
 def variant(name: str):
