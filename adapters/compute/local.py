@@ -50,17 +50,54 @@ KILL_WAIT_S = 10.0  # how long a SIGKILLed process may take to be gone (it only 
 ENV_JOB_ID = "STACKWISE_JOB_ID"  # in every process of a job: how its leftovers are recognised
 
 
+_WALL_CLOCK = 1e9  # a start stamp above this is seconds since the epoch (rows of older versions, non-Linux)
+
+
+def start_stamp(pid: int) -> float:
+    """When the process started, as recorded in its job row and compared by `_alive`.
+
+    On Linux: seconds since boot, from /proc/<pid>/stat's `starttime` (clock ticks since boot,
+    proc(5)), which no change of the wall clock moves. psutil's `create_time()` adds the boot time
+    the kernel reports at the moment of the call (`btime`, whole seconds, moved by every step of the
+    clock), so the same process could read a second or more apart over a long job and a running
+    supervisor was taken for dead. Elsewhere: psutil's wall-clock creation time.
+    Raises psutil.NoSuchProcess when the process is gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            raise psutil.NoSuchProcess(pid) from None
+        # Fields after the command name (which may hold spaces or parentheses): state is field 3,
+        # starttime field 22.
+        return int(stat[stat.rindex(b")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")
+    return psutil.Process(pid).create_time()
+
+
 def _alive(pid: int | None, started: float | None) -> bool:
-    """Is the process with this pid and start time still running (not a zombie, not a reused pid)?"""
+    """Is the process with this pid and start stamp still running (not a zombie, not a reused pid)?"""
     if not pid:
         return False
     try:
         proc = psutil.Process(pid)
-        if started is not None and abs(proc.create_time() - started) > 1.0:
-            return False
+        if started is not None:
+            now = proc.create_time() if started > _WALL_CLOCK else start_stamp(pid)
+            if abs(now - started) > 1.0:
+                return False
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a file (at most 200 characters), or "" when there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    last = lines[-1].strip() if lines else ""
+    return last if len(last) <= 200 else last[:197] + "..."
 
 
 def _leftovers(rows: Iterable[sqlite3.Row]) -> dict[str, list[psutil.Process]]:
@@ -220,7 +257,7 @@ class LocalCompute:
         # when it ends, so it never lingers as a zombie. A daemon thread never delays our exit.
         threading.Thread(target=proc.wait, name=f"reap-{job_id}", daemon=True).start()
         try:
-            started = psutil.Process(proc.pid).create_time()
+            started = start_stamp(proc.pid)
         except psutil.Error:
             started = None
         self.db.update(job_id, supervisor_pid=proc.pid, supervisor_started=started)
@@ -278,6 +315,9 @@ class LocalCompute:
         ):
             survivors = stop_leftovers(row)
             error = f"the job's supervisor process (pid {row['supervisor_pid']}) ended without recording a result"
+            last = _last_line(Path(row["job_dir"]) / "supervisor.log")
+            if last:
+                error += f" (its last words: {last})"
             if survivors:
                 error += (f"; processes {', '.join(map(str, survivors))} of the job still run after SIGKILL "
                           f"(`stackwise jobs cancel {row['id']}` tries again)")

@@ -47,7 +47,7 @@ class FakeJob:
 
     def __init__(self, home: Path, job_id: str, *, state: str = "RUNNING", kind: str = "index",
                  digest: str = "0123456789abcdef", tagged: bool = True):
-        from stackwise.adapters.compute.local import JobDB
+        from stackwise.adapters.compute.local import JobDB, start_stamp
 
         self.home, self.id = home, job_id
         self.job_dir = home / "jobs" / job_id
@@ -65,7 +65,7 @@ class FakeJob:
             "id": job_id, "kind": kind, "stack": "local", "state": state, "spec": '{"kind": "index"}',
             "digest": digest, "created_at": time.time(), "started_at": time.time(),
             "supervisor_pid": self.supervisor.pid,
-            "supervisor_started": psutil.Process(self.supervisor.pid).create_time(),
+            "supervisor_started": start_stamp(self.supervisor.pid),
             "workload_pid": self.workload, "job_dir": str(self.job_dir), "cwd": str(home),
         })
 
@@ -178,3 +178,44 @@ def test_a_container_job_found_without_its_supervisor_has_its_containers_stopped
 
     assert LocalCompute(home=job.home).info(job.id).state.value == "FAILED"
     assert calls.read_text().split() == ["stop", "--time", "5", f"sw-{job.id}"]
+
+
+def test_a_running_job_stays_running_when_the_wall_clock_is_stepped(jobs, monkeypatch) -> None:
+    """The boot time the kernel reports (`btime`, read by psutil on every `create_time()`) moves
+    with each step of the wall clock; a supervisor's start stamp must not, or a long job whose
+    machine corrects its clock is recorded FAILED while it runs (CI, 2026-12-05)."""
+    import psutil._pslinux as pslinux
+
+    from stackwise.adapters.compute.local import LocalCompute
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the start stamp is read from /proc on Linux only")
+    job = jobs("index-0123456789abcdef-1")
+    real = pslinux.boot_time
+    for step in (-1.0, 7.0, -3600.0):  # a btime flip across a whole second, an NTP step, a VM resumed
+        monkeypatch.setattr(pslinux, "boot_time", lambda step=step: real() + step)
+        assert LocalCompute(home=job.home).info(job.id).state.value == "RUNNING", step
+    assert _running(job.supervisor.pid) and _running(job.workload)
+
+
+def test_a_row_with_a_wall_clock_start_stamp_is_still_followed(jobs) -> None:
+    """Job rows written by earlier versions hold the supervisor's wall-clock creation time."""
+    from stackwise.adapters.compute.local import LocalCompute
+
+    job = jobs("index-0123456789abcdef-1")
+    job.db.update(job.id, supervisor_started=psutil.Process(job.supervisor.pid).create_time())
+    assert LocalCompute(home=job.home).info(job.id).state.value == "RUNNING"
+    job.db.update(job.id, supervisor_started=psutil.Process(job.supervisor.pid).create_time() - 60)
+    assert LocalCompute(home=job.home).info(job.id).state.value == "FAILED"  # another process on a reused pid
+
+
+def test_a_dead_supervisors_last_words_are_in_the_jobs_error(jobs) -> None:
+    from stackwise.adapters.compute.local import LocalCompute
+
+    job = jobs("index-0123456789abcdef-1")
+    (job.job_dir / "supervisor.log").write_text(
+        "Traceback (most recent call last):\n  ...\nsqlite3.OperationalError: disk I/O error\n\n")
+    job.kill_supervisor()
+    info = LocalCompute(home=job.home).info(job.id)
+    assert info.state.value == "FAILED"
+    assert info.error.endswith("(its last words: sqlite3.OperationalError: disk I/O error)"), info.error
