@@ -14,6 +14,12 @@ base model. The Pulumi program creates the endpoint (its id is the `endpoints[].
 - undeploy: `endpoints:undeployModel` with the remaining split.
 
 Long-running operations are awaited (`operation.result`). The request builders are pure.
+
+Throttling (429 that is not a spent quota) and 5xx answers are retried with backoff, as on the other
+clouds. Reads and the traffic PATCH (it sets the whole split) are simply sent again. A write is sent
+again only once a read shows that the failed attempt left nothing behind, since its answer may have
+been lost after Vertex acted: the model looked up by its id, the endpoint's deployed models by their
+model, an undeployed model's id looked for; so no version is deployed twice.
 """
 
 from __future__ import annotations
@@ -22,9 +28,9 @@ import json
 from typing import Any
 
 from stackwise.adapters.clouds import gcp
-from stackwise.adapters.clouds.common import require_store
+from stackwise.adapters.clouds.common import Retry, require_store, with_retries
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
-from stackwise.errors import ConfigError, SpecError
+from stackwise.errors import ConfigError, SpecError, TransientError
 from stackwise.serve_targets import rag_deploy_environment
 
 from . import base
@@ -117,6 +123,7 @@ class VertexDeploy(DeployBackend):
         self._api_endpoint = api_endpoint
         self._clients: tuple[Any, Any] | None = None
         self._labels: dict[str, dict[str, str]] = {}
+        self.retry = Retry()
 
     @property
     def clients(self) -> tuple[Any, Any]:
@@ -130,9 +137,28 @@ class VertexDeploy(DeployBackend):
                                   for kind in ("EndpointServiceClient", "ModelServiceClient"))
         return self._clients
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """One API call (not retried); a missing resource means the stack is not up."""
+    def _once(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One API call; a missing resource means the stack is not up (see `gcp.call` for the rest)."""
         return gcp.call(lambda: fn(*args, **kwargs), what, stack=self.stack, not_found=self._not_found)
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """An idempotent call (a read, the traffic PATCH), retried on throttling and 5xx."""
+        return with_retries(lambda: self._once(what, fn, *args, **kwargs), self.retry, f"gcp: {what}")
+
+    def _write(self, what: str, send: Any, landed: Any) -> Any:
+        """A write and its long-running operation, awaited (`send()` returns what the caller needs),
+        retried on throttling and 5xx; after a failed attempt, `landed()` (a read) returns that value
+        when Vertex acted all the same, else None, and only then is the write sent again."""
+        def attempt() -> Any:
+            try:
+                return self._once(what, send)
+            except TransientError:
+                found = self._once(f"check {what}", landed)
+                if found is not None:
+                    return found
+                raise
+
+        return with_retries(attempt, self.retry, f"gcp: {what}")
 
     def _not_found(self, what: str) -> ConfigError:
         return ConfigError(f"Vertex AI has no resource for {what}", where=self.parent,
@@ -178,15 +204,29 @@ class VertexDeploy(DeployBackend):
     def _ensure_model(self, request: dict[str, Any]) -> str:
         _, models = self.clients
         name = f"{self.parent}/models/{request['modelId']}"
-        try:
-            self._call(f"get model {name}", models.get_model, name=name)
+
+        from google.api_core.exceptions import NotFound
+
+        def existing() -> str | None:
+            try:
+                models.get_model(name=name)
+                return name
+            except NotFound:
+                return None
+
+        if self._call(f"get model {name}", existing) is not None:
             return name
-        except ConfigError:
-            pass
         body = self._types.UploadModelRequest(parent=self.parent, model_id=request["modelId"],
                                               model=self._types.Model.from_json(json.dumps(request["model"])))
-        operation = self._call(f"upload model {request['modelId']}", models.upload_model, request=body)
-        return operation.result(timeout=OPERATION_TIMEOUT_S).model
+        return self._write(f"upload model {request['modelId']}",
+                           lambda: models.upload_model(request=body).result(timeout=OPERATION_TIMEOUT_S).model,
+                           existing)
+
+    def _deployed_id(self, resource: str, model: str) -> str | None:
+        """The id of the deployed model serving `model` on the endpoint, or None."""
+        endpoints, _ = self.clients
+        raw = self._json(endpoints.get_endpoint(name=resource))
+        return next((dm["id"] for dm in raw.get("deployedModels") or [] if dm.get("model") == model), None)
 
     def _set_split(self, resource: str, split: dict[str, int]) -> None:
         from google.protobuf import field_mask_pb2
@@ -213,9 +253,12 @@ class VertexDeploy(DeployBackend):
             else:  # earlier ones join at 0% (or 100% on an empty endpoint, as Vertex requires)
                 step = {"0": 0, **now} if now else {"0": 100}
             deployed = self._types.DeployedModel.from_json(json.dumps(deployed_model(self.stack, out, target, model)))
-            operation = self._call(f"deploy {target.key} to {resource}", endpoints.deploy_model, endpoint=resource,
-                                   deployed_model=deployed, traffic_split=step)
-            ids[target.key] = operation.result(timeout=OPERATION_TIMEOUT_S).deployed_model.id
+            ids[target.key] = self._write(
+                f"deploy {target.key} to {resource}",
+                lambda deployed=deployed, step=step: endpoints.deploy_model(
+                    endpoint=resource, deployed_model=deployed, traffic_split=step,
+                ).result(timeout=OPERATION_TIMEOUT_S).deployed_model.id,
+                lambda model=model: self._deployed_id(resource, model))
             now = {(ids[target.key] if k == "0" else k): v for k, v in step.items()}
         wanted = {ids[key]: pct for key, pct in split.items()}
         if now != wanted:  # weights only (or versions already there): one PATCH, nothing redeployed
@@ -230,7 +273,15 @@ class VertexDeploy(DeployBackend):
             return current
         endpoints, _ = self.clients
         rest = {v.name: v.traffic for v in current.variants if v.key != key}
-        operation = self._call(f"undeploy {key} from {resource}", endpoints.undeploy_model, endpoint=resource,
-                               deployed_model_id=variant.name, traffic_split=rest)
-        operation.result(timeout=OPERATION_TIMEOUT_S)
+
+        def send() -> bool:
+            endpoints.undeploy_model(endpoint=resource, deployed_model_id=variant.name, traffic_split=rest
+                                     ).result(timeout=OPERATION_TIMEOUT_S)
+            return True
+
+        def landed() -> bool | None:
+            deployed = self._json(endpoints.get_endpoint(name=resource)).get("deployedModels") or []
+            return None if any(dm["id"] == variant.name for dm in deployed) else True
+
+        self._write(f"undeploy {key} from {resource}", send, landed)
         return self.describe(endpoint)

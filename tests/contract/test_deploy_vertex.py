@@ -4,7 +4,8 @@
 Verified: the models:upload body (artifact URI, serving image, environment, labels), one
 deployModel per version with the catalog's machine and a trafficSplit summing to 100 ("0" for the
 model being deployed), a traffic-only change as one endpoint PATCH (updateMask=trafficSplit),
-undeployModel, idempotent redeploys and refused splits; the server checks splits as Vertex does.
+undeployModel, idempotent redeploys and refused splits; the server checks splits as Vertex does;
+429 and 503 answers retried, and a write whose answer was lost never sent twice.
 Not verified: a model serving predictions (no Vertex runs here).
 """
 
@@ -240,3 +241,63 @@ def test_a_model_version_s_upload_is_unchanged(vertex, tmp_path, monkeypatch):
     assert [e["name"] for e in request["model"]["containerSpec"]["env"]] == [
         "STACKWISE_BASE_MODEL", "STACKWISE_MODEL", "STACKWISE_MODEL_VERSION"]
     assert request == upload_request(platform.stack, out, target(1), None)
+
+
+# -- throttling and lost answers -------------------------------------------------------------------------------
+def fast_retries(deployer, attempts: int = 4):
+    deployer.retry = type(deployer.retry)(attempts=attempts, base_s=0.0, max_s=0.0)
+    return deployer
+
+
+def posts(vertex, suffix: str) -> int:
+    return sum(1 for m, p, _ in vertex.requests if m == "POST" and p.endswith(suffix))
+
+
+def test_throttling_and_5xx_are_retried_on_every_call(vertex, tmp_path, monkeypatch):
+    """A rate limit (429 RESOURCE_EXHAUSTED that names no spent quota) or a 503 answered before Vertex acted."""
+    deployer = fast_retries(connect(vertex, tmp_path, monkeypatch).deployer)
+    vertex.deploy_faults.extend([("get-endpoint", "throttle"), ("get-model", "unavailable"),
+                                 ("upload", "throttle"), ("deployModel", "unavailable")])
+    assert deployer.deploy([target(1)], {"chat:1": 100}).traffic == {"chat:1": 100}
+    vertex.deploy_faults.extend([("upload", "unavailable"), ("deployModel", "throttle"), ("patch", "throttle")])
+    assert deployer.deploy([target(2)], {"chat:1": 60, "chat:2": 40}).traffic == {"chat:1": 60, "chat:2": 40}
+    vertex.deploy_faults.extend([("patch", "unavailable")])
+    assert deployer.deploy([], {"chat:1": 0, "chat:2": 100}).traffic == {"chat:1": 0, "chat:2": 100}
+    vertex.deploy_faults.extend([("undeployModel", "throttle")])
+    assert deployer.undeploy("chat:1").traffic == {"chat:2": 100}
+    assert not vertex.deploy_faults  # each fault was met
+    assert len(vertex.models) == 2 and len(vertex.endpoints[RESOURCE]["deployedModels"]) == 1
+
+
+def test_a_write_whose_answer_was_lost_is_not_sent_twice(vertex, tmp_path, monkeypatch):
+    """Vertex acted, then the answer was lost (503): the adapter finds the model uploaded, the
+    version deployed, the version undeployed, and goes on; a second deployModel would serve the
+    version twice, a second undeployModel fail on an id that is gone."""
+    deployer = fast_retries(connect(vertex, tmp_path, monkeypatch).deployer)
+    vertex.deploy_faults.extend([("upload", "lost-answer"), ("deployModel", "lost-answer")])
+    dep = deployer.deploy([target(1)], {"chat:1": 100})
+    assert dep.traffic == {"chat:1": 100}
+    assert (posts(vertex, "/models:upload"), posts(vertex, ":deployModel")) == (1, 1)
+    assert len(vertex.endpoints[RESOURCE]["deployedModels"]) == 1
+
+    vertex.deploy_faults.append(("deployModel", "lost-answer"))
+    dep = deployer.deploy([target(2)], {"chat:1": 50, "chat:2": 50})
+    assert dep.traffic == {"chat:1": 50, "chat:2": 50} and posts(vertex, ":deployModel") == 2
+    assert len(vertex.endpoints[RESOURCE]["deployedModels"]) == 2
+
+    deployer.deploy([], {"chat:1": 0, "chat:2": 100})
+    vertex.deploy_faults.append(("undeployModel", "lost-answer"))
+    assert deployer.undeploy("chat:1").traffic == {"chat:2": 100}
+    assert posts(vertex, ":undeployModel") == 1
+
+
+def test_throttling_that_never_ends_is_a_clear_error_and_deploys_nothing(vertex, tmp_path, monkeypatch):
+    from stackwise.errors import CloudError
+
+    deployer = fast_retries(connect(vertex, tmp_path, monkeypatch).deployer, attempts=3)
+    vertex.deploy_faults.extend([("deployModel", "throttle")] * 3)
+    with pytest.raises(CloudError) as err:
+        deployer.deploy([target(1)], {"chat:1": 100})
+    assert "kept failing after 3 attempts" in err.value.what and "Quota exceeded" in err.value.what
+    assert err.value.where == f"gcp: deploy chat:1 to {RESOURCE}"
+    assert posts(vertex, ":deployModel") == 3 and vertex.endpoints[RESOURCE]["deployedModels"] == []

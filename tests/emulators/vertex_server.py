@@ -16,7 +16,10 @@ must be peered with Vertex AI (private services access: the test says which with
 
 Jobs start JOB_STATE_PENDING and move only when the test says (`move`); cancel goes
 CANCELLING, then CANCELLED a moment later. `faults` answers the next create with 429 or 503,
-or creates the job and then answers 503 (the answer lost).
+or creates the job and then answers 503 (the answer lost). `deploy_faults` does the same for the
+deploy routes, each entry `(route, fault)` answering the next call of that route (`upload`,
+`get-model`, `get-endpoint`, `patch`, `deployModel`, `undeployModel`): `throttle` (429, a rate
+limit), `unavailable` (503) or `lost-answer` (done, then 503).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class VertexServer:
         self.endpoints: dict[str, dict[str, Any]] = {}  # resource name -> Endpoint
         self.requests: list[tuple[str, str, Any]] = []
         self.faults: deque[str] = deque()
+        self.deploy_faults: deque[tuple[str, str]] = deque()
         self.create_calls = 0
         self.peered: dict[str, set[str]] = {}  # network -> its reserved peering ranges
         self._next = 1000
@@ -96,6 +100,7 @@ class VertexServer:
             self.endpoints.clear()
             self.requests.clear()
             self.faults.clear()
+            self.deploy_faults.clear()
             self.create_calls = 0
             self.peered.clear()
 
@@ -132,7 +137,34 @@ class VertexServer:
             return f"Invalid traffic split: {split}. It must sum to 100 over deployed models."
         return None
 
+    @staticmethod
+    def _deploy_route(method: str, path: str) -> str | None:
+        if _UPLOAD.match(path):
+            return "upload" if method == "POST" else None
+        if _MODEL.match(path):
+            return "get-model" if method == "GET" else None
+        match = _ENDPOINT.match(path)
+        if not match:
+            return None
+        return {("GET", None): "get-endpoint", ("PATCH", None): "patch", ("POST", ":deployModel"): "deployModel",
+                ("POST", ":undeployModel"): "undeployModel"}.get((method, match.group(2)))
+
     def _deploy(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any] | None:
+        route = self._deploy_route(method, path)
+        fault = None
+        if route and self.deploy_faults and self.deploy_faults[0][0] == route:
+            fault = self.deploy_faults.popleft()[1]
+        if fault == "throttle":
+            return self._error(429, "RESOURCE_EXHAUSTED", "Quota exceeded for quota metric 'Resource management "
+                               "(CRUD) requests' and limit 'Resource management (CRUD) requests per minute per region'")
+        if fault == "unavailable":
+            return self._error(503, "UNAVAILABLE", "The service is currently unavailable.")
+        answered = self._deploy_answer(method, path, query, body)
+        if fault == "lost-answer" and answered is not None and answered[0] == 200:
+            return self._error(503, "UNAVAILABLE", "The service is currently unavailable.")
+        return answered
+
+    def _deploy_answer(self, method: str, path: str, query: dict[str, list[str]], body: Any) -> tuple[int, Any] | None:
         match = _UPLOAD.match(path)
         if match and method == "POST":
             model_id = body.get("modelId") or str(self._next + 1)
