@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from stackwise.adapters.compute.local import ENV_JOB_ID, _workers
+from stackwise.adapters.compute.local_procs import ENV_JOB_ID, workers as _workers
 from stackwise.adapters.compute.local_jobs import JobDB
 from stackwise.jobs import JobState
 from stackwise.progress import parse as parse_progress, progress_line
