@@ -6,10 +6,10 @@ them to stackwise/data/gpu_catalog.yaml). Its Pulumi side is `CLOUD`: a small pl
 endpoint and a budget made of plain `pulumi.CustomResource`s of a made-up provider `fakecloud`,
 what the mocks answer for them, how `stackwise plan` prices them, and its policy rules.
 
-Its SDK side is `FakeCompute`: jobs on the fake cloud's job service, a small JSON API over HTTP
-(`FakeJobService`, on 127.0.0.1), built on the shared job base as every cloud's adapter is (one
-pure `build`, a few thin calls). Its object store speaks S3 (moto in the tests). It has no deploy
-adapter: its registry entry names `FakeDeploy`, which no test uses, so none is written.
+Its SDK side is `FakeCompute` and `FakeDeploy`, on the fake cloud's API, a small JSON API over
+HTTP (`FakeJobService`, on 127.0.0.1): jobs, built on the shared job base as every cloud's adapter
+is (one pure `build`, a few thin calls), and endpoints, whose versions and traffic split the deploy
+adapter sets as `DeployBackend` asks. Its object store speaks S3 (moto in the tests).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from stackwise import catalog
 from stackwise.adapters.compute.base import (CloudCompute, bootstrap_command, decode_spec, identity_fields,
                                              job_environment, node_count, parse_job_name)
 from stackwise.clouds import CloudRef
-from stackwise.errors import JobNotFoundError, TransientError
+from stackwise.deploy import DeployBackend, Deployment, Variant, variant_name
+from stackwise.errors import ConfigError, JobNotFoundError, SpecError, TransientError
 from stackwise.jobs import JobInfo, JobState
 from stackwise.infra.cloud import ClusterOutputs, Fake, InfraCloud, PlatformOutputs, PolicyRules
 
@@ -36,7 +37,7 @@ NAME = "fake"
 PROVIDER = "fakecloud"
 REF = CloudRef(NAME, infra=f"{__name__}:CLOUD", extra="fake", compute=f"{__name__}:FakeCompute",
                deploy=f"{__name__}:FakeDeploy", artifact_scheme="fake")
-"""Its registry entry (the compute and deploy classes are the compute contract's half)."""
+"""Its registry entry: the classes the compute and deploy contracts test through it."""
 
 OFFERS = (
     catalog.Offer(gpu="T4", cloud=NAME, count=1, instance="fake.t4.small", on_demand_hourly=0.5, spot_hourly=0.15,
@@ -153,14 +154,23 @@ config:
 # -- the SDK side: jobs on the fake cloud's job service ----------------------------------------------
 
 class FakeJobService:
-    """The fake cloud's job API: `POST /jobs` (409 when the name is taken), `GET /jobs/NAME` (404),
-    `GET /jobs?identity=I`, `POST /jobs/NAME/stop`; states QUEUED, RUNNING, DONE, FAILED, STOPPED,
-    which the tests move with `move` (the cloud's scheduler)."""
+    """The fake cloud's API.
+
+    Jobs: `POST /jobs` (409 when the name is taken), `GET /jobs/NAME` (404), `GET /jobs?identity=I`,
+    `POST /jobs/NAME/stop`; states QUEUED, RUNNING, DONE, FAILED, STOPPED, which the tests move with
+    `move` (the cloud's scheduler).
+
+    Endpoints, which exist once the program made them (`add_endpoint`): `GET /endpoints/NAME` (404),
+    `PUT /endpoints/NAME/versions/V` (idempotent; a new one serves 0%), `PUT /endpoints/NAME/traffic`
+    (400 unless the percents sum to 100 over its versions), `DELETE /endpoints/NAME/versions/V`
+    (400 while it carries traffic). `created` counts the versions it made."""
 
     def __init__(self) -> None:
         from _json_http import JsonHttpServer
 
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.created = 0
         self._lock = threading.Lock()
         self._http = JsonHttpServer(self._route)
         self.url = self._http.url
@@ -179,6 +189,42 @@ class FakeJobService:
             elif state in ("DONE", "FAILED", "STOPPED"):
                 job["ended_at"] = time.time()
 
+    def add_endpoint(self, name: str) -> None:
+        with self._lock:
+            self.endpoints[name] = {"name": name, "versions": {}, "traffic": {}}
+
+    def _endpoint(self, method: str, parts: list[str], body: Any) -> tuple:
+        endpoint = self.endpoints.get(parts[1]) if len(parts) >= 2 else None
+        if endpoint is None:
+            return 404, {"error": "NotFound"}
+        versions, traffic = endpoint["versions"], endpoint["traffic"]
+        if method == "GET" and len(parts) == 2:
+            return 200, endpoint
+        if method == "PUT" and parts[2:] == ["traffic"]:
+            split = {k: int(v) for k, v in body.items()}
+            if set(split) - set(versions) or sum(split.values()) != 100:
+                return 400, {"error": f"InvalidTraffic: {split} must sum to 100 over {sorted(versions)}"}
+            traffic.clear()
+            traffic.update({name: split.get(name, 0) for name in versions})
+            return 200, endpoint
+        if len(parts) == 4 and parts[2] == "versions":
+            name = parts[3]
+            if method == "PUT":
+                if name not in versions:
+                    versions[name] = body
+                    traffic.setdefault(name, 100 if not traffic else 0)
+                    self.created += 1
+                return 200, endpoint
+            if method == "DELETE":
+                if name not in versions:
+                    return 404, {"error": "NotFound"}
+                if traffic.get(name):
+                    return 400, {"error": f"InUse: {name} serves {traffic[name]}%"}
+                del versions[name]
+                traffic.pop(name, None)
+                return 200, endpoint
+        return 404, {"error": "NoRoute"}
+
     def _route(self, method: str, path: str, body: Any, headers: Any) -> tuple:
         import time
         from urllib.parse import parse_qs, urlsplit
@@ -186,6 +232,8 @@ class FakeJobService:
         url = urlsplit(path)
         parts = [p for p in url.path.split("/") if p]
         with self._lock:
+            if parts[:1] == ["endpoints"]:
+                return self._endpoint(method, parts, body)
             if method == "POST" and parts == ["jobs"]:
                 if body["name"] in self.jobs:
                     return 409, {"error": "NameTaken"}
@@ -202,6 +250,20 @@ class FakeJobService:
                     job.update(state="STOPPED", ended_at=time.time())
                 return 200, job
             return 200, job
+
+
+def _call(api: str, method: str, path: str, body: Any = None) -> Any:
+    """One call of the fake cloud's API; 429 and 5xx become TransientError, other errors HTTPError."""
+    request = urllib.request.Request(api + path, method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500 or exc.code == 429:
+            raise TransientError(f"fake cloud: HTTP {exc.code}") from None
+        raise
 
 
 class FakeCompute(CloudCompute):
@@ -223,16 +285,7 @@ class FakeCompute(CloudCompute):
                 "labels": {"identity": spec.identity, "attempt": attempt, "stack": self.stack.name}}
 
     def _http(self, method: str, path: str, body: Any = None) -> Any:
-        request = urllib.request.Request(self.endpoint + path, method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                return json.loads(answer.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            if exc.code >= 500 or exc.code == 429:
-                raise TransientError(f"fake cloud: HTTP {exc.code}") from None
-            raise
+        return _call(self.endpoint, method, path, body)
 
     def _create(self, request: dict[str, Any], name: str) -> str:
         try:
@@ -277,3 +330,59 @@ class FakeCompute(CloudCompute):
     def _stop(self, job_id: str) -> None:
         self._http("POST", f"/jobs/{job_id}/stop", {})
 
+
+
+# -- the SDK side: versions on the fake cloud's endpoints ----------------------------------------------
+
+class FakeDeploy(DeployBackend):
+    """The stack's endpoint on the fake cloud; each version is one of its versions (`variant_name`)."""
+
+    cloud = NAME
+
+    def __init__(self, stack: Any):
+        super().__init__(stack)
+        self.api = os.environ["FAKECLOUD_ENDPOINT"]
+
+    def _endpoint(self, endpoint: str | None) -> dict[str, Any]:
+        name = self.endpoint_name(endpoint)
+        try:
+            return _call(self.api, "GET", f"/endpoints/{name}")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+        raise ConfigError(f"the fake cloud has no endpoint {name!r}", where=f"stack {self.stack.name!r}",
+                          fix="`pulumi up` the stack (it creates the endpoint), then `stackwise sync`")
+
+    def describe(self, endpoint: str | None = None) -> Deployment:
+        raw = self._endpoint(endpoint)
+        variants = [Variant(model=v["model"], version=v["version"], traffic=raw["traffic"].get(name, 0),
+                            state="ready", name=name) for name, v in raw["versions"].items()]
+        return Deployment(endpoint=raw["name"], cloud=NAME, state="ready" if variants else "absent",
+                          url=self.endpoint_output(endpoint).url, variants=variants)
+
+    def deploy(self, targets: list[Any], traffic: dict[str, int], endpoint: str | None = None) -> Deployment:
+        current = self.describe(endpoint)
+        new, split = self.plan(current, targets, traffic)
+        for target in new:
+            if not target.artifact_uri.startswith(self.stack.outputs.artifact_store.rstrip("/") + "/"):
+                raise SpecError(f"{target.key} lives at {target.artifact_uri}, which the fake cloud cannot read",
+                                where=f"model registry, {target.key} source",
+                                fix=f"register the version in the stack's artifact store "
+                                    f"({self.stack.outputs.artifact_store})")
+        names = {v.key: v.name for v in current.variants}
+        for target in new:
+            names[target.key] = variant_name(target.model, target.version)
+            _call(self.api, "PUT", f"/endpoints/{current.endpoint}/versions/{names[target.key]}",
+                  {"model": target.model, "version": target.version, "artifact": target.artifact_uri,
+                   "image": self.endpoint_output(endpoint).serving_image})
+        wanted = {names[key]: pct for key, pct in split.items()}
+        if wanted != {v.name: v.traffic for v in current.variants}:
+            _call(self.api, "PUT", f"/endpoints/{current.endpoint}/traffic", wanted)
+        return self.describe(endpoint)
+
+    def undeploy(self, key: str, endpoint: str | None = None) -> Deployment:
+        current = self.describe(endpoint)
+        variant = self.check_removable(current, key)
+        if variant is not None:
+            _call(self.api, "DELETE", f"/endpoints/{current.endpoint}/versions/{variant.name}")
+        return self.describe(endpoint)
