@@ -1,4 +1,5 @@
-"""What every cloud module and adapter shares: retrying throttled calls, and requiring a stack output."""
+"""What every cloud module and adapter shares: retrying throttled calls (writes never twice), and
+requiring a stack output."""
 
 from __future__ import annotations
 
@@ -43,6 +44,23 @@ def with_retries(call: Callable[[], T], retry: Retry, what: str, sleep: Callable
         where=what,
         fix="the cloud is throttling or failing; retry later (a retried submit reuses the job if it was created)",
     )
+
+
+def unless_landed(send: Callable[[], T], landed: Callable[[], T | None]) -> Callable[[], T]:
+    """`send`, a write whose answer may be lost after the cloud acted, made safe for `with_retries`:
+    after a TransientError, `landed()` (a read) returns what the write made when it landed all the
+    same, and only when it returns None is the error raised (and the write sent again). So a
+    retried write never creates twice."""
+    def attempt() -> T:
+        try:
+            return send()
+        except TransientError:
+            found = landed()
+            if found is not None:
+                return found
+            raise
+
+    return attempt
 
 
 def require_output(value: str | None, field: str, stack: Any, fix: str) -> str:

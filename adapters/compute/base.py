@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from stackwise.adapters.clouds.common import Retry, with_retries
-from stackwise.errors import SpecError, TransientError
+from stackwise.adapters.clouds.common import Retry, unless_landed, with_retries
+from stackwise.errors import SpecError
 from stackwise.jobs import JobHandle, JobInfo, JobState
 
 from .checks import check_paths, with_run
@@ -204,16 +204,8 @@ class CloudCompute:
         request = self.build(spec, name, attempt)
         self._prepare(spec, name, attempt)
 
-        def create() -> str:
-            try:
-                return self._create(request, name)
-            except TransientError:
-                # The create may have landed before the answer was lost: never create twice.
-                found = self._find(name)
-                if found is not None:
-                    return found
-                raise
-
+        # The create may have landed before its answer was lost: the job is looked up by name first.
+        create = unless_landed(lambda: self._create(request, name), lambda: self._find(name))
         job_id = with_retries(create, self.retry, f"{self.cloud}: create job {name}")
         return JobHandle(self, job_id)
 

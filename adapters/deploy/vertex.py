@@ -28,9 +28,9 @@ import json
 from typing import Any
 
 from stackwise.adapters.clouds import gcp
-from stackwise.adapters.clouds.common import Retry, require_store, with_retries
+from stackwise.adapters.clouds.common import Retry, require_store, unless_landed, with_retries
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
-from stackwise.errors import ConfigError, SpecError, TransientError
+from stackwise.errors import ConfigError, SpecError
 from stackwise.serve_targets import rag_deploy_environment
 
 from . import base
@@ -149,16 +149,8 @@ class VertexDeploy(DeployBackend):
         """A write and its long-running operation, awaited (`send()` returns what the caller needs),
         retried on throttling and 5xx; after a failed attempt, `landed()` (a read) returns that value
         when Vertex acted all the same, else None, and only then is the write sent again."""
-        def attempt() -> Any:
-            try:
-                return self._once(what, send)
-            except TransientError:
-                found = self._once(f"check {what}", landed)
-                if found is not None:
-                    return found
-                raise
-
-        return with_retries(attempt, self.retry, f"gcp: {what}")
+        return with_retries(unless_landed(lambda: self._once(what, send), lambda: self._once(f"check {what}", landed)),
+                            self.retry, f"gcp: {what}")
 
     def _not_found(self, what: str) -> ConfigError:
         return ConfigError(f"Vertex AI has no resource for {what}", where=self.parent,
@@ -222,11 +214,10 @@ class VertexDeploy(DeployBackend):
                            lambda: models.upload_model(request=body).result(timeout=OPERATION_TIMEOUT_S).model,
                            existing)
 
-    def _deployed_id(self, resource: str, model: str) -> str | None:
-        """The id of the deployed model serving `model` on the endpoint, or None."""
+    def _deployed_models(self, resource: str) -> list[dict[str, Any]]:
+        """The endpoint's deployed models, read once (the check after a failed write)."""
         endpoints, _ = self.clients
-        raw = self._json(endpoints.get_endpoint(name=resource))
-        return next((dm["id"] for dm in raw.get("deployedModels") or [] if dm.get("model") == model), None)
+        return self._json(endpoints.get_endpoint(name=resource)).get("deployedModels") or []
 
     def _set_split(self, resource: str, split: dict[str, int]) -> None:
         from google.protobuf import field_mask_pb2
@@ -255,10 +246,9 @@ class VertexDeploy(DeployBackend):
             deployed = self._types.DeployedModel.from_json(json.dumps(deployed_model(self.stack, out, target, model)))
             ids[target.key] = self._write(
                 f"deploy {target.key} to {resource}",
-                lambda deployed=deployed, step=step: endpoints.deploy_model(
-                    endpoint=resource, deployed_model=deployed, traffic_split=step,
-                ).result(timeout=OPERATION_TIMEOUT_S).deployed_model.id,
-                lambda model=model: self._deployed_id(resource, model))
+                lambda: endpoints.deploy_model(endpoint=resource, deployed_model=deployed, traffic_split=step)
+                .result(timeout=OPERATION_TIMEOUT_S).deployed_model.id,
+                lambda: next((dm["id"] for dm in self._deployed_models(resource) if dm.get("model") == model), None))
             now = {(ids[target.key] if k == "0" else k): v for k, v in step.items()}
         wanted = {ids[key]: pct for key, pct in split.items()}
         if now != wanted:  # weights only (or versions already there): one PATCH, nothing redeployed
@@ -279,9 +269,6 @@ class VertexDeploy(DeployBackend):
                                      ).result(timeout=OPERATION_TIMEOUT_S)
             return True
 
-        def landed() -> bool | None:
-            deployed = self._json(endpoints.get_endpoint(name=resource)).get("deployedModels") or []
-            return None if any(dm["id"] == variant.name for dm in deployed) else True
-
-        self._write(f"undeploy {key} from {resource}", send, landed)
+        self._write(f"undeploy {key} from {resource}", send,
+                    lambda: None if any(dm["id"] == variant.name for dm in self._deployed_models(resource)) else True)
         return self.describe(endpoint)
