@@ -35,7 +35,7 @@ from typing import Any
 from stackwise.adapters.clouds import azure
 from stackwise.adapters.clouds.common import Retry, require_store, with_retries
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
-from stackwise.errors import ConfigError, SpecError
+from stackwise.errors import ConfigError
 from stackwise.serve_targets import rag_deploy_environment
 
 from . import base
@@ -101,10 +101,7 @@ def deployment_request(stack: Any, endpoint_output: Any, target: DeployTarget,
                        rag_env: dict[str, str] | None = None) -> dict[str, Any]:
     """What one version's deployment holds, as data (checked before any call); `rag_env`
     (`rag_deploy_environment`) is added to a RAG app version's environment variables."""
-    if not target.artifact_uri.startswith("az://"):
-        raise SpecError(f"{target.key} lives at {target.artifact_uri}, which the Azure endpoint cannot read",
-                        where=f"model registry, {target.key} source",
-                        fix=f"register the version in the stack's artifact store ({stack.outputs.artifact_store})")
+    base.check_artifact(stack, target, "az", "the Azure endpoint")
     return {
         "name": deployment_name(target.model, target.version),
         "endpoint": endpoint_output.name,

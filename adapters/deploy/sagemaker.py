@@ -181,10 +181,7 @@ def model_request(stack: Any, endpoint_output: Any, target: DeployTarget,
     if not role:
         raise ConfigError(f"stack {stack.name!r} exports no job_role", where="stack outputs: job_role",
                           fix="export the SageMaker execution role ARN (the Pulumi program does)")
-    if not target.artifact_uri.startswith("s3://"):
-        raise SpecError(f"{target.key} lives at {target.artifact_uri}, which SageMaker cannot read",
-                        where=f"model registry, {target.key} source",
-                        fix=f"register the version in the stack's artifact store ({stack.outputs.artifact_store})")
+    base.check_artifact(stack, target, "s3", "SageMaker")
     image = serving_image(stack, endpoint_output)
     container: dict[str, Any] = {"Image": image, "Environment": {
         ENV_MODEL: target.model, ENV_VERSION: target.version, ENV_BASE: target.base_model or "",

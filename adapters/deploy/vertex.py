@@ -30,7 +30,7 @@ from typing import Any
 from stackwise.adapters.clouds import gcp
 from stackwise.adapters.clouds.common import Retry, require_store, unless_landed, with_retries
 from stackwise.deploy import DeployBackend, Deployment, DeployTarget, Variant, variant_name
-from stackwise.errors import ConfigError, SpecError
+from stackwise.errors import ConfigError
 from stackwise.serve_targets import rag_deploy_environment
 
 from . import base
@@ -66,10 +66,7 @@ def upload_request(stack: Any, endpoint_output: Any, target: DeployTarget,
                    rag_env: dict[str, str] | None = None) -> dict[str, Any]:
     """The models:upload body (v1 REST JSON) for one version; `rag_env` (`rag_deploy_environment`) is added
     to a RAG app version's container environment."""
-    if not target.artifact_uri.startswith("gs://"):
-        raise SpecError(f"{target.key} lives at {target.artifact_uri}, which Vertex AI cannot read",
-                        where=f"model registry, {target.key} source",
-                        fix=f"register the version in the stack's artifact store ({stack.outputs.artifact_store})")
+    base.check_artifact(stack, target, "gs", "Vertex AI")
     image = serving_image(stack, endpoint_output)
     env = {"STACKWISE_MODEL": target.model, "STACKWISE_MODEL_VERSION": target.version,
            "STACKWISE_BASE_MODEL": target.base_model or "", **(rag_env or {})}
