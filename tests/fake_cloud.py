@@ -7,7 +7,7 @@ endpoint and a budget made of plain `pulumi.CustomResource`s of a made-up provid
 what the mocks answer for them, how `stackwise plan` prices them, and its policy rules.
 
 Its SDK side is `FakeCompute` and `FakeDeploy`, on the fake cloud's API, a small JSON API over
-HTTP (`FakeJobService`, on 127.0.0.1): jobs, built on the shared job base as every cloud's adapter
+HTTP (`FakeCloudAPI`, on 127.0.0.1): jobs, built on the shared job base as every cloud's adapter
 is (one pure `build`, a few thin calls), and endpoints, whose versions and traffic split the deploy
 adapter sets as `DeployBackend` asks. Its object store speaks S3 (moto in the tests).
 """
@@ -152,9 +152,23 @@ config:
 """A stack on the fake cloud (`stacks/Pulumi.dev-fake.yaml`)."""
 
 
-# -- the SDK side: jobs on the fake cloud's job service ----------------------------------------------
+def use_stack(folder: Any, monkeypatch, outputs: dict[str, Any] | None = None) -> None:
+    """The stack file `dev-fake` under `folder`/stacks; with `outputs` (beyond cloud and region),
+    its outputs file, and the state folder, under `folder` too."""
+    stacks = folder / "stacks"
+    stacks.mkdir(parents=True, exist_ok=True)
+    (stacks / "Pulumi.dev-fake.yaml").write_text(STACK_FILE, encoding="utf-8")
+    monkeypatch.setenv("STACKWISE_STACKS_DIR", str(stacks))
+    if outputs is not None:
+        path = folder / "dev-fake-outputs.json"
+        path.write_text(json.dumps({"cloud": NAME, "region": "fake-east-1", **outputs}), encoding="utf-8")
+        monkeypatch.setenv("STACKWISE_OUTPUTS", str(path))
+        monkeypatch.setenv("STACKWISE_HOME", str(folder / ".stackwise"))
 
-class FakeJobService:
+
+# -- the SDK side: the fake cloud's API, and jobs on it ------------------------------------------------
+
+class FakeCloudAPI:
     """The fake cloud's API.
 
     Jobs: `POST /jobs` (409 when the name is taken), `GET /jobs/NAME` (404), `GET /jobs?identity=I`,

@@ -19,13 +19,11 @@ import psutil
 
 KILL_WAIT_S = 10.0  # how long a SIGKILLed process may take to be gone (it only has to be scheduled)
 ENV_JOB_ID = "STACKWISE_JOB_ID"  # in every process of a job: how its leftovers are recognised
-
-
 _WALL_CLOCK = 1e9  # a start stamp above this is seconds since the epoch (rows of older versions, non-Linux)
 
 
 def start_stamp(pid: int) -> float:
-    """When the process started, as recorded in its job row and compared by `_alive`.
+    """When the process started, as recorded in its job row and compared by `alive`.
 
     On Linux: seconds since boot, from /proc/<pid>/stat's `starttime` (clock ticks since boot,
     proc(5)), which no change of the wall clock moves. psutil's `create_time()` adds the boot time

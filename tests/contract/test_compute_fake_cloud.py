@@ -7,7 +7,6 @@ served by moto. Its offline plan and Pulumi program are tests/infra/test_cloud_r
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ BUCKET = "sw-fake-artifacts"
 
 @pytest.fixture(scope="module")
 def service():
-    server = fake_cloud.FakeJobService()
+    server = fake_cloud.FakeCloudAPI()
     yield server
     server.stop()
 
@@ -54,16 +53,9 @@ def platform(service, s3, job_store, tmp_path, monkeypatch):
     monkeypatch.setenv(JOB_STORE_KEY_ENV, JOB_STORE_KEY)
     monkeypatch.setenv("FAKECLOUD_ENDPOINT", service.url)
     service.jobs.clear()
-    stacks = tmp_path / "stacks"
-    stacks.mkdir()
-    (stacks / "Pulumi.dev-fake.yaml").write_text(fake_cloud.STACK_FILE, encoding="utf-8")
-    outputs = tmp_path / "dev-fake-outputs.json"
-    outputs.write_text(json.dumps({"cloud": "fake", "region": "fake-east-1", "artifact_store": f"s3://{BUCKET}",
-                                   "training_image": "registry.fake/train:latest", "default_gpu": "T4",
-                                   "vector_store": job_vector_store(job_store.url)}), encoding="utf-8")
-    monkeypatch.setenv("STACKWISE_STACKS_DIR", str(stacks))
-    monkeypatch.setenv("STACKWISE_OUTPUTS", str(outputs))
-    monkeypatch.setenv("STACKWISE_HOME", str(tmp_path / ".stackwise"))
+    fake_cloud.use_stack(tmp_path, monkeypatch, {"artifact_store": f"s3://{BUCKET}", "default_gpu": "T4",
+                                                 "training_image": "registry.fake/train:latest",
+                                                 "vector_store": job_vector_store(job_store.url)})
     yield stackwise.connect("dev-fake")
     s3fs.S3FileSystem.clear_instance_cache()  # bound to this module's moto server
 

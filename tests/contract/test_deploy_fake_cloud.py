@@ -5,7 +5,6 @@ Kubernetes, over HTTP against the fake cloud's endpoint API."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -29,7 +28,7 @@ ENDPOINT = {"name": "chat", "url": "https://chat.fake-east-1.fake/v1", "serving_
 
 @pytest.fixture(scope="module")
 def service():
-    server = fake_cloud.FakeJobService()
+    server = fake_cloud.FakeCloudAPI()
     yield server
     server.stop()
 
@@ -48,17 +47,10 @@ def connect(folder: Path, monkeypatch, endpoints=None):
     """`stackwise.connect("dev-fake")` with outputs in `folder`; `endpoints` None is the test's endpoint."""
     import stackwise
 
-    stacks = folder / "stacks"
-    stacks.mkdir(parents=True, exist_ok=True)
-    (stacks / "Pulumi.dev-fake.yaml").write_text(fake_cloud.STACK_FILE, encoding="utf-8")
-    outputs = folder / "dev-fake-outputs.json"
-    outputs.write_text(json.dumps({"cloud": "fake", "region": "fake-east-1", "artifact_store": STORE,
-                                   "training_image": "registry.fake/train:latest", "default_gpu": "T4",
-                                   "vector_store": {"kind": "embedded", "uri": f"{STORE}/vectors"},
-                                   "endpoints": [ENDPOINT] if endpoints is None else endpoints}), encoding="utf-8")
-    monkeypatch.setenv("STACKWISE_STACKS_DIR", str(stacks))
-    monkeypatch.setenv("STACKWISE_OUTPUTS", str(outputs))
-    monkeypatch.setenv("STACKWISE_HOME", str(folder / ".stackwise"))
+    fake_cloud.use_stack(folder, monkeypatch, {
+        "artifact_store": STORE, "training_image": "registry.fake/train:latest", "default_gpu": "T4",
+        "vector_store": {"kind": "embedded", "uri": f"{STORE}/vectors"},
+        "endpoints": [ENDPOINT] if endpoints is None else endpoints})
     return stackwise.connect("dev-fake")
 
 

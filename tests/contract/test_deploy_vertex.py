@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "emulators"))
 pytest.importorskip("google.cloud.aiplatform_v1", reason="install stackwise[gcp]")
 
 from cloud_fixtures import use_stack  # noqa: E402
-from drivers import CloudDeployDriver, chat_target, served  # noqa: E402
+from drivers import CloudDeployDriver, chat_target, fast_retries, served  # noqa: E402
 from vertex_server import VertexServer  # noqa: E402
 
 from stackwise.deploy import DeployTarget  # noqa: E402
@@ -244,11 +244,6 @@ def test_a_model_version_s_upload_is_unchanged(vertex, tmp_path, monkeypatch):
 
 
 # -- throttling and lost answers -------------------------------------------------------------------------------
-def fast_retries(deployer, attempts: int = 4):
-    deployer.retry = type(deployer.retry)(attempts=attempts, base_s=0.0, max_s=0.0)
-    return deployer
-
-
 def posts(vertex, suffix: str) -> int:
     return sum(1 for m, p, _ in vertex.requests if m == "POST" and p.endswith(suffix))
 

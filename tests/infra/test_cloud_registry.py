@@ -18,10 +18,7 @@ def fake_stack(tmp_path, monkeypatch):
     import fake_cloud
 
     fake_cloud.plugged_in(monkeypatch)
-    stacks = tmp_path / "stacks"
-    stacks.mkdir()
-    (stacks / "Pulumi.dev-fake.yaml").write_text(fake_cloud.STACK_FILE, encoding="utf-8")
-    monkeypatch.setenv("STACKWISE_STACKS_DIR", str(stacks))
+    fake_cloud.use_stack(tmp_path, monkeypatch)
     from stackwise.stack import load_stack
 
     return load_stack("dev-fake")
