@@ -1,5 +1,6 @@
-"""What the container tests share: search an index a job wrote, from the host, through the CLI, and
-compare the top hits with the same documents indexed on this machine."""
+"""What the container tests share: check the end of a two-node index job, search the index it wrote
+from the host through the CLI, and compare the top hits with the same documents indexed on this
+machine."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,15 @@ def lee_articles(count: int) -> list[str]:
     gensim = pytest.importorskip("gensim")
     path = Path(gensim.__file__).parent / "test" / "test_data" / "lee_background.cor"
     return [x.strip() for x in path.read_text(encoding="latin-1").splitlines() if x.strip()][:count]
+
+
+def assert_two_shards(report: dict, listed: Iterable[str], root: str, articles: int) -> None:
+    """A two-node index job's end: each node wrote its report under ROOT/shards/<rank>/ (`listed`:
+    what the store holds below ROOT/shards/), and their sum `report` counts every article once, each
+    chunk added."""
+    assert sorted(listed) == [f"{root}/shards/0/result.json", f"{root}/shards/1/result.json"]
+    assert (report["documents"], report["shards"]) == (articles, 2), report
+    assert report["added"] == report["chunks"] > articles
 
 
 def host_search(stack: str, query: str, index: str, cwd: Path, secret: str | None = None, **env: str) -> list[dict]:

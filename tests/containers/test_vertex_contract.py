@@ -39,7 +39,7 @@ pytest.importorskip("gcp_storage_emulator", reason="install stackwise[dev] (gcp-
 from gcp_logging_server import LoggingServer  # noqa: E402
 from pinecone_server import PineconeServer  # noqa: E402
 from secretmanager_server import SecretManagerServer  # noqa: E402
-from _compare import assert_same_top5_as_local, host_search  # noqa: E402
+from _compare import assert_same_top5_as_local, assert_two_shards, host_search  # noqa: E402
 from vertex_runner import VertexRunner  # noqa: E402
 from vertex_server import VertexServer  # noqa: E402
 
@@ -159,12 +159,11 @@ def test_a_sharded_index_job_runs_in_containers_and_the_host_searches_its_index(
     # Each replica indexed its own shard (rank 0 = workerpool0, rank 1 = workerpool1-0, from
     # CLUSTER_SPEC) and wrote its report under shards/<rank>/ in GCS.
     root = f"{BUCKET}/jobs/{info.outputs['artifacts'].rstrip('/').rsplit('/', 1)[1]}"
-    assert sorted(fs.find(f"{root}/shards/")) == [f"{root}/shards/0/result.json", f"{root}/shards/1/result.json"]
+    listed = fs.find(f"{root}/shards/")
     shards = [json.loads(fs.cat(f"{root}/shards/{rank}/result.json")) for rank in (0, 1)]
     assert all(0 < s["documents"] < ARTICLES for s in shards), shards
     merged = merge_reports(shards)
-    assert (merged["documents"], merged["shards"]) == (ARTICLES, 2), merged
-    assert merged["added"] == merged["chunks"] > ARTICLES
+    assert_two_shards(merged, listed, root, ARTICLES)
     namespace = gcp["pinecone"].state.namespaces["kb"]
     assert len(namespace) == merged["chunks"]
     # Vertex's logs (Cloud Logging entries the runner shipped per replica) through the handle.
